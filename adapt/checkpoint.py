@@ -1,0 +1,133 @@
+"""The adapter checkpoint: one .safetensors file with only the trained tensors.
+
+Tensors: the method's trainable state (adapter + head; everything for `full`).
+Metadata (all strings): format version, method and its options (JSON), backbone name,
+its weights source and sha256, class names, image size, normalization, and a free-form
+`training` record. Reading checks the file and the metadata; `adapt.adapted` checks
+that the tensors fit the model they are loaded into.
+
+Every file goes to a temporary name in the same folder first, then `os.replace`, so a
+crash never leaves a half-written checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from adapt.errors import AdaptError
+
+FORMAT_VERSION = "1"
+FORMAT_KEY = "adapt_format"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=metadata)
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file, with a clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaptError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdaptError(f"{path} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
+    return tensors, metadata
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild the adapted model and to refuse the wrong backbone."""
+
+    method: str
+    method_options: dict[str, Any]
+    backbone: str
+    backbone_weights: str
+    backbone_sha256: str
+    class_names: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        fields = asdict(self)
+        return {
+            FORMAT_KEY: FORMAT_VERSION,
+            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()},
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str], source: str) -> CheckpointMeta:
+        if metadata.get(FORMAT_KEY) is None:
+            raise AdaptError(f"{source} is not an adapt checkpoint (no '{FORMAT_KEY}' metadata)")
+        if metadata[FORMAT_KEY] != FORMAT_VERSION:
+            raise AdaptError(
+                f"{source} has checkpoint format {metadata[FORMAT_KEY]}, this adapt reads {FORMAT_VERSION}"
+            )
+        values: dict[str, Any] = {}
+        for name, kind in cls.__annotations__.items():
+            if name not in metadata:
+                if name == "training":
+                    continue
+                raise AdaptError(f"{source}: metadata field '{name}' is missing")
+            raw = metadata[name]
+            try:
+                values[name] = raw if kind == "str" else json.loads(raw)
+            except json.JSONDecodeError:
+                raise AdaptError(f"{source}: metadata field '{name}' is not valid JSON: {raw[:60]!r}") from None
+        return cls(**values)
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
+    save_tensors_atomic(path, tensors, meta.to_metadata())
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Read and validate an adapter checkpoint (format, metadata, finite values)."""
+    tensors, metadata = read_tensors(path)
+    meta = CheckpointMeta.from_metadata(metadata, str(path))
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdaptError(f"{path}: tensor '{key}' has NaN or Inf values")
+    return tensors, meta

@@ -1,0 +1,101 @@
+"""Datasets by spec: `digits`, `folder:PATH`, `vtab:ROOT/TASK` (and `vtab:ROOT` for all tasks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from adapt.data.digits import DIGIT_NAMES, digits_splits
+from adapt.data.folder import folder_splits
+from adapt.data.transforms import eval_transform
+from adapt.data.vtab import find_vtab_tasks, vtab_splits
+from adapt.errors import AdaptError
+
+DEFAULT_DATA = "digits"
+DIGITS_IMAGE_SIZE = 96  # the 8x8 digits gain nothing from 224 px, and 96 px is ~5x cheaper
+
+
+@dataclass
+class DataSplits:
+    """A task's splits. `val` is optional; `test_name` says which file/split `test` is."""
+
+    spec: str
+    name: str
+    class_names: list[str]
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    test_name: str = "test"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+    kind, _, rest = spec.partition(":")
+    if kind == "digits" and not rest:
+        return kind, None
+    if kind in ("folder", "vtab") and rest:
+        return kind, Path(rest).expanduser()
+    raise AdaptError(f"unknown data spec {spec!r}: use digits, folder:PATH or vtab:ROOT[/TASK]")
+
+
+def expand_spec(spec: str) -> list[str]:
+    """`vtab:ROOT` with several task folders becomes one spec per task; others stay as they are."""
+    kind, path = parse_spec(spec)
+    if kind != "vtab":
+        return [spec]
+    return [f"vtab:{task}" for task in find_vtab_tasks(path)]
+
+
+def default_image_size(spec: str, backbone_size: int) -> int:
+    return DIGITS_IMAGE_SIZE if parse_spec(spec)[0] == "digits" else backbone_size
+
+
+def _limited(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most `limit` items, a seeded random choice (for quick checks)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:limit].tolist())
+
+
+def load_data(
+    spec: str,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    split_protocol: str = "final",
+    limit: int | None = None,
+    seed: int = 0,
+) -> DataSplits:
+    """Load one task. `limit` caps every split (a seeded subset) for quick runs."""
+    kind, path = parse_spec(spec)
+    test_name = "test"
+    if kind == "digits":
+        splits, class_names = digits_splits(image_size, mean, std), list(DIGIT_NAMES)
+        name = "digits"
+    elif kind == "folder":
+        class_names, splits = folder_splits(path, eval_transform(image_size, mean, std))
+        name = path.name
+    else:
+        tasks = find_vtab_tasks(path)
+        if len(tasks) > 1:
+            raise AdaptError(f"{path} holds {len(tasks)} VTAB tasks; pick one (vtab:{tasks[0]})")
+        class_names, splits = vtab_splits(tasks[0], split_protocol, eval_transform(image_size, mean, std))
+        name = tasks[0].name
+        test_name = "test" if split_protocol == "final" else "val200"
+    val = splits.get("val")
+    return DataSplits(
+        spec=spec,
+        name=name,
+        class_names=class_names,
+        train=_limited(splits["train"], limit, seed),
+        val=_limited(val, limit, seed) if val is not None else None,
+        test=_limited(splits["test"], limit, seed),
+        test_name=test_name,
+    )

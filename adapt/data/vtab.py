@@ -1,0 +1,93 @@
+"""VTAB-1k from its list files: <root>/<task>/{train800,val200,train800val200,test}.txt.
+
+Each line is `images/<split>/<file> <label>`, relative to the task folder. The optional
+`classnames.txt` (one name per line) gives class names; otherwise they are "0".."K-1".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from adapt.data.images import ImageListDataset
+from adapt.errors import AdaptError
+
+# task -> number of classes, in the standard order (natural, specialized, structured)
+VTAB_TASKS = {
+    "cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37,
+    "svhn": 10, "sun397": 397,
+    "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5,
+    "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
+    "smallnorb_azi": 18, "smallnorb_ele": 9,
+}  # fmt: skip
+_ORDER = list(VTAB_TASKS)
+VTAB_GROUPS = {"natural": _ORDER[:7], "specialized": _ORDER[7:11], "structured": _ORDER[11:]}
+SPLIT_FILES = {"final": ("train800val200", "test"), "tune": ("train800", "val200")}
+
+
+def is_vtab_task(path: Path) -> bool:
+    return (path / "test.txt").is_file() or (path / "train800val200.txt").is_file()
+
+
+def find_vtab_tasks(root: Path) -> list[Path]:
+    """One task folder, or every task folder directly under `root` (standard order first)."""
+    if not root.is_dir():
+        raise AdaptError(f"VTAB folder not found: {root}")
+    if is_vtab_task(root):
+        return [root]
+    tasks = [p for p in root.iterdir() if p.is_dir() and is_vtab_task(p)]
+    if not tasks:
+        raise AdaptError(f"no VTAB-1k task folders (with train800val200.txt/test.txt) under {root}")
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(tasks, key=lambda p: (rank.get(p.name, len(rank)), p.name))
+
+
+def _read_list(task: Path, split: str) -> list[tuple[Path, int]]:
+    list_file = task / f"{split}.txt"
+    if not list_file.is_file():
+        raise AdaptError(f"missing VTAB list file {list_file}")
+    items = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise AdaptError(f"{list_file}:{number}: expected '<image path> <label>', got {line.strip()!r}")
+        items.append((task / parts[0], int(parts[1])))
+    if not items:
+        raise AdaptError(f"empty split: {list_file} lists no images")
+    return items
+
+
+def vtab_splits(task: Path, protocol: str, transform: Callable) -> tuple[list[str], dict[str, ImageListDataset]]:
+    """Train on train800val200 and test on test ("final"), or train800 and val200 ("tune")."""
+    train_split, test_split = SPLIT_FILES[protocol]
+    train_items, test_items = _read_list(task, train_split), _read_list(task, test_split)
+    num_classes = VTAB_TASKS.get(task.name) or 1 + max(label for _, label in train_items + test_items)
+    names_file = task / "classnames.txt"
+    if names_file.is_file():
+        class_names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+        if len(class_names) != num_classes:
+            raise AdaptError(f"{names_file} has {len(class_names)} names for {num_classes} classes")
+    else:
+        class_names = [str(i) for i in range(num_classes)]
+    splits = {
+        "train": ImageListDataset(train_items, num_classes, transform, str(task / f"{train_split}.txt")),
+        "test": ImageListDataset(test_items, num_classes, transform, str(task / f"{test_split}.txt")),
+    }
+    return class_names, splits
+
+
+def vtab_means(accuracies: dict[str, float]) -> dict[str, float | None]:
+    """The plain mean over tasks and the mean of the three group means (None if a group is empty)."""
+    plain = sum(accuracies.values()) / len(accuracies)
+    group_means = {}
+    for group, tasks in VTAB_GROUPS.items():
+        found = [accuracies[t] for t in tasks if t in accuracies]
+        group_means[group] = sum(found) / len(found) if found else None
+    complete = [m for m in group_means.values() if m is not None]
+    return {
+        "plain_mean": plain,
+        **group_means,
+        "group_mean": sum(complete) / 3 if len(complete) == 3 else None,
+    }

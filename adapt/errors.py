@@ -1,0 +1,31 @@
+"""The one exception type that the CLI turns into a one-line message and a non-zero exit."""
+
+
+class AdaptError(Exception):
+    """A problem with the user's input (files, arguments, data) that they can fix."""
+
+
+def describe_mismatch(what: str, missing: list[str], unexpected: list[str], wrong_shapes: list[str]) -> str:
+    """One line naming (at most five of) the missing and unexpected keys and the wrong shapes."""
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    parts = [
+        f"{label}: {some(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong_shapes))
+        if keys
+    ]
+    return f"{what}: " + "; ".join(parts)
+
+
+def compare_tensors(
+    expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]]
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and 'key (given) vs (expected)' shape mismatches, sorted."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(
+        f"{k} {tuple(given[k])} vs {tuple(expected[k])}" for k in set(expected) & set(given) if given[k] != expected[k]
+    )
+    return missing, unexpected, wrong

@@ -1,0 +1,90 @@
+"""The method contract: what every adaptation method provides.
+
+A method freezes the backbone, adds or unfreezes its own parameters (`apply`), says
+which tensors it trained (`trainable_state`) and loads them back
+(`load_trainable_state`). The classifier head always trains and is part of the
+trainable state. Methods that keep BatchNorm statistics frozen (the usual PEFT choice,
+and what makes their merge exact) run BatchNorm layers in eval mode during training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from adapt.backbones import is_head_key
+from adapt.errors import AdaptError, compare_tensors, describe_mismatch
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """For methods without options (full, linear, bitfit)."""
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    config_class: ClassVar[type] = NoOptions
+    mergeable: ClassVar[bool] = False
+    trains_norm_statistics: ClassVar[bool] = False
+    default_lr: ClassVar[float] = 1e-3
+
+    def __init__(self, config: Any | None = None):
+        self.config = config if config is not None else self.config_class()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Method:
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AdaptError(f"method {cls.name} has no option(s) {', '.join(unknown)} (it has: {sorted(known)})")
+        return cls(cls.config_class(**options))
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze everything, let the method add/unfreeze its parameters, unfreeze the head."""
+        model.requires_grad_(False)
+        self.add_trainable(model)
+        for key, parameter in model.named_parameters():
+            if is_head_key(model, key):
+                parameter.requires_grad_(True)
+        return model
+
+    def add_trainable(self, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def report(self) -> str:
+        """What `apply` did, in a line (e.g. which layers it wrapped)."""
+        return ""
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {key: p.detach() for key, p in model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+        """Copy `tensors` into the model; they must be exactly this method's trainable tensors."""
+        own = self.trainable_state(model)
+        mismatch = compare_tensors(
+            {k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in tensors.items()}
+        )
+        if any(mismatch):
+            raise AdaptError(describe_mismatch(f"{source or 'tensors'} do not fit method {self.name}", *mismatch))
+        with torch.no_grad():
+            for key, tensor in own.items():
+                tensor.copy_(tensors[key])
+
+    def set_train_mode(self, model: nn.Module) -> None:
+        """model.train(), with BatchNorm statistics kept frozen unless the method trains them."""
+        model.train()
+        if not self.trains_norm_statistics:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,120 @@
+"""SSF: Scaling & Shifting your Features (Lian et al., NeurIPS 2022).
+
+After each operation of the frozen network, SSF inserts y = scale * x + shift per
+channel (scale ~ N(1, 0.02), shift ~ N(0, 0.02)). We place it after every Linear,
+Conv and normalization layer outside the head; on a timm ViT that is exactly the
+paper's set (patch embed, qkv, attn proj, norm1, norm2, fc1, fc2, final norm: 205,824
+parameters on ViT-B/16). For timm's fused norm+activation layers (BatchNormAct2d and
+kin) the SSF goes between the norm and the activation, so that it stays linear next
+to the norm and can be folded into it.
+
+The `ScaleShift` lives on the layer it follows (`<layer>.ssf`) and is applied by a
+forward hook, so the backbone's own parameter names never change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+
+import torch
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from adapt.backbones import is_head_key
+from adapt.methods.base import Method
+
+CHANNELS_FIRST = 1
+CHANNELS_LAST = -1
+
+
+class ScaleShift(nn.Module):
+    """Per-channel y = scale * x + shift along `channel_dim` (1 for NCHW, -1 for tokens)."""
+
+    def __init__(self, channels: int, channel_dim: int, init_std: float = 0.02):
+        super().__init__()
+        self.channel_dim = channel_dim
+        self.scale = nn.Parameter(torch.empty(channels).normal_(1.0, init_std))
+        self.shift = nn.Parameter(torch.empty(channels).normal_(0.0, init_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_dim == CHANNELS_LAST:
+            return x * self.scale + self.shift
+        shape = [1] * x.ndim
+        shape[self.channel_dim] = -1
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+    def after_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook: scale and shift what the layer returned."""
+        return self(output)
+
+    def before_input(self, module: nn.Module, args: tuple) -> tuple:
+        """Forward pre-hook on a fused norm's activation: scale and shift what it receives."""
+        return (self(args[0]), *args[1:])
+
+    def extra_repr(self) -> str:
+        return f"channels={self.scale.numel()}, channel_dim={self.channel_dim}"
+
+
+def ssf_site(module: nn.Module) -> tuple[int, int] | None:
+    """(channels, channel_dim) when SSF belongs after this layer, else None."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, CHANNELS_LAST
+    if isinstance(module, nn.modules.conv._ConvNd):
+        # A bias-free conv feeds a norm in timm's CNNs: SSF there would repeat the norm's
+        # own SSF (per-channel affines compose), and under frozen BatchNorm statistics a
+        # shift before the norm is amplified by 1/sigma. The norm's SSF covers it.
+        return (module.out_channels, CHANNELS_FIRST) if module.bias is not None else None
+    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return module.num_features, CHANNELS_FIRST
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels, CHANNELS_FIRST
+    if isinstance(module, LayerNorm2d):
+        return module.normalized_shape[0], CHANNELS_FIRST
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return module.normalized_shape[0], CHANNELS_LAST
+    return None
+
+
+def has_fused_activation(module: nn.Module) -> bool:
+    """timm's norm+act layers (BatchNormAct2d, GroupNormAct, ...) apply `.act` inside forward."""
+    return isinstance(getattr(module, "act", None), nn.Module) and ssf_site(module) is not None
+
+
+@dataclasses.dataclass
+class SSFConfig:
+    init_std: float = 0.02  # scale ~ N(1, init_std), shift ~ N(0, init_std)
+    targets: str | None = None  # regex on layer names; None: every Linear/Conv/Norm outside the head
+
+
+class SSF(Method):
+    name = "ssf"
+    summary = "per-channel scale & shift after every linear/conv/norm layer (Lian et al. 2022)"
+    config_class = SSFConfig
+    mergeable = True
+    default_lr = 3e-3
+
+    def __init__(self, config: SSFConfig | None = None):
+        super().__init__(config)
+        self.wrapped: dict[str, str] = {}  # layer name -> kind, filled by apply
+
+    def add_trainable(self, model: nn.Module) -> None:
+        pattern = re.compile(self.config.targets) if self.config.targets else None
+        for layer_name, layer in list(model.named_modules()):
+            site = ssf_site(layer)
+            if site is None or not layer_name or is_head_key(model, layer_name):
+                continue
+            if pattern and not pattern.search(layer_name):
+                continue
+            layer.ssf = ScaleShift(*site, init_std=self.config.init_std)
+            if has_fused_activation(layer):
+                layer.act.register_forward_pre_hook(layer.ssf.before_input)
+                self.wrapped[layer_name] = f"{type(layer).__name__} (before its activation)"
+            else:
+                layer.register_forward_hook(layer.ssf.after_output)
+                self.wrapped[layer_name] = type(layer).__name__
+
+    def report(self) -> str:
+        counts = Counter(self.wrapped.values())
+        return f"SSF after {len(self.wrapped)} layers: " + ", ".join(f"{n} {kind}" for kind, n in counts.most_common())

@@ -1,0 +1,270 @@
+"""One training loop for every method, on accelerate.
+
+AdamW with linear warmup then cosine decay (stepped per optimizer step), weight decay
+only on weight matrices (ndim >= 2: the head's and full-tuned layers'; never on SSF
+scales/shifts, biases or norms), gradient accumulation, mixed precision, evaluation
+each epoch, a JSONL metrics log, and a checkpoint each epoch that `resume=True`
+continues from. The data order of epoch e depends only on (seed, e), so a resumed run
+reaches the same weights as an uninterrupted one.
+
+Files in `out_dir`: adapter.safetensors (the checkpoint users keep), train_state.safetensors
+(what resuming needs, self-contained), metrics.jsonl, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, RandomSampler
+
+from adapt.adapted import AdaptedModel
+from adapt.checkpoint import read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
+from adapt.data import DataSplits
+from adapt.errors import AdaptError
+from adapt.evaluate import accuracy
+
+ADAPTER_FILE = "adapter.safetensors"
+STATE_FILE = "train_state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float | None = None  # None: the method's default
+    weight_decay: float = 0.05
+    warmup: float = 0.1  # fraction of all optimizer steps
+    grad_accum: int = 1
+    precision: str = "fp32"
+    seed: int = 0
+    workers: int = 0
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    eval_acc: float
+    eval_split: str
+    lr: float
+    images_per_s: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochResult]
+    test_acc: float
+    test_split: str
+    trainable_params: int
+    total_params: int
+    out_dir: Path
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear from 0 to 1 over `warmup_steps`, then cosine down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay weight matrices only; vectors (biases, norms, SSF scales and shifts) get none."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and the JSON rest."""
+    tensors = {}
+    for index, slots in state["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optimizer.{index}.{slot}"] = value
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, slot = key.split(".", 2)
+        state.setdefault(int(index), {})[slot] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+class Trainer:
+    """Trains an adapted model on a task and writes its checkpoints to `out_dir`."""
+
+    def __init__(self, adapted: AdaptedModel, data: DataSplits, config: TrainConfig, out_dir: str | Path):
+        self.adapted = adapted
+        self.data = data
+        self.config = config
+        self.out_dir = Path(out_dir)
+        try:
+            self.accelerator = Accelerator(
+                mixed_precision=PRECISIONS[config.precision], gradient_accumulation_steps=config.grad_accum
+            )
+        except (ValueError, KeyError) as error:
+            raise AdaptError(f"precision {config.precision} is not available here: {error}") from None
+        self.lr = config.lr if config.lr is not None else adapted.method.default_lr
+
+    def run_identity(self) -> dict[str, Any]:
+        """What must not change between an interrupted run and its resumption."""
+        return {
+            "method": self.adapted.method.name,
+            "method_options": self.adapted.method.options(),
+            "backbone": self.adapted.backbone.name,
+            "backbone_sha256": self.adapted.backbone.sha256,
+            "data": self.data.spec,
+            "image_size": self.adapted.image_size,
+            "train": {**asdict(self.config), "lr": self.lr},
+            "processes": self.accelerator.num_processes,
+        }
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _save(self, epoch: int, history: list[EpochResult], optimizer, scheduler) -> None:
+        adapted = self.adapted
+        trainable = {f"model.{k}": v for k, v in adapted.method.trainable_state(adapted.model).items()}
+        optimizer_tensors, optimizer_rest = _optimizer_tensors(optimizer.state_dict())
+        metadata = {
+            "run": json.dumps(self.run_identity()),
+            "epoch": str(epoch),
+            "history": json.dumps([asdict(h) for h in history]),
+            "optimizer": json.dumps(optimizer_rest),
+            "scheduler": json.dumps(scheduler.state_dict()),
+        }
+        tensors = {**trainable, **optimizer_tensors, "rng.torch": torch.get_rng_state()}
+        save_tensors_atomic(self.out_dir / STATE_FILE, tensors, metadata)
+        training = {"data": self.data.spec, "epoch": epoch, "epochs": self.config.epochs, "seed": self.config.seed,
+                    "eval_acc": history[-1].eval_acc, "eval_split": history[-1].eval_split}  # fmt: skip
+        adapted.save(self.out_dir / ADAPTER_FILE, training)
+        write_text_atomic(self.out_dir / METRICS_FILE, "".join(json.dumps(asdict(h)) + "\n" for h in history))
+
+    def _restore(self, optimizer, scheduler) -> tuple[int, list[EpochResult]]:
+        path = self.out_dir / STATE_FILE
+        if not path.is_file():
+            raise AdaptError(f"nothing to resume: {path} does not exist")
+        tensors, metadata = read_tensors(path)
+        saved, current = json.loads(metadata["run"]), self.run_identity()
+        changed = [f"{k} was {saved.get(k)!r}, now {current[k]!r}" for k in current if saved.get(k) != current[k]]
+        if changed:
+            raise AdaptError(f"cannot resume from {path}: " + "; ".join(changed))
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.adapted.method.load_trainable_state(self.adapted.model, model_state, source=str(path))
+        optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        optimizer.load_state_dict(_optimizer_state(optimizer_tensors, json.loads(metadata["optimizer"])))
+        scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+        torch.set_rng_state(tensors["rng.torch"])
+        history = [EpochResult(**h) for h in json.loads(metadata["history"])]
+        return int(metadata["epoch"]), history
+
+    # -- training ----------------------------------------------------------------------
+
+    def fit(self, resume: bool = False, on_epoch_end: Callable[[EpochResult], None] | None = None) -> FitResult:
+        """Train for `config.epochs` (or what is left of them when resuming)."""
+        config, accelerator, model = self.config, self.accelerator, self.adapted.model
+        torch.manual_seed(config.seed)
+        order = torch.Generator()
+        loader = DataLoader(
+            self.data.train,
+            batch_size=config.batch_size,
+            sampler=RandomSampler(self.data.train, generator=order),
+            num_workers=config.workers,
+        )
+        steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+        total_steps = config.epochs * steps_per_epoch
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=self.lr)
+        schedule = warmup_cosine(round(config.warmup * total_steps), total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+        eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
+        with self._progress() as progress:
+            task = progress.add_task("train", total=len(loader) * (config.epochs - start_epoch), loss=0.0, acc=0.0, ips=0.0)
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                order.manual_seed(config.seed * 100_003 + epoch)
+                result = self._epoch(epoch, model, loader, optimizer, scheduler, progress, task)
+                result.eval_acc = accuracy(model, eval_set, accelerator)
+                result.eval_split = eval_split
+                history.append(result)
+                if accelerator.is_main_process:
+                    self._save(epoch, history, optimizer, scheduler)
+                accelerator.wait_for_everyone()
+                if on_epoch_end is not None and accelerator.is_main_process:
+                    on_epoch_end(result)
+
+        if eval_split == self.data.test_name and history:
+            test_acc = history[-1].eval_acc
+        else:
+            test_acc = accuracy(model, self.data.test, accelerator)
+        trainable, total = self.adapted.parameter_counts()
+        result = FitResult(history, test_acc, self.data.test_name, trainable, total, self.out_dir)
+        if accelerator.is_main_process:
+            summary = {"test_acc": test_acc, "test_split": self.data.test_name, "trainable_params": trainable,
+                       "total_params": total, "run": self.run_identity(), "history": [asdict(h) for h in history]}  # fmt: skip
+            write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
+        return result
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(),
+            disable=not self.accelerator.is_main_process,
+            transient=True,
+        )
+
+    def _epoch(self, epoch, model, loader, optimizer, scheduler, progress, task) -> EpochResult:
+        accelerator = self.accelerator
+        self.adapted.method.set_train_mode(model)
+        loss_sum = correct = seen = 0
+        start = time.perf_counter()
+        progress.update(task, description=f"epoch {epoch}/{self.config.epochs}")
+        for images, labels in loader:
+            with accelerator.accumulate(model):
+                logits = model(images)
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += float(loss.detach()) * labels.numel()
+            correct += int((logits.argmax(-1) == labels).sum())
+            seen += labels.numel()
+            ips = seen * accelerator.num_processes / (time.perf_counter() - start)
+            progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=ips)
+        seconds = time.perf_counter() - start
+        return EpochResult(
+            epoch=epoch,
+            train_loss=loss_sum / max(seen, 1),
+            train_acc=correct / max(seen, 1),
+            eval_acc=float("nan"),
+            eval_split="",
+            lr=scheduler.get_last_lr()[0],
+            images_per_s=seen * accelerator.num_processes / seconds,
+            seconds=seconds,
+        )

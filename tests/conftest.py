@@ -1,0 +1,59 @@
+"""Shared fixtures: small real image folders (VTAB-1k and class-per-folder) made from digits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def digit_image(index: int) -> Image.Image:
+    pixels = (load_digits().images[index] * (255 / 16)).astype(np.uint8)
+    return Image.fromarray(pixels).resize((32, 32)).convert("RGB")
+
+
+def _write_images(folder: Path, indices: list[int]) -> list[tuple[str, int]]:
+    targets = load_digits().target
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in indices:
+        path = folder / f"{i}.jpg"
+        digit_image(i).save(path)
+        written.append((path.name, int(targets[i])))
+    return written
+
+
+@pytest.fixture(scope="session")
+def vtab_root(tmp_path_factory) -> Path:
+    """Two VTAB-1k-style tasks of digits images: `svhn` (natural) and `eurosat` (specialized)."""
+    root = tmp_path_factory.mktemp("vtab")
+    for offset, task in enumerate(("svhn", "eurosat")):
+        task_dir = root / task
+        splits = {"train800": range(0, 40), "val200": range(40, 60), "test": range(60, 100)}
+        lines = {}
+        for split, indices in splits.items():
+            written = _write_images(task_dir / "images" / split, [i + offset * 100 for i in indices])
+            lines[split] = [f"images/{split}/{name} {label}" for name, label in written]
+        lines["train800val200"] = lines["train800"] + lines["val200"]
+        for split, rows in lines.items():
+            (task_dir / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory) -> Path:
+    """folder:PATH layout with 3 classes (digits 0, 1, 2) and train/val/test."""
+    root = tmp_path_factory.mktemp("folder")
+    targets = load_digits().target
+    by_class = {c: [i for i in range(len(targets)) if targets[i] == c][:30] for c in range(3)}
+    names = {0: "zero", 1: "one", 2: "two"}
+    for c, indices in by_class.items():
+        for split, part in (("train", indices[:16]), ("val", indices[16:22]), ("test", indices[22:30])):
+            _write_images(root / split / names[c], part)
+    return root

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from sklearn.datasets import load_sample_images
+
+from adapt import AdaptError
+from adapt.backbones import RANDOM_WEIGHTS, create_backbone, weights_sha256
+from adapt.data.transforms import eval_transform
+
+BELL_COTE, CHURCH, DAISY = 442, 497, 985
+
+
+def test_embedded_backbone_recognises_the_sample_photos():
+    model, info = create_backbone(num_classes=1000)
+    model.eval()
+    transform = eval_transform(224, info.preprocessing.mean, info.preprocessing.std)
+    images = [transform(Image.fromarray(array)) for array in load_sample_images().images]  # china.jpg, flower.jpg
+    with torch.no_grad():
+        top5 = model(torch.stack(images)).topk(5).indices.tolist()
+    assert top5[0][0] in (BELL_COTE, CHURCH), top5[0]
+    assert top5[1][0] == DAISY, top5[1]
+
+
+def test_weights_roundtrip_through_safetensors_and_pth(tmp_path):
+    source, info = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=5, seed=1)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")
+    torch.save(state, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        model, loaded = create_backbone("test_vit", tmp_path / name, num_classes=5, seed=2)
+        assert loaded.sha256 == info.sha256
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state.values()))
+
+
+def test_random_weights_are_seeded_and_hash_sees_changes():
+    a, info_a = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=0)
+    _, info_b = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=0)
+    _, info_c = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=1)
+    assert info_a.sha256 == info_b.sha256 != info_c.sha256
+    with torch.no_grad():
+        a.blocks[0].attn.qkv.weight[0, 0] += 1e-3
+    assert weights_sha256(a) != info_a.sha256
+
+
+def test_mismatched_weights_name_keys_and_shapes(tmp_path):
+    model, _ = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3)
+    state = dict(model.state_dict())
+    state.pop("cls_token")
+    state["extra.weight"] = torch.zeros(2)
+    state["pos_embed"] = torch.zeros(1, 2, 3)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "bad.safetensors")
+    with pytest.raises(AdaptError) as error:
+        create_backbone("test_vit", tmp_path / "bad.safetensors", num_classes=3)
+    message = str(error.value)
+    assert "missing: cls_token" in message and "unexpected: extra.weight" in message
+    assert "wrong shapes: pos_embed (1, 2, 3)" in message and "\n" not in message
+
+
+def test_unknown_backbone_and_unreadable_weights(tmp_path):
+    with pytest.raises(AdaptError, match="unknown backbone 'no_such_net'"):
+        create_backbone("no_such_net")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(AdaptError, match="cannot read weights file"):
+        create_backbone("test_vit", tmp_path / "junk.pth")
+    with pytest.raises(AdaptError, match="weights file not found"):
+        create_backbone("test_vit", tmp_path / "missing.safetensors")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    torch.save({"w": torch.zeros(1), "f": np.dtype}, tmp_path / "code.pth")  # weights_only=False content
+    with pytest.raises(AdaptError):
+        create_backbone("test_vit", tmp_path / "code.pth")
