@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from rich.table import Table
 from adapt.errors import AdaptError
 from adapt.methods import METHODS
 
-console = Console()
+# Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
+console = Console(quiet=int(os.environ.get("RANK", "0")) != 0)
 
 
 class AdaptGroup(click.Group):

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -120,9 +121,15 @@ class Trainer:
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)
+        # Accelerator settings live in process-wide singletons; a library that trains several
+        # models in one process (sweeps, tests) must reset them, keeping the distributed setup.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         try:
             self.accelerator = Accelerator(
-                mixed_precision=PRECISIONS[config.precision], gradient_accumulation_steps=config.grad_accum
+                mixed_precision=PRECISIONS[config.precision],
+                gradient_accumulation_steps=config.grad_accum,
+                cpu=not torch.accelerator.is_available(),  # lets torchrun/launch on CPUs use gloo
             )
         except (ValueError, KeyError) as error:
             raise AdaptError(f"precision {config.precision} is not available here: {error}") from None

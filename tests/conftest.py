@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import adapt  # noqa: F401  (first: makes timm importable beside the CPU torch, see adapt._compat)
 import numpy as np
 import pytest
 from PIL import Image

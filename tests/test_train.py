@@ -1,0 +1,86 @@
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapt import AdaptError
+from adapt.methods import create_method
+from adapt.train import STATE_FILE, TrainConfig, parameter_groups, warmup_cosine
+from adapt.tune import TuneJob, tune
+
+QUICK = TuneJob(data="digits", method="ssf", image_size=32, limit=48)
+
+
+def test_warmup_then_cosine():
+    factor = warmup_cosine(warmup_steps=4, total_steps=14)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(9) == pytest.approx(0.5) and factor(14) == pytest.approx(0.0)
+    assert all(factor(s) >= factor(s + 1) for s in range(4, 14))
+
+
+def test_weight_decay_only_on_matrices():
+    from adapt.backbones import create_backbone
+
+    model, _ = create_backbone(num_classes=10)
+    create_method("ssf").apply(model)
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in decay["params"]] == ["classifier.weight"]
+    assert any(names[id(p)].endswith("ssf.scale") for p in no_decay["params"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after_first_epoch(result):
+    if result.epoch == 1:
+        raise Interrupt
+
+
+def test_resume_after_interruption_reaches_the_same_weights(tmp_path):
+    config = TrainConfig(epochs=3, batch_size=16, seed=3)
+    straight = tune(QUICK, config, tmp_path / "straight")
+    with pytest.raises(Interrupt):
+        tune(QUICK, config, tmp_path / "resumed", on_epoch_end=_stop_after_first_epoch)
+    assert (tmp_path / "resumed" / STATE_FILE).is_file()
+    resumed = tune(QUICK, config, tmp_path / "resumed", resume=True)
+    a = load_file(tmp_path / "straight" / "adapter.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise: same data order, optimizer and RNG state
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert resumed.test_acc == straight.test_acc
+    metrics = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 3
+
+
+def test_resume_refuses_a_changed_run(tmp_path):
+    tune(QUICK, TrainConfig(epochs=1, batch_size=16), tmp_path)
+    with pytest.raises(AdaptError, match="cannot resume .*epochs"):
+        tune(QUICK, TrainConfig(epochs=2, batch_size=16), tmp_path, resume=True)
+    with pytest.raises(AdaptError, match="nothing to resume"):
+        tune(QUICK, TrainConfig(epochs=1), tmp_path / "empty", resume=True)
+
+
+def test_gradient_accumulation_and_bf16_run(tmp_path):
+    result = tune(QUICK, TrainConfig(epochs=1, batch_size=8, grad_accum=2, precision="bf16"), tmp_path)
+    assert math.isfinite(result.history[0].train_loss) and 0.0 <= result.test_acc <= 1.0
+
+
+def test_two_processes_with_torchrun(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "adapt", "tune", "--image-size", "32", "--limit", "32",
+               "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = (tmp_path / "summary.json").read_text()
+    assert '"processes": 2' in summary
+    assert (tmp_path / "adapter.safetensors").is_file()
