@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from adapt.errors import AdaptError
@@ -26,7 +27,7 @@ class AdaptGroup(click.Group):
         try:
             return super().invoke(ctx)
         except AdaptError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -200,8 +201,8 @@ def predict(checkpoint, images, top_k, weights) -> None:
 
     adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
     for prediction in predict_files(adapted, list(images), top_k):
-        ranked = "  ".join(f"{name} {p:.1%}" for name, p in prediction.top)
-        console.print(f"[bold]{prediction.path}[/]: {ranked}", highlight=False)
+        ranked = "  ".join(f"{escape(name)} {p:.1%}" for name, p in prediction.top)
+        console.print(f"[bold]{escape(str(prediction.path))}[/]: {ranked}", highlight=False)
 
 
 @cli.command()

@@ -63,6 +63,7 @@ class EpochResult:
     lr: float
     images_per_s: float
     seconds: float
+    steps: int  # batches seen (per process)
 
 
 @dataclass
@@ -248,7 +249,7 @@ class Trainer:
     def _epoch(self, epoch, model, loader, optimizer, scheduler, progress, task) -> EpochResult:
         accelerator = self.accelerator
         self.adapted.method.set_train_mode(model)
-        loss_sum = correct = seen = 0
+        loss_sum = correct = seen = steps = 0
         start = time.perf_counter()
         progress.update(task, description=f"epoch {epoch}/{self.config.epochs}")
         for images, labels in loader:
@@ -262,6 +263,7 @@ class Trainer:
             loss_sum += float(loss.detach()) * labels.numel()
             correct += int((logits.argmax(-1) == labels).sum())
             seen += labels.numel()
+            steps += 1
             ips = seen * accelerator.num_processes / (time.perf_counter() - start)
             progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=ips)
         seconds = time.perf_counter() - start
@@ -274,4 +276,5 @@ class Trainer:
             lr=scheduler.get_last_lr()[0],
             images_per_s=seen * accelerator.num_processes / seconds,
             seconds=seconds,
+            steps=steps,
         )

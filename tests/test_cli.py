@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from adapt.cli import cli
+
+QUICK = ["--image-size", "32", "--epochs", "1", "--batch-size", "16"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, text):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def folder_run(folder_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run("tune", "--data", f"folder:{folder_root}", "--method", "bitfit", *QUICK, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_tune_writes_a_run_folder_and_reports(folder_run):
+    out, output = folder_run
+    assert "test accuracy" in output and "parameters (" in output
+    assert {"adapter.safetensors", "train_state.safetensors", "metrics.jsonl", "summary.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["method"] == "bitfit" and 0 <= summary["test_acc"] <= 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_eval_predict_info(folder_run, folder_root):
+    out, _ = folder_run
+    checkpoint = out / "adapter.safetensors"
+    result = run("eval", checkpoint, "--split", "val")
+    assert result.exit_code == 0 and "val accuracy" in result.output and "18 images" in result.output
+    image = next((folder_root / "test" / "two").iterdir())
+    result = run("predict", checkpoint, image, "--top-k", "2")
+    assert result.exit_code == 0
+    assert result.output.count("%") == 2 and any(name in result.output for name in ("zero", "one", "two"))
+    result = run("info", checkpoint)
+    assert result.exit_code == 0 and "bitfit" in result.output and "tf_efficientnet_lite0" in result.output
+
+
+def test_methods_table_lists_the_registry():
+    result = run("methods", "--backbone", "test_vit", "--num-classes", "3")
+    assert result.exit_code == 0
+    for name in ("ssf", "full", "linear", "bitfit"):
+        assert name in result.output
+
+
+def test_vtab_root_runs_every_task_and_prints_both_means(vtab_root, tmp_path):
+    result = run("tune", "--data", f"vtab:{vtab_root}", "--method", "linear", *QUICK, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "svhn" in result.output and "eurosat" in result.output
+    assert "plain mean of 2 tasks" in result.output and "mean of the 3 group means" in result.output
+    assert (tmp_path / "svhn" / "adapter.safetensors").is_file()
+
+
+def test_bad_inputs_give_one_line(tmp_path, folder_run):
+    out, _ = folder_run
+    assert_one_line_error(run("tune", "--data", f"vtab:{tmp_path / 'nope'}"), "VTAB folder not found")
+    assert_one_line_error(run("tune", "--data", "mnist"), "unknown data spec")
+    assert_one_line_error(run("tune", "--option", "init_std"), "--option expects key=value")
+    assert_one_line_error(run("tune", "--option", "rank=4", "--limit", "8", *QUICK, "--out", tmp_path),
+                          "method ssf has no option(s) rank")  # fmt: skip
+    assert_one_line_error(run("tune", "--backbone", "resnet_9000"), "unknown backbone")
+    assert_one_line_error(run("eval", tmp_path / "none.safetensors"), "checkpoint not found")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes((out / "adapter.safetensors").read_bytes()[:100])
+    assert_one_line_error(run("info", broken), "truncated")
+    bad_image = tmp_path / "bad.png"
+    bad_image.write_text("not an image")
+    assert_one_line_error(run("predict", out / "adapter.safetensors", bad_image), "unreadable image")
+    usage = run("tune", "--method", "nope")
+    assert usage.exit_code == 2 and "Invalid value for '--method'" in usage.output
+    assert not (tmp_path / "adapter.safetensors").exists()
+
+
+def test_console_script_help_has_examples():
+    for command in ("tune", "eval", "predict", "methods", "info"):
+        result = subprocess.run([sys.executable, "-m", "adapt", command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "Example" in result.stdout, command
