@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone
+from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone, preprocessing
 from adapt.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from adapt.errors import AdaptError
 from adapt.methods import Method, count_trainable, create_method
@@ -27,14 +27,17 @@ class AdaptedModel:
         cls,
         method: str,
         class_names: list[str],
-        image_size: int,
+        image_size: int | None,
         backbone: str,
         weights: str | None = None,
         options: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> AdaptedModel:
-        """The backbone with a fresh head for `class_names`, adapted by `method` (seeded)."""
+        """The backbone with a fresh head for `class_names`, adapted by `method` (seeded).
+
+        image_size None means the backbone's default input size."""
         adapter = create_method(method, options)
+        image_size = image_size or preprocessing(backbone).image_size
         model, info = create_backbone(backbone, weights, len(class_names), image_size, seed)
         adapter.apply(model)
         return cls(model, adapter, info, list(class_names), image_size)

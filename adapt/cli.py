@@ -96,24 +96,27 @@ def tune(method, method_options, data, split_protocol, backbone, weights, image_
       adapt tune --data vtab:~/vtab-1k            # every task found, then the VTAB table
       torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
     """
+    from adapt.data import expand_spec
+    from adapt.data.vtab import vtab_means
     from adapt.train import TrainConfig
-    from adapt.tune import TuneJob, suite_summary, task_specs, tune as run_tune
+    from adapt.tune import TuneJob, tune as run_tune
 
     job = TuneJob(data, method, parse_options(method_options), backbone, weights, image_size, split_protocol, limit)
     config = TrainConfig(epochs, batch_size, lr, weight_decay, warmup, grad_accum, precision, seed, workers)
-    specs = task_specs(job)
-    results = {}
+    specs = expand_spec(data)  # several when data is a VTAB root holding many tasks
+    accuracies = {}
     for spec in specs:
-        task_out = out / Path(spec.split(":", 1)[1]).name if len(specs) > 1 else out
+        task = Path(spec.partition(":")[2]).name
+        task_out = out / task if len(specs) > 1 else out
         result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch)
-        results[Path(spec.split(":", 1)[-1]).name if len(specs) > 1 else spec] = result
+        accuracies[task] = result.test_acc
         share = result.trainable_params / result.total_params
         console.print(
             f"[bold green]{result.test_split} accuracy {result.test_acc:.2%}[/]  ·  trained "
             f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {task_out}"
         )
     if len(specs) > 1:
-        _print_vtab(suite_summary({task: r.test_acc for task, r in results.items()}))
+        _print_vtab(accuracies, vtab_means(accuracies))
 
 
 def _print_start(adapted, data) -> None:
@@ -134,17 +137,17 @@ def _print_epoch(result) -> None:
     )
 
 
-def _print_vtab(summary: dict[str, Any]) -> None:
+def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) -> None:
     table = Table(title="VTAB-1k")
     table.add_column("task")
     table.add_column("accuracy", justify="right")
-    for task, acc in summary["tasks"].items():
+    for task, acc in accuracies.items():
         table.add_row(task, f"{acc:.2%}")
     for group in ("natural", "specialized", "structured"):
-        if summary[group] is not None:
-            table.add_row(f"[italic]{group} mean", f"{summary[group]:.2%}")
-    table.add_row(f"[bold]plain mean of {len(summary['tasks'])} tasks", f"{summary['plain_mean']:.2%}")
-    group_mean = summary["group_mean"]
+        if means[group] is not None:
+            table.add_row(f"[italic]{group} mean", f"{means[group]:.2%}")
+    table.add_row(f"[bold]plain mean of {len(accuracies)} tasks", f"{means['plain_mean']:.2%}")
+    group_mean = means["group_mean"]
     table.add_row("[bold]mean of the 3 group means", f"{group_mean:.2%}" if group_mean is not None else "n/a (a group is empty)")
     console.print(table)
 
@@ -203,6 +206,71 @@ def predict(checkpoint, images, top_k, weights) -> None:
     for prediction in predict_files(adapted, list(images), top_k):
         ranked = "  ".join(f"{escape(name)} {p:.1%}" for name, p in prediction.top)
         console.print(f"[bold]{escape(str(prediction.path))}[/]: {ranked}", highlight=False)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write the merged .safetensors.")
+@click.option("--fold-bn", is_flag=True, help="Also fold BatchNorm into the conv before it (for deployment).")
+@weights_option
+def merge(checkpoint, out, fold_bn, weights) -> None:
+    """Fold an adapter into the backbone's weights: a plain timm state dict, no extra cost.
+
+    The result loads with timm.create_model(NAME, num_classes=K).load_state_dict(...)
+    and does not need adapt.
+
+    \b
+    Example:
+      adapt merge runs/tune/adapter.safetensors --out merged.safetensors
+    """
+    from adapt.adapted import AdaptedModel
+    from adapt.merge.reparam import merge_adapted, save_merged
+
+    adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
+    model, report = merge_adapted(adapted, fold_bn)
+    save_merged(out, model, adapted)
+    folded = f", {report.batchnorms_folded} BatchNorms folded into convs" if fold_bn else ""
+    console.print(
+        f"merged {report.method} into {adapted.backbone.name} in {report.seconds * 1000:.0f} ms, "
+        f"peak extra memory {report.peak_extra_bytes / 2**20:.2f} MiB "
+        f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {out}"
+    )
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
+@weights_option
+def export(checkpoint, out_dir, fmt, weights) -> None:
+    """Write a LoRA checkpoint in peft's layout (adapter_config.json + adapter_model.safetensors).
+
+    \b
+    Example:
+      adapt export runs/lora/adapter.safetensors --format peft exported/
+      # then: PeftModel.from_pretrained(timm.create_model(NAME, num_classes=K), "exported/")
+    """
+    from adapt.peft_format import export_peft
+
+    console.print(f"wrote peft adapter folder {export_peft(checkpoint, out_dir, weights)}")
+
+
+@cli.command("import-peft")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The adapter checkpoint to write.")
+@click.option("--backbone", default=None, help="timm name, when the folder does not record it.")
+@weights_option
+def import_peft(folder, out, backbone, weights) -> None:
+    """Read a peft LoRA folder into an adapt checkpoint (for eval, predict, merge).
+
+    \b
+    Example:
+      adapt import-peft exported/ --out lora.safetensors
+    """
+    from adapt.peft_format import import_peft as read_folder
+
+    meta = read_folder(folder, out, backbone, weights)
+    console.print(f"wrote {out}: lora rank {meta.method_options['rank']} on {meta.backbone}, {len(meta.class_names)} classes")
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""The `adapt tune` job as functions: one task, or every VTAB-1k task under a root."""
+"""The `adapt tune` job as a function: build the adapted model and the data, then train."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
-from adapt.data import DataSplits, default_image_size, expand_spec, load_data
-from adapt.data.vtab import vtab_means
+from adapt.data import DataSplits, default_image_size, load_data
 from adapt.train import EpochResult, FitResult, TrainConfig, Trainer
 
 
@@ -52,13 +51,3 @@ def tune(
     if on_start is not None:
         on_start(adapted, data)
     return Trainer(adapted, data, config, out_dir).fit(resume=resume, on_epoch_end=on_epoch_end)
-
-
-def task_specs(job: TuneJob) -> list[str]:
-    """One spec per task: several when `job.data` is a VTAB root holding many tasks."""
-    return expand_spec(job.data)
-
-
-def suite_summary(accuracies: dict[str, float]) -> dict[str, Any]:
-    """Per-task accuracies with the VTAB means (plain and group), labelled."""
-    return {"tasks": accuracies, **vtab_means(accuracies)}

@@ -8,9 +8,10 @@ from typing import Any
 from adapt.errors import AdaptError
 from adapt.methods.base import Method, count_trainable
 from adapt.methods.baselines import BitFit, Full, Linear
+from adapt.methods.lora import LoRA
 from adapt.methods.ssf import SSF
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, Full, Linear, BitFit)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, LoRA, Full, Linear, BitFit)}
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:

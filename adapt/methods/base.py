@@ -58,6 +58,13 @@ class Method:
     def add_trainable(self, model: nn.Module) -> None:
         raise NotImplementedError
 
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold what the method added into the backbone's own weights; the result has the
+        original architecture. Methods that train only existing tensors have nothing to fold."""
+        if not self.mergeable:
+            raise AdaptError(f"method {self.name} cannot be merged into the backbone's weights")
+        return model
+
     def report(self) -> str:
         """What `apply` did, in a line (e.g. which layers it wrapped)."""
         return ""

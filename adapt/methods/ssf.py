@@ -21,8 +21,11 @@ from collections import Counter
 import torch
 from timm.layers import LayerNorm2d
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from adapt.backbones import is_head_key
+from adapt.errors import AdaptError
+from adapt.merge.kernels import scale_shift_
 from adapt.methods.base import Method
 
 CHANNELS_FIRST = 1
@@ -82,6 +85,18 @@ def has_fused_activation(module: nn.Module) -> bool:
     return isinstance(getattr(module, "act", None), nn.Module) and ssf_site(module) is not None
 
 
+def fold_ssf_(layer: nn.Module, name: str) -> None:
+    """Fold `layer.ssf` into the layer's own weight and bias, in place.
+
+    For a Linear/Conv (W x + b) and for a norm's affine (w * x_hat + b) alike:
+    weight <- diag(scale) weight, bias <- scale * bias + shift.
+    """
+    if getattr(layer, "weight", None) is None or getattr(layer, "bias", None) is None:
+        raise AdaptError(f"cannot fold SSF into {name}: {type(layer).__name__} has no weight and bias to absorb it")
+    with torch.no_grad():
+        scale_shift_(layer.weight, layer.bias, layer.ssf.scale, layer.ssf.shift)
+
+
 @dataclasses.dataclass
 class SSFConfig:
     init_std: float = 0.02  # scale ~ N(1, init_std), shift ~ N(0, init_std)
@@ -98,6 +113,7 @@ class SSF(Method):
     def __init__(self, config: SSFConfig | None = None):
         super().__init__(config)
         self.wrapped: dict[str, str] = {}  # layer name -> kind, filled by apply
+        self._hooks: dict[str, RemovableHandle] = {}
 
     def add_trainable(self, model: nn.Module) -> None:
         pattern = re.compile(self.config.targets) if self.config.targets else None
@@ -109,11 +125,21 @@ class SSF(Method):
                 continue
             layer.ssf = ScaleShift(*site, init_std=self.config.init_std)
             if has_fused_activation(layer):
-                layer.act.register_forward_pre_hook(layer.ssf.before_input)
+                self._hooks[layer_name] = layer.act.register_forward_pre_hook(layer.ssf.before_input)
                 self.wrapped[layer_name] = f"{type(layer).__name__} (before its activation)"
             else:
-                layer.register_forward_hook(layer.ssf.after_output)
+                self._hooks[layer_name] = layer.register_forward_hook(layer.ssf.after_output)
                 self.wrapped[layer_name] = type(layer).__name__
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold every SSF into the layer it follows and remove it (see `fold_ssf_`)."""
+        for layer_name, hook in self._hooks.items():
+            layer = model.get_submodule(layer_name)
+            fold_ssf_(layer, layer_name)
+            hook.remove()
+            del layer.ssf
+        self._hooks.clear()
+        return model
 
     def report(self) -> str:
         counts = Counter(self.wrapped.values())

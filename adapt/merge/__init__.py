@@ -1,0 +1,1 @@
+"""Folding adapters back into weights (reparam, kernels); merging models (soups, arithmetic)."""

@@ -1,0 +1,134 @@
+"""Re-parameterization: fold a trained method into the backbone's own weights.
+
+The merged model has the original timm architecture with the new head, so its state
+dict loads into `timm.create_model(name, num_classes=K)` without `adapt`. Merging runs
+in place (adapt.merge.kernels); we report its time and the peak of the extra memory it
+allocated, counted op by op (AllocationTracker).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from adapt.adapted import AdaptedModel
+from adapt.backbones import RANDOM_WEIGHTS, create_backbone
+from adapt.checkpoint import save_tensors_atomic
+from adapt.errors import AdaptError, compare_tensors, describe_mismatch
+from adapt.merge.kernels import fold_batchnorm_
+
+
+@dataclass
+class MergeReport:
+    method: str
+    seconds: float
+    peak_extra_bytes: int
+    largest_tensor_bytes: int
+    batchnorms_folded: int
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Counts the bytes of new tensor storage that ops create while active, and their peak.
+
+    Every op's outputs that do not reuse an input's storage are new allocations; each is
+    counted until its tensor is freed. In-place ops (addmm_, mul_) count nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
+                nbytes = tensor.untyped_storage().nbytes()
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(tensor, self._free, nbytes)
+        return out
+
+
+def peak_extra_bytes(work: Callable[[], None]) -> int:
+    """Run `work`; the peak of bytes of tensors it allocated and had not yet freed."""
+    with AllocationTracker() as tracker:
+        work()
+    return tracker.peak
+
+
+def conv_batchnorm_pairs(model: nn.Module, image_size: int) -> list[tuple[nn.Module, nn.Module]]:
+    """(conv, BatchNorm) pairs where the BatchNorm runs right after the conv, found by one forward pass."""
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda module, args: order.append(module))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm))
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [
+        (conv, bn)
+        for conv, bn in zip(order, order[1:])
+        if isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        and conv.out_channels == bn.num_features
+        and bn.affine
+    ]
+
+
+def merge_adapted(adapted: AdaptedModel, fold_bn: bool = False) -> tuple[nn.Module, MergeReport]:
+    """Fold the method (and, with fold_bn, BatchNorm into convs) into the weights, in place."""
+    if not adapted.method.mergeable:
+        raise AdaptError(
+            f"method {adapted.method.name} cannot be merged: it adds computation that no weight can absorb; "
+            "use its checkpoint with adapt eval/predict"
+        )
+    model = adapted.model.eval()
+    pairs = conv_batchnorm_pairs(model, adapted.image_size) if fold_bn else []
+
+    def work() -> None:
+        adapted.method.merge(model)
+        for conv, bn in pairs:
+            fold_batchnorm_(conv.weight.data, bn)
+
+    start = time.perf_counter()
+    peak = peak_extra_bytes(work)
+    seconds = time.perf_counter() - start
+    largest = max(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_plain_architecture(model, adapted)
+    return model, MergeReport(adapted.method.name, seconds, peak, largest, len(pairs))
+
+
+def check_plain_architecture(model: nn.Module, adapted: AdaptedModel) -> None:
+    """The merged state dict must be exactly that of a fresh timm model with K classes."""
+    fresh, _ = create_backbone(adapted.backbone.name, RANDOM_WEIGHTS, len(adapted.class_names), adapted.image_size)
+    mismatch = compare_tensors(
+        {k: tuple(v.shape) for k, v in fresh.state_dict().items()},
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+    )
+    if any(mismatch):
+        raise AdaptError(describe_mismatch(f"merged {adapted.method.name} model is not a plain {adapted.backbone.name}", *mismatch))
+
+
+def save_merged(path: str | Path, model: nn.Module, adapted: AdaptedModel) -> None:
+    """A plain state dict; the metadata says what it is but nothing needs it to load."""
+    meta = adapted.meta().to_metadata()
+    metadata = {k: meta[k] for k in ("backbone", "class_names", "image_size", "mean", "std", "method", "method_options")}
+    save_tensors_atomic(path, model.state_dict(), {"merged_by": "adapt", **metadata})

@@ -1,0 +1,111 @@
+"""LoRA (Hu et al., 2022) through peft, on timm models.
+
+peft injects its LoRA layers in place (`inject_adapter_in_model`), so the model keeps
+its own class and forward. Targets by default: on a ViT the fused `qkv`, the attention
+`proj`, and the MLP's `fc1`/`fc2`; on other networks every Linear and every ordinary
+Conv2d (groups == 1; timm's dynamically padded Conv2dSame is left out because peft's
+LoRA conv would not pad like it), always outside the head.
+
+Merging folds W += (alpha / rank) * B @ A into each base layer with one in-place addmm
+and puts the base layer back, so the merged model is the original architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from typing import TYPE_CHECKING
+
+from timm.layers import Conv2dSame
+from torch import nn
+
+from adapt.backbones import is_head_key
+from adapt.errors import AdaptError
+from adapt.merge.kernels import add_low_rank_
+from adapt.methods.base import Method
+
+if TYPE_CHECKING:  # peft takes seconds to import; only LoRA runs need it
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+
+VIT_TARGETS = r"(^|\.)(qkv|proj|fc1|fc2)$"
+ADAPTER = "default"
+
+
+def default_target(name: str, module: nn.Module, is_vit: bool) -> bool:
+    if is_vit:
+        return isinstance(module, nn.Linear) and re.search(VIT_TARGETS, name) is not None
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module) is nn.Conv2d and module.groups == 1 and not isinstance(module, Conv2dSame)
+
+
+@dataclasses.dataclass
+class LoRAConfig:
+    rank: int = 8
+    alpha: float = 8.0  # scaling = alpha / rank, as in peft
+    dropout: float = 0.0
+    targets: str | None = None  # regex on layer names (Linear/Conv2d); None: the defaults above
+
+
+class LoRA(Method):
+    name = "lora"
+    summary = "low-rank updates B@A on qkv/proj/fc1/fc2 (ViT) or linear/1x1-conv layers, via peft"
+    config_class = LoRAConfig
+    mergeable = True
+    default_lr = 1e-3
+
+    def __init__(self, config: LoRAConfig | None = None):
+        super().__init__(config)
+        self.targets: list[str] = []
+
+    def target_names(self, model: nn.Module) -> list[str]:
+        is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
+        pattern = re.compile(self.config.targets) if self.config.targets else None
+        names = []
+        for name, module in model.named_modules():
+            if not name or is_head_key(model, name) or not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            if pattern.search(name) if pattern else default_target(name, module, is_vit):
+                names.append(name)
+        return names
+
+    def peft_config(self) -> LoraConfig:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.config.rank,
+            lora_alpha=self.config.alpha,
+            lora_dropout=self.config.dropout,
+            target_modules=list(self.targets),
+        )
+
+    def add_trainable(self, model: nn.Module) -> None:
+        from peft import inject_adapter_in_model
+
+        self.targets = self.target_names(model)
+        if not self.targets:
+            raise AdaptError(f"LoRA found no target layers in {type(model).__name__} (targets={self.config.targets!r})")
+        inject_adapter_in_model(self.peft_config(), model, adapter_name=ADAPTER)
+
+    def report(self) -> str:
+        return f"LoRA rank {self.config.rank} on {len(self.targets)} layers"
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(model.named_modules()):
+            if isinstance(module, LoraLayer):
+                fold_lora_(module)
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+        return model
+
+
+def fold_lora_(layer: LoraLayer) -> None:
+    """W += scaling * B @ A in place on the base layer's weight (Linear or Conv2d)."""
+    base = layer.get_base_layer()
+    a = layer.lora_A[ADAPTER].weight
+    b = layer.lora_B[ADAPTER].weight
+    add_low_rank_(base.weight.data, b.detach().flatten(1), a.detach().flatten(1), layer.scaling[ADAPTER])

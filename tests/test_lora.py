@@ -1,0 +1,88 @@
+"""LoRA through peft: targets, training, and the peft folder layout both ways."""
+
+import pytest
+import timm
+import torch
+
+from adapt import AdaptError
+from adapt.adapted import AdaptedModel
+from adapt.backbones import create_backbone
+from adapt.methods import create_method
+from adapt.peft_format import export_peft, import_peft
+
+
+def test_default_targets_on_a_vit_and_on_lite0():
+    vit = timm.create_model("vit_base_patch16_224", num_classes=0)
+    method = create_method("lora", {"rank": 8})
+    method.apply(vit)
+    assert len(method.targets) == 48 and all(t.rsplit(".", 1)[-1] in {"qkv", "proj", "fc1", "fc2"} for t in method.targets)
+    # rank 8: qkv 8*(768+2304), proj 8*1536, fc1 8*(768+3072), fc2 8*(3072+768), per block
+    assert sum(p.numel() for p in vit.parameters() if p.requires_grad) == 12 * 8 * (3072 + 1536 + 3840 + 3840)
+
+    lite0, _ = create_backbone(num_classes=10)
+    method = create_method("lora")
+    method.apply(lite0)
+    assert "conv_head" in method.targets and "conv_stem" not in method.targets  # Conv2dSame is left out
+    assert not [t for t in method.targets if "conv_dw" in t]  # depthwise (groups > 1) too
+
+
+def test_options_and_targets_regex():
+    vit, _ = create_backbone("test_vit", "random", num_classes=3)
+    method = create_method("lora", {"rank": 2, "alpha": 4, "dropout": 0.1, "targets": r"attn\.qkv$"})
+    method.apply(vit)
+    assert method.targets == [f"blocks.{i}.attn.qkv" for i in range(len(vit.blocks))]
+    assert vit.blocks[0].attn.qkv.scaling["default"] == 2.0
+    with pytest.raises(AdaptError, match="LoRA found no target layers"):
+        create_method("lora", {"targets": "nothing-matches"}).apply(create_backbone("test_vit", "random", num_classes=3)[0])
+
+
+def _trained_lora_checkpoint(tmp_path):
+    adapted = AdaptedModel.create("lora", ["a", "b", "c"], 160, "test_vit", "random", {"rank": 4})
+    with torch.no_grad():
+        for p in adapted.model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    path = tmp_path / "lora.safetensors"
+    adapted.save(path)
+    return adapted, path
+
+
+def test_peft_export_loads_in_peft_with_identical_outputs(tmp_path):
+    from peft import PeftModel
+
+    adapted, path = _trained_lora_checkpoint(tmp_path)
+    folder = export_peft(path, tmp_path / "peft")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
+    base, _ = create_backbone("test_vit", "random", num_classes=3)
+    peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(peft_model(x), adapted.model.eval()(x))
+
+
+def test_peft_folder_imports_back(tmp_path):
+    adapted, path = _trained_lora_checkpoint(tmp_path)
+    folder = export_peft(path, tmp_path / "peft")
+    import_peft(folder, tmp_path / "back.safetensors")
+    back, meta = AdaptedModel.from_checkpoint(tmp_path / "back.safetensors")
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(back.model.eval()(x), adapted.model.eval()(x))
+    assert meta.training["imported_from"] == str(folder)
+
+    (folder / "adapt.json").unlink()  # another tool's folder: the backbone must be named
+    with pytest.raises(AdaptError, match="pass --backbone"):
+        import_peft(folder, tmp_path / "x.safetensors")
+    import_peft(folder, tmp_path / "named.safetensors", backbone="test_vit", weights="random")
+    named, _ = AdaptedModel.from_checkpoint(tmp_path / "named.safetensors")
+    with torch.no_grad():
+        assert torch.equal(named.model.eval()(x), adapted.model.eval()(x))
+    with pytest.raises(AdaptError, match="not a peft adapter folder"):
+        import_peft(tmp_path, tmp_path / "y.safetensors")
+
+
+def test_export_refuses_other_methods(tmp_path):
+    adapted = AdaptedModel.create("ssf", ["a", "b"], 160, "test_vit", "random")
+    adapted.save(tmp_path / "ssf.safetensors")
+    with pytest.raises(AdaptError, match="only lora exports"):
+        export_peft(tmp_path / "ssf.safetensors", tmp_path / "out")
