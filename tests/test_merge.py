@@ -170,3 +170,29 @@ def test_merge_cli_reports_and_writes(trained_lite0, tmp_path):
     assert result.exit_code == 0, result.output
     assert "peak extra memory" in result.output and "ms" in result.output
     assert len(load_file(out)) == 296
+
+
+TRITON_CHECK = """
+import torch
+from adapt.merge.triton_kernels import scale_add_low_rank_
+g = torch.Generator().manual_seed(0)
+for shape, rank in [((100, 70), 8), ((64, 32, 3, 3), 4), ((130, 200), 20)]:
+    w = torch.randn(*shape, generator=g)
+    b, a = torch.randn(shape[0], rank, generator=g), torch.randn(rank, w[0].numel(), generator=g)
+    s = torch.randn(shape[0], generator=g)
+    rows = w.view(shape[0], -1)
+    cases = [(s, b, a, s[:, None] * (rows + 0.5 * b @ a)), (None, b, a, rows + 0.5 * b @ a), (s, None, None, s[:, None] * rows)]
+    for scale, bb, aa, expected in cases:
+        out = w.clone()
+        scale_add_low_rank_(out, scale, bb, aa, 0.5)
+        assert torch.allclose(out.view(shape[0], -1), expected, atol=1e-4), (shape, scale is None, bb is None)
+        assert not torch.equal(out, w)
+print("ok")
+"""
+
+
+def test_triton_kernel_in_the_interpreter():
+    pytest.importorskip("triton")
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

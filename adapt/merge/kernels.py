@@ -2,7 +2,9 @@
 
 Each op updates a weight where it lies and allocates nothing the size of the weight:
 `addmm_` accumulates B @ A straight into W (the GEMM's beta = 1), `mul_` scales rows,
-and the bias update touches one vector. The same calls run on CPU and CUDA.
+and the bias update touches one vector. On CUDA, when Triton is installed, the weight
+updates run as one fused Triton kernel instead (adapt.merge.triton_kernels); the CPU
+path never needs Triton.
 """
 
 from __future__ import annotations
@@ -15,14 +17,34 @@ def _rows(weight: torch.Tensor) -> torch.Tensor:
     return weight.view(weight.shape[0], -1)
 
 
+def _use_triton(weight: torch.Tensor) -> bool:
+    if not (weight.is_cuda and weight.is_contiguous()):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def add_low_rank_(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor, alpha: float) -> None:
     """weight += alpha * b @ a, in place (b: (out, r), a: (r, in * k * k))."""
-    _rows(weight).addmm_(b.to(weight.dtype), a.to(weight.dtype), alpha=alpha)
+    if _use_triton(weight):
+        from adapt.merge.triton_kernels import scale_add_low_rank_
+
+        scale_add_low_rank_(weight, None, b, a, alpha)
+    else:
+        _rows(weight).addmm_(b.to(weight.dtype), a.to(weight.dtype), alpha=alpha)
 
 
 def scale_rows_(weight: torch.Tensor, scale: torch.Tensor) -> None:
     """weight <- diag(scale) @ weight (per output channel), in place."""
-    _rows(weight).mul_(scale.to(weight.dtype).unsqueeze(1))
+    if _use_triton(weight) and weight.ndim > 1:
+        from adapt.merge.triton_kernels import scale_add_low_rank_
+
+        scale_add_low_rank_(weight, scale, None, None)
+    else:
+        _rows(weight).mul_(scale.to(weight.dtype).unsqueeze(1))
 
 
 def scale_shift_(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:

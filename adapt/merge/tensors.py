@@ -1,0 +1,176 @@
+"""Tensor files read and written one tensor at a time.
+
+`TensorFile` opens an ingredient lazily: keys, shapes, dtypes and metadata come from the
+safetensors header and a tensor is read only when asked for (a `.pth` has no such index
+and is loaded whole, with weights_only=True). `StreamingWriter` writes safetensors files
+tensor by tensor: the header is computed up front from the shapes and dtypes, then each
+tensor's bytes are appended as it is produced, so the output never has to be in memory.
+The safetensors library writes only from a complete dict, hence this small writer of its
+(simple, documented) format; files go to temporary names and are renamed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from adapt.backbones import read_state_dict
+from adapt.errors import AdaptError
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+class TensorFile:
+    """One input file: its header now, its tensors one by one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AdaptError(f"file not found: {self.path}")
+        self._state: dict[str, torch.Tensor] | None = None
+        if self.path.suffix == ".safetensors":
+            with self._open() as handle:
+                self.metadata = handle.metadata() or {}
+                self.keys = list(handle.keys())
+                self._shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in self.keys}
+                self._dtypes = {k: handle.get_slice(k).get_dtype() for k in self.keys}
+        else:
+            self._state = read_state_dict(self.path)
+            self.metadata = {}
+            self.keys = list(self._state)
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator:
+        """The file mapped only while one tensor is read, so that its pages do not pile up."""
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                yield handle
+        except (SafetensorError, OSError, ValueError) as error:
+            raise AdaptError(f"{self.path} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._state is not None:
+            return tuple(self._state[key].shape)
+        return self._shapes[key]
+
+    def dtype(self, key: str) -> torch.dtype:
+        if self._state is not None:
+            return self._state[key].dtype
+        return next(dtype for dtype, code in SAFETENSORS_DTYPES.items() if code == self._dtypes[key])
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._state is not None:
+            tensor = self._state[key]
+        else:
+            with self._open() as handle:
+                tensor = handle.get_tensor(key)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdaptError(f"tensor '{key}' of {self.path} has NaN or Inf values")
+        return tensor
+
+
+def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+class StreamingWriter:
+    """Writes tensors in a fixed order into one or more safetensors shards.
+
+    Use as a context manager; tensors must arrive in `order`. With `max_shard_bytes`,
+    tensors are packed into shards `NAME-00001-of-0000N.safetensors` plus an index JSON
+    `NAME.safetensors.index.json` (the Hugging Face layout).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        order: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+        metadata: dict[str, str] | None = None,
+        max_shard_bytes: int | None = None,
+    ):
+        self.path = Path(path)
+        self.metadata = metadata or {}
+        self.order = list(order)
+        self.shards = self._plan(max_shard_bytes)
+        self._files: list = []
+        self._next = 0
+
+    def _plan(self, max_shard_bytes: int | None) -> list[list[tuple[str, tuple[int, ...], torch.dtype]]]:
+        shards: list[list] = [[]]
+        size = 0
+        for entry in self.order:
+            size_of = nbytes(entry[1], entry[2])
+            if max_shard_bytes and shards[-1] and size + size_of > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(entry)
+            size += size_of
+        return shards
+
+    def shard_paths(self) -> list[Path]:
+        if len(self.shards) == 1:
+            return [self.path]
+        stem = self.path.name.removesuffix(".safetensors")
+        n = len(self.shards)
+        return [self.path.with_name(f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors") for i in range(n)]
+
+    def _header(self, shard: list) -> bytes:
+        header: dict = {"__metadata__": self.metadata}
+        offset = 0
+        for key, shape, dtype in shard:
+            end = offset + nbytes(shape, dtype)
+            header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, end]}
+            offset = end
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw
+
+    def __enter__(self) -> StreamingWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for shard, final in zip(self.shards, self.shard_paths()):
+            handle = open(final.with_name(f".{final.name}.tmp"), "wb")
+            handle.write(self._header(shard))
+            self._files.append((handle, final, {key for key, _, _ in shard}))
+        return self
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        expected_key, shape, dtype = self.order[self._next]
+        if key != expected_key or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise ValueError(f"writer expected {expected_key} {shape} {dtype}, got {key} {tuple(tensor.shape)} {tensor.dtype}")
+        handle = next(h for h, _, keys in self._files if key in keys)
+        handle.write(_tensor_bytes(tensor))
+        self._next += 1
+
+    def __exit__(self, kind, value, traceback) -> None:
+        complete = kind is None and self._next == len(self.order)
+        for handle, final, _ in self._files:
+            handle.close()
+            tmp = final.with_name(f".{final.name}.tmp")
+            if complete:
+                os.replace(tmp, final)
+            else:
+                tmp.unlink(missing_ok=True)
+        if complete and len(self.shards) > 1:
+            from adapt.checkpoint import write_json_atomic
+
+            weight_map = {key: final.name for _, final, keys in self._files for key in sorted(keys)}
+            total = sum(nbytes(s, d) for _, s, d in self.order)
+            write_json_atomic(self.path.with_name(self.path.name + ".index.json"),
+                              {"metadata": {"total_size": total, **self.metadata}, "weight_map": weight_map})  # fmt: skip
+        if kind is None and not complete:
+            raise ValueError(f"writer closed after {self._next} of {len(self.order)} tensors")

@@ -1,0 +1,110 @@
+"""What merging buys at inference, and what it costs: ssf, lora, bitfit on two backbones.
+
+For EfficientNet-Lite0 (embedded weights) and a ViT-B/16-sized timm ViT (random weights),
+each method's trainable tensors are perturbed as training would (N(0, 0.02)), then:
+latency of the plain backbone, of the adapted (unmerged) model and of the merged model,
+all in this run (median of repeats, batch 8 at 224 px, fp32, no grad), reported as
+ratios to the plain backbone; the largest |logit difference| merged vs unmerged; the
+merge's wall time and the peak extra memory it allocated, next to the largest single
+tensor of the model.
+
+    python benchmarks/merge.py [--repeats 7]
+
+Writes benchmarks/results/merge.json and merge.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import adapt  # noqa: F401  (first: torchvision compat)
+import torch
+
+from adapt.adapted import AdaptedModel
+from adapt.backbones import create_backbone
+from adapt.checkpoint import write_json_atomic, write_text_atomic
+from adapt.merge.reparam import merge_adapted
+
+RESULTS = Path(__file__).parent / "results"
+BACKBONES = {"tf_efficientnet_lite0": None, "vit_base_patch16_224": "random"}  # name -> weights
+METHODS = ["ssf", "lora", "bitfit"]
+CLASSES = [str(i) for i in range(10)]
+
+
+@torch.no_grad()
+def latency(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    model.eval()
+    model(x)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def perturb_trainable(adapted: AdaptedModel, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapted.model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn(p.shape, generator=generator))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 224, 224)
+    rows = []
+    for backbone, weights in BACKBONES.items():
+        plain, _ = create_backbone(backbone, weights, len(CLASSES), 224)
+        plain_latency = latency(plain, x, args.repeats)
+        for method in METHODS:
+            adapted = AdaptedModel.create(method, CLASSES, 224, backbone, weights)
+            perturb_trainable(adapted)
+            unmerged_latency = latency(adapted.model, x, args.repeats)
+            with torch.no_grad():
+                before = adapted.model(x)
+            merged, report = merge_adapted(adapted)
+            with torch.no_grad():
+                max_abs_diff = float((merged(x) - before).abs().max())
+            rows.append({
+                "method": method,
+                "backbone": backbone,
+                "max_abs_diff": max_abs_diff,
+                "unmerged_latency_ratio": unmerged_latency / plain_latency,
+                "merged_latency_ratio": latency(merged, x, args.repeats) / plain_latency,
+                "merge_seconds": report.seconds,
+                "merge_peak_extra_bytes": report.peak_extra_bytes,
+                "largest_tensor_bytes": report.largest_tensor_bytes,
+            })  # fmt: skip
+            print(rows[-1], flush=True)
+
+    setup = {"batch": 8, "image_size": 224, "repeats": args.repeats, "dtype": "fp32", "machine": "2-core CPU",
+             "torch_threads": torch.get_num_threads()}  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    write_json_atomic(RESULTS / "merge.json", {"setup": setup, "rows": rows})
+    lines = [
+        "# Merging: inference cost and merge cost (CPU, batch 8 at 224 px, fp32)",
+        "",
+        "| method | backbone | max abs diff | unmerged latency / plain | merged latency / plain | merge time | peak extra memory | largest tensor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['backbone']} | {r['max_abs_diff']:.1e} | {r['unmerged_latency_ratio']:.3f} | "
+            f"{r['merged_latency_ratio']:.3f} | {r['merge_seconds'] * 1000:.0f} ms | "
+            f"{r['merge_peak_extra_bytes'] / 2**20:.2f} MiB | {r['largest_tensor_bytes'] / 2**20:.2f} MiB |"
+        )
+    lines += ["", "Goals: merged latency / plain <= 1.02; peak extra memory <= 2 x the largest tensor."]
+    write_text_atomic(RESULTS / "merge.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

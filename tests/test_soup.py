@@ -1,0 +1,210 @@
+"""Soups and merges: formulas against hand values, validation, streaming, end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from adapt import AdaptError
+from adapt.adapted import AdaptedModel
+from adapt.cli import cli
+from adapt.merge.arithmetic import Dare, TaskArithmetic, Ties, Weighted
+from adapt.merge.soup import greedy_soup, held_out_accuracy, stream_soup
+
+TOLERANCE = 1e-6
+
+
+def _write(path, tensors, metadata=None):
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=metadata)
+    return path
+
+
+def _ingredients(tmp_path, count=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    states = [{"w": torch.randn(4, 5, generator=g), "b": torch.randn(5, generator=g), "steps": torch.tensor(7 + i)}
+              for i in range(count)]  # fmt: skip
+    return [_write(tmp_path / f"m{i}.safetensors", s) for i, s in enumerate(states)], states
+
+
+def test_uniform_soup_is_the_mean(tmp_path):
+    paths, states = _ingredients(tmp_path)
+    summary = stream_soup(paths, tmp_path / "soup.safetensors")
+    soup = load_file(tmp_path / "soup.safetensors")
+    for key in ("w", "b"):
+        assert (soup[key] - sum(s[key] for s in states) / 3).abs().max() <= TOLERANCE
+    assert soup["steps"] == states[0]["steps"]  # non-float: from the first ingredient
+    assert summary.tensors == 3 and summary.recipe == "uniform"
+
+
+def test_weighted_and_task_arithmetic_against_hand_values(tmp_path):
+    paths, states = _ingredients(tmp_path, count=2)
+    stream_soup(paths, tmp_path / "w.safetensors", Weighted([1.0, 3.0]))
+    expected = (states[0]["w"] + 3 * states[1]["w"]) / 4
+    assert (load_file(tmp_path / "w.safetensors")["w"] - expected).abs().max() <= TOLERANCE
+
+    base = _write(tmp_path / "base.safetensors", {"w": torch.ones(4, 5), "b": torch.zeros(5), "steps": torch.tensor(0)})
+    stream_soup(paths, tmp_path / "ta.safetensors", TaskArithmetic(scale=0.5), base=base)
+    expected = 1 + 0.5 * ((states[0]["w"] - 1) + (states[1]["w"] - 1))
+    assert (load_file(tmp_path / "ta.safetensors")["w"] - expected).abs().max() <= TOLERANCE
+    with pytest.raises(AdaptError, match="needs --base"):
+        stream_soup(paths, tmp_path / "x.safetensors", TaskArithmetic())
+
+
+def test_ties_against_a_hand_computed_example(tmp_path):
+    base = _write(tmp_path / "base.safetensors", {"v": torch.zeros(4)})
+    taus = [[3.0, -1.0, 0.5, 2.0], [-2.0, -2.0, 1.0, 1.0], [1.0, 4.0, -0.1, -3.0]]
+    paths = [_write(tmp_path / f"t{i}.safetensors", {"v": torch.tensor(t)}) for i, t in enumerate(taus)]
+    stream_soup(paths, tmp_path / "ties.safetensors", Ties(density=0.5), base=base)
+    # trimmed: [3,0,0,2], [-2,-2,0,0], [0,4,0,-3]; elected signs [+,+,0,-]; agreeing means [3,4,0,-3]
+    assert torch.allclose(load_file(tmp_path / "ties.safetensors")["v"], torch.tensor([3.0, 4.0, 0.0, -3.0]))
+
+
+def test_dare_drops_and_rescales_reproducibly(tmp_path):
+    base = _write(tmp_path / "base.safetensors", {"v": torch.full((10_000,), 2.0)})
+    one = _write(tmp_path / "one.safetensors", {"v": torch.full((10_000,), 3.0)})
+    stream_soup([one], tmp_path / "a.safetensors", Dare(drop=0.3, seed=1), base=base)
+    stream_soup([one], tmp_path / "b.safetensors", Dare(drop=0.3, seed=1), base=base)
+    stream_soup([one], tmp_path / "c.safetensors", Dare(drop=0.3, seed=2), base=base)
+    a, b, c = (load_file(tmp_path / f"{n}.safetensors")["v"] for n in "abc")
+    kept = a != 2.0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.allclose(a[kept], torch.tensor(2.0 + 1.0 / 0.7))  # tau / (1 - p)
+    assert abs(kept.float().mean().item() - 0.7) < 0.03
+    stream_soup([one], tmp_path / "d.safetensors", Dare(drop=0.0), base=base)
+    assert torch.equal(load_file(tmp_path / "d.safetensors")["v"], torch.full((10_000,), 3.0))
+
+
+def test_validation_names_keys_and_files_and_writes_nothing(tmp_path):
+    paths, states = _ingredients(tmp_path, count=2)
+    out = tmp_path / "soup.safetensors"
+    bad = {
+        "shape": ({**states[0], "w": torch.zeros(5, 4)}, r"key 'w' has shape \(4, 5\) in .*m0.safetensors but \(5, 4\) in .*shape.safetensors"),
+        "dtype": ({**states[0], "b": torch.zeros(5, dtype=torch.float16)}, "key 'b' has dtype"),
+        "missing": ({k: v for k, v in states[0].items() if k != "b"}, "key 'b' of .* is missing in"),
+        "extra": ({**states[0], "x": torch.zeros(1)}, "key 'x' of .* is not in"),
+        "nan": ({**states[0], "w": torch.full((4, 5), float("nan"))}, "tensor 'w' of .* has NaN or Inf"),
+    }
+    for name, (state, message) in bad.items():
+        odd = _write(tmp_path / f"{name}.safetensors", state)
+        with pytest.raises(AdaptError, match=message):
+            stream_soup([paths[0], odd], out)
+        assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    other = _write(tmp_path / "other.safetensors", states[1], {"backbone": "resnet50"})
+    mine = _write(tmp_path / "mine.safetensors", states[0], {"backbone": "vit_small_patch16_224"})
+    with pytest.raises(AdaptError, match="backbone differs"):
+        stream_soup([mine, other], out)
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00garbage")
+    with pytest.raises(AdaptError, match="truncated or not a safetensors file"):
+        stream_soup([paths[0], tmp_path / "broken.safetensors"], out)
+    adapter = AdaptedModel.create("linear", ["a", "b"], 160, "test_vit", "random")
+    adapter.save(tmp_path / "adapter.safetensors")
+    with pytest.raises(AdaptError, match="is a plain state dict but .* is an adapter checkpoint|is an adapter checkpoint but"):
+        stream_soup([paths[0], tmp_path / "adapter.safetensors"], out)
+    assert not out.exists()
+
+
+def test_sharded_output_and_dtype(tmp_path):
+    paths, states = _ingredients(tmp_path)
+    summary = stream_soup(paths, tmp_path / "soup.safetensors", dtype=torch.bfloat16, max_shard_bytes=48)
+    assert len(summary.outputs) > 1
+    index = json.loads((tmp_path / "soup.safetensors.index.json").read_text())
+    merged = {}
+    for shard in set(index["weight_map"].values()):
+        merged.update(load_file(tmp_path / shard))
+    assert merged["w"].dtype == torch.bfloat16 and merged["steps"].dtype == torch.int64
+    assert torch.allclose(merged["w"].float(), sum(s["w"] for s in states) / 3, atol=1e-2)
+
+
+MEMORY_PROBE = """
+import resource, sys, torch
+import adapt
+from adapt.merge.soup import stream_soup
+paths = sys.argv[2:]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stream_soup(paths, sys.argv[1])
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_ingredients(tmp_path):
+    tensor_bytes = 16 * 2**20
+    paths = []
+    for i in range(6):
+        state = {f"t{j}": torch.full((tensor_bytes // 4,), float(i + j)) for j in range(2)}
+        paths.append(_write(tmp_path / f"big{i}.safetensors", state))
+
+    def peak(files):
+        result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "out.safetensors"), *map(str, files)],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return int(result.stdout.strip().splitlines()[-1])
+
+    two, six = peak(paths[:2]), peak(paths)
+    # holding the inputs would add 4 ingredients x 32 MiB; streaming adds (almost) nothing
+    assert six - two < tensor_bytes, (two, six)
+
+
+@pytest.fixture(scope="module")
+def ssf_runs(tmp_path_factory):
+    """Three short SSF runs on digits (different seeds and learning rates), Lite0 at 48 px."""
+    from adapt.train import TrainConfig
+    from adapt.tune import TuneJob, tune
+
+    out = tmp_path_factory.mktemp("ssf_runs")
+    job = TuneJob(method="ssf", image_size=48, limit=240)
+    for seed, lr in ((0, 3e-3), (1, 5e-3), (2, 1e-2)):
+        tune(job, TrainConfig(epochs=2, batch_size=16, lr=lr, seed=seed), out / f"run{seed}")
+    return [out / f"run{seed}" / "adapter.safetensors" for seed in range(3)]
+
+
+def test_greedy_soup_is_never_worse_than_its_best_ingredient(ssf_runs, tmp_path):
+    accuracy = held_out_accuracy(ssf_runs[0], "digits", "val")
+    summary = greedy_soup(ssf_runs, tmp_path / "greedy.safetensors", accuracy)
+    best_single = max(step.own_accuracy for step in summary.greedy_steps)
+    assert summary.greedy_steps[0].own_accuracy == best_single
+    final = max(step.soup_accuracy for step in summary.greedy_steps if step.added)
+    assert final >= best_single
+    assert (tmp_path / "greedy.greedy.json").is_file()
+    from adapt.checkpoint import read_checkpoint
+
+    tensors, _ = read_checkpoint(tmp_path / "greedy.safetensors")
+    assert accuracy({k: v.float() for k, v in tensors.items()}) == pytest.approx(final)
+
+
+def test_end_to_end_soups_merge_and_evaluate(ssf_runs, tmp_path):
+    runner = CliRunner()
+    uniform = tmp_path / "uniform.safetensors"
+    result = runner.invoke(cli, ["soup", *map(str, ssf_runs), "--out", str(uniform)])
+    assert result.exit_code == 0, result.output
+    assert "ingredients" in result.output and "peak memory" in result.output
+    config = tmp_path / "soup.yaml"
+    config.write_text(f"ingredients: {json.dumps(list(map(str, ssf_runs)))}\nout: {tmp_path / 'greedy.safetensors'}\n"
+                      "greedy: true\ndata: digits\nsplit: val\n")  # fmt: skip
+    result = runner.invoke(cli, ["soup", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "greedy soup" in result.output and "added" in result.output
+    for soup in (uniform, tmp_path / "greedy.safetensors"):
+        merged = tmp_path / f"{soup.stem}-merged.safetensors"
+        result = runner.invoke(cli, ["merge", str(soup), "--out", str(merged)])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(cli, ["eval", str(soup), "--split", "test"])
+        assert result.exit_code == 0 and "test accuracy" in result.output, result.output
+        assert len(load_file(merged)) == 296
+
+
+def test_soup_cli_errors_are_one_line(tmp_path):
+    paths, _ = _ingredients(tmp_path, count=2)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--recipe", "ties"])
+    assert result.exit_code == 1 and "needs --base" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--weights", "1,x"])
+    assert result.exit_code == 1 and "--weights expects numbers" in result.output
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--weights", "1,2,3", "--out", str(tmp_path / "o.safetensors")])
+    assert result.exit_code == 1 and "3 weights for 2 ingredients" in result.output
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--max-shard-size", "big"])
+    assert result.exit_code == 1 and "cannot read size" in result.output
+    assert not (tmp_path / "o.safetensors").exists()
