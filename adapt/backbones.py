@@ -129,10 +129,13 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
 
 
 def _embedded_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The shipped Lite0 weights under timm's names, matched by position (shapes checked)."""
+    """The shipped Lite0 weights under timm's names, matched by position (shapes checked).
+
+    Both lists end with the classifier (weight, bias); a model built without a head
+    (num_classes=0) simply has those two fewer entries."""
     shipped = list(read_state_dict(embedded_weights_path()).values())
     ours = list(model.state_dict().items())
-    if len(ours) != len(shipped):
+    if len(ours) not in (len(shipped), len(shipped) - 2):
         raise AdaptError("the embedded EfficientNet-Lite0 weights no longer match timm's tf_efficientnet_lite0")
     state = {}
     for (name, own), tensor in zip(ours, shipped):

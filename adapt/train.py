@@ -42,8 +42,8 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 64
+    epochs: int = 10
+    batch_size: int = 32
     lr: float | None = None  # None: the method's default
     weight_decay: float = 0.05
     warmup: float = 0.1  # fraction of all optimizer steps
@@ -74,6 +74,15 @@ class FitResult:
     trainable_params: int
     total_params: int
     out_dir: Path
+
+
+def make_accelerator(**settings: Any) -> Accelerator:
+    """A fresh Accelerator. Its settings live in process-wide singletons, which a library that
+    trains several models in one process (sweeps, tests) must reset; the distributed setup
+    stays. Without a GPU it runs on CPUs, which lets torchrun/launch use gloo."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(cpu=not torch.accelerator.is_available(), **settings)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -122,15 +131,9 @@ class Trainer:
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)
-        # Accelerator settings live in process-wide singletons; a library that trains several
-        # models in one process (sweeps, tests) must reset them, keeping the distributed setup.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
         try:
-            self.accelerator = Accelerator(
-                mixed_precision=PRECISIONS[config.precision],
-                gradient_accumulation_steps=config.grad_accum,
-                cpu=not torch.accelerator.is_available(),  # lets torchrun/launch on CPUs use gloo
+            self.accelerator = make_accelerator(
+                mixed_precision=PRECISIONS[config.precision], gradient_accumulation_steps=config.grad_accum
             )
         except (ValueError, KeyError) as error:
             raise AdaptError(f"precision {config.precision} is not available here: {error}") from None

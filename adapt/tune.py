@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapt.adapted import AdaptedModel
+from adapt.allocation import Allocation, plot_allocation
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, default_image_size, load_data
+from adapt.errors import AdaptError
+from adapt.methods.spt import SPT
 from adapt.train import EpochResult, FitResult, TrainConfig, Trainer
 
 
@@ -25,6 +29,12 @@ class TuneJob:
     image_size: int | None = None  # None: 96 for digits, else the backbone's default
     split_protocol: str = "final"
     limit: int | None = None
+    # SPT only: a budget ("0.4M", "1%") allocated from fresh sensitivity scores, or a saved allocation
+    budget: str | None = None
+    allocation: str | None = None
+    alpha_threshold: float = 10.0
+    sensitivity_batches: int = 16
+    sensitivity_batch_size: int = 32
 
 
 def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel, DataSplits]:
@@ -32,9 +42,27 @@ def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel,
     defaults = preprocessing(job.backbone)
     size = job.image_size or default_image_size(spec, defaults.image_size)
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed)
-    adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, job.options,
-                                  config.seed)  # fmt: skip
+    allocation = spt_allocation(job, spec, config.seed) if job.method == "spt" else None
+    alpha = float((job.options or {}).get("alpha", 8.0))
+    options = {**(job.options or {}), **SPT.options_for(allocation, alpha)} if allocation else job.options
+    adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options, config.seed)
+    if allocation:
+        adapted.method.set_allocation(adapted.model, allocation)
     return adapted, data
+
+
+def spt_allocation(job: TuneJob, spec: str, seed: int) -> Allocation:
+    """The job's saved allocation, or one computed from sensitivity on the task's training data."""
+    if job.allocation:
+        return Allocation.load(job.allocation)
+    if job.budget is None:
+        raise AdaptError("--method spt needs --budget (e.g. 0.4M, 1%) or --allocation alloc.json")
+    from adapt.sensitivity import allocate_from_scores, parameter_sensitivity
+
+    rank = int((job.options or {}).get("rank", 8))
+    scores, metadata = parameter_sensitivity(dataclasses.replace(job, data=spec), job.sensitivity_batches,
+                                             job.sensitivity_batch_size, seed)  # fmt: skip
+    return allocate_from_scores(scores, metadata, job.budget, rank, job.alpha_threshold)
 
 
 def tune(
@@ -48,6 +76,10 @@ def tune(
 ) -> FitResult:
     """Train `job.method` on one task (`spec`, default `job.data`) and write its run folder."""
     adapted, data = prepare(job, spec or job.data, config)
+    allocation = getattr(adapted.method, "allocation", None)
+    if allocation is not None:
+        allocation.save(Path(out_dir) / "allocation.json")
+        plot_allocation(allocation, Path(out_dir) / "allocation.png")
     if on_start is not None:
         on_start(adapted, data)
     return Trainer(adapted, data, config, out_dir).fit(resume=resume, on_epoch_end=on_epoch_end)

@@ -14,7 +14,6 @@ Writes benchmarks/results/methods_digits.json and methods_digits.md.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess

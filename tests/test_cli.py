@@ -88,7 +88,19 @@ def test_bad_inputs_give_one_line(tmp_path, folder_run):
     assert not (tmp_path / "adapter.safetensors").exists()
 
 
-def test_console_script_help_has_examples():
-    for command in ("tune", "eval", "predict", "methods", "info"):
-        result = subprocess.run([sys.executable, "-m", "adapt", command, "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and "Example" in result.stdout, command
+def test_every_command_has_help_with_an_example():
+    result = subprocess.run([sys.executable, "-m", "adapt", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "tune" in result.stdout  # the real entry point
+    for command in cli.commands:
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_lora_flags_reach_the_method(tmp_path):
+    result = run("tune", "--method", "lora", "--rank", "2", "--alpha", "4", "--targets", "conv_head$", "--limit", "16",
+                 *QUICK, "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "LoRA rank 2 on 1 layers" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["run"]["method_options"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "targets": "conv_head$"}
+    assert_one_line_error(run("tune", "--method", "ssf", "--rank", "4"), "method ssf has no option(s) rank")

@@ -191,12 +191,11 @@ def greedy_soup(
 
 def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone: str | None = None) -> Callable[[dict[str, torch.Tensor]], float]:
     """accuracy(state) on a split, for state dicts shaped like the ingredient `first`."""
-    from accelerate import Accelerator
-
     from adapt.adapted import AdaptedModel
     from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone, preprocessing
     from adapt.data import load_data
     from adapt.evaluate import accuracy
+    from adapt.train import make_accelerator
 
     file = TensorFile(first)
     if FORMAT_KEY in file.metadata:
@@ -226,7 +225,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{data} has no {split} split for the greedy soup")
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    accelerator = make_accelerator()
 
     def evaluate(state: dict[str, torch.Tensor]) -> float:
         load(state)

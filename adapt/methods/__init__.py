@@ -9,9 +9,10 @@ from adapt.errors import AdaptError
 from adapt.methods.base import Method, count_trainable
 from adapt.methods.baselines import BitFit, Full, Linear
 from adapt.methods.lora import LoRA
+from adapt.methods.spt import SPT
 from adapt.methods.ssf import SSF
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, LoRA, Full, Linear, BitFit)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, LoRA, SPT, Full, Linear, BitFit)}
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
@@ -28,6 +29,7 @@ class MethodRow:
     mergeable: bool
     default_lr: float
     summary: str
+    budgeted: bool
 
 
 def method_rows(names: list[str], backbone: str, num_classes: int, image_size: int | None = None) -> list[MethodRow]:
@@ -40,7 +42,8 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
         method = create_method(name)
         method.apply(model)
         total = sum(p.numel() for p in model.parameters())
-        rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.summary))
+        rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.summary,
+                              method.budgeted))  # fmt: skip
     return rows
 
 

@@ -31,6 +31,7 @@ class Method:
     mergeable: ClassVar[bool] = False
     trains_norm_statistics: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3
+    budgeted: ClassVar[bool] = False  # its size is the user's --budget, not a property of the backbone
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()

@@ -41,6 +41,15 @@ def default_target(name: str, module: nn.Module, is_vit: bool) -> bool:
     return type(module) is nn.Conv2d and module.groups == 1 and not isinstance(module, Conv2dSame)
 
 
+def lora_eligible_weights(model: nn.Module) -> set[str]:
+    """Weights LoRA can adapt here: every Linear and plain Conv2d (groups 1) outside the head."""
+    return {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if name and not is_head_key(model, name) and default_target(name, module, is_vit=False)
+    }
+
+
 @dataclasses.dataclass
 class LoRAConfig:
     rank: int = 8

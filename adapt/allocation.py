@@ -1,0 +1,164 @@
+"""SPT's allocation of a parameter budget from sensitivity scores (He et al., ICCV 2023).
+
+Take the globally most sensitive k entries. A weight matrix whose count of selected
+entries reaches (its structured cost / alpha_threshold) gets a structured module (LoRA
+of rank r costs r * (rows + cols)); the other matrices get an unstructured sparse delta
+on exactly their selected entries; a bias/norm vector trains whole when at least 20% of
+it is selected. k is the largest count whose total cost fits the budget, and the budget
+left over is then filled with the next most sensitive entries of unstructured matrices,
+so the trained count lands on the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapt.checkpoint import write_json_atomic
+from adapt.errors import AdaptError
+
+VECTOR_SHARE = 0.2
+
+
+def parse_budget(text: str | int, total: int) -> int:
+    """'400000', '0.4M', '50k', '1%' (of `total`) -> a parameter count in 1..total."""
+    raw = str(text).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM%]?)", raw)
+    if not match:
+        raise AdaptError(f"cannot read budget {raw!r}: use e.g. 400000, 0.4M, 50k or 1%")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    factor = {"": 1, "k": 1e3, "m": 1e6, "%": total / 100}[unit]
+    budget = round(number * factor)
+    if budget <= 0:
+        raise AdaptError(f"budget {raw!r} is zero; ask for at least one parameter")
+    if budget > total:
+        raise AdaptError(f"budget {raw!r} ({budget:,}) is larger than the {total:,} backbone parameters")
+    return budget
+
+
+@dataclass
+class Allocation:
+    budget: int
+    rank: int
+    structured: list[str] = field(default_factory=list)  # matrices that get LoRA of `rank`
+    unstructured: dict[str, list[int]] = field(default_factory=dict)  # matrix -> flat indices
+    vectors: list[str] = field(default_factory=list)  # vectors that train whole
+    costs: dict[str, int] = field(default_factory=dict)  # structured cost of every eligible matrix
+    sizes: dict[str, int] = field(default_factory=dict)  # numel of every vector
+    selected: dict[str, int] = field(default_factory=dict)  # sensitive count per parameter (for plots)
+
+    def trainable_params(self) -> int:
+        return (
+            sum(self.costs[n] for n in self.structured)
+            + sum(len(i) for i in self.unstructured.values())
+            + sum(self.sizes[n] for n in self.vectors)
+        )
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Allocation:
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise AdaptError(f"cannot read allocation {path}: {str(error).splitlines()[0]}") from None
+
+
+def allocate(
+    scores: dict[str, torch.Tensor],
+    budget: int,
+    structured_eligible: set[str],
+    rank: int = 8,
+    alpha_threshold: float = 10.0,
+) -> Allocation:
+    """Allocate `budget` parameters over `scores` (see the module docstring).
+
+    structured_eligible: matrices that LoRA can adapt (others only get sparse deltas).
+    """
+    names = sorted(scores)
+    flat = torch.cat([scores[n].detach().float().flatten() for n in names])
+    owner = torch.cat([torch.full((scores[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
+    offsets = dict(zip(names, torch.tensor([0] + [scores[n].numel() for n in names]).cumsum(0).tolist()))
+    order = torch.argsort(flat, descending=True, stable=True)  # ties broken by position: deterministic
+    costs = {n: rank * (scores[n].shape[0] + scores[n][0].numel()) for n in names if n in structured_eligible}
+    sizes = {n: scores[n].numel() for n in names if scores[n].ndim == 1}
+
+    def plan(k: int) -> tuple[list[str], list[str], dict[str, int], int]:
+        counts = torch.bincount(owner[order[:k]], minlength=len(names)).tolist()
+        structured = [n for i, n in enumerate(names) if n in costs and counts[i] >= costs[n] / alpha_threshold]
+        vectors = [n for i, n in enumerate(names) if n in sizes and counts[i] >= VECTOR_SHARE * sizes[n]]
+        sparse = {n: counts[i] for i, n in enumerate(names) if n not in sizes and n not in structured and counts[i]}
+        total = sum(costs[n] for n in structured) + sum(sizes[n] for n in vectors) + sum(sparse.values())
+        return structured, vectors, sparse, total
+
+    low, high = 0, flat.numel()
+    while low < high:  # largest k whose plan fits the budget
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if plan(mid)[3] <= budget else (low, mid - 1)
+    structured, vectors, _, total = plan(low)
+
+    taken = set(structured) | set(vectors)
+    chosen = order[:low]
+    room = budget - total
+    if room > 0:  # fill with the next most sensitive entries of sparse (non-vector, non-structured) matrices
+        rest = order[low:]
+        fillable = torch.tensor([n not in sizes and n not in taken for n in names])[owner[rest]]
+        chosen = torch.cat([chosen, rest[fillable][:room]])
+    unstructured: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        if n in sizes or n in taken:
+            continue
+        mine = chosen[owner[chosen] == i]
+        if mine.numel():
+            unstructured[n] = sorted((mine - offsets[n]).tolist())
+    selected = dict(zip(names, torch.bincount(owner[order[:low]], minlength=len(names)).tolist()))
+    return Allocation(budget, rank, structured, unstructured, vectors, costs, sizes, selected)
+
+
+def _block_and_kind(name: str) -> tuple[str, str]:
+    """'blocks.3.1.conv_pw.weight' -> ('blocks.3.1', 'conv_pw.weight'); no index: ('(other)', name)."""
+    parts = name.split(".")
+    last_index = max((i for i, p in enumerate(parts) if p.isdigit()), default=-1)
+    if last_index < 0:
+        return "(other)", name
+    return ".".join(parts[: last_index + 1]), ".".join(parts[last_index + 1 :])
+
+
+def plot_allocation(allocation: Allocation, path: str | Path) -> None:
+    """Heatmap of sensitive counts per block (rows) and layer (columns), marked L (LoRA),
+    S (sparse delta) or V (whole vector); blank cells got nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from adapt.checkpoint import atomic_path
+
+    cells = {_block_and_kind(n): (count, n) for n, count in allocation.selected.items()}
+    blocks = sorted({b for b, _ in cells}, key=lambda b: [int(p) if p.isdigit() else -1 for p in b.split(".")])
+    kinds = sorted({k for _, k in cells})
+    grid = np.full((len(blocks), len(kinds)), np.nan)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(kinds) + 3), max(4, 0.3 * len(blocks) + 2)))
+    for (block, kind), (count, name) in cells.items():
+        i, j = blocks.index(block), kinds.index(kind)
+        grid[i, j] = np.log10(1 + count)
+        mark = "L" if name in allocation.structured else "S" if name in allocation.unstructured else (
+            "V" if name in allocation.vectors else "")  # fmt: skip
+        if mark:
+            ax.text(j, i, mark, ha="center", va="center", fontsize=7, color="white", fontweight="bold")
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(kinds)), kinds, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(blocks)), blocks, fontsize=7)
+    fig.colorbar(image, ax=ax, label="log10(1 + sensitive entries)")
+    ax.set_title(f"SPT allocation: {allocation.trainable_params():,} of {allocation.budget:,} budget\n"
+                 "L = LoRA, S = sparse delta, V = whole vector", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+"""The `adapt` click group, its error handling and the options commands share."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from adapt.errors import AdaptError
+
+# Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
+console = Console(quiet=int(os.environ.get("RANK", "0")) != 0)
+
+
+class AdaptGroup(click.Group):
+    """Turns AdaptError into one red line and exit status 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AdaptError as error:
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--option key=value` pairs; values are read as JSON when they parse, else as strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise AdaptError(f"--option expects key=value, got {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+@click.group(cls=AdaptGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="adapt-vision")
+def cli() -> None:
+    """Parameter-efficient adaptation of frozen pretrained vision backbones.
+
+    \b
+    Start with:  adapt tune            (SSF on the embedded EfficientNet-Lite0 and digits)
+    """
+
+
+backbone_option = click.option(
+    "--backbone", default="tf_efficientnet_lite0", show_default=True, help="Any timm model name."
+)
+weights_option = click.option(
+    "--weights", default=None, help="Backbone weights (.safetensors or .pth). Default: embedded for Lite0, else random."
+)

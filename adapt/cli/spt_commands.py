@@ -1,0 +1,68 @@
+"""SPT's two steps as commands: sensitivity scores, then the allocation of a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from adapt.cli.common import backbone_option, cli, console, weights_option
+
+
+@cli.command()
+@click.option("--data", default="digits", show_default=True, help="digits | folder:PATH | vtab:ROOT/TASK")
+@backbone_option
+@weights_option
+@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: 96 for digits, else the backbone's.")
+@click.option("--batches", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The scores .safetensors to write.")
+def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, out) -> None:
+    """Score every backbone weight by its accumulated squared gradient (SPT, step 1).
+
+    \b
+    Example:
+      adapt sensitivity --data digits --batches 16 --batch-size 32 --out sensitivity.safetensors
+      adapt allocate sensitivity.safetensors --budget 0.4M --out alloc.json --plot alloc.png
+    """
+    from adapt.sensitivity import parameter_sensitivity, save_sensitivity
+    from adapt.tune import TuneJob
+
+    job = TuneJob(data=data, backbone=backbone, weights=weights, image_size=image_size)
+    scores, metadata = parameter_sensitivity(job, batches, batch_size, seed)
+    save_sensitivity(out, scores, metadata)
+    console.print(f"scored {sum(t.numel() for t in scores.values()):,} weights in {len(scores)} tensors "
+                  f"over {batches} batches of {batch_size} -> {out}")  # fmt: skip
+
+
+@cli.command()
+@click.argument("scores", type=click.Path(path_type=Path))
+@click.option("--budget", required=True, help="Trainable parameters: 400000, 0.4M, 50k or 1% (of the backbone).")
+@click.option("--structured", type=click.Choice(["lora"]), default="lora", show_default=True)
+@click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--alpha-threshold", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The allocation JSON to write.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also draw the allocation heatmap (PNG).")
+def allocate(scores, budget, structured, rank, alpha_threshold, out, plot) -> None:
+    """Spend a parameter budget where the task is sensitive (SPT, step 2).
+
+    \b
+    Example:
+      adapt allocate sensitivity.safetensors --budget 0.4M --rank 8 --out alloc.json --plot alloc.png
+      adapt tune --method spt --allocation alloc.json
+    """
+    from adapt.allocation import plot_allocation
+    from adapt.sensitivity import allocate_from_scores, read_sensitivity
+
+    tensors, metadata = read_sensitivity(scores)
+    allocation = allocate_from_scores(tensors, metadata, budget, rank, alpha_threshold)
+    allocation.save(out)
+    if plot is not None:
+        plot_allocation(allocation, plot)
+    sparse = sum(len(i) for i in allocation.unstructured.values())
+    console.print(
+        f"{allocation.trainable_params():,} of {allocation.budget:,} budget: {structured} rank {rank} on "
+        f"{len(allocation.structured)} matrices, sparse deltas of {sparse:,} entries in "
+        f"{len(allocation.unstructured)} tensors, {len(allocation.vectors)} whole vectors -> {out}"
+    )

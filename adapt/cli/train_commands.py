@@ -1,0 +1,267 @@
+"""Commands around training: tune, eval, predict, methods, info."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from adapt.cli.common import backbone_option, cli, console, parse_options, weights_option
+from adapt.errors import AdaptError
+from adapt.methods import METHODS
+from adapt.train import TrainConfig
+
+
+@cli.command()
+@click.option("--method", type=click.Choice(list(METHODS)), default="ssf", show_default=True)
+@click.option("--rank", type=click.IntRange(1), default=None, help="LoRA rank (default 8).")
+@click.option("--alpha", type=float, default=None, help="LoRA alpha; scaling = alpha / rank (default 8).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="LoRA dropout (default 0).")
+@click.option("--targets", default=None, metavar="REGEX", help="Layers to adapt (lora, ssf), a regex on layer names.")
+@click.option("--budget", default=None, help="SPT: trainable parameters, e.g. 0.4M or 1% (allocated by sensitivity).")
+@click.option("--allocation", type=click.Path(path_type=Path), default=None, help="SPT: a saved allocation JSON.")
+@click.option("--alpha-threshold", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="SPT: a matrix gets LoRA when its sensitive count reaches cost / this.")  # fmt: skip
+@click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Any method option, e.g. init_std=0.01.")
+@click.option("--data", default="digits", show_default=True, help="digits | folder:PATH | vtab:ROOT[/TASK]")
+@click.option("--split-protocol", type=click.Choice(["final", "tune"]), default="final", show_default=True,
+              help="VTAB: final = train800val200/test, tune = train800/val200.")  # fmt: skip
+@backbone_option
+@weights_option
+@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: 96 for digits, else the backbone's.")
+@click.option("--epochs", type=click.IntRange(1), default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's (adapt methods).")
+@click.option("--weight-decay", type=click.FloatRange(0), default=TrainConfig.weight_decay, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
+              help="Warmup share of all steps.")
+@click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader processes.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_threshold, method_options, data, split_protocol, backbone, weights, image_size, epochs, batch_size, lr,
+         weight_decay, warmup, grad_accum, precision, seed, workers, limit, out, resume) -> None:  # fmt: skip
+    """Train a method on a frozen backbone; write OUT/adapter.safetensors and metrics.
+
+    \b
+    Examples:
+      adapt tune                                   # SSF, embedded Lite0, digits
+      adapt tune --method bitfit --data folder:pets --out runs/pets
+      adapt tune --method spt --budget 0.4M --rank 8    # sensitivity, allocation, then training
+      adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224
+      adapt tune --data vtab:~/vtab-1k/dtd --backbone vit_base_patch16_224 --weights vit.safetensors
+      adapt tune --data vtab:~/vtab-1k            # every task found, then the VTAB table
+      torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
+    """
+    from adapt.data import expand_spec
+    from adapt.data.vtab import vtab_means
+    from adapt.tune import TuneJob, tune as run_tune
+
+    flags = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets}
+    options = {**{k: v for k, v in flags.items() if v is not None}, **parse_options(method_options)}
+    job = TuneJob(data, method, options, backbone, weights, image_size, split_protocol, limit, budget,
+                  str(allocation) if allocation else None, alpha_threshold)  # fmt: skip
+    config = TrainConfig(epochs, batch_size, lr, weight_decay, warmup, grad_accum, precision, seed, workers)
+    specs = expand_spec(data)  # several when data is a VTAB root holding many tasks
+    accuracies = {}
+    for spec in specs:
+        task = Path(spec.partition(":")[2]).name
+        task_out = out / task if len(specs) > 1 else out
+        result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch)
+        accuracies[task] = result.test_acc
+        share = result.trainable_params / result.total_params
+        console.print(
+            f"[bold green]{result.test_split} accuracy {result.test_acc:.2%}[/]  ·  trained "
+            f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {task_out}"
+        )
+    if len(specs) > 1:
+        _print_vtab(accuracies, vtab_means(accuracies))
+
+
+def _print_start(adapted, data) -> None:
+    trainable, total = adapted.parameter_counts()
+    console.print(
+        f"[bold]{adapted.method.name}[/] on {adapted.backbone.name} ({adapted.backbone.weights} weights), "
+        f"data {data.name}: {len(data.train)} train / {len(data.test)} {data.test_name} images, "
+        f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
+    )
+    if adapted.method.report():
+        console.print(adapted.method.report())
+
+
+def _print_epoch(result) -> None:
+    console.print(
+        f"epoch {result.epoch}: loss {result.train_loss:.4f}  train acc {result.train_acc:.2%}  "
+        f"{result.eval_split} acc {result.eval_acc:.2%}  {result.images_per_s:.0f} img/s  {result.seconds:.0f}s"
+    )
+
+
+def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) -> None:
+    table = Table(title="VTAB-1k")
+    table.add_column("task")
+    table.add_column("accuracy", justify="right")
+    for task, acc in accuracies.items():
+        table.add_row(task, f"{acc:.2%}")
+    for group in ("natural", "specialized", "structured"):
+        if means[group] is not None:
+            table.add_row(f"[italic]{group} mean", f"{means[group]:.2%}")
+    table.add_row(f"[bold]plain mean of {len(accuracies)} tasks", f"{means['plain_mean']:.2%}")
+    group_mean = means["group_mean"]
+    table.add_row("[bold]mean of the 3 group means", f"{group_mean:.2%}" if group_mean is not None else "n/a (a group is empty)")
+    console.print(table)
+
+
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", default=None, help="Default: the data the checkpoint was trained on.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--split-protocol", type=click.Choice(["final", "tune"]), default="final", show_default=True)
+@weights_option
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images.")
+def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit) -> None:
+    """Accuracy of an adapter checkpoint on a split.
+
+    \b
+    Example:
+      adapt eval runs/tune/adapter.safetensors --split test
+    """
+    from adapt.adapted import AdaptedModel
+    from adapt.data import load_data
+    from adapt.evaluate import accuracy
+    from adapt.train import make_accelerator
+
+    adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
+    spec = data or meta.training.get("data")
+    if not spec:
+        raise AdaptError(f"{checkpoint} does not record its data; pass --data")
+    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit)
+    dataset = getattr(splits, split)
+    if dataset is None:
+        raise AdaptError(f"{spec} has no {split} split")
+    if splits.num_classes != len(adapted.class_names):
+        raise AdaptError(f"{spec} has {splits.num_classes} classes, the checkpoint {len(adapted.class_names)}")
+    acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
+    console.print(f"{split} accuracy [bold]{acc:.2%}[/] on {len(dataset)} images of {splits.name}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
+@weights_option
+def predict(checkpoint, images, top_k, weights) -> None:
+    """Top-k classes (with names) for image files.
+
+    \b
+    Example:
+      adapt predict runs/tune/adapter.safetensors photo1.jpg photo2.png --top-k 3
+    """
+    from adapt.adapted import AdaptedModel
+    from adapt.evaluate import predict_files
+
+    adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
+    for prediction in predict_files(adapted, list(images), top_k):
+        ranked = "  ".join(f"{escape(name)} {p:.1%}" for name, p in prediction.top)
+        console.print(f"[bold]{escape(str(prediction.path))}[/]: {ranked}", highlight=False)
+
+
+@cli.command()
+@backbone_option
+@click.option("--num-classes", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: the backbone's.")
+def methods(backbone, num_classes, image_size) -> None:
+    """The methods, their trainable parameters on a backbone, and whether they merge.
+
+    \b
+    Example:
+      adapt methods --backbone vit_base_patch16_224 --num-classes 100
+    """
+    from adapt.methods import method_rows
+
+    table = Table(title=f"methods on {backbone}, {num_classes} classes")
+    for column in ("method", "trainable", "share", "mergeable", "default lr", "what it trains"):
+        table.add_column(column, justify="right" if column in ("trainable", "share", "default lr") else "left")
+    for row in method_rows(list(METHODS), backbone, num_classes, image_size):
+        trainable = f"budget + {row.trainable:,}" if row.budgeted else f"{row.trainable:,}"
+        share = "--budget" if row.budgeted else f"{row.trainable / row.total:.2%}"
+        table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}", row.summary)
+    console.print(table)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+def info(checkpoint) -> None:
+    """What an adapter checkpoint holds: method, backbone, classes, tensors, training.
+
+    \b
+    Example:
+      adapt info runs/tune/adapter.safetensors
+    """
+    from adapt.checkpoint import read_checkpoint
+
+    tensors, meta = read_checkpoint(checkpoint)
+    table = Table(title=str(checkpoint), show_header=False)
+    rows = {
+        "method": _method_line(meta),
+        "backbone": f"{meta.backbone} ({meta.backbone_weights})",
+        "backbone sha256": meta.backbone_sha256,
+        "classes": f"{len(meta.class_names)}: {', '.join(meta.class_names[:10])}{' …' if len(meta.class_names) > 10 else ''}",
+        "image size": f"{meta.image_size}px, mean {meta.mean}, std {meta.std}",
+        "tensors": f"{len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values",
+        "training": json.dumps(meta.training),
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@cli.command("perceptual-init")
+@click.option("--data", required=True, help="nights:ROOT (NIGHTS layout) or triplets:CSV (ref,a,b,choice).")
+@backbone_option
+@weights_option
+@click.option("--method", type=click.Choice(list(METHODS)), default="full", show_default=True, help="What trains.")
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0), default=0.1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: the backbone's.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The backbone .safetensors to write.")
+def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed, out) -> None:
+    """Shape a backbone with human similarity triplets before any other training.
+
+    Writes a plain backbone state dict that adapt tune --weights takes. Prints the 2AFC
+    agreement with the human votes on val/test before and after.
+
+    \b
+    Examples:
+      adapt perceptual-init --data nights:~/nights --out init.safetensors
+      adapt perceptual-init --data triplets:judgements.csv --method ssf --out init.safetensors
+      adapt tune --weights init.safetensors
+    """
+    from adapt.perceptual import perceptual_init as run_init
+
+    result = run_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed)
+    table = Table(title=f"2AFC agreement ({method}, {result.trainable_params:,} trained parameters)")
+    for column in ("split", "before", "after"):
+        table.add_column(column)
+    for split, before in result.before.items():
+        table.add_row(split, f"{before:.2%}", f"{result.after[split]:.2%}")
+    console.print(table)
+    console.print(f"wrote {out}; use it with: adapt tune --weights {out}")
+
+
+def _method_line(meta) -> str:
+    """The method and its options; SPT's allocation as a summary rather than its lists."""
+    from adapt.methods import create_method
+
+    if meta.method == "spt":
+        return create_method(meta.method, meta.method_options).report()
+    return f"{meta.method} {json.dumps(meta.method_options)}"

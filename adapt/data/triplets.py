@@ -1,0 +1,168 @@
+"""Human similarity triplets: NIGHTS and a generic CSV, and a small offline fixture.
+
+A triplet is a reference image, two distortions `a` and `b`, and the share of people
+who judged `a` the closer one (`p_a`; 1 or 0 for a single vote).
+
+- `nights:ROOT`: NIGHTS layout, `ROOT/data.csv` with columns id, left_vote, right_vote,
+  votes, ref_path, left_path, right_path, split, is_imagenet (paths relative to ROOT);
+  rows with votes >= 6 are kept, as in the NIGHTS paper. Splits: train, val, and every
+  split whose name starts with "test".
+- `triplets:CSV`: columns ref, a, b, choice (a or b), optional split (default train);
+  paths relative to the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch.utils.data import Dataset
+
+from adapt.data.images import open_rgb
+from adapt.errors import AdaptError
+
+MIN_VOTES = 6
+
+
+@dataclass(frozen=True)
+class Triplet:
+    ref: Path
+    a: Path
+    b: Path
+    p_a: float  # share of votes for "a is closer to ref"
+
+
+class TripletDataset(Dataset):
+    def __init__(self, triplets: list[Triplet], transform: Callable[[Image.Image], torch.Tensor]):
+        self.triplets = triplets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        t = self.triplets[index]
+        return self.transform(open_rgb(t.ref)), self.transform(open_rgb(t.a)), self.transform(open_rgb(t.b)), t.p_a
+
+
+def _rows(csv_path: Path, required: set[str]) -> list[dict[str, str]]:
+    if not csv_path.is_file():
+        raise AdaptError(f"triplet file not found: {csv_path}")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = required - set(reader.fieldnames or [])
+        if missing:
+            raise AdaptError(f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
+        return list(reader)
+
+
+def _existing(root: Path, relative: str, csv_path: Path, row: int) -> Path:
+    path = root / relative.strip()
+    if not relative.strip() or not path.is_file():
+        raise AdaptError(f"{csv_path} row {row}: image not found: {path}")
+    return path
+
+
+def read_nights(root: Path) -> dict[str, list[Triplet]]:
+    csv_path = root / "data.csv"
+    columns = {"left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split"}
+    splits: dict[str, list[Triplet]] = {}
+    for number, row in enumerate(_rows(csv_path, columns), start=2):  # row 1 is the header
+        try:
+            left, right, votes = int(row["left_vote"]), int(row["right_vote"]), int(row["votes"])
+        except ValueError:
+            raise AdaptError(f"{csv_path} row {number}: votes must be whole numbers") from None
+        if votes < MIN_VOTES:
+            continue
+        if left + right == 0:
+            raise AdaptError(f"{csv_path} row {number}: no left or right votes")
+        split = "test" if row["split"].startswith("test") else row["split"]
+        triplet = Triplet(*(_existing(root, row[k], csv_path, number) for k in ("ref_path", "left_path", "right_path")),
+                          p_a=left / (left + right))  # fmt: skip
+        splits.setdefault(split, []).append(triplet)
+    return splits
+
+
+def read_triplet_csv(csv_path: Path) -> dict[str, list[Triplet]]:
+    splits: dict[str, list[Triplet]] = {}
+    for number, row in enumerate(_rows(csv_path, {"ref", "a", "b", "choice"}), start=2):
+        choice = row["choice"].strip().lower()
+        if choice not in ("a", "b"):
+            raise AdaptError(f"{csv_path} row {number}: choice must be 'a' or 'b', got {row['choice']!r}")
+        paths = (_existing(csv_path.parent, row[k], csv_path, number) for k in ("ref", "a", "b"))
+        splits.setdefault((row.get("split") or "train").strip(), []).append(Triplet(*paths, p_a=float(choice == "a")))
+    return splits
+
+
+def load_triplets(spec: str) -> dict[str, list[Triplet]]:
+    """Splits of triplets from `nights:ROOT` or `triplets:CSV`."""
+    kind, _, rest = spec.partition(":")
+    if kind == "nights" and rest:
+        return read_nights(Path(rest).expanduser())
+    if kind == "triplets" and rest:
+        return read_triplet_csv(Path(rest).expanduser())
+    raise AdaptError(f"unknown triplet data {spec!r}: use nights:ROOT or triplets:CSV")
+
+
+# -- the offline fixture ------------------------------------------------------------------
+
+
+def _distort(image: Image.Image, kind: int, strength: float, rng: np.random.Generator) -> Image.Image:
+    """Blur, noise or a colour shift, of a given strength in [0, 1]."""
+    if kind == 0:
+        return image.filter(ImageFilter.GaussianBlur(radius=0.5 + 4 * strength))
+    array = np.asarray(image, dtype=np.float32)
+    if kind == 1:
+        array = array + rng.normal(0, 10 + 90 * strength, array.shape)
+    else:
+        array = array + np.array([1, -1, 0.5]) * (15 + 120 * strength)
+    return Image.fromarray(array.clip(0, 255).astype(np.uint8))
+
+
+def make_fixture(root: str | Path, count: int = 120, size: int = 64, seed: int = 0) -> Path:
+    """Write a NIGHTS-layout set built from sklearn's sample photos and digits.
+
+    Each reference is a crop of a sample photo or an upsampled digit; `a` and `b` are two
+    different kinds of distortion (blur, noise, colour shift), one weak and one strong, in
+    random order, and the "vote" (6 of 6) goes to the weaker one. It exercises the mechanics of perceptual
+    initialization; it says nothing about human perception.
+    """
+    from sklearn.datasets import load_digits, load_sample_images
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    digits = load_digits().images
+    rows = []
+    for i in range(count):
+        if i % 3 == 2:
+            pixels = (digits[rng.integers(len(digits))] * 255 / 16).astype(np.uint8)
+            ref = Image.fromarray(pixels).resize((size, size), Image.BILINEAR).convert("RGB")
+        else:
+            photo = photos[i % 2]
+            side = int(rng.integers(size, min(photo.size) // 2))
+            x, y = int(rng.integers(photo.size[0] - side)), int(rng.integers(photo.size[1] - side))
+            ref = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
+        weak_kind, strong_kind = rng.permutation(3)[:2]  # two different kinds: no shortcut by kind alone
+        weak, strong = rng.uniform(0.0, 0.4), rng.uniform(0.6, 1.0)
+        left_is_weak = bool(rng.integers(2))
+        left, right = ((weak_kind, weak), (strong_kind, strong)) if left_is_weak else ((strong_kind, strong), (weak_kind, weak))
+        folder = f"{i // 100:03d}"
+        names = {"ref": f"ref/{folder}/{i:03d}.png", "left": f"distort/{folder}/{i:03d}_0.png",
+                 "right": f"distort/{folder}/{i:03d}_1.png"}  # fmt: skip
+        for key, image in (("ref", ref), ("left", _distort(ref, *left, rng)), ("right", _distort(ref, *right, rng))):
+            (root / names[key]).parent.mkdir(parents=True, exist_ok=True)
+            image.save(root / names[key])
+        split = "train" if i < count * 0.6 else ("val" if i < count * 0.8 else "test_imagenet")
+        rows.append([i, 6 if left_is_weak else 0, 0 if left_is_weak else 6, 6, names["ref"], names["left"], names["right"],
+                     split, False])  # fmt: skip
+    with open(root / "data.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet"])
+        writer.writerows(rows)
+    return root

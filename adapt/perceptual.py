@@ -1,0 +1,135 @@
+"""Perceptual initialization: shape a backbone with human similarity judgements first.
+
+The backbone embeds a reference and two distortions (pooled features, no head); with
+cosine distances d_a = d(ref, a), d_b = d(ref, b), a hinge loss with margin 0.05 pushes
+the difference towards the human choice: relu(margin - y (d_b - d_a)), y = +1 when people
+chose a, -1 when they chose b (0 on a tie). Agreement is measured as 2AFC: the share of
+people who agree with the model's choice, averaged over triplets. Any tune method can do
+the training (full by default); what it learned is merged, so the output is a plain
+backbone state dict that every command accepts as --weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from rich.progress import Progress
+from torch import nn
+from torch.utils.data import DataLoader
+
+from adapt.backbones import create_backbone, preprocessing
+from adapt.checkpoint import save_tensors_atomic
+from adapt.data.transforms import eval_transform
+from adapt.data.triplets import TripletDataset, load_triplets
+from adapt.errors import AdaptError
+from adapt.methods import count_trainable, create_method
+from adapt.train import make_accelerator, parameter_groups
+
+MARGIN = 0.05
+
+
+def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 1.0 - F.cosine_similarity(x, y, dim=-1)
+
+
+def hinge_loss(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor, margin: float = MARGIN) -> torch.Tensor:
+    """Mean of relu(margin - y (d_b - d_a)), y = sign(p_a - 0.5): +1 if people chose a."""
+    y = torch.sign(p_a - 0.5)
+    return F.relu(margin - y * (d_b - d_a)).mean()
+
+
+def two_afc(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
+    """Per-triplet share of people agreeing with the model's choice (0.5 when it cannot choose)."""
+    return torch.where(d_a < d_b, p_a, torch.where(d_a > d_b, 1.0 - p_a, torch.full_like(p_a, 0.5)))
+
+
+def distances(model: nn.Module, ref: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    features = model(torch.cat([ref, a, b]))
+    f_ref, f_a, f_b = features.chunk(3)
+    return cosine_distance(f_ref, f_a), cosine_distance(f_ref, f_b)
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, dataset: TripletDataset, accelerator: Accelerator, batch_size: int = 32) -> float:
+    """Mean 2AFC score over a split."""
+    was_training = model.training
+    model.eval()
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size))
+    scores = []
+    for ref, a, b, p_a in loader:
+        d_a, d_b = distances(model, ref, a, b)
+        scores.append(accelerator.gather_for_metrics(two_afc(d_a, d_b, p_a.float())))
+    model.train(was_training)
+    return float(torch.cat(scores).mean())
+
+
+@dataclass
+class PerceptualResult:
+    before: dict[str, float]  # 2AFC per evaluation split, before training
+    after: dict[str, float]
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    trainable_params: int = 0
+
+
+def perceptual_init(
+    data: str,
+    out: str | Path,
+    backbone: str,
+    weights: str | None = None,
+    method: str = "full",
+    epochs: int = 5,
+    lr: float = 5e-4,
+    weight_decay: float = 0.1,
+    batch_size: int = 16,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> PerceptualResult:
+    """Train `backbone` on the triplets of `data` and write it, merged, to `out`."""
+    splits = load_triplets(data)
+    if not splits.get("train"):
+        raise AdaptError(f"{data} has no train triplets")
+    adapter = create_method(method)
+    if not adapter.mergeable:
+        raise AdaptError(f"method {method} cannot be merged into a plain backbone; choose a mergeable one")
+    model, info = create_backbone(backbone, weights, num_classes=0, image_size=image_size, seed=seed)
+    adapter.apply(model)
+    if count_trainable(model) == 0:
+        raise AdaptError(f"method {method} trains nothing without a classifier head; choose another")
+    defaults = preprocessing(backbone)
+    transform = eval_transform(image_size or defaults.image_size, defaults.mean, defaults.std)
+    datasets = {name: TripletDataset(triplets, transform) for name, triplets in splits.items()}
+    evaluated = [name for name in ("val", "test") if name in datasets] or ["train"]
+
+    accelerator = make_accelerator()
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(datasets["train"], batch_size=batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    result = PerceptualResult({s: agreement(model, datasets[s], accelerator) for s in evaluated}, {},
+                              trainable_params=count_trainable(model))  # fmt: skip
+    with Progress(disable=not accelerator.is_main_process, transient=True) as progress:
+        task = progress.add_task("perceptual init", total=epochs * len(loader))
+        for _ in range(epochs):
+            adapter.set_train_mode(model)
+            total = 0.0
+            for ref, a, b, p_a in loader:
+                loss = hinge_loss(*distances(model, ref, a, b), p_a.float())
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+                total += float(loss.detach())
+                progress.advance(task)
+            result.losses.append(total / len(loader))
+    result.after = {s: agreement(model, datasets[s], accelerator) for s in evaluated}
+
+    plain = adapter.merge(accelerator.unwrap_model(model))
+    record = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
+              "epochs": epochs, "twoafc_before": result.before, "twoafc_after": result.after}  # fmt: skip
+    if accelerator.is_main_process:
+        save_tensors_atomic(out, plain.state_dict(), {"backbone": backbone, "perceptual_init": json.dumps(record)})
+    return result
