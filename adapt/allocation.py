@@ -44,12 +44,13 @@ def parse_budget(text: str | int, total: int) -> int:
 class Allocation:
     budget: int
     rank: int
-    structured: list[str] = field(default_factory=list)  # matrices that get LoRA of `rank`
+    structured: list[str] = field(default_factory=list)  # matrices that get the structured module of `rank`
     unstructured: dict[str, list[int]] = field(default_factory=dict)  # matrix -> flat indices
     vectors: list[str] = field(default_factory=list)  # vectors that train whole
     costs: dict[str, int] = field(default_factory=dict)  # structured cost of every eligible matrix
     sizes: dict[str, int] = field(default_factory=dict)  # numel of every vector
     selected: dict[str, int] = field(default_factory=dict)  # sensitive count per parameter (for plots)
+    structured_module: str = "lora"  # or "adapter"; both cost rank * (rows + cols)
 
     def trainable_params(self) -> int:
         return (
@@ -75,10 +76,11 @@ def allocate(
     structured_eligible: set[str],
     rank: int = 8,
     alpha_threshold: float = 10.0,
+    structured_module: str = "lora",
 ) -> Allocation:
     """Allocate `budget` parameters over `scores` (see the module docstring).
 
-    structured_eligible: matrices that LoRA can adapt (others only get sparse deltas).
+    structured_eligible: matrices the structured module can adapt (others only get sparse deltas).
     """
     names = sorted(scores)
     flat = torch.cat([scores[n].detach().float().flatten() for n in names])
@@ -117,7 +119,7 @@ def allocate(
         if mine.numel():
             unstructured[n] = sorted((mine - offsets[n]).tolist())
     selected = dict(zip(names, torch.bincount(owner[order[:low]], minlength=len(names)).tolist()))
-    return Allocation(budget, rank, structured, unstructured, vectors, costs, sizes, selected)
+    return Allocation(budget, rank, structured, unstructured, vectors, costs, sizes, selected, structured_module)
 
 
 def _block_and_kind(name: str) -> tuple[str, str]:
@@ -130,7 +132,7 @@ def _block_and_kind(name: str) -> tuple[str, str]:
 
 
 def plot_allocation(allocation: Allocation, path: str | Path) -> None:
-    """Heatmap of sensitive counts per block (rows) and layer (columns), marked L (LoRA),
+    """Heatmap of sensitive counts per block (rows) and layer (columns), marked L (LoRA/adapter),
     S (sparse delta) or V (whole vector); blank cells got nothing."""
     import matplotlib
 
@@ -157,7 +159,7 @@ def plot_allocation(allocation: Allocation, path: str | Path) -> None:
     ax.set_yticks(range(len(blocks)), blocks, fontsize=7)
     fig.colorbar(image, ax=ax, label="log10(1 + sensitive entries)")
     ax.set_title(f"SPT allocation: {allocation.trainable_params():,} of {allocation.budget:,} budget\n"
-                 "L = LoRA, S = sparse delta, V = whole vector", fontsize=9)  # fmt: skip
+                 f"L = {allocation.structured_module}, S = sparse delta, V = whole vector", fontsize=9)  # fmt: skip
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

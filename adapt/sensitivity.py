@@ -66,9 +66,14 @@ def read_sensitivity(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def allocate_from_scores(
-    scores: dict[str, torch.Tensor], metadata: dict[str, str], budget: str | int, rank: int = 8, alpha_threshold: float = 10.0
+    scores: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    budget: str | int,
+    rank: int = 8,
+    alpha_threshold: float = 10.0,
+    structured_module: str = "lora",
 ) -> Allocation:
-    """Parse the budget against the backbone's size and allocate it (structured = LoRA)."""
+    """Parse the budget against the backbone's size and allocate it."""
     total = sum(t.numel() for t in scores.values())
-    eligible = set(json.loads(metadata.get("lora_eligible", "[]")))
-    return allocate(scores, parse_budget(budget, total), eligible, rank, alpha_threshold)
+    eligible = set(json.loads(metadata.get("lora_eligible", "[]")))  # adapters fit the same layers
+    return allocate(scores, parse_budget(budget, total), eligible, rank, alpha_threshold, structured_module)

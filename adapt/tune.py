@@ -59,10 +59,11 @@ def spt_allocation(job: TuneJob, spec: str, seed: int) -> Allocation:
         raise AdaptError("--method spt needs --budget (e.g. 0.4M, 1%) or --allocation alloc.json")
     from adapt.sensitivity import allocate_from_scores, parameter_sensitivity
 
-    rank = int((job.options or {}).get("rank", 8))
+    options = job.options or {}
+    rank, structured = int(options.get("rank", 8)), str(options.get("structured_module", "lora"))
     scores, metadata = parameter_sensitivity(dataclasses.replace(job, data=spec), job.sensitivity_batches,
                                              job.sensitivity_batch_size, seed)  # fmt: skip
-    return allocate_from_scores(scores, metadata, job.budget, rank, job.alpha_threshold)
+    return allocate_from_scores(scores, metadata, job.budget, rank, job.alpha_threshold, structured)
 
 
 def tune(

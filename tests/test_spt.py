@@ -145,3 +145,30 @@ def test_cli_sensitivity_allocate_and_tune_from_allocation(tmp_path):
     assert bad.exit_code == 1 and "larger than the" in bad.output
     bad = runner.invoke(cli, ["tune", "--method", "spt", "--limit", "8"])
     assert bad.exit_code == 1 and "needs --budget" in bad.output
+
+
+def test_spt_with_adapters_trains_reloads_and_refuses_to_merge(tmp_path):
+    from adapt.methods.lora import lora_eligible_weights
+
+    vit = AdaptedModel.create("linear", ["a", "b", "c"], 160, "test_vit", "random").model
+    vit_scores = {k: torch.rand(p.shape, generator=torch.Generator().manual_seed(0))
+                  for k, p in vit.named_parameters() if not k.startswith("head.")}  # fmt: skip
+    allocation = allocate(vit_scores, 30_000, lora_eligible_weights(vit), rank=4, structured_module="adapter")
+    adapted = AdaptedModel.create("spt", ["a", "b", "c"], 160, "test_vit", "random", SPT.options_for(allocation))
+    adapted.method.set_allocation(adapted.model, allocation)
+    assert adapted.parameter_counts()[0] == allocation.trainable_params() + 64 * 3 + 3
+    x, labels = torch.randn(4, 3, 160, 160), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        before = adapted.model.eval()(x)  # up-projections start at zero: the model is unchanged
+    optimizer = torch.optim.AdamW([p for p in adapted.model.parameters() if p.requires_grad], lr=1e-2)
+    adapted.method.set_train_mode(adapted.model)
+    torch.nn.functional.cross_entropy(adapted.model(x), labels).backward()
+    optimizer.step()
+    adapted.save(tmp_path / "spt.safetensors")
+    loaded, _ = AdaptedModel.from_checkpoint(tmp_path / "spt.safetensors")
+    with torch.no_grad():
+        after = adapted.model.eval()(x)
+        assert not torch.equal(after, before) and torch.equal(loaded.model.eval()(x), after)
+    with pytest.raises(AdaptError, match="method spt cannot be merged"):
+        merge_adapted(loaded)
+    assert "adapters rank 4" in loaded.method.report()

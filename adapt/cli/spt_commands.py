@@ -39,7 +39,8 @@ def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, 
 @cli.command()
 @click.argument("scores", type=click.Path(path_type=Path))
 @click.option("--budget", required=True, help="Trainable parameters: 400000, 0.4M, 50k or 1% (of the backbone).")
-@click.option("--structured", type=click.Choice(["lora"]), default="lora", show_default=True)
+@click.option("--structured", type=click.Choice(["lora", "adapter"]), default="lora", show_default=True,
+              help="The module for sensitive matrices; adapters are non-linear and cannot be merged.")
 @click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--alpha-threshold", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The allocation JSON to write.")
@@ -56,7 +57,7 @@ def allocate(scores, budget, structured, rank, alpha_threshold, out, plot) -> No
     from adapt.sensitivity import allocate_from_scores, read_sensitivity
 
     tensors, metadata = read_sensitivity(scores)
-    allocation = allocate_from_scores(tensors, metadata, budget, rank, alpha_threshold)
+    allocation = allocate_from_scores(tensors, metadata, budget, rank, alpha_threshold, structured)
     allocation.save(out)
     if plot is not None:
         plot_allocation(allocation, plot)

@@ -2,7 +2,9 @@
 
 An `Allocation` (adapt.allocation) says where the budget goes: LoRA on the matrices with
 many sensitive entries, a sparse delta on exactly the selected entries of the others,
-and whole bias/norm vectors where >= 20% of them are sensitive.
+and whole bias/norm vectors where >= 20% of them are sensitive. With
+structured_module="adapter", bottleneck adapters (adapt.methods.adapter) replace LoRA; such
+a model cannot be merged.
 
 The sparse delta is a parametrization W_eff = W + scatter(values at flat indices): it
 stores and trains only `values` (with their optimizer state) and an index buffer, so its
@@ -21,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from adapt.allocation import Allocation
 from adapt.errors import AdaptError
+from adapt.methods.adapter import BottleneckAdapter
 from adapt.methods.base import Method
 from adapt.methods.lora import LoRA, LoRAConfig
 
@@ -41,7 +44,8 @@ class SparseDelta(nn.Module):
 class SPTConfig:
     rank: int = 8
     alpha: float = 8.0
-    structured: list[str] = dataclasses.field(default_factory=list)  # weight names that get LoRA
+    structured: list[str] = dataclasses.field(default_factory=list)  # weight names that get the structured module
+    structured_module: str = "lora"  # or "adapter" (a bottleneck adapter; not mergeable)
     unstructured: dict[str, int] = dataclasses.field(default_factory=dict)  # weight name -> selected count
     vectors: list[str] = dataclasses.field(default_factory=list)  # vectors that train whole
 
@@ -61,6 +65,9 @@ class SPT(Method):
 
     def __init__(self, config: SPTConfig | None = None):
         super().__init__(config)
+        if self.config.structured_module not in ("lora", "adapter"):
+            raise AdaptError(f"SPT's structured module is lora or adapter, not {self.config.structured_module!r}")
+        self.mergeable = self.config.structured_module == "lora" or not self.config.structured
         self.allocation: Allocation | None = None  # set for fresh runs; a checkpoint needs only its buffers
         self.lora = LoRA(LoRAConfig(rank=self.config.rank, alpha=self.config.alpha,
                                     targets="^(" + "|".join(_split(n)[0] for n in self.config.structured) + ")$"))  # fmt: skip
@@ -69,7 +76,9 @@ class SPT(Method):
     def options_for(allocation: Allocation, alpha: float = 8.0) -> dict:
         """Method options that realise an allocation (its indices go in with `set_indices`)."""
         counts = {n: len(i) for n, i in allocation.unstructured.items()}
-        return dataclasses.asdict(SPTConfig(allocation.rank, alpha, list(allocation.structured), counts, list(allocation.vectors)))
+        config = SPTConfig(allocation.rank, alpha, list(allocation.structured), allocation.structured_module, counts,
+                           list(allocation.vectors))  # fmt: skip
+        return dataclasses.asdict(config)
 
     def set_allocation(self, model: nn.Module, allocation: Allocation) -> None:
         """Point each sparse delta at its selected entries (checkpoints carry them as buffers)."""
@@ -80,8 +89,12 @@ class SPT(Method):
             delta.indices.copy_(torch.tensor(flat, dtype=torch.long))
 
     def add_trainable(self, model: nn.Module) -> None:
-        if self.config.structured:
+        if self.config.structured and self.config.structured_module == "lora":
             self.lora.add_trainable(model)
+        for name in self.config.structured if self.config.structured_module == "adapter" else ():
+            layer = model.get_submodule(_split(name)[0])
+            layer.adapter = BottleneckAdapter(layer, self.config.rank)
+            layer.register_forward_hook(layer.adapter.beside)
         for name in self.config.vectors:
             self._parameter(model, name).requires_grad_(True)
         for name, count in self.config.unstructured.items():
@@ -102,15 +115,18 @@ class SPT(Method):
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         state = super().trainable_state(model)
-        state.update({k: b for k, b in model.named_buffers() if k.endswith(".indices") and ".parametrizations." in k})
+        state.update({k: b for k, b in model.named_buffers() if k.endswith(".indices") and "parametrizations." in k})
         return state
 
     def report(self) -> str:
         sparse = sum(self.config.unstructured.values())
-        return (f"SPT: LoRA rank {self.config.rank} on {len(self.config.structured)} matrices, sparse deltas of "
+        kind = "LoRA" if self.config.structured_module == "lora" else "adapters"
+        return (f"SPT: {kind} rank {self.config.rank} on {len(self.config.structured)} matrices, sparse deltas of "
                 f"{sparse:,} entries in {len(self.config.unstructured)}, {len(self.config.vectors)} whole vectors")  # fmt: skip
 
     def merge(self, model: nn.Module) -> nn.Module:
+        if not self.mergeable:
+            raise AdaptError("SPT with adapters cannot be merged: a bottleneck adapter is non-linear (use lora)")
         for name in self.config.unstructured:
             module_name, leaf = _split(name)
             module = model.get_submodule(module_name)
