@@ -31,6 +31,13 @@ FORMAT_VERSION = "1"
 FORMAT_KEY = "adapt_format"
 
 
+def umasked(mode: int) -> int:
+    """`mode` as the user's umask would leave it (mkstemp/mkdtemp create private files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
@@ -40,6 +47,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, umasked(0o666))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

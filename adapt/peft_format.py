@@ -22,7 +22,7 @@ from torch import nn
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import classifier_prefixes, create_backbone
-from adapt.checkpoint import CheckpointMeta, read_tensors, write_json_atomic
+from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_atomic
 from adapt.errors import AdaptError
 from adapt.methods.lora import ADAPTER, LoRA
 
@@ -64,6 +64,7 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
     try:
         peft_model.save_pretrained(staging)
         write_json_atomic(staging / META_FILE, meta.to_metadata())
+        os.chmod(staging, umasked(0o777))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import adapt  # noqa: F401  (first: torchvision compat)
 import torch
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
-from adapt.checkpoint import write_json_atomic, write_text_atomic
 from adapt.merge.reparam import merge_adapted
+from report import write_report
 
-RESULTS = Path(__file__).parent / "results"
 BACKBONES = {"tf_efficientnet_lite0": None, "vit_base_patch16_224": "random"}  # name -> weights
 METHODS = ["ssf", "lora", "bitfit"]
 CLASSES = [str(i) for i in range(10)]
@@ -87,24 +85,16 @@ def main() -> None:
 
     setup = {"batch": 8, "image_size": 224, "repeats": args.repeats, "dtype": "fp32", "machine": "2-core CPU",
              "torch_threads": torch.get_num_threads()}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / "merge.json", {"setup": setup, "rows": rows})
-    lines = [
-        "# Merging: inference cost and merge cost (CPU, batch 8 at 224 px, fp32)",
-        "",
-        "| method | backbone | max abs diff | unmerged latency / plain | merged latency / plain | merge time | peak extra memory | largest tensor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['backbone']} | {r['max_abs_diff']:.1e} | {r['unmerged_latency_ratio']:.3f} | "
-            f"{r['merged_latency_ratio']:.3f} | {r['merge_seconds'] * 1000:.0f} ms | "
-            f"{r['merge_peak_extra_bytes'] / 2**20:.2f} MiB | {r['largest_tensor_bytes'] / 2**20:.2f} MiB |"
-        )
-    lines += ["", "Goals: merged latency / plain <= 1.02; peak extra memory <= 2 x the largest tensor."]
-    write_text_atomic(RESULTS / "merge.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_report("merge", "Merging: inference cost and merge cost (CPU, batch 8 at 224 px, fp32)", setup, rows, [
+        ("method", lambda r: r["method"]),
+        ("backbone", lambda r: r["backbone"]),
+        ("max abs diff", lambda r: f"{r['max_abs_diff']:.1e}"),
+        ("unmerged latency / plain", lambda r: f"{r['unmerged_latency_ratio']:.3f}"),
+        ("merged latency / plain", lambda r: f"{r['merged_latency_ratio']:.3f}"),
+        ("merge time", lambda r: f"{r['merge_seconds'] * 1000:.0f} ms"),
+        ("peak extra memory", lambda r: f"{r['merge_peak_extra_bytes'] / 2**20:.2f} MiB"),
+        ("largest tensor", lambda r: f"{r['largest_tensor_bytes'] / 2**20:.2f} MiB"),
+    ], footer="Goals: merged latency / plain <= 1.02; peak extra memory <= 2 x the largest tensor.")  # fmt: skip
 
 if __name__ == "__main__":
     main()

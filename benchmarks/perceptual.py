@@ -19,14 +19,13 @@ from pathlib import Path
 
 import adapt  # noqa: F401  (first: torchvision compat)
 from adapt.backbones import create_backbone, preprocessing
-from adapt.checkpoint import write_json_atomic, write_text_atomic
 from adapt.data.transforms import eval_transform
 from adapt.data.triplets import TripletDataset, load_triplets, make_fixture
 from adapt.perceptual import agreement, perceptual_init
 from adapt.train import TrainConfig, make_accelerator
 from adapt.tune import TuneJob, tune
+from report import write_report
 
-RESULTS = Path(__file__).parent / "results"
 BACKBONE = "tf_efficientnet_lite0"
 IMAGE_SIZE = 96
 
@@ -65,20 +64,13 @@ def main() -> None:
 
     setup = {"fixture": "300 synthetic triplets (180 train / 60 val / 60 test), 96 px", "init": "full, lr 5e-4, wd 0.1",
              "init_epochs": args.init_epochs, "downstream": f"ssf on digits, {args.epochs} epochs, 96 px"}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / "perceptual.json", {"setup": setup, "rows": rows})
-    lines = [
-        "# Perceptual initialization (fixture: mechanics only, not human perception)",
-        "",
-        "| setting | 2AFC before | 2AFC after | SSF on digits: test acc (mean ± std) | seeds |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['setting']} | {100 * r['twoafc_before']:.1f} | {100 * r['twoafc_after']:.1f} | "
-                     f"{100 * r['downstream_acc_mean']:.2f} ± {100 * r['downstream_acc_std']:.2f} | {r['seeds']} |")  # fmt: skip
-    write_text_atomic(RESULTS / "perceptual.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_report("perceptual", "Perceptual initialization (fixture: mechanics only, not human perception)", setup, rows, [
+        ("setting", lambda r: r["setting"]),
+        ("2AFC before", lambda r: f"{100 * r['twoafc_before']:.1f}"),
+        ("2AFC after", lambda r: f"{100 * r['twoafc_after']:.1f}"),
+        ("SSF on digits: test acc (mean ± std)", lambda r: f"{100 * r['downstream_acc_mean']:.2f} ± {100 * r['downstream_acc_std']:.2f}"),
+        ("seeds", lambda r: str(r["seeds"])),
+    ])  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import adapt  # noqa: F401  (first: torchvision compat)
-from adapt.checkpoint import write_json_atomic, write_text_atomic
 from adapt.sensitivity import parameter_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
+from report import write_report
 
-RESULTS = Path(__file__).parent / "results"
 HEAD = 1280 * 10 + 10
 LORA_PER_RANK = 22_784  # backbone-side LoRA parameters per rank on Lite0 (default targets)
 
@@ -76,20 +75,15 @@ def main() -> None:
     setup = {"backbone": "tf_efficientnet_lite0 (embedded)", "data": "digits, 96 px", "epochs": args.epochs,
              "lr": "method default", "spt": "structured = lora rank 8, alpha_threshold 10, sensitivity 16 x 32",
              "counts": "backbone-side, head (12,810) excluded"}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / "spt_digits.json", {"setup": setup, "rows": rows})
-    lines = [
-        f"# SPT vs LoRA vs SSF on the embedded default ({args.epochs} epochs, seeds {seeds})",
-        "",
-        "| method | budget | trainable (backbone) | test acc (mean ± std) | sensitivity pass | step time vs full |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['budget']:,} | {r['trainable_params']:,} | {100 * r['acc_mean']:.2f} ± "
-                     f"{100 * r['acc_std']:.2f} | {r['sensitivity_seconds']:.1f} s | {r['step_time_ratio_vs_full']:.2f} |")  # fmt: skip
-    write_text_atomic(RESULTS / "spt_digits.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_report("spt_digits", f"SPT vs LoRA vs SSF on the embedded default ({args.epochs} epochs, seeds {seeds})", setup,
+                 rows, [
+        ("method", lambda r: r["method"]),
+        ("budget", lambda r: f"{r['budget']:,}"),
+        ("trainable (backbone)", lambda r: f"{r['trainable_params']:,}"),
+        ("test acc (mean ± std)", lambda r: f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}"),
+        ("sensitivity pass", lambda r: f"{r['sensitivity_seconds']:.1f} s"),
+        ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
+    ])  # fmt: skip
 
 if __name__ == "__main__":
     main()

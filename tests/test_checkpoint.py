@@ -114,3 +114,10 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
             raise RuntimeError("crash while writing")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    from adapt.checkpoint import umasked, write_text_atomic
+
+    write_text_atomic(tmp_path / "f.txt", "x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == umasked(0o666)

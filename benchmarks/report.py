@@ -1,0 +1,25 @@
+"""Writes a benchmark's rows as benchmarks/results/NAME.json and a Markdown table NAME.md."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from adapt.checkpoint import write_json_atomic, write_text_atomic
+
+RESULTS = Path(__file__).parent / "results"
+Column = tuple[str, Callable[[dict[str, Any]], str]]  # header, cell text from a row
+
+
+def write_report(name: str, title: str, setup: dict[str, Any], rows: list[dict[str, Any]], columns: list[Column],
+                 footer: str = "") -> None:  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    write_json_atomic(RESULTS / f"{name}.json", {"setup": setup, "rows": rows})
+    lines = [f"# {title}", "", "| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+    if footer:
+        lines += ["", footer]
+    write_text_atomic(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
