@@ -29,7 +29,7 @@ def parameter_sensitivity(
     job: TuneJob, batches: int = 16, batch_size: int = 32, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Scores per backbone parameter, and metadata naming the backbone and data they came from."""
-    adapted, data = prepare(dataclasses.replace(job, method="linear"), job.data, TrainConfig(seed=seed))
+    adapted, data = prepare(dataclasses.replace(job, method="linear", options=None), job.data, TrainConfig(seed=seed))
     model = adapted.model
     adapted.method.set_train_mode(model)  # train mode, BatchNorm statistics frozen
     model.requires_grad_(True)  # gradients for every backbone weight; nothing is stepped

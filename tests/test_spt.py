@@ -17,7 +17,8 @@ from adapt.sensitivity import allocate_from_scores, parameter_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
 
-QUICK = TuneJob(method="spt", image_size=48, limit=128, budget="20k", sensitivity_batches=2, sensitivity_batch_size=16)
+QUICK = TuneJob(method="spt", options={"rank": 4}, image_size=48, limit=128, budget="20k", sensitivity_batches=2,
+               sensitivity_batch_size=16)
 
 
 def test_budget_parsing_and_errors():
