@@ -22,7 +22,7 @@ import adapt  # noqa: F401  (first: torchvision compat)
 from adapt.merge.reparam import peak_extra_bytes
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, prepare, tune
-from report import write_report
+from report import percent_mean_std, write_report
 
 METHODS = ["full", "linear", "bitfit", "ssf"]
 MEMORY_STEPS = 10
@@ -92,10 +92,11 @@ def main() -> None:
         ("method", lambda r: r["method"]),
         ("trainable params", lambda r: f"{r['trainable_params']:,}"),
         ("trainable %", lambda r: f"{r['trainable_pct']:.2f}%"),
-        ("test acc (mean ± std)", lambda r: f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}"),
+        ("test acc (mean ± std)", percent_mean_std("acc_mean", "acc_std")),
         ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
         ("peak train memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
     ])  # fmt: skip
+
 
 if __name__ == "__main__":
     main()

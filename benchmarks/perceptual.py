@@ -24,7 +24,7 @@ from adapt.data.triplets import TripletDataset, load_triplets, make_fixture
 from adapt.perceptual import agreement, perceptual_init
 from adapt.train import TrainConfig, make_accelerator
 from adapt.tune import TuneJob, tune
-from report import write_report
+from report import percent_mean_std, write_report
 
 BACKBONE = "tf_efficientnet_lite0"
 IMAGE_SIZE = 96
@@ -68,9 +68,10 @@ def main() -> None:
         ("setting", lambda r: r["setting"]),
         ("2AFC before", lambda r: f"{100 * r['twoafc_before']:.1f}"),
         ("2AFC after", lambda r: f"{100 * r['twoafc_after']:.1f}"),
-        ("SSF on digits: test acc (mean ± std)", lambda r: f"{100 * r['downstream_acc_mean']:.2f} ± {100 * r['downstream_acc_std']:.2f}"),
+        ("SSF on digits: test acc (mean ± std)", percent_mean_std("downstream_acc_mean", "downstream_acc_std")),
         ("seeds", lambda r: str(r["seeds"])),
     ])  # fmt: skip
+
 
 if __name__ == "__main__":
     main()

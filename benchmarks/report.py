@@ -23,3 +23,8 @@ def write_report(name: str, title: str, setup: dict[str, Any], rows: list[dict[s
         lines += ["", footer]
     write_text_atomic(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def percent_mean_std(mean_key: str, std_key: str) -> Callable[[dict[str, Any]], str]:
+    """A cell 'mean ± std' in percent from two fractions of a row."""
+    return lambda r: f"{100 * r[mean_key]:.2f} ± {100 * r[std_key]:.2f}"

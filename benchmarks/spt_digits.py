@@ -23,7 +23,7 @@ import adapt  # noqa: F401  (first: torchvision compat)
 from adapt.sensitivity import parameter_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
-from report import write_report
+from report import percent_mean_std, write_report
 
 HEAD = 1280 * 10 + 10
 LORA_PER_RANK = 22_784  # backbone-side LoRA parameters per rank on Lite0 (default targets)
@@ -80,10 +80,11 @@ def main() -> None:
         ("method", lambda r: r["method"]),
         ("budget", lambda r: f"{r['budget']:,}"),
         ("trainable (backbone)", lambda r: f"{r['trainable_params']:,}"),
-        ("test acc (mean ± std)", lambda r: f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}"),
+        ("test acc (mean ± std)", percent_mean_std("acc_mean", "acc_std")),
         ("sensitivity pass", lambda r: f"{r['sensitivity_seconds']:.1f} s"),
         ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
     ])  # fmt: skip
+
 
 if __name__ == "__main__":
     main()
