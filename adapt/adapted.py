@@ -39,7 +39,7 @@ class AdaptedModel:
         adapter = create_method(method, options)
         image_size = image_size or preprocessing(backbone).image_size
         model, info = create_backbone(backbone, weights, len(class_names), image_size, seed)
-        adapter.apply(model)
+        model = adapter.apply(model)
         return cls(model, adapter, info, list(class_names), image_size)
 
     @classmethod

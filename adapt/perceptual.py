@@ -97,7 +97,7 @@ def perceptual_init(
     if not adapter.mergeable:
         raise AdaptError(f"method {method} cannot be merged into a plain backbone; choose a mergeable one")
     model, info = create_backbone(backbone, weights, num_classes=0, image_size=image_size, seed=seed)
-    adapter.apply(model)
+    model = adapter.apply(model)
     if count_trainable(model) == 0:
         raise AdaptError(f"method {method} trains nothing without a classifier head; choose another")
     defaults = preprocessing(backbone)

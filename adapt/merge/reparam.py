@@ -97,7 +97,7 @@ def merge_adapted(adapted: AdaptedModel, fold_bn: bool = False) -> tuple[nn.Modu
     """Fold the method (and, with fold_bn, BatchNorm into convs) into the weights, in place."""
     if not adapted.method.mergeable:
         raise AdaptError(
-            f"method {adapted.method.name} cannot be merged: it adds computation that no weight can absorb; "
+            f"method {adapted.method.name} cannot be merged: {adapted.method.merge_refusal}; "
             "use its checkpoint with adapt eval/predict"
         )
     model = adapted.model.eval()

@@ -8,11 +8,12 @@ from typing import Any
 from adapt.errors import AdaptError
 from adapt.methods.base import Method, count_trainable
 from adapt.methods.baselines import BitFit, Full, Linear
+from adapt.methods.hst import HST
 from adapt.methods.lora import LoRA
 from adapt.methods.spt import SPT
 from adapt.methods.ssf import SSF
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, LoRA, SPT, Full, Linear, BitFit)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, LoRA, SPT, HST, Full, Linear, BitFit)}
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
@@ -40,9 +41,9 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
     for name in names:
         model, _ = create_backbone(backbone, RANDOM_WEIGHTS, num_classes, image_size)
         method = create_method(name)
-        method.apply(model)
+        model = method.apply(model)
         total = sum(p.numel() for p in model.parameters())
-        rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.summary,
+        rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.describe(model),
                               method.budgeted))  # fmt: skip
     return rows
 

@@ -32,6 +32,7 @@ class Method:
     trains_norm_statistics: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3
     budgeted: ClassVar[bool] = False  # its size is the user's --budget, not a property of the backbone
+    merge_refusal: ClassVar[str] = "it adds computation that no weight can absorb"
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()
@@ -48,7 +49,9 @@ class Method:
         return dataclasses.asdict(self.config)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Freeze everything, let the method add/unfreeze its parameters, unfreeze the head."""
+        """Freeze everything, let the method add/unfreeze its parameters, unfreeze the head.
+
+        Returns the adapted model: `model` itself, or a wrapper around it (HST)."""
         model.requires_grad_(False)
         self.add_trainable(model)
         for key, parameter in model.named_parameters():
@@ -63,8 +66,12 @@ class Method:
         """Fold what the method added into the backbone's own weights; the result has the
         original architecture. Methods that train only existing tensors have nothing to fold."""
         if not self.mergeable:
-            raise AdaptError(f"method {self.name} cannot be merged into the backbone's weights")
+            raise AdaptError(f"method {self.name} cannot be merged: {self.merge_refusal}")
         return model
+
+    def describe(self, model: nn.Module) -> str:
+        """What the method trains on this (applied) model, for `adapt methods`."""
+        return self.summary
 
     def report(self) -> str:
         """What `apply` did, in a line (e.g. which layers it wrapped)."""
