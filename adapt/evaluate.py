@@ -16,14 +16,23 @@ from adapt.data.transforms import eval_transform
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, accelerator: Accelerator, batch_size: int = 128) -> float:
-    """Top-1 accuracy over the whole dataset (gathered across processes)."""
+def accuracy(
+    model: nn.Module, dataset: Dataset, accelerator: Accelerator, batch_size: int = 128, columns: range | None = None
+) -> float:
+    """Top-1 accuracy over the whole dataset (gathered across processes).
+
+    columns: predict among these outputs only (task-incremental evaluation)."""
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False))
     was_training = model.training
     model.eval()
     correct = total = 0
     for images, labels in loader:
-        predictions = model(images).argmax(dim=-1)
+        logits = model(images)
+        if columns is not None:
+            masked = torch.full_like(logits, float("-inf"))
+            masked[:, columns.start : columns.stop] = logits[:, columns.start : columns.stop]
+            logits = masked
+        predictions = logits.argmax(dim=-1)
         predictions, labels = accelerator.gather_for_metrics((predictions, labels))
         correct += int((predictions == labels).sum())
         total += labels.numel()

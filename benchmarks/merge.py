@@ -3,7 +3,7 @@
 For EfficientNet-Lite0 (embedded weights) and a ViT-B/16-sized timm ViT (random weights),
 each method's trainable tensors are perturbed as training would (N(0, 0.02)), then:
 latency of the plain backbone, of the adapted (unmerged) model and of the merged model,
-all in this run (median of repeats, batch 8 at 224 px, fp32, no grad), reported as
+all in this run (median of repeats, the three taking turns in every repeat, batch 8 at 224 px, fp32, no grad), reported as
 ratios to the plain backbone; the largest |logit difference| merged vs unmerged; the
 merge's wall time and the peak extra memory it allocated, next to the largest single
 tensor of the model.
@@ -16,8 +16,7 @@ Writes benchmarks/results/merge.json and merge.md.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import copy
 
 import adapt  # noqa: F401  (first: torchvision compat)
 import torch
@@ -25,23 +24,12 @@ import torch
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
 from adapt.merge.reparam import merge_adapted
+from measure import interleaved_latency
 from report import write_report
 
 BACKBONES = {"tf_efficientnet_lite0": None, "vit_base_patch16_224": "random"}  # name -> weights
 METHODS = ["ssf", "lora", "bitfit"]
 CLASSES = [str(i) for i in range(10)]
-
-
-@torch.no_grad()
-def latency(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    model.eval()
-    model(x)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def perturb_trainable(adapted: AdaptedModel, seed: int = 0) -> None:
@@ -61,22 +49,22 @@ def main() -> None:
     rows = []
     for backbone, weights in BACKBONES.items():
         plain, _ = create_backbone(backbone, weights, len(CLASSES), 224)
-        plain_latency = latency(plain, x, args.repeats)
         for method in METHODS:
             adapted = AdaptedModel.create(method, CLASSES, 224, backbone, weights)
             perturb_trainable(adapted)
-            unmerged_latency = latency(adapted.model, x, args.repeats)
+            unmerged = copy.deepcopy(adapted.model)
             with torch.no_grad():
                 before = adapted.model(x)
             merged, report = merge_adapted(adapted)
             with torch.no_grad():
                 max_abs_diff = float((merged(x) - before).abs().max())
+            seconds = interleaved_latency({"plain": plain, "unmerged": unmerged, "merged": merged}, x, args.repeats)
             rows.append({
                 "method": method,
                 "backbone": backbone,
                 "max_abs_diff": max_abs_diff,
-                "unmerged_latency_ratio": unmerged_latency / plain_latency,
-                "merged_latency_ratio": latency(merged, x, args.repeats) / plain_latency,
+                "unmerged_latency_ratio": seconds["unmerged"] / seconds["plain"],
+                "merged_latency_ratio": seconds["merged"] / seconds["plain"],
                 "merge_seconds": report.seconds,
                 "merge_peak_extra_bytes": report.peak_extra_bytes,
                 "largest_tensor_bytes": report.largest_tensor_bytes,

@@ -19,9 +19,11 @@ import statistics
 import tempfile
 
 import adapt  # noqa: F401  (first: torchvision compat)
-from adapt.merge.reparam import peak_extra_bytes
+import torch
+
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, prepare, tune
+from measure import training_cost
 from report import percent_mean_std, write_report
 
 METHODS = ["full", "linear", "bitfit", "ssf"]
@@ -31,22 +33,10 @@ MEMORY_STEPS = 10
 def peak_training_memory(method: str) -> int:
     """Peak bytes of tensors alive during MEMORY_STEPS training steps beyond those that existed
     before (activations, gradients, optimizer state), counted op by op."""
-    import torch
-
     config = TrainConfig()
     adapted, data = prepare(TuneJob(method=method), "digits", config)
-    model = adapted.model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=config.batch_size)))
-    adapted.method.set_train_mode(model)
-
-    def steps() -> None:
-        for _ in range(MEMORY_STEPS):
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-
-    return peak_extra_bytes(steps)
+    return training_cost(adapted, images, labels, MEMORY_STEPS)[1]
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The `adapt` command: parse arguments, call the library, print with rich. No logic here."""
 
-from adapt.cli import merge_commands, spt_commands, train_commands  # noqa: F401  (registers the commands)
+from adapt.cli import continual_commands, merge_commands, spt_commands, train_commands  # noqa: F401  (registers the commands)
 from adapt.cli.common import cli
 
 

@@ -1,0 +1,76 @@
+"""`adapt continual`: a class-incremental run with an incremental (e.g. language-guided) head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from adapt.cli.common import backbone_option, cli, console, parse_options, weights_option
+from adapt.heads import DEFAULT_TEMPLATE, HEADS
+from adapt.methods import METHODS
+
+
+@cli.command()
+@click.option("--data", default="digits", show_default=True, help="digits | folder:PATH | vtab:ROOT/TASK")
+@click.option("--initial", type=click.IntRange(1), default=2, show_default=True, help="Classes in the first task.")
+@click.option("--increment", type=click.IntRange(1), default=2, show_default=True, help="Classes in each later task.")
+@click.option("--task-incremental", is_flag=True, help="Test each task among its own classes only (task id given).")
+@click.option("--head", type=click.Choice(list(HEADS)), default="language", show_default=True)
+@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True, help="Language head: the class-name prompt.")
+@click.option("--text-model", default=None, help="Language head: a sentence-transformers folder (default: bundled all-MiniLM-L6-v2).")
+@click.option("--method", type=click.Choice([m for m in METHODS if m != "hst"]), default="ssf", show_default=True)
+@click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="A method option, e.g. rank=4.")
+@click.option("--learner", type=click.Choice(["naive", "replay"]), default=None,
+              help="naive fine-tuning or replay. Default: replay when --memory is given, else naive.")  # fmt: skip
+@click.option("--memory", type=click.IntRange(1), default=None, help="Replay: exemplars kept in total (default 200).")
+@click.option("--selection", type=click.Choice(["herding", "random"]), default="herding", show_default=True)
+@backbone_option
+@weights_option
+@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: 96 for digits, else the backbone's.")
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Per task.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Class order and training.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/continual"), show_default=True)
+def continual(data, initial, increment, task_incremental, head, template, text_model, method, method_options, learner,
+              memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out) -> None:  # fmt: skip
+    """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
+
+    Writes OUT/task_N/ (the checkpoint after each task), OUT/continual.json and
+    OUT/accuracy_matrix.png.
+
+    \b
+    Examples:
+      adapt continual --data digits --initial 2 --increment 2 --head language --method ssf --memory 200
+      adapt continual --head linear --learner naive --out runs/cl-linear
+    """
+    from adapt.continual import ContinualRun, class_incremental
+
+    learner = learner or ("replay" if memory else "naive")
+    head_options = {"template": template, "text_model": text_model} if head == "language" else {}
+    run = ContinualRun(method, head, learner, memory or 200, selection, parse_options(method_options), head_options,
+                       weights, epochs, batch_size, lr, seed, out)  # fmt: skip
+    scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
+    sizes = ", ".join(str(len(t.class_names)) for t in scenario.tasks)
+    console.print(f"[bold]{learner}[/] {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
+                  f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
+
+    def print_matrix(task, matrix, model) -> None:
+        table = Table(title=f"after task {task.index + 1}: {', '.join(task.class_names)}")
+        for column in ["trained up to", *(f"T{j + 1}" for j in range(task.index + 1)), "seen"]:
+            table.add_column(column, justify="right")
+        for t, row in enumerate(matrix):
+            seen = sum(row[: t + 1]) / (t + 1)
+            table.add_row(f"T{t + 1}", *(f"{a:.1%}" for a in row[: t + 1]), *[""] * (task.index - t), f"{seen:.1%}")
+        console.print(table)
+
+    result = run.fit(scenario, on_task_end=print_matrix)
+    metrics = result.metrics
+    console.print(
+        f"[bold green]average incremental accuracy {metrics.average_incremental_accuracy:.2%}[/]  ·  last accuracy "
+        f"{metrics.last_accuracy:.2%}  ·  forgetting {metrics.forgetting:.2%}  ·  backward transfer "
+        f"{metrics.backward_transfer:+.2%}  ·  {out}/continual.json, accuracy_matrix.png"
+    )

@@ -1,0 +1,74 @@
+"""Replay: an exemplar memory of fixed total size, balanced over the classes seen.
+
+After each task the memory holds size // seen_classes exemplars per class (old classes give
+up their last-chosen ones). Exemplars are chosen once per class, in a ranked order:
+`herding` (iCaRL, Rebuffi et al. 2017) picks one at a time the image that brings the mean
+of the chosen L2-normalized features closest to the class mean, with the features of the
+model that has just learned the class; `random` is a seeded shuffle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from adapt.continual.scenario import dataset_targets
+from adapt.errors import AdaptError
+
+SELECTIONS = ("herding", "random")
+
+
+def herding_order(features: torch.Tensor, count: int) -> list[int]:
+    """Indices of `count` rows whose running mean best tracks the mean of all rows."""
+    features = F.normalize(features, dim=-1)
+    target = features.mean(dim=0)
+    chosen: list[int] = []
+    total = torch.zeros_like(target)
+    available = torch.ones(len(features), dtype=torch.bool)
+    for k in range(1, min(count, len(features)) + 1):
+        distance = (target - (total + features) / k).norm(dim=-1)
+        distance[~available] = float("inf")
+        best = int(distance.argmin())
+        chosen.append(best)
+        available[best] = False
+        total += features[best]
+    return chosen
+
+
+class ExemplarMemory:
+    def __init__(self, size: int, selection: str = "herding", seed: int = 0):
+        if size < 1:
+            raise AdaptError(f"replay needs a memory of at least 1 image, got {size}")
+        if selection not in SELECTIONS:
+            raise AdaptError(f"unknown exemplar selection {selection!r} (choose from {', '.join(SELECTIONS)})")
+        self.size, self.selection, self.seed = size, selection, seed
+        self.ranked: dict[int, tuple[Dataset, list[int]]] = {}  # class -> (dataset, its images best first)
+
+    def per_class(self) -> int:
+        return self.size // max(len(self.ranked), 1)
+
+    def add_task(self, train: Dataset, features: Callable[[Dataset], torch.Tensor]) -> None:
+        """Rank the exemplars of each class in `train`; `features(subset)` embeds images in order."""
+        targets = dataset_targets(train)
+        classes = sorted(set(targets))
+        keep = self.size // (len(self.ranked) + len(classes))
+        for label in classes:
+            indices = [i for i, t in enumerate(targets) if t == label]
+            if self.selection == "herding":
+                order = herding_order(features(Subset(train, indices)), keep)
+            else:
+                generator = torch.Generator().manual_seed(self.seed * 1_000 + label)
+                order = torch.randperm(len(indices), generator=generator)[:keep].tolist()
+            self.ranked[label] = (train, [indices[i] for i in order])
+
+    def dataset(self) -> Dataset:
+        """The current exemplars: the first per_class() of each class's ranking."""
+        keep = self.per_class()
+        return ConcatDataset([Subset(dataset, ranked[:keep]) for dataset, ranked in self.ranked.values()])
+
+    def counts(self) -> dict[int, int]:
+        keep = self.per_class()
+        return {label: min(keep, len(ranked)) for label, (_, ranked) in self.ranked.items()}

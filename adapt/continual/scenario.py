@@ -1,0 +1,113 @@
+"""Class-incremental scenarios: a dataset's classes in a seeded order, split into tasks.
+
+Task 0 holds `initial` classes, every later task `increment` more (the last one what is
+left). Labels are renumbered to the class's position in the order, so a model's output j
+is always the j-th class seen. The class names travel with the tasks (digits: "zero" …
+"nine"; folders: folder names; VTAB: a task's classnames.txt, else the label numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
+from adapt.data import DataSplits, default_image_size, load_data
+from adapt.errors import AdaptError
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """The label of every item, read without decoding images where the dataset allows."""
+    if isinstance(dataset, Subset):
+        targets = dataset_targets(dataset.dataset)
+        return [targets[i] for i in dataset.indices]
+    if hasattr(dataset, "targets"):
+        return list(dataset.targets)
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+class RelabeledSubset(Dataset):
+    """The items of `dataset` at `indices`, with labels mapped through `relabel`."""
+
+    def __init__(self, dataset: Dataset, indices: list[int], relabel: dict[int, int]):
+        self.dataset, self.indices, self.relabel = dataset, indices, relabel
+        targets = dataset_targets(dataset)
+        self.targets = [relabel[targets[i]] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, _ = self.dataset[self.indices[index]]
+        return image, self.targets[index]
+
+
+@dataclass
+class Task:
+    index: int
+    classes: range  # output positions of this task's classes
+    class_names: list[str]
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+
+
+@dataclass
+class Scenario:
+    name: str
+    class_names: list[str]  # in scenario order
+    tasks: list[Task]
+    image_size: int
+    backbone: str
+    task_incremental: bool = False  # evaluate each task with its own classes only (the task id is given)
+
+    @classmethod
+    def from_splits(
+        cls,
+        splits: DataSplits,
+        initial: int,
+        increment: int,
+        seed: int,
+        image_size: int,
+        backbone: str,
+        task_incremental: bool = False,
+    ) -> Scenario:
+        count = splits.num_classes
+        if not 1 <= initial <= count or increment < 1:
+            raise AdaptError(f"{splits.name} has {count} classes: need 1 <= --initial <= {count} and --increment >= 1")
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+        relabel = {label: position for position, label in enumerate(order)}
+        bounds = [0, *range(initial, count, increment), count]
+        tasks = []
+        for index, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+            chosen = set(order[start:stop])
+
+            def part(dataset: Dataset | None) -> Dataset | None:
+                if dataset is None:
+                    return None
+                return RelabeledSubset(dataset, [i for i, t in enumerate(dataset_targets(dataset)) if t in chosen], relabel)
+
+            names = [splits.class_names[label] for label in order[start:stop]]
+            tasks.append(Task(index, range(start, stop), names, part(splits.train), part(splits.val), part(splits.test)))
+        names = [splits.class_names[label] for label in order]
+        return cls(splits.name, names, tasks, image_size, backbone, task_incremental)
+
+
+def class_incremental(
+    data: str = "digits",
+    initial: int = 2,
+    increment: int = 2,
+    seed: int = 0,
+    backbone: str = EMBEDDED_BACKBONE,
+    image_size: int | None = None,
+    task_incremental: bool = False,
+    limit: int | None = None,
+) -> Scenario:
+    """Load `data` preprocessed for `backbone` and split its classes into tasks (order from `seed`)."""
+    defaults = preprocessing(backbone)
+    size = image_size or default_image_size(data, defaults.image_size)
+    splits = load_data(data, size, defaults.mean, defaults.std, limit=limit, seed=seed)
+    return Scenario.from_splits(splits, initial, increment, seed, size, backbone, task_incremental)

@@ -1,0 +1,30 @@
+"""Cosine classifier: learned class vectors, scored by scaled cosine similarity.
+
+Normalizing both sides removes the bias of new classes' larger weight norms that a plain
+linear head builds up in class-incremental learning."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapt.heads.base import IncrementalHead
+
+INITIAL_SCALE = 16.0
+
+
+class CosineHead(IncrementalHead):
+    def __init__(self, feature_dim: int):
+        super().__init__(feature_dim)
+        self.blocks = nn.ParameterList()
+        self.scale = nn.Parameter(torch.tensor(INITIAL_SCALE))
+
+    def grow(self, names: list[str]) -> None:
+        weight = torch.empty(len(names), self.feature_dim)
+        nn.init.kaiming_uniform_(weight, a=5**0.5)
+        self.blocks.append(nn.Parameter(weight))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        weights = F.normalize(torch.cat(list(self.blocks)), dim=-1)
+        return self.scale * F.normalize(features, dim=-1) @ weights.T

@@ -1,0 +1,20 @@
+"""The usual classifier: one learned weight row and bias per class, a block per task."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adapt.heads.base import IncrementalHead
+
+
+class LinearHead(IncrementalHead):
+    def __init__(self, feature_dim: int):
+        super().__init__(feature_dim)
+        self.blocks = nn.ModuleList()
+
+    def grow(self, names: list[str]) -> None:
+        self.blocks.append(nn.Linear(self.feature_dim, len(names)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([block(features) for block in self.blocks], dim=-1)

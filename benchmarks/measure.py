@@ -1,0 +1,46 @@
+"""Measurements the benchmarks share: inference latency and training cost of adapted models."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from adapt.adapted import AdaptedModel
+from adapt.merge.reparam import peak_extra_bytes
+
+
+@torch.no_grad()
+def interleaved_latency(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median forward time of each model; the models take turns in every repeat, so that a
+    machine that speeds up or slows down during the run does not favour one of them."""
+    for model in models.values():
+        model.eval()(x)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def training_cost(adapted: AdaptedModel, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[float, int]:
+    """(median seconds per training step, peak bytes the steps kept alive beyond the model and
+    data: activations saved for backward, gradients, optimizer state), AdamW as in training."""
+    model = adapted.model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    adapted.method.set_train_mode(model)
+    seconds: list[float] = []
+
+    def train() -> None:
+        for _ in range(steps):
+            start = time.perf_counter()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            seconds.append(time.perf_counter() - start)
+
+    peak = peak_extra_bytes(train)
+    return statistics.median(seconds[1:] or seconds), peak

@@ -1,0 +1,159 @@
+"""Continual learning: scenarios, heads, replay memory, metrics, the runner and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from adapt.cli import cli
+from adapt.continual import ContinualMetrics, ContinualRun, ExemplarMemory, class_incremental, herding_order
+from adapt.data import load_data
+from adapt.data.digits import DIGIT_NAMES
+from adapt.errors import AdaptError
+from adapt.evaluate import accuracy
+from adapt.heads import create_head
+from adapt.train import make_accelerator
+
+SIZE = 32  # digits are 8x8; 32 px keeps these runs to seconds
+
+
+def test_tasks_are_disjoint_cover_every_class_and_relabel_consistently():
+    scenario = class_incremental("digits", initial=4, increment=3, seed=3, image_size=SIZE)
+    assert [len(t.class_names) for t in scenario.tasks] == [4, 3, 3]
+    assert sorted(scenario.class_names) == sorted(DIGIT_NAMES)
+    assert [n for t in scenario.tasks for n in t.class_names] == scenario.class_names
+    assert scenario.class_names != DIGIT_NAMES  # the seed shuffles the order
+    assert class_incremental("digits", 4, 3, seed=3, image_size=SIZE).class_names == scenario.class_names
+    plain = load_data("digits", SIZE, (0.5,) * 3, (0.5,) * 3)
+    for split in ("train", "val", "test"):
+        parts = [getattr(t, split) for t in scenario.tasks]
+        assert sum(len(p) for p in parts) == len(getattr(plain, split))
+        for task, part in zip(scenario.tasks, parts):
+            assert set(part.targets) == set(task.classes)
+            original = [part.dataset.targets[i] for i in part.indices]
+            assert all(scenario.class_names[new] == DIGIT_NAMES[old] for new, old in zip(part.targets, original))
+
+
+def test_bad_splits_are_refused():
+    with pytest.raises(AdaptError, match="--initial"):
+        class_incremental("digits", initial=11, image_size=SIZE)
+
+
+def test_metrics_match_hand_values():
+    matrix = [[0.9, None, None], [0.6, 0.8, None], [0.5, 0.7, 0.9]]
+    metrics = ContinualMetrics.from_matrix(matrix)
+    assert metrics.average_incremental_accuracy == pytest.approx((0.9 + 0.7 + 0.7) / 3)
+    assert metrics.last_accuracy == pytest.approx(0.7)
+    assert metrics.forgetting == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
+    assert metrics.backward_transfer == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+    single = ContinualMetrics.from_matrix([[0.8]])
+    assert (single.forgetting, single.backward_transfer, single.last_accuracy) == (0.0, 0.0, 0.8)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "language"])
+def test_heads_only_score_classes_they_were_given_and_keep_old_rows(name):
+    torch.manual_seed(0)
+    head = create_head(name, 16)
+    head.add_classes(["zero", "one"])
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    features = torch.randn(64, 16)
+    assert head(features).shape == (64, 2)
+    head.add_classes(["two", "three", "four"])
+    assert head(features).shape == (64, 5)
+    after = head.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if k != "targets")
+    if name == "language":
+        assert torch.equal(after["targets"][:2], before["targets"])
+        assert torch.allclose(after["targets"].norm(dim=-1), torch.ones(5))
+        again = head.embedder.embed(["a photo of a two"])  # cached per prompt, same vector
+        assert torch.equal(again[0], after["targets"][2])
+
+
+def test_a_missing_text_model_is_a_clear_error(tmp_path):
+    with pytest.raises(AdaptError, match="no sentence-transformers text model at"):
+        create_head("language", 8, text_model=str(tmp_path / "no-model"))
+    with pytest.raises(AdaptError, match="no sentence-transformers text model at"):
+        ContinualRun(head="language", head_options={"text_model": str(tmp_path / "no-model")})
+    with pytest.raises(AdaptError, match="must contain"):
+        create_head("language", 8, template="a photo")
+
+
+def test_herding_picks_the_running_mean_closest_to_the_class_mean():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    # mean (0.533, 0.6): (0.6, 0.8) is closest; then (1, 0) brings the pair's mean closer than (0, 1)
+    assert herding_order(features, 3) == [2, 0, 1]
+    assert herding_order(features, 1) == [2]
+
+
+def test_memory_stays_within_size_and_balanced_per_class():
+    memory = ExemplarMemory(size=10, selection="herding")
+    embed = lambda images: torch.stack([image.flatten() for image, _ in images])  # noqa: E731  (pixels as features)
+    for task in range(2):
+        labels = torch.arange(2 * task, 2 * task + 2).repeat_interleave(6)
+        memory.add_task(TensorDataset(torch.randn(12, 3, 4, 4), labels), embed)
+    assert memory.counts() == {0: 2, 1: 2, 2: 2, 3: 2}
+    stored = memory.dataset()
+    assert len(stored) == 8 and sorted(int(stored[i][1]) for i in range(8)) == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(AdaptError, match="selection"):
+        ExemplarMemory(10, "best")
+
+
+def test_task_incremental_accuracy_predicts_among_the_tasks_classes():
+    model = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(4))
+    images = torch.tensor([[0.0, 1.0, 0.0, 9.0], [0.0, 0.0, 1.0, 9.0]])  # the largest logit is class 3
+    data = TensorDataset(images, torch.tensor([1, 2]))
+    assert accuracy(model, data, make_accelerator()) == 0.0
+    assert accuracy(model, data, make_accelerator(), columns=range(0, 3)) == 1.0
+
+
+def test_a_run_carries_state_across_tasks_and_never_predicts_unseen_classes(tmp_path):
+    scenario = class_incremental("digits", initial=2, increment=4, seed=0, image_size=SIZE, limit=240)
+    run = ContinualRun(method="ssf", head="language", learner="replay", memory=20, epochs=1, out_dir=tmp_path)
+    seen_rows: list = []
+
+    def after_task(task, matrix, model) -> None:
+        seen_rows.append(model.head.targets.clone())
+        with torch.no_grad():
+            images = torch.stack([scenario.tasks[-1].test[i][0] for i in range(8)])
+            assert model.eval()(images).shape[1] == task.classes.stop  # outputs for the classes seen, no more
+
+    result = run.fit(scenario, on_task_end=after_task)
+    assert torch.equal(seen_rows[0], seen_rows[-1][:2])  # old classes' targets unchanged
+    assert len(result.matrix) == 3 and all(row[t] is not None for t, row in enumerate(result.matrix))
+    first, last = load_file(result.checkpoints[0]), load_file(result.checkpoints[-1])
+    ssf = [k for k in first if ".ssf." in k]
+    assert ssf and any(not torch.equal(first[k], last[k]) for k in ssf)  # the adapter kept learning
+    assert result.checkpoints[-1].parent.name == "task_3"
+
+
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / "cl"
+    args = ["continual", "--data", "digits", "--initial", "5", "--increment", "5", "--head", "linear", "--memory", "20",
+            "--epochs", "1", "--image-size", str(SIZE), "--limit", "200", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "after task 2" in result.output and "average incremental accuracy" in result.output
+    saved = json.loads((out / "continual.json").read_text())
+    expected = ContinualMetrics.from_matrix(saved["matrix"])
+    assert saved["average_incremental_accuracy"] == pytest.approx(expected.average_incremental_accuracy)
+    assert saved["forgetting"] == pytest.approx(expected.forgetting)
+    assert saved["setup"]["learner"] == "replay" and saved["setup"]["memory"] == 20
+    assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "task_2" / "adapter.safetensors").is_file()
+
+
+def test_cli_missing_text_model_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["continual", "--text-model", str(tmp_path / "none"), "--image-size", str(SIZE),
+                                      "--limit", "50", "--out", str(tmp_path / "cl")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "no sentence-transformers text model at" in result.output
+    assert result.output.strip().count("\n") == 0
+    assert not (tmp_path / "cl" / "continual.json").exists()
