@@ -58,7 +58,9 @@ class HSTConfig:
 
 def _as_list(value: object) -> list:
     """Widths/depths as given in Python (a sequence) or on the command line ("32,48,64,72")."""
-    return [v for v in str(value).split(",") if v.strip()] if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @contextmanager
