@@ -129,11 +129,10 @@ class ContinualRun:
                 memory.add_task(task.train, lambda images: features(model, images))
             if on_task_end is not None:
                 on_task_end(task, matrix, model)
+        unused = {"out_dir"} | ({"memory", "selection"} if memory is None else set())
         setup = {"data": scenario.name, "backbone": scenario.backbone, "image_size": scenario.image_size,
                  "task_incremental": scenario.task_incremental, "class_order": scenario.class_names,
-                 **{k: v for k, v in dataclasses.asdict(self).items() if k != "out_dir"}}  # fmt: skip
-        if memory is None:
-            setup.pop("memory"), setup.pop("selection")
+                 **{k: v for k, v in dataclasses.asdict(self).items() if k not in unused}}  # fmt: skip
         tasks = [t.class_names for t in scenario.tasks]
         result = ContinualResult(matrix, ContinualMetrics.from_matrix(matrix), tasks, checkpoints, setup)
         result.save(out)
