@@ -52,7 +52,7 @@ def main() -> None:
         for method in METHODS:
             adapted = AdaptedModel.create(method, CLASSES, 224, backbone, weights)
             perturb_trainable(adapted)
-            unmerged = copy.deepcopy(adapted.model)
+            unmerged = copy.deepcopy(adapted.model.eval())
             with torch.no_grad():
                 before = adapted.model(x)
             merged, report = merge_adapted(adapted)
