@@ -12,10 +12,10 @@ Writes benchmarks/results/continual_digits.json and continual_digits.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 
 from adapt.continual import ContinualRun, class_incremental
+from measure import mean_std
 from report import percent_mean_std, write_report
 
 HEADS = ["linear", "language"]
@@ -41,9 +41,6 @@ def main() -> None:
                     metrics = run.fit(scenario).metrics
                     measured.setdefault((head, learner), []).append(metrics)
                     print(f"{head} {learner} seed {seed}: {metrics}", flush=True)
-
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     rows = []
     for (head, learner), runs in measured.items():

@@ -27,7 +27,7 @@ from adapt.backbones import create_backbone
 from adapt.merge.reparam import merge_adapted
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
-from measure import interleaved_latency, training_cost
+from measure import interleaved_latency, mean_std, mean_step_seconds, training_cost
 from report import percent_mean_std, write_report
 
 METHODS = ["hst", "ssf", "full"]
@@ -43,11 +43,11 @@ def digits_rows(epochs: int, seeds: list[int]) -> list[dict]:
             for seed in seeds:
                 result = tune(TuneJob(method=method), TrainConfig(epochs=epochs, seed=seed), f"{scratch}/{method}{seed}")
                 accs.append(result.test_acc)
-                steps.append(sum(h.seconds for h in result.history) / sum(h.steps for h in result.history))
+                steps.append(mean_step_seconds(result))
                 print(f"{method} seed {seed}: test acc {result.test_acc:.4f}", flush=True)
+            acc_mean, acc_std = mean_std(accs)
             rows.append({"method": method, "backbone": "tf_efficientnet_lite0", "trainable_params": result.trainable_params,
-                         "acc_mean": statistics.mean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                         "seeds": seeds, "step_time": statistics.mean(steps)})  # fmt: skip
+                         "acc_mean": acc_mean, "acc_std": acc_std, "seeds": seeds, "step_time": statistics.mean(steps)})  # fmt: skip
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Measurements the benchmarks share: inference latency and training cost of adapted models."""
+"""Measurements the benchmarks share: inference latency, training cost, step time, mean ± std."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from adapt.adapted import AdaptedModel
 from adapt.merge.reparam import peak_extra_bytes
+from adapt.train import FitResult
 
 
 @torch.no_grad()
@@ -24,6 +25,16 @@ def interleaved_latency(models: dict[str, torch.nn.Module], x: torch.Tensor, rep
             model(x)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def mean_step_seconds(result: FitResult) -> float:
+    """Mean wall time of a training step over a whole run (data loading included)."""
+    return sum(h.seconds for h in result.history) / sum(h.steps for h in result.history)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def training_cost(adapted: AdaptedModel, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[float, int]:

@@ -23,7 +23,7 @@ import torch
 
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, prepare, tune
-from measure import training_cost
+from measure import mean_std, mean_step_seconds, training_cost
 from report import percent_mean_std, write_report
 
 METHODS = ["full", "linear", "bitfit", "ssf"]
@@ -51,11 +51,11 @@ def main() -> None:
             accs, step_times = [], []
             for seed in seeds:
                 result = tune(TuneJob(method=method), TrainConfig(epochs=args.epochs, seed=seed), f"{scratch}/{method}{seed}")
-                step_times.append(sum(h.seconds for h in result.history) / sum(h.steps for h in result.history))
+                step_times.append(mean_step_seconds(result))
                 accs.append(result.test_acc)
                 print(f"{method} seed {seed}: test acc {result.test_acc:.4f}", flush=True)
             measured[method] = {
-                "accs": accs,
+                "acc": mean_std(accs),
                 "step_time": statistics.mean(step_times),
                 "peak_mem": peak_training_memory(method),
                 "trainable": result.trainable_params,
@@ -68,8 +68,8 @@ def main() -> None:
             "method": method,
             "trainable_params": m["trainable"],
             "trainable_pct": 100 * m["trainable"] / m["total"],
-            "acc_mean": statistics.mean(m["accs"]),
-            "acc_std": statistics.stdev(m["accs"]) if len(m["accs"]) > 1 else 0.0,
+            "acc_mean": m["acc"][0],
+            "acc_std": m["acc"][1],
             "seeds": seeds,
             "step_time_ratio_vs_full": m["step_time"] / full["step_time"],
             "peak_mem_ratio_vs_full": m["peak_mem"] / full["peak_mem"],

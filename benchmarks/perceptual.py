@@ -13,7 +13,6 @@ Writes benchmarks/results/perceptual.json and perceptual.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from adapt.data.triplets import TripletDataset, load_triplets, make_fixture
 from adapt.perceptual import agreement, perceptual_init
 from adapt.train import TrainConfig, make_accelerator
 from adapt.tune import TuneJob, tune
+from measure import mean_std
 from report import percent_mean_std, write_report
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -58,9 +58,9 @@ def main() -> None:
                            Path(scratch) / f"{setting}-{seed}")  # fmt: skip
                 accs.append(run.test_acc)
                 print(f"{setting} seed {seed}: digits test acc {run.test_acc:.4f}", flush=True)
+            acc_mean, acc_std = mean_std(accs)
             rows.append({"setting": setting, "twoafc_before": before, "twoafc_after": after,
-                         "downstream_acc_mean": statistics.mean(accs),
-                         "downstream_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": seeds})  # fmt: skip
+                         "downstream_acc_mean": acc_mean, "downstream_acc_std": acc_std, "seeds": seeds})  # fmt: skip
 
     setup = {"fixture": "300 synthetic triplets (180 train / 60 val / 60 test), 96 px", "init": "full, lr 5e-4, wd 0.1",
              "init_epochs": args.init_epochs, "downstream": f"ssf on digits, {args.epochs} epochs, 96 px"}  # fmt: skip

@@ -23,14 +23,11 @@ import adapt  # noqa: F401  (first: torchvision compat)
 from adapt.sensitivity import parameter_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
+from measure import mean_std, mean_step_seconds
 from report import percent_mean_std, write_report
 
 HEAD = 1280 * 10 + 10
 LORA_PER_RANK = 22_784  # backbone-side LoRA parameters per rank on Lite0 (default targets)
-
-
-def step_time(result) -> float:
-    return sum(h.seconds for h in result.history) / sum(h.steps for h in result.history)
 
 
 def main() -> None:
@@ -49,7 +46,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         full = tune(TuneJob(method="full"), TrainConfig(epochs=1), Path(scratch) / "full")
-        full_step = step_time(full)
+        full_step = mean_step_seconds(full)
         for method, budget, job in configs:
             accs, steps, sensitivity = [], [], []
             for seed in seeds:
@@ -59,14 +56,15 @@ def main() -> None:
                     sensitivity.append(time.perf_counter() - start)
                 result = tune(job, TrainConfig(epochs=args.epochs, seed=seed), Path(scratch) / f"{method}{budget}-{seed}")
                 accs.append(result.test_acc)
-                steps.append(step_time(result))
+                steps.append(mean_step_seconds(result))
                 print(f"{method} budget {budget} seed {seed}: {result.test_acc:.4f}", flush=True)
+            acc_mean, acc_std = mean_std(accs)
             rows.append({
                 "method": method,
                 "budget": budget,
                 "trainable_params": result.trainable_params - HEAD,
-                "acc_mean": statistics.mean(accs),
-                "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "acc_mean": acc_mean,
+                "acc_std": acc_std,
                 "seeds": seeds,
                 "sensitivity_seconds": statistics.mean(sensitivity) if sensitivity else 0.0,
                 "step_time_ratio_vs_full": statistics.mean(steps) / full_step,
