@@ -118,10 +118,11 @@ class ViTTap(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit[0]
         blocks = [vit.blocks[i] for i in self.read_blocks]
+        indices = sorted(set(self.read_blocks))
         with torch.no_grad(), captured_outputs([b.attn.qkv for b in blocks]) as patch_qkvs:
-            outputs = vit.forward_intermediates(image, indices=sorted(set(self.read_blocks)), return_prefix_tokens=True,
-                                                output_fmt="NLC", intermediates_only=True)  # fmt: skip
-        tokens = dict(zip(sorted(set(self.read_blocks)), (torch.cat([p, t], 1) if p is not None else t for t, p in outputs)))
+            outputs = vit.forward_intermediates(image, indices=indices, return_prefix_tokens=True, output_fmt="NLC",
+                                                intermediates_only=True)  # fmt: skip
+        tokens = dict(zip(indices, (torch.cat([p, t], 1) if p is not None else t for t, p in outputs)))
         contexts = []
         for meta, block, index, patch_qkv in zip(self.meta_tokens, blocks, self.read_blocks, patch_qkvs):
             meta = meta_through_block(block, meta.expand(image.shape[0], -1, -1), patch_qkv)
