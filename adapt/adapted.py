@@ -1,4 +1,8 @@
-"""An adapted model: backbone + fresh head + method, built new or from a checkpoint."""
+"""An adapted model: backbone + fresh head + method, built new or from a checkpoint.
+
+Three kinds of checkpoint rebuild into one: an adapter checkpoint (`adapt tune`), one
+whose model has an incremental head (`adapt continual`'s task checkpoints), and a merged
+model (`adapt merge`, or a soup of merged models), read as a plain network."""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ from typing import Any
 
 from torch import nn
 
+import torch
+
 from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone, preprocessing
 from adapt.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from adapt.errors import AdaptError
+from adapt.heads import ContinualModel, head_buffers, head_spec, rebuild_head
 from adapt.methods import Method, count_trainable, create_method
 
 
@@ -44,21 +51,38 @@ class AdaptedModel:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, weights: str | None = None) -> tuple[AdaptedModel, CheckpointMeta]:
-        """Rebuild the adapted model of a checkpoint; refuse other backbone weights than it was trained on."""
+        """Rebuild the model of a checkpoint; refuse other backbone weights than it was trained on."""
         tensors, meta = read_checkpoint(path)
+        if meta.merged:  # the file is the whole network: its weights are the backbone weights
+            return cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, str(path)), meta
         weights = weights or meta.backbone_weights
-        if weights not in ("embedded", RANDOM_WEIGHTS) and not Path(weights).is_file():
+        if weights not in ("embedded", RANDOM_WEIGHTS) and not Path(weights).exists():
             raise AdaptError(f"{path} was trained on backbone weights {weights}, which is not there; pass --weights")
         seed = int(meta.training.get("seed", 0))
-        adapted = cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, weights,
-                             meta.method_options, seed)  # fmt: skip
+        if meta.head is None:
+            adapted = cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, weights,
+                                 meta.method_options, seed)  # fmt: skip
+        else:
+            adapted = cls.with_incremental_head(meta, weights, tensors, seed)
         if adapted.backbone.sha256 != meta.backbone_sha256:
             raise AdaptError(
                 f"{path} was trained on {meta.backbone} weights with sha256 {meta.backbone_sha256[:12]}…, "
                 f"but {weights} has {adapted.backbone.sha256[:12]}…"
             )
-        adapted.method.load_trainable_state(adapted.model, tensors, source=f"tensors in {path}")
+        adapted.load_state(tensors, source=f"tensors in {path}")
         return adapted, meta
+
+    @classmethod
+    def with_incremental_head(
+        cls, meta: CheckpointMeta, weights: str, tensors: dict[str, torch.Tensor], seed: int
+    ) -> AdaptedModel:
+        """The model of a continual run's checkpoint: adapted backbone (no timm head) + its saved head."""
+        method = create_method(meta.method, meta.method_options)
+        backbone, info = create_backbone(meta.backbone, weights, 0, meta.image_size, seed)
+        if method.apply(backbone) is not backbone:
+            raise AdaptError(f"method {meta.method} cannot carry an incremental head")
+        head = rebuild_head(meta.head, backbone.num_features, meta.class_names, tensors)
+        return cls(ContinualModel(backbone, head), method, info, list(meta.class_names), meta.image_size)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -72,6 +96,20 @@ class AdaptedModel:
         """(trainable, total) parameters of the adapted model."""
         return count_trainable(self.model), sum(p.numel() for p in self.model.parameters())
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: the method's trainable tensors and an incremental head's buffers."""
+        return {**self.method.trainable_state(self.model), **head_buffers(self.model)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+        buffers = head_buffers(self.model)
+        with torch.no_grad():
+            for key, buffer in buffers.items():
+                if key not in tensors or tensors[key].shape != buffer.shape:
+                    raise AdaptError(f"{source or 'tensors'}: head buffer {key} is missing or misshapen")
+                buffer.copy_(tensors[key])
+        trainable = {k: v for k, v in tensors.items() if k not in buffers}
+        self.method.load_trainable_state(self.model, trainable, source=source)
+
     def meta(self, training: dict[str, Any] | None = None) -> CheckpointMeta:
         return CheckpointMeta(
             method=self.method.name,
@@ -84,7 +122,8 @@ class AdaptedModel:
             mean=list(self.mean),
             std=list(self.std),
             training=training or {},
+            head=head_spec(self.model.head) if isinstance(self.model, ContinualModel) else None,
         )
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None) -> None:
-        save_checkpoint(path, self.method.trainable_state(self.model), self.meta(training))
+        save_checkpoint(path, self.state(), self.meta(training))

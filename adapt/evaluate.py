@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from adapt.adapted import AdaptedModel
 from adapt.data.images import open_rgb
 from adapt.data.transforms import eval_transform
+from adapt.errors import AdaptError
 
 
 @torch.no_grad()
@@ -58,3 +59,46 @@ def predict_files(adapted: AdaptedModel, paths: list[Path], top_k: int = 5) -> l
         top = [(adapted.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
         results.append(Prediction(path, top))
     return results
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    images: int
+    data: str  # the data's name
+    split: str
+    classes: int  # the classes scored: all of the data's, or the checkpoint's subset of them
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | None = None,
+    split: str = "test",
+    split_protocol: str = "final",
+    weights: str | None = None,
+    batch_size: int = 128,
+    limit: int | None = None,
+) -> EvalResult:
+    """Accuracy of any checkpoint adapt writes (adapter, continual task, merged, soup) on a split.
+
+    data None means the data recorded in the checkpoint. A checkpoint that knows only some
+    of the data's classes (a continual task's) is scored on the images of those classes."""
+    from adapt.data import load_data
+    from adapt.data.subsets import classes_subset
+    from adapt.train import make_accelerator
+
+    adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
+    spec = data or meta.training.get("data")
+    if not spec:
+        raise AdaptError(f"{checkpoint} does not record its data; pass --data")
+    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit)
+    dataset = getattr(splits, split)
+    if dataset is None:
+        raise AdaptError(f"{spec} has no {split} split")
+    known = adapted.class_names
+    if len(known) < splits.num_classes and set(known) <= set(splits.class_names):
+        dataset = classes_subset(dataset, splits.class_names, known)
+    elif len(known) != splits.num_classes:
+        raise AdaptError(f"{spec} has {splits.num_classes} classes, the checkpoint {len(known)}")
+    acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
+    return EvalResult(acc, len(dataset), splits.name, split, len(known))

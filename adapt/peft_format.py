@@ -2,10 +2,16 @@
 
 Export builds a real `PeftModel` over the timm backbone (LoRA on our targets, the head in
 `modules_to_save`), copies the trained tensors in and lets peft write
-`adapter_config.json` + `adapter_model.safetensors`, so that
-`PeftModel.from_pretrained(timm.create_model(NAME, num_classes=K), DIR)` gives our
-model's outputs. Our checkpoint metadata goes beside them in `adapt.json` (peft ignores
+`adapter_config.json` + `adapter_model.safetensors`. The base model the adapter belongs
+to (the backbone weights it was trained on, which timm cannot build by name when they are
+the embedded or a local file) goes into `DIR/base/` as a timm hub folder, and
+`base_model_name_or_path` points there, so that
+`PeftModel.from_pretrained(timm.create_model("local-dir:DIR/base", pretrained=True), DIR)`
+gives our model's outputs. Our checkpoint metadata goes into `adapt.json` (peft ignores
 it), so that importing needs nothing else; without it, import asks for the backbone.
+
+An export folder is new or holds only an earlier export (replaced with `force`): nothing
+else in it is ever touched.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,10 +31,15 @@ from adapt.adapted import AdaptedModel
 from adapt.backbones import classifier_prefixes, create_backbone
 from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_atomic
 from adapt.errors import AdaptError
+from adapt.hub import save_hub_folder
 from adapt.methods.lora import ADAPTER, LoRA
+from adapt.outputs import check_output_file, check_owned_folder, exclusive_lock, refuse_inputs, remove_owned
 
 META_FILE = "adapt.json"
+BASE_FOLDER = "base"
 PEFT_PREFIX = "base_model.model."
+# everything an export writes (peft adds a model card, README.md)
+EXPORT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", META_FILE, BASE_FOLDER)
 
 
 def _our_key(peft_key: str) -> str:
@@ -51,25 +63,42 @@ def _copy_trainable(peft_model: nn.Module, ours: dict[str, torch.Tensor]) -> Non
                 parameter.copy_(ours[_our_key(key)])
 
 
-def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None) -> Path:
-    adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
-    if not isinstance(adapted.method, LoRA):
-        raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")
-    backbone, _ = create_backbone(meta.backbone, adapted.backbone.weights, len(meta.class_names), meta.image_size)
-    peft_model = _peft_model(backbone, adapted.method)
-    _copy_trainable(peft_model, adapted.method.trainable_state(adapted.model))
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        peft_model.save_pretrained(staging)
-        write_json_atomic(staging / META_FILE, meta.to_metadata())
-        os.chmod(staging, umasked(0o777))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None, force: bool = False) -> Path:
+    """Write a LoRA checkpoint as a peft adapter folder, with its base model in OUT/base/."""
+    out_dir = Path(out_dir).expanduser()
+    with exclusive_lock(out_dir):
+        refuse_inputs(out_dir, [checkpoint, weights])
+        for name in EXPORT_FILES:
+            refuse_inputs(out_dir / name, [checkpoint, weights])
+        check_owned_folder(out_dir, EXPORT_FILES, force)
+        adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
+        if not isinstance(adapted.method, LoRA):
+            raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")
+        seed = int(meta.training.get("seed", 0))  # random-weight backbones are rebuilt from the run's seed
+        backbone, _ = create_backbone(meta.backbone, adapted.backbone.weights, len(meta.class_names), meta.image_size, seed)
+        created = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.resolve().name}.", dir=out_dir))
+        try:
+            save_hub_folder(staging / BASE_FOLDER, backbone, meta.class_names, meta.image_size, adapted.mean,
+                            adapted.std, {"base_of": str(checkpoint), "backbone": meta.backbone})  # fmt: skip
+            peft_model = _peft_model(backbone, adapted.method)
+            _copy_trainable(peft_model, adapted.method.trainable_state(adapted.model))
+            peft_model.peft_config[ADAPTER].base_model_name_or_path = str((out_dir / BASE_FOLDER).resolve())
+            with warnings.catch_warnings():  # peft looks for the base's config; it is still in staging
+                warnings.filterwarnings("ignore", message="Could not find a config file")
+                peft_model.save_pretrained(staging)
+            write_json_atomic(staging / META_FILE, meta.to_metadata())
+            for child in staging.iterdir():
+                if (out_dir / child.name).exists():
+                    remove_owned(out_dir / child.name)  # an earlier export's (checked above)
+                if child.is_file():
+                    os.chmod(child, umasked(0o666))
+                os.replace(child, out_dir / child.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # failed before writing anything: leave no empty folder behind
     return out_dir
 
 
@@ -81,11 +110,20 @@ def _from_peft_file_key(key: str) -> str:
     return key
 
 
-def import_peft(folder: str | Path, out: str | Path, backbone: str | None = None, weights: str | None = None) -> CheckpointMeta:
+def import_peft(
+    folder: str | Path, out: str | Path, backbone: str | None = None, weights: str | None = None, overwrite: bool = False
+) -> CheckpointMeta:
     """Read a peft LoRA folder (ours, or another tool's with --backbone) into an adapter checkpoint."""
+    folder = Path(folder)
+    with exclusive_lock(out):
+        inputs = [folder / "adapter_model.safetensors", folder / "adapter_config.json", weights]
+        check_output_file(out, overwrite, inputs)
+        return _import_peft(folder, out, backbone, weights)
+
+
+def _import_peft(folder: Path, out: str | Path, backbone: str | None, weights: str | None) -> CheckpointMeta:
     from peft import PeftConfig
 
-    folder = Path(folder)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         if not (folder / name).is_file():
             raise AdaptError(f"{folder} is not a peft adapter folder: {name} is missing")

@@ -28,6 +28,7 @@ from adapt.data.transforms import eval_transform
 from adapt.data.triplets import TripletDataset, load_triplets
 from adapt.errors import AdaptError
 from adapt.methods import count_trainable, create_method
+from adapt.outputs import check_output_file, exclusive_lock
 from adapt.train import make_accelerator, parameter_groups
 
 MARGIN = 0.05
@@ -88,8 +89,17 @@ def perceptual_init(
     batch_size: int = 16,
     image_size: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> PerceptualResult:
-    """Train `backbone` on the triplets of `data` and write it, merged, to `out`."""
+    """Train `backbone` on the triplets of `data` and write it, merged, to `out`.
+
+    An existing `out` is replaced only with `overwrite`, and never when it is the input weights."""
+    with exclusive_lock(out):
+        check_output_file(out, overwrite, inputs=[weights])
+        return _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed)
+
+
+def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed) -> PerceptualResult:
     splits = load_triplets(data)
     if not splits.get("train"):
         raise AdaptError(f"{data} has no train triplets")

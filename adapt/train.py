@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, RandomSampler
@@ -37,6 +37,8 @@ ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# everything a tune run may write into its folder (SPT adds its allocation)
+RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png")
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -83,6 +85,11 @@ def make_accelerator(**settings: Any) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(cpu=not torch.accelerator.is_available(), **settings)
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes files (rank 0 under torchrun / accelerate launch)."""
+    return PartialState(cpu=not torch.accelerator.is_available()).is_main_process
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from adapt.allocation import Allocation, plot_allocation
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, default_image_size, load_data
 from adapt.errors import AdaptError
+from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.methods.spt import SPT
-from adapt.train import EpochResult, FitResult, TrainConfig, Trainer
+from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, is_main_process
 
 
 @dataclass
@@ -74,13 +76,21 @@ def tune(
     spec: str | None = None,
     on_start: Callable[[AdaptedModel, DataSplits], None] | None = None,
     on_epoch_end: Callable[[EpochResult], None] | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
-    """Train `job.method` on one task (`spec`, default `job.data`) and write its run folder."""
-    adapted, data = prepare(job, spec or job.data, config)
-    allocation = getattr(adapted.method, "allocation", None)
-    if allocation is not None:
-        allocation.save(Path(out_dir) / "allocation.json")
-        plot_allocation(allocation, Path(out_dir) / "allocation.png")
-    if on_start is not None:
-        on_start(adapted, data)
-    return Trainer(adapted, data, config, out_dir).fit(resume=resume, on_epoch_end=on_epoch_end)
+    """Train `job.method` on one task (`spec`, default `job.data`) and write its run folder.
+
+    A folder that holds an earlier run is refused unless `resume` (continue it) or
+    `overwrite` (replace its files; nothing else in the folder is touched)."""
+    out_dir = Path(out_dir)
+    main = is_main_process()
+    with exclusive_lock(out_dir) if main else contextlib.nullcontext():
+        check_run_folder(out_dir, RUN_FILES, resume, overwrite, remove=main)
+        adapted, data = prepare(job, spec or job.data, config)
+        allocation = getattr(adapted.method, "allocation", None)
+        if allocation is not None and main:
+            allocation.save(out_dir / "allocation.json")
+            plot_allocation(allocation, out_dir / "allocation.png")
+        if on_start is not None:
+            on_start(adapted, data)
+        return Trainer(adapted, data, config, out_dir).fit(resume=resume, on_epoch_end=on_epoch_end)

@@ -55,7 +55,8 @@ def test_mismatched_weights_name_keys_and_shapes(tmp_path):
         create_backbone("test_vit", tmp_path / "bad.safetensors", num_classes=3)
     message = str(error.value)
     assert "missing: cls_token" in message and "unexpected: extra.weight" in message
-    assert "wrong shapes: pos_embed (1, 2, 3)" in message and "\n" not in message
+    assert "wrong shapes: pos_embed: file (1, 2, 3) vs model (1, 101, 64)" in message and "\n" not in message
+    assert "--image-size" in message
 
 
 def test_unknown_backbone_and_unreadable_weights(tmp_path):

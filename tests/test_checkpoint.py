@@ -59,7 +59,7 @@ def test_missing_extra_and_misshapen_tensors_are_named(tmp_path):
     message = str(error.value)
     assert "missing: blocks.0.attn.qkv.ssf.scale" in message
     assert "unexpected: blocks.0.extra" in message
-    assert "wrong shapes: head.weight (4, 64) vs (3, 64)" in message
+    assert "wrong shapes: head.weight: file (4, 64) vs model (3, 64)" in message
 
 
 def test_other_method_config_is_refused(tmp_path):

@@ -76,8 +76,9 @@ def test_heads_only_score_classes_they_were_given_and_keep_old_rows(name):
 
 
 def test_a_missing_text_model_is_a_clear_error(tmp_path):
+    head = create_head("language", 8, text_model=str(tmp_path / "no-model"))  # loaded when first needed
     with pytest.raises(AdaptError, match="no sentence-transformers text model at"):
-        create_head("language", 8, text_model=str(tmp_path / "no-model"))
+        head.add_classes(["zero"])
     with pytest.raises(AdaptError, match="no sentence-transformers text model at"):
         ContinualRun(head="language", head_options={"text_model": str(tmp_path / "no-model")})
     with pytest.raises(AdaptError, match="must contain"):

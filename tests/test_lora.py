@@ -1,5 +1,8 @@
 """LoRA through peft: targets, training, and the peft folder layout both ways."""
 
+import json
+import os
+
 import pytest
 import timm
 import torch
@@ -47,13 +50,24 @@ def _trained_lora_checkpoint(tmp_path):
     return adapted, path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_peft_export_loads_in_peft_with_identical_outputs(tmp_path):
     from peft import PeftModel
 
     adapted, path = _trained_lora_checkpoint(tmp_path)
     folder = export_peft(path, tmp_path / "peft")
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
-    base, _ = create_backbone("test_vit", "random", num_classes=3)
+    assert {"adapter_config.json", "adapter_model.safetensors", "base"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((folder / "base").resolve())
+    for file in (folder / "adapter_model.safetensors", folder / "base" / "model.safetensors"):
+        assert file.stat().st_mode & 0o777 == 0o666 & ~_umask(), file  # not mkstemp's 0600
+    # the documented recipe, with timm alone building the base from the exported hub folder
+    base = timm.create_model(f"local-dir:{config['base_model_name_or_path']}", pretrained=True)
     peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():

@@ -125,7 +125,7 @@ import adapt
 from adapt.merge.soup import stream_soup
 paths = sys.argv[2:]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-stream_soup(paths, sys.argv[1])
+stream_soup(paths, sys.argv[1], overwrite=True)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 

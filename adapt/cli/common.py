@@ -14,7 +14,8 @@ from rich.markup import escape
 from adapt.errors import AdaptError
 
 # Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
-console = Console(quiet=int(os.environ.get("RANK", "0")) != 0)
+console = Console(quiet=int(os.environ.get("RANK", "0")) != 0, soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 class AdaptGroup(click.Group):
@@ -24,7 +25,7 @@ class AdaptGroup(click.Group):
         try:
             return super().invoke(ctx)
         except AdaptError as error:
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             sys.exit(1)
 
 

@@ -35,12 +35,13 @@ from adapt.methods import METHODS
 @click.option("--seed", type=int, default=0, show_default=True, help="Class order and training.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/continual"), show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the continual run already in --out (only its files).")
 def continual(data, initial, increment, task_incremental, head, template, text_model, method, method_options, learner,
-              memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out) -> None:  # fmt: skip
+              memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out, overwrite) -> None:  # fmt: skip
     """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
 
-    Writes OUT/task_N/ (the checkpoint after each task), OUT/continual.json and
-    OUT/accuracy_matrix.png.
+    Writes OUT/task_N/ (the checkpoint after each task, which adapt eval, predict, info and
+    merge accept), OUT/continual.json and OUT/accuracy_matrix.png.
 
     \b
     Examples:
@@ -52,7 +53,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     learner = learner or ("replay" if memory else "naive")
     head_options = {"template": template, "text_model": text_model} if head == "language" else {}
     run = ContinualRun(method, head, learner, memory or 200, selection, parse_options(method_options), head_options,
-                       weights, epochs, batch_size, lr, seed, out)  # fmt: skip
+                       weights, epochs, batch_size, lr, seed, out, overwrite)  # fmt: skip
     scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
     sizes = ", ".join(str(len(t.class_names)) for t in scenario.tasks)
     console.print(f"[bold]{learner}[/] {method} with a {head} head on {scenario.backbone}, {scenario.name}: "

@@ -15,57 +15,75 @@ from adapt.errors import AdaptError
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write the merged .safetensors.")
+@click.option("--out", type=click.Path(), required=True,  # a str: a trailing / asks for a folder
+              help="A .safetensors file, or a folder (ending in /, or with --format hub).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["auto", "file", "hub"]), default="auto", show_default=True,
+              help="file: one state dict; hub: config.json + model.safetensors (timm local-dir:). "
+                   "auto: hub when --out ends in / or is a folder.")  # fmt: skip
 @click.option("--fold-bn", is_flag=True, help="Also fold BatchNorm into the conv before it (for deployment).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier merge at --out.")
 @weights_option
-def merge(checkpoint, out, fold_bn, weights) -> None:
-    """Fold an adapter into the backbone's weights: a plain timm state dict, no extra cost.
+def merge(checkpoint, out, fmt, fold_bn, overwrite, weights) -> None:
+    """Fold an adapter into the backbone's weights: a plain timm model, no extra cost.
 
-    The result loads with timm.create_model(NAME, num_classes=K).load_state_dict(...)
-    and does not need adapt.
+    Takes adapter checkpoints (adapt tune, soups of them) and continual task checkpoints
+    (their incremental head becomes the timm classifier). A file loads with
+    timm.create_model(NAME, num_classes=K).load_state_dict(...); a hub folder with
+    timm.create_model("local-dir:DIR", pretrained=True), preprocessing included.
+    Neither needs adapt.
 
     \b
-    Example:
+    Examples:
       adapt merge runs/tune/adapter.safetensors --out merged.safetensors
+      adapt merge runs/tune/adapter.safetensors --out merged/      # hub layout
     """
-    from adapt.adapted import AdaptedModel
-    from adapt.merge.reparam import merge_adapted, save_merged
+    from adapt.merge.reparam import merge_checkpoint
 
-    adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
-    model, report = merge_adapted(adapted, fold_bn)
-    save_merged(out, model, adapted)
+    result = merge_checkpoint(checkpoint, out, fmt, fold_bn, overwrite, weights)
+    report = result.report
     folded = f", {report.batchnorms_folded} BatchNorms folded into convs" if fold_bn else ""
     console.print(
-        f"merged {report.method} into {adapted.backbone.name} in {report.seconds * 1000:.0f} ms, "
+        f"merged {report.method} into {result.backbone} in {report.seconds * 1000:.0f} ms, "
         f"peak extra memory {report.peak_extra_bytes / 2**20:.2f} MiB "
-        f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {out}"
-    )
+        f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {result.out}",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    if report.note:
+        console.print(f"note: {report.note}", markup=False, highlight=False)
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an earlier export in OUT_DIR (only its files).")
 @weights_option
-def export(checkpoint, out_dir, fmt, weights) -> None:
-    """Write a LoRA checkpoint in peft's layout (adapter_config.json + adapter_model.safetensors).
+def export(checkpoint, out_dir, fmt, force, weights) -> None:
+    """Write a LoRA checkpoint in peft's layout, with its base model in OUT_DIR/base/.
+
+    OUT_DIR must be new, empty, or hold an earlier export (then --force); nothing else in
+    it is touched.
 
     \b
     Example:
       adapt export runs/lora/adapter.safetensors --format peft exported/
-      # then: PeftModel.from_pretrained(timm.create_model(NAME, num_classes=K), "exported/")
+      # then, without adapt:
+      #   base = timm.create_model("local-dir:exported/base", pretrained=True)
+      #   model = PeftModel.from_pretrained(base, "exported/")
     """
     from adapt.peft_format import export_peft
 
-    console.print(f"wrote peft adapter folder {export_peft(checkpoint, out_dir, weights)}")
+    folder = export_peft(checkpoint, out_dir, weights, force)
+    console.print(f"wrote peft adapter folder {folder} (base model in {folder / 'base'})", markup=False, highlight=False)
 
 
 @cli.command("import-peft")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The adapter checkpoint to write.")
 @click.option("--backbone", default=None, help="timm name, when the folder does not record it.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @weights_option
-def import_peft(folder, out, backbone, weights) -> None:
+def import_peft(folder, out, backbone, overwrite, weights) -> None:
     """Read a peft LoRA folder into an adapt checkpoint (for eval, predict, merge).
 
     \b
@@ -74,8 +92,9 @@ def import_peft(folder, out, backbone, weights) -> None:
     """
     from adapt.peft_format import import_peft as read_folder
 
-    meta = read_folder(folder, out, backbone, weights)
-    console.print(f"wrote {out}: lora rank {meta.method_options['rank']} on {meta.backbone}, {len(meta.class_names)} classes")
+    meta = read_folder(folder, out, backbone, weights, overwrite)
+    console.print(f"wrote {out}: lora rank {meta.method_options['rank']} on {meta.backbone}, {len(meta.class_names)} classes",
+                  markup=False, highlight=False)  # fmt: skip
 
 
 RECIPES = ["uniform", "weighted", "task-arithmetic", "ties", "dare"]
@@ -132,6 +151,7 @@ def _apply_config(ctx: click.Context, path: Path, values: dict[str, Any]) -> dic
 @click.option("--max-shard-size", default=None, help="Split the output into shards, e.g. 2GB.")
 @click.option("--backbone", default=None, help="timm name, for --greedy on state dicts that do not record it.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML with any of these options (+ ingredients).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never an ingredient or the base).")
 @click.pass_context
 def soup(ctx, **values) -> None:
     """Average or merge checkpoints of one model, streaming tensor by tensor.
@@ -172,7 +192,8 @@ def soup(ctx, **values) -> None:
         for column in ("ingredient", "own accuracy", "soup accuracy", "added"):
             table.add_column(column)
         summary = greedy_soup(paths, out, accuracy, dtype, on_step=lambda step: table.add_row(
-            step.ingredient, f"{step.own_accuracy:.2%}", f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
+            step.ingredient, f"{step.own_accuracy:.2%}", f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"),
+            overwrite=values["overwrite"])  # fmt: skip
         console.print(table)
     else:
         recipe = "weighted" if values["weights"] and values["recipe"] == "uniform" else values["recipe"]
@@ -187,7 +208,7 @@ def soup(ctx, **values) -> None:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("merging tensors", total=total)
             summary = stream_soup(paths, out, method, values["base"], dtype, parse_size(values["max_shard_size"]),
-                                  on_tensor=lambda key: progress.advance(task))  # fmt: skip
+                                  on_tensor=lambda key: progress.advance(task), overwrite=values["overwrite"])  # fmt: skip
     rows = [
         ("ingredients", str(len(summary.ingredients))),
         ("recipe", summary.recipe),

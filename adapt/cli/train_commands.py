@@ -45,8 +45,9 @@ from adapt.train import TrainConfig
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (only its files).")
 def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_threshold, method_options, data, split_protocol, backbone, weights, image_size, epochs, batch_size, lr,
-         weight_decay, warmup, grad_accum, precision, seed, workers, limit, out, resume) -> None:  # fmt: skip
+         weight_decay, warmup, grad_accum, precision, seed, workers, limit, out, resume, overwrite) -> None:  # fmt: skip
     """Train a method on a frozen backbone; write OUT/adapter.safetensors and metrics.
 
     \b
@@ -61,6 +62,8 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
     """
     from adapt.data import expand_spec
     from adapt.data.vtab import vtab_means
+    from adapt.outputs import check_run_folder
+    from adapt.train import RUN_FILES
     from adapt.tune import TuneJob, tune as run_tune
 
     flags = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets}
@@ -69,11 +72,14 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
                   str(allocation) if allocation else None, alpha_threshold)  # fmt: skip
     config = TrainConfig(epochs, batch_size, lr, weight_decay, warmup, grad_accum, precision, seed, workers)
     specs = expand_spec(data)  # several when data is a VTAB root holding many tasks
+    task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
+    for task_out in task_outs.values():  # before any training: every task folder must be free
+        check_run_folder(task_out, RUN_FILES, resume, overwrite, remove=False)
     accuracies = {}
-    for spec in specs:
-        task = Path(spec.partition(":")[2]).name
-        task_out = out / task if len(specs) > 1 else out
-        result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch)
+    for spec, task_out in task_outs.items():
+        task = task_out.name
+        result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch,
+                          overwrite=overwrite)  # fmt: skip
         accuracies[task] = result.test_acc
         share = result.trainable_params / result.total_params
         console.print(
@@ -91,6 +97,8 @@ def _print_start(adapted, data) -> None:
         f"data {data.name}: {len(data.train)} train / {len(data.test)} {data.test_name} images, "
         f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
     )
+    for note in adapted.backbone.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     if adapted.method.report():
         console.print(adapted.method.report())
 
@@ -126,29 +134,18 @@ def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) ->
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images.")
 def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit) -> None:
-    """Accuracy of an adapter checkpoint on a split.
+    """Accuracy of a checkpoint on a split: adapter, continual task, merged or soup.
 
     \b
     Example:
       adapt eval runs/tune/adapter.safetensors --split test
+      adapt eval merged.safetensors                # merged models record their data too
     """
-    from adapt.adapted import AdaptedModel
-    from adapt.data import load_data
-    from adapt.evaluate import accuracy
-    from adapt.train import make_accelerator
+    from adapt.evaluate import evaluate_checkpoint
 
-    adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
-    spec = data or meta.training.get("data")
-    if not spec:
-        raise AdaptError(f"{checkpoint} does not record its data; pass --data")
-    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit)
-    dataset = getattr(splits, split)
-    if dataset is None:
-        raise AdaptError(f"{spec} has no {split} split")
-    if splits.num_classes != len(adapted.class_names):
-        raise AdaptError(f"{spec} has {splits.num_classes} classes, the checkpoint {len(adapted.class_names)}")
-    acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
-    console.print(f"{split} accuracy [bold]{acc:.2%}[/] on {len(dataset)} images of {splits.name}")
+    result = evaluate_checkpoint(checkpoint, data, split, split_protocol, weights, batch_size, limit)
+    console.print(f"{split} accuracy [bold]{result.accuracy:.2%}[/] on {result.images} images of "
+                  f"{escape(result.data)} ({result.classes} classes)")  # fmt: skip
 
 
 @cli.command()
@@ -207,18 +204,19 @@ def info(checkpoint) -> None:
     from adapt.checkpoint import read_checkpoint
 
     tensors, meta = read_checkpoint(checkpoint)
-    table = Table(title=str(checkpoint), show_header=False)
+    table = Table(title=escape(str(checkpoint)), show_header=False)
     rows = {
         "method": _method_line(meta),
         "backbone": f"{meta.backbone} ({meta.backbone_weights})",
         "backbone sha256": meta.backbone_sha256,
         "classes": f"{len(meta.class_names)}: {', '.join(meta.class_names[:10])}{' …' if len(meta.class_names) > 10 else ''}",
         "image size": f"{meta.image_size}px, mean {meta.mean}, std {meta.std}",
+        "head": _head_line(meta),
         "tensors": f"{len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values",
         "training": json.dumps(meta.training),
     }
     for key, value in rows.items():
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     console.print(table)
 
 
@@ -234,7 +232,8 @@ def info(checkpoint) -> None:
 @click.option("--image-size", type=click.IntRange(16), default=None, help="Default: the backbone's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The backbone .safetensors to write.")
-def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed, out) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:
     """Shape a backbone with human similarity triplets before any other training.
 
     Writes a plain backbone state dict that adapt tune --weights takes. Prints the 2AFC
@@ -248,7 +247,8 @@ def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, b
     """
     from adapt.perceptual import perceptual_init as run_init
 
-    result = run_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed)
+    result = run_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed,
+                      overwrite)  # fmt: skip
     table = Table(title=f"2AFC agreement ({method}, {result.trainable_params:,} trained parameters)")
     for column in ("split", "before", "after"):
         table.add_column(column)
@@ -258,10 +258,19 @@ def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, b
     console.print(f"wrote {out}; use it with: adapt tune --weights {out}")
 
 
+def _head_line(meta) -> str:
+    if meta.head is None:
+        return "the backbone's timm classifier"
+    sizes = ", ".join(str(n) for n in meta.head["task_sizes"])
+    return f"{meta.head['kind']} (incremental: tasks of {sizes} classes) {json.dumps(meta.head['options'])}"
+
+
 def _method_line(meta) -> str:
     """The method and its options; SPT's allocation as a summary rather than its lists."""
     from adapt.methods import create_method
 
+    if meta.merged:
+        return f"merged model (folded from {meta.training.get('merged_method', 'an adapter')}): a plain timm network"
     if meta.method == "spt":
         return create_method(meta.method, meta.method_options).report()
     return f"{meta.method} {json.dumps(meta.method_options)}"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from adapt.continual.scenario import dataset_targets
+from adapt.data.subsets import dataset_targets
 from adapt.errors import AdaptError
 
 SELECTIONS = ("herding", "random")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from adapt.adapted import AdaptedModel
@@ -29,24 +28,15 @@ from adapt.continual.scenario import Scenario, Task
 from adapt.data import DataSplits
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
-from adapt.heads import IncrementalHead, TextEmbedder, create_head
+from adapt.heads import ContinualModel, TextEmbedder, create_head
 from adapt.methods import create_method
+from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import TrainConfig, Trainer, make_accelerator
 
 LEARNERS = ("naive", "replay")
 RESULT_FILE = "continual.json"
 MATRIX_PLOT = "accuracy_matrix.png"
-
-
-class ContinualModel(nn.Module):
-    """Backbone features (timm, num_classes=0) scored by an incremental head."""
-
-    def __init__(self, backbone: nn.Module, head: IncrementalHead):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+RUN_FILES = (RESULT_FILE, MATRIX_PLOT, "task_*")
 
 
 @dataclass
@@ -85,6 +75,7 @@ class ContinualRun:
     lr: float | None = None
     seed: int = 0
     out_dir: str | Path = "runs/continual"
+    overwrite: bool = False  # replace an earlier run in out_dir (only its files)
 
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
@@ -108,6 +99,11 @@ class ContinualRun:
         and OUT/continual.json + accuracy_matrix.png at the end. `on_task_end(task, matrix, model)`
         runs after each task's row is measured."""
         out = Path(self.out_dir)
+        with exclusive_lock(out):
+            check_run_folder(out, RUN_FILES, resume=False, overwrite=self.overwrite, resumable=False)
+            return self._fit(scenario, out, on_task_end)
+
+    def _fit(self, scenario: Scenario, out: Path, on_task_end) -> ContinualResult:
         model, adapted = self.build(scenario)
         memory = ExemplarMemory(self.memory, self.selection, self.seed) if self.learner == "replay" else None
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed)
@@ -118,8 +114,8 @@ class ContinualRun:
             adapted.class_names = list(model.head.class_names)
             seen = scenario.tasks[: task.index + 1]
             train = task.train if memory is None or not memory.ranked else ConcatDataset([task.train, memory.dataset()])
-            splits = DataSplits(f"{scenario.name} task {task.index + 1}", scenario.name, adapted.class_names, train,
-                                task.val, ConcatDataset([t.test for t in seen]))  # fmt: skip
+            splits = DataSplits(scenario.spec or scenario.name, f"{scenario.name} task {task.index + 1}",
+                                adapted.class_names, train, task.val, ConcatDataset([t.test for t in seen]))  # fmt: skip
             task_dir = out / f"task_{task.index + 1}"
             Trainer(adapted, splits, config, task_dir).fit()
             checkpoints.append(task_dir / "adapter.safetensors")
@@ -129,7 +125,7 @@ class ContinualRun:
                 memory.add_task(task.train, lambda images: features(model, images))
             if on_task_end is not None:
                 on_task_end(task, matrix, model)
-        unused = {"out_dir"} | ({"memory", "selection"} if memory is None else set())
+        unused = {"out_dir", "overwrite"} | ({"memory", "selection"} if memory is None else set())
         setup = {"data": scenario.name, "backbone": scenario.backbone, "image_size": scenario.image_size,
                  "task_incremental": scenario.task_incremental, "class_order": scenario.class_names,
                  **{k: v for k, v in dataclasses.asdict(self).items() if k not in unused}}  # fmt: skip

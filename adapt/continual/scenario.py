@@ -9,40 +9,14 @@ is always the j-th class seen. The class names travel with the tasks (digits: "z
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, default_image_size, load_data
+from adapt.data.subsets import RelabeledSubset, dataset_targets
 from adapt.errors import AdaptError
-
-
-def dataset_targets(dataset: Dataset) -> list[int]:
-    """The label of every item, read without decoding images where the dataset allows."""
-    if isinstance(dataset, Subset):
-        targets = dataset_targets(dataset.dataset)
-        return [targets[i] for i in dataset.indices]
-    if hasattr(dataset, "targets"):
-        return list(dataset.targets)
-    return [int(dataset[i][1]) for i in range(len(dataset))]
-
-
-class RelabeledSubset(Dataset):
-    """The items of `dataset` at `indices`, with labels mapped through `relabel`."""
-
-    def __init__(self, dataset: Dataset, indices: list[int], relabel: dict[int, int]):
-        self.dataset, self.indices, self.relabel = dataset, indices, relabel
-        targets = dataset_targets(dataset)
-        self.targets = [relabel[targets[i]] for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, _ = self.dataset[self.indices[index]]
-        return image, self.targets[index]
 
 
 @dataclass
@@ -63,6 +37,7 @@ class Scenario:
     image_size: int
     backbone: str
     task_incremental: bool = False  # evaluate each task with its own classes only (the task id is given)
+    spec: str = ""  # the data spec the classes come from (what `adapt eval` reloads)
 
     @classmethod
     def from_splits(
@@ -93,7 +68,7 @@ class Scenario:
             names = [splits.class_names[label] for label in order[start:stop]]
             tasks.append(Task(index, range(start, stop), names, part(splits.train), part(splits.val), part(splits.test)))
         names = [splits.class_names[label] for label in order]
-        return cls(splits.name, names, tasks, image_size, backbone, task_incremental)
+        return cls(splits.name, names, tasks, image_size, backbone, task_incremental, splits.spec)
 
 
 def class_incremental(

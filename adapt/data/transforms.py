@@ -1,16 +1,23 @@
-"""Image -> normalized tensor. Plain resize to a square (the VTAB-1k convention), no crop."""
+"""Image -> normalized tensor: a plain bicubic resize to a square (the VTAB-1k convention), no crop.
+
+Built by timm's own `create_transform` from a data config, and that same config is what
+`adapt merge --format hub` writes into config.json, so a merged model loaded with plain
+timm (`resolve_data_config` + `create_transform`) preprocesses exactly as adapt does.
+"""
 
 from __future__ import annotations
 
-from torchvision import transforms
+from typing import Any
+
+from timm.data import create_transform
 
 
-def eval_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> transforms.Compose:
+def data_config(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """timm's data config for our preprocessing ('squash' at crop_pct 1.0 = resize to S x S)."""
+    return {"input_size": (3, image_size, image_size), "interpolation": "bicubic", "crop_pct": 1.0,
+            "crop_mode": "squash", "mean": tuple(mean), "std": tuple(std)}  # fmt: skip
+
+
+def eval_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
     """PIL image -> float tensor (3, S, S), resized with bicubic interpolation and normalized."""
-    return transforms.Compose(
-        [
-            transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    return create_transform(**data_config(image_size, mean, std), is_training=False)

@@ -10,6 +10,7 @@ from adapt.heads.base import IncrementalHead
 from adapt.heads.cosine import CosineHead
 from adapt.heads.language import DEFAULT_TEMPLATE, LanguageHead, TextEmbedder
 from adapt.heads.linear import LinearHead
+from adapt.heads.model import ContinualModel, head_buffers, head_spec, rebuild_head
 
 HEADS: dict[str, type[IncrementalHead]] = {"linear": LinearHead, "cosine": CosineHead, "language": LanguageHead}
 
@@ -24,4 +25,5 @@ def create_head(name: str, feature_dim: int, **options: Any) -> IncrementalHead:
     return HEADS[name](feature_dim, **options)
 
 
-__all__ = ["DEFAULT_TEMPLATE", "HEADS", "IncrementalHead", "TextEmbedder", "create_head"]
+__all__ = ["DEFAULT_TEMPLATE", "HEADS", "ContinualModel", "IncrementalHead", "TextEmbedder", "create_head",
+           "head_buffers", "head_spec", "rebuild_head"]  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -11,10 +13,13 @@ class IncrementalHead(nn.Module):
 
     A head has no output for a class it has not been given, so it can never predict one."""
 
+    kind: str = ""  # its name in the registry (adapt.heads.HEADS)
+
     def __init__(self, feature_dim: int):
         super().__init__()
         self.feature_dim = feature_dim
         self.class_names: list[str] = []
+        self.task_sizes: list[int] = []
 
     @property
     def num_classes(self) -> int:
@@ -24,8 +29,31 @@ class IncrementalHead(nn.Module):
         """Give the head outputs for `names` after the existing ones; old outputs keep their parameters."""
         self.grow(names)
         self.class_names += list(names)
+        self.task_sizes.append(len(names))
 
     def grow(self, names: list[str]) -> None:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options that rebuild this head (saved in checkpoints)."""
+        return {}
+
+    def restore(self, class_names: list[str], task_sizes: list[int], state: dict[str, torch.Tensor]) -> None:
+        """Give an empty head the shape of a saved one (its tensors are loaded afterwards).
+
+        `state` holds the saved head tensors (keys relative to the head), for heads whose
+        shape depends on them."""
+        start = 0
+        for size in task_sizes:
+            self.add_classes(class_names[start : start + size])
+            start += size
+
+    def as_linear(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(weight, bias, exact): a linear classifier for merging into a plain timm head.
+
+        exact is False when the head normalizes features: the folded classifier then gives
+        every image's scores times one positive factor, so its ranking of the classes (top-1,
+        top-k) is the same but its probabilities are not."""
         raise NotImplementedError
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ INITIAL_SCALE = 16.0
 
 
 class CosineHead(IncrementalHead):
+    kind = "cosine"
+
     def __init__(self, feature_dim: int):
         super().__init__(feature_dim)
         self.blocks = nn.ParameterList()
@@ -28,3 +30,7 @@ class CosineHead(IncrementalHead):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         weights = F.normalize(torch.cat(list(self.blocks)), dim=-1)
         return self.scale * F.normalize(features, dim=-1) @ weights.T
+
+    def as_linear(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        weights = self.scale.detach() * F.normalize(torch.cat(list(self.blocks)).detach(), dim=-1)
+        return weights, torch.zeros(len(weights)), False  # drops only the per-image 1/|features|

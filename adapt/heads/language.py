@@ -61,24 +61,63 @@ class TextEmbedder:
         return torch.stack([self.cache[p] for p in prompts])
 
 
+def _is_template(template: object) -> bool:
+    """A str.format template with exactly one positional field, `{}`."""
+    if not isinstance(template, str) or "{}" not in template:
+        return False
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError):
+        return False
+    return True
+
+
 class LanguageHead(IncrementalHead):
+    """The text targets are a buffer, saved in checkpoints: a restored head needs no text model."""
+
+    kind = "language"
+
     def __init__(self, feature_dim: int, template: str = DEFAULT_TEMPLATE, text_model: str | None = None):
         super().__init__(feature_dim)
-        if "{}" not in template:
-            raise AdaptError(f"the prompt template must contain {{}} for the class name, got {template!r}")
+        if not _is_template(template):
+            raise AdaptError(f"the prompt template must contain {{}} for the class name (and no other braces), got {template!r}")
         self.template = template
-        self.embedder = TextEmbedder(text_model)
+        self.text_model = text_model
+        self._embedder: TextEmbedder | None = None  # loaded when classes are first embedded
         self.projection: nn.Linear | None = None  # built with the first classes, when the text width is known
         self.scale = nn.Parameter(torch.tensor(INITIAL_SCALE))
         self.register_buffer("targets", torch.empty(0))
 
+    @property
+    def embedder(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = TextEmbedder(self.text_model)
+        return self._embedder
+
+    def options(self) -> dict[str, str | None]:
+        return {"template": self.template, "text_model": self.text_model}
+
     def grow(self, names: list[str]) -> None:
         new = self.embedder.embed([self.template.format(name) for name in names])
+        self._append_targets(new)
+
+    def _append_targets(self, new: torch.Tensor) -> None:
         if self.projection is None:
             self.projection = nn.Linear(self.feature_dim, new.shape[1])
             self.targets = new
         else:
             self.targets = torch.cat([self.targets, new.to(self.targets.device)])
+
+    def restore(self, class_names: list[str], task_sizes: list[int], state: dict[str, torch.Tensor]) -> None:
+        if "targets" not in state or state["targets"].ndim != 2 or len(state["targets"]) != len(class_names):
+            raise AdaptError(f"the language head's saved text targets do not fit its {len(class_names)} classes")
+        self._append_targets(state["targets"].clone())
+        self.class_names, self.task_sizes = list(class_names), list(task_sizes)
+
+    def as_linear(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """scale * T (P f + b): the scores before the projected features are normalized."""
+        scaled = self.scale.detach() * self.targets
+        return scaled @ self.projection.weight.detach(), scaled @ self.projection.bias.detach(), False
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         projected = F.normalize(self.projection(features), dim=-1)

@@ -9,6 +9,8 @@ from adapt.heads.base import IncrementalHead
 
 
 class LinearHead(IncrementalHead):
+    kind = "linear"
+
     def __init__(self, feature_dim: int):
         super().__init__(feature_dim)
         self.blocks = nn.ModuleList()
@@ -18,3 +20,7 @@ class LinearHead(IncrementalHead):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.cat([block(features) for block in self.blocks], dim=-1)
+
+    def as_linear(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        weight = torch.cat([block.weight for block in self.blocks]).detach()
+        return weight, torch.cat([block.bias for block in self.blocks]).detach(), True

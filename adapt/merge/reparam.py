@@ -8,6 +8,7 @@ allocated, counted op by op (AllocationTracker).
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -20,8 +21,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from adapt.adapted import AdaptedModel
-from adapt.backbones import RANDOM_WEIGHTS, create_backbone
-from adapt.checkpoint import save_tensors_atomic
+from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone
+from adapt.checkpoint import MERGED_KEY, save_tensors_atomic
+from adapt.heads import ContinualModel
+from adapt.hub import HUB_FILES, save_hub_folder
+from adapt.outputs import check_output_file, check_owned_folder, exclusive_lock, refuse_inputs
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 from adapt.merge.kernels import fold_batchnorm_
 
@@ -33,6 +37,7 @@ class MergeReport:
     peak_extra_bytes: int
     largest_tensor_bytes: int
     batchnorms_folded: int
+    note: str = ""  # what the merged model does not reproduce exactly, if anything
 
 
 class AllocationTracker(TorchDispatchMode):
@@ -103,32 +108,109 @@ def merge_adapted(adapted: AdaptedModel, fold_bn: bool = False) -> tuple[nn.Modu
     model = adapted.model.eval()
     pairs = conv_batchnorm_pairs(model, adapted.image_size) if fold_bn else []
 
+    adapted_part = model.backbone if isinstance(model, ContinualModel) else model  # what the method was applied to
+
     def work() -> None:
-        adapted.method.merge(model)
+        adapted.method.merge(adapted_part)
         for conv, bn in pairs:
             fold_batchnorm_(conv.weight.data, bn)
 
     start = time.perf_counter()
     peak = peak_extra_bytes(work)
     seconds = time.perf_counter() - start
+    note = ""
+    if isinstance(model, ContinualModel):
+        model, note = plain_classifier_model(model, adapted)
     largest = max(t.numel() * t.element_size() for t in model.state_dict().values())
     check_plain_architecture(model, adapted)
-    return model, MergeReport(adapted.method.name, seconds, peak, largest, len(pairs))
+    return model, MergeReport(adapted.method.name, seconds, peak, largest, len(pairs), note)
+
+
+def plain_classifier_model(model: ContinualModel, adapted: AdaptedModel) -> tuple[nn.Module, str]:
+    """The merged backbone of a continual checkpoint under a plain timm head holding its incremental head."""
+    plain, _ = create_backbone(adapted.backbone.name, RANDOM_WEIGHTS, len(adapted.class_names), adapted.image_size)
+    weight, bias, exact = model.head.as_linear()
+    head = classifier_prefixes(plain)[0]
+    state = {**model.backbone.state_dict(), f"{head}.weight": weight, f"{head}.bias": bias}
+    check_plain_architecture_of(state, plain, adapted)
+    plain.load_state_dict(state)
+    note = "" if exact else (
+        f"the {model.head.kind} head normalizes features, which a timm classifier cannot: the merged model's "
+        "scores are the head's times a positive factor per image, so its class ranking (top-k) is the same "
+        "but its probabilities differ"
+    )  # fmt: skip
+    return plain.eval(), note
 
 
 def check_plain_architecture(model: nn.Module, adapted: AdaptedModel) -> None:
     """The merged state dict must be exactly that of a fresh timm model with K classes."""
     fresh, _ = create_backbone(adapted.backbone.name, RANDOM_WEIGHTS, len(adapted.class_names), adapted.image_size)
+    check_plain_architecture_of(model.state_dict(), fresh, adapted)
+
+
+def check_plain_architecture_of(state: dict[str, torch.Tensor], fresh: nn.Module, adapted: AdaptedModel) -> None:
     mismatch = compare_tensors(
-        {k: tuple(v.shape) for k, v in fresh.state_dict().items()},
-        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        {k: tuple(v.shape) for k, v in fresh.state_dict().items()}, {k: tuple(v.shape) for k, v in state.items()}
     )
     if any(mismatch):
         raise AdaptError(describe_mismatch(f"merged {adapted.method.name} model is not a plain {adapted.backbone.name}", *mismatch))
 
 
-def save_merged(path: str | Path, model: nn.Module, adapted: AdaptedModel) -> None:
-    """A plain state dict; the metadata says what it is but nothing needs it to load."""
-    meta = adapted.meta().to_metadata()
-    metadata = {k: meta[k] for k in ("backbone", "class_names", "image_size", "mean", "std", "method", "method_options")}
-    save_tensors_atomic(path, model.state_dict(), {"merged_by": "adapt", **metadata})
+def merged_metadata(adapted: AdaptedModel, training: dict | None = None) -> dict[str, str]:
+    """What the merged file says about itself; nothing needs it to load, `adapt eval` uses it."""
+    meta = adapted.meta(training).to_metadata()
+    fields = ("backbone", "class_names", "image_size", "mean", "std", "method", "method_options", "training")
+    return {MERGED_KEY: "adapt", **{k: meta[k] for k in fields}}
+
+
+def save_merged(path: str | Path, model: nn.Module, adapted: AdaptedModel, training: dict | None = None) -> None:
+    """A plain state dict (with format: pt, so Hugging Face loaders take it too)."""
+    save_tensors_atomic(path, model.state_dict(), merged_metadata(adapted, training))
+
+
+def save_merged_hub(folder: str | Path, model: nn.Module, adapted: AdaptedModel, training: dict | None = None) -> Path:
+    """The hub layout (adapt.hub): `timm.create_model("local-dir:DIR", pretrained=True)` loads it."""
+    return save_hub_folder(folder, model, adapted.class_names, adapted.image_size, adapted.mean, adapted.std,
+                           merged_metadata(adapted, training))  # fmt: skip
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    layout: str  # "file" or "hub"
+    backbone: str
+    report: MergeReport
+
+
+def merge_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    layout: str = "auto",
+    fold_bn: bool = False,
+    overwrite: bool = False,
+    weights: str | None = None,
+) -> MergeResult:
+    """`adapt merge`: fold a checkpoint and write it as one file or as a hub folder.
+
+    layout "auto" writes a hub folder when `out` ends with a separator or is a folder. An
+    existing output is replaced only with `overwrite`; an input never is."""
+    hub = layout == "hub" or (layout == "auto" and (str(out).endswith(os.sep) or Path(out).is_dir()))
+    out = Path(out)
+    inputs = [checkpoint, weights]
+    with exclusive_lock(out):
+        if hub:
+            refuse_inputs(out, inputs)
+            for name in HUB_FILES:
+                refuse_inputs(out / name, inputs)
+            check_owned_folder(out, HUB_FILES, overwrite, "--overwrite")
+        else:
+            check_output_file(out, overwrite, inputs)
+        adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
+        model, report = merge_adapted(adapted, fold_bn)
+        training = {k: v for k, v in meta.training.items() if k in ("data", "seed")}
+        training["merged_from"] = str(checkpoint)
+        if hub:
+            save_merged_hub(out, model, adapted, training)
+        else:
+            save_merged(out, model, adapted, training)
+    return MergeResult(out, "hub" if hub else "file", adapted.backbone.name, report)

@@ -14,10 +14,11 @@ each next one only if the soup's held-out accuracy improves; they hold one runni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, write_json_atomic
 from adapt.errors import AdaptError
 from adapt.merge.arithmetic import MergeMethod, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
+from adapt.outputs import check_output_file, exclusive_lock
 
 ADAPTER_FIELDS = ("method", "method_options", "backbone", "backbone_sha256", "class_names")
 
@@ -112,8 +114,23 @@ def stream_soup(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
     on_tensor: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> SoupSummary:
     """Merge `paths` key by key with `method` (uniform by default) into `out`."""
+    with guarded_output(out, overwrite, [*paths, base]):
+        return _stream_soup(paths, out, method, base, dtype, max_shard_bytes, on_tensor)
+
+
+@contextlib.contextmanager
+def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path | None]) -> Iterator[None]:
+    """One writer at a time; never over an input; an existing soup (or its shard index) only with overwrite."""
+    with exclusive_lock(out):
+        check_output_file(out, overwrite, inputs)
+        check_output_file(Path(f"{out}.index.json"), overwrite, inputs)
+        yield
+
+
+def _stream_soup(paths, out, method, base, dtype, max_shard_bytes, on_tensor) -> SoupSummary:
     method = method or Uniform()
     if method.needs_base and base is None:
         raise AdaptError(f"recipe {method.name} needs --base (the model the ingredients were fine-tuned from)")
@@ -145,8 +162,14 @@ def greedy_soup(
     accuracy: Callable[[dict[str, torch.Tensor]], float],
     dtype: torch.dtype | None = None,
     on_step: Callable[[GreedyStep], None] | None = None,
+    overwrite: bool = False,
 ) -> SoupSummary:
     """Rank by held-out accuracy; add each next ingredient only if the soup's accuracy improves."""
+    with guarded_output(out, overwrite, paths):
+        return _greedy_soup(paths, out, accuracy, dtype, on_step)
+
+
+def _greedy_soup(paths, out, accuracy, dtype, on_step) -> SoupSummary:
     start = time.perf_counter()
     files, _ = open_ingredients(paths)
     first = files[0]

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from adapt.backbones import read_state_dict
+from adapt.checkpoint import HF_METADATA
 from adapt.errors import AdaptError
 
 SAFETENSORS_DTYPES = {
@@ -104,7 +105,7 @@ class StreamingWriter:
         max_shard_bytes: int | None = None,
     ):
         self.path = Path(path)
-        self.metadata = metadata or {}
+        self.metadata = {**HF_METADATA, **(metadata or {})}
         self.order = list(order)
         self.shards = self._plan(max_shard_bytes)
         self._files: list = []

@@ -84,7 +84,7 @@ class Method:
         """Copy `tensors` into the model; they must be exactly this method's trainable tensors."""
         own = self.trainable_state(model)
         mismatch = compare_tensors(
-            {k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in tensors.items()}
+            {k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in tensors.items()}, "file", "model"
         )
         if any(mismatch):
             raise AdaptError(describe_mismatch(f"{source or 'tensors'} do not fit method {self.name}", *mismatch))

@@ -1,0 +1,154 @@
+"""The output guard: every command that writes asks here first.
+
+Rules, the same for every command:
+- an output is never one of the command's inputs (same resolved path or same inode);
+- nothing that adapt did not write is deleted or replaced; what it did write (a run's
+  files, an export's files) is replaced only when the user asks (`--overwrite`,
+  `--force`, `--resume`);
+- one writer at a time: an exclusive lock on the output, taken before any work, makes
+  a second writer fail at once instead of mixing files.
+Files themselves are written atomically (adapt.checkpoint.atomic_path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from adapt.errors import AdaptError
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether a and b name the same file: same resolved path, or same inode (hard links)."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    if a.resolve() == b.resolve():
+        return True
+    ia = _identity(a)
+    return ia is not None and ia == _identity(b)
+
+
+def refuse_inputs(out: str | Path, inputs: Iterable[str | Path | None], what: str = "--out") -> None:
+    """Refuse an output that is one of the inputs."""
+    for given in inputs:
+        if given is not None and same_path(out, given):
+            raise AdaptError(f"{what} {out} is one of the inputs ({given}); choose another output")
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock for writing `target` (a file or a folder) while the block runs.
+
+    The lock is a file `.NAME.lock` beside the target, removed afterwards, so nothing is
+    left in or beside the output. A second writer of the same target fails at once."""
+    target = Path(target).expanduser().resolve()
+    lock = target.with_name(f".{target.name}.lock")
+    busy = AdaptError(f"{target} is being written by another adapt process; wait for it or choose another output")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise AdaptError(f"cannot write to {lock.parent}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise busy from None
+            raise
+        if _identity(lock) != (os.fstat(handle).st_dev, os.fstat(handle).st_ino):
+            raise busy  # the holder before us removed this lock file and another writer made a new one
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+    finally:
+        os.close(handle)
+
+
+def check_run_folder(
+    out: str | Path,
+    run_files: Iterable[str],
+    resume: bool,
+    overwrite: bool,
+    remove: bool = True,
+    resumable: bool = True,
+) -> None:
+    """A training run may go into a new or unrelated folder; over an earlier run only when asked.
+
+    run_files: the names (or glob patterns) a run of this command writes. With `overwrite`
+    the earlier run's files are removed (and nothing else; `remove=False` in the other
+    processes of a multi-process run); with `resume` they are continued from."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise AdaptError(f"--out {out} is a file, not a folder")
+    if resume and overwrite:
+        raise AdaptError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    found = sorted({path.name for pattern in run_files for path in out.glob(pattern)}) if out.is_dir() else []
+    if not found or resume:
+        return
+    if not overwrite:
+        resume_hint = "--resume to continue it, " if resumable else ""
+        raise AdaptError(
+            f"{out} already holds a run ({', '.join(found)}): pass {resume_hint}--overwrite to replace it, "
+            "or choose another --out"
+        )
+    for name in found if remove else ():
+        remove_owned(out / name)
+
+
+def remove_owned(path: Path) -> None:
+    """Remove a file or folder that adapt wrote (a run file, a task folder of a continual run)."""
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            remove_owned(child)
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+def check_owned_folder(out: str | Path, owned: Iterable[str], force: bool, flag: str = "--force") -> None:
+    """An export folder: new, empty, or holding only files that the export writes (with `force`).
+
+    Anything else in it is the user's, and a folder with such files is refused."""
+    out = Path(out).expanduser()
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AdaptError(f"{out} is a file; the export writes a folder")
+    owned = set(owned)
+    present = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in present if name not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise AdaptError(f"{out} holds other files ({shown}); export into a new or empty folder")
+    if present and not force:
+        raise AdaptError(f"{out} already holds an export ({', '.join(present)}); pass {flag} to replace it")
+
+
+def check_output_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
+    """A single output file: not an input, not a folder, not an existing file unless `overwrite`."""
+    out = Path(out).expanduser()
+    refuse_inputs(out, inputs)
+    if out.is_dir():
+        raise AdaptError(f"--out {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise AdaptError(f"{out} exists; pass --overwrite to replace it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AdaptError(f"cannot write {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise AdaptError(f"cannot write {out}: {parent} is not writable")
