@@ -20,7 +20,7 @@ for seed in seeds:
     for head in ("linear", "language"):
         for learner in ("naive", "replay"):
             run = ContinualRun(method="ssf", head=head, learner=learner, memory=200, epochs=args.epochs, seed=seed,
-                               out_dir=f"runs/continual_digits/{head}-{learner}-{seed}")
+                               out_dir=f"runs/continual_digits/{head}-{learner}-{seed}", overwrite=True)
             results.setdefault((head, learner), []).append(run.fit(scenario).metrics)
 
 print(f"{'head':10}{'learner':9}{'avg inc acc':>13}{'last acc':>10}{'forgetting':>12}")

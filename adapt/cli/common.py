@@ -54,8 +54,11 @@ def cli() -> None:
 
 
 backbone_option = click.option(
-    "--backbone", default="tf_efficientnet_lite0", show_default=True, help="Any timm model name."
-)
+    "--backbone", default="tf_efficientnet_lite0", show_default=True,
+    help="A timm model name, local-dir:DIR (a hub folder) or hf-hub:ORG/NAME (from the local cache).",
+)  # fmt: skip
 weights_option = click.option(
-    "--weights", default=None, help="Backbone weights (.safetensors or .pth). Default: embedded for Lite0, else random."
-)
+    "--weights", default=None,
+    help="Backbone weights: a .safetensors/.pth file, a hub folder, or 'random'. "
+         "Default: embedded for Lite0, a hub folder's own; other names must say.",
+)  # fmt: skip

@@ -55,9 +55,11 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
       adapt tune                                   # SSF, embedded Lite0, digits
       adapt tune --method bitfit --data folder:pets --out runs/pets
       adapt tune --method spt --budget 0.4M --rank 8    # sensitivity, allocation, then training
-      adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224
+      adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224 --weights random
+      adapt tune --backbone local-dir:merged/ --data folder:pets --out runs/pets-2   # a hub folder as the backbone
       adapt tune --data vtab:~/vtab-1k/dtd --backbone vit_base_patch16_224 --weights vit.safetensors
       adapt tune --data vtab:~/vtab-1k            # every task found, then the VTAB table
+      adapt tune --out runs/tune --overwrite       # replace the run already in runs/tune
       torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
     """
     from adapt.data import expand_spec
