@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from adapt.checkpoint import write_json_atomic
+from adapt.config import build, option
 from adapt.errors import AdaptError
 
 VECTOR_SHARE = 0.2
@@ -42,15 +43,15 @@ def parse_budget(text: str | int, total: int) -> int:
 
 @dataclass
 class Allocation:
-    budget: int
-    rank: int
+    budget: int = option(low=1)
+    rank: int = option(low=1, high=4096)
     structured: list[str] = field(default_factory=list)  # matrices that get the structured module of `rank`
     unstructured: dict[str, list[int]] = field(default_factory=dict)  # matrix -> flat indices
     vectors: list[str] = field(default_factory=list)  # vectors that train whole
     costs: dict[str, int] = field(default_factory=dict)  # structured cost of every eligible matrix
     sizes: dict[str, int] = field(default_factory=dict)  # numel of every vector
     selected: dict[str, int] = field(default_factory=dict)  # sensitive count per parameter (for plots)
-    structured_module: str = "lora"  # or "adapter"; both cost rank * (rows + cols)
+    structured_module: str = option("lora", choices=("lora", "adapter"))  # both cost rank * (rows + cols)
 
     def trainable_params(self) -> int:
         return (
@@ -65,9 +66,16 @@ class Allocation:
     @classmethod
     def load(cls, path: str | Path) -> Allocation:
         try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as error:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise AdaptError(f"cannot read allocation {path}: {str(error).splitlines()[0]}") from None
+        allocation = build(cls, values, f"allocation {path}")
+        unpriced = [n for n in allocation.structured if n not in allocation.costs]
+        unpriced += [n for n in allocation.vectors if n not in allocation.sizes]
+        negative = [n for n, indices in allocation.unstructured.items() if any(i < 0 for i in indices)]
+        if unpriced or negative:
+            raise AdaptError(f"allocation {path} is inconsistent: {(unpriced + negative)[0]} has no cost/size or a negative index")
+        return allocation
 
 
 def allocate(

@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from adapt.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, option, validate
 from adapt.errors import AdaptError
 
 FORMAT_VERSION = "1"
@@ -97,9 +98,9 @@ class CheckpointMeta:
     backbone_weights: str
     backbone_sha256: str
     class_names: list[str]
-    image_size: int
-    mean: list[float]
-    std: list[float]
+    image_size: int = option(low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
+    mean: list[float] = option()
+    std: list[float] = option()
     training: dict[str, Any] = field(default_factory=dict)
     # an incremental head (continual runs): {"kind", "options", "task_sizes"}; None for a timm head
     head: dict[str, Any] | None = None
@@ -145,9 +146,13 @@ class CheckpointMeta:
             raw = metadata[item.name]
             try:
                 values[item.name] = raw if item.type == "str" else json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise AdaptError(f"{source}: metadata field '{item.name}' is not valid JSON: {raw[:60]!r}") from None
-        return cls(**values)
+        meta = cls(**values)
+        validate(meta, f"{source} metadata")
+        if not meta.class_names or len(meta.mean) != 3 or len(meta.std) != 3 or min(meta.std) <= 0:
+            raise AdaptError(f"{source} metadata: needs at least one class name, and 3 means and 3 positive stds")
+        return meta
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:

@@ -137,6 +137,14 @@ def check_owned_folder(out: str | Path, owned: Iterable[str], force: bool, flag:
         raise AdaptError(f"{out} already holds an export ({', '.join(present)}); pass {flag} to replace it")
 
 
+@contextlib.contextmanager
+def writing_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Iterator[None]:
+    """Lock `out`, then check it (not an input; replaced only with `overwrite`) before the block writes it."""
+    with exclusive_lock(out):
+        check_output_file(out, overwrite, inputs)
+        yield
+
+
 def check_output_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
     """A single output file: not an input, not a folder, not an existing file unless `overwrite`."""
     out = Path(out).expanduser()

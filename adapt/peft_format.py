@@ -33,7 +33,7 @@ from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_a
 from adapt.errors import AdaptError
 from adapt.hub import save_hub_folder
 from adapt.methods.lora import ADAPTER, LoRA
-from adapt.outputs import check_output_file, check_owned_folder, exclusive_lock, refuse_inputs, remove_owned
+from adapt.outputs import check_owned_folder, exclusive_lock, refuse_inputs, remove_owned, writing_file
 
 META_FILE = "adapt.json"
 BASE_FOLDER = "base"
@@ -115,9 +115,8 @@ def import_peft(
 ) -> CheckpointMeta:
     """Read a peft LoRA folder (ours, or another tool's with --backbone) into an adapter checkpoint."""
     folder = Path(folder)
-    with exclusive_lock(out):
-        inputs = [folder / "adapter_model.safetensors", folder / "adapter_config.json", weights]
-        check_output_file(out, overwrite, inputs)
+    inputs = [folder / "adapter_model.safetensors", folder / "adapter_config.json", weights]
+    with writing_file(out, overwrite, inputs):
         return _import_peft(folder, out, backbone, weights)
 
 

@@ -28,8 +28,8 @@ from adapt.data.transforms import eval_transform
 from adapt.data.triplets import TripletDataset, load_triplets
 from adapt.errors import AdaptError
 from adapt.methods import count_trainable, create_method
-from adapt.outputs import check_output_file, exclusive_lock
-from adapt.train import make_accelerator, parameter_groups
+from adapt.outputs import writing_file
+from adapt.train import TrainConfig, make_accelerator, parameter_groups
 
 MARGIN = 0.05
 
@@ -94,8 +94,8 @@ def perceptual_init(
     """Train `backbone` on the triplets of `data` and write it, merged, to `out`.
 
     An existing `out` is replaced only with `overwrite`, and never when it is the input weights."""
-    with exclusive_lock(out):
-        check_output_file(out, overwrite, inputs=[weights])
+    TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)  # checks them
+    with writing_file(out, overwrite, inputs=[weights]):
         return _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed)
 
 

@@ -8,6 +8,7 @@ score tensor per backbone parameter, with that parameter's name and shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -17,19 +18,21 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, RandomSampler
 
 from adapt.backbones import is_head_key
-from adapt.checkpoint import read_tensors, save_tensors_atomic
 from adapt.allocation import Allocation, allocate, parse_budget
+from adapt.checkpoint import read_tensors, save_tensors_atomic
 from adapt.errors import AdaptError
 from adapt.methods.lora import lora_eligible_weights
-from adapt.tune import TuneJob, prepare
+from adapt.outputs import writing_file
 from adapt.train import TrainConfig
+from adapt.tune import TuneJob, prepare
 
 
 def parameter_sensitivity(
     job: TuneJob, batches: int = 16, batch_size: int = 32, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Scores per backbone parameter, and metadata naming the backbone and data they came from."""
-    adapted, data = prepare(dataclasses.replace(job, method="linear", options=None), job.data, TrainConfig(seed=seed))
+    adapted, data = prepare(dataclasses.replace(job, method="linear", options=None, budget=None, allocation=None), job.data,
+                            TrainConfig(seed=seed))  # fmt: skip
     model = adapted.model
     adapted.method.set_train_mode(model)  # train mode, BatchNorm statistics frozen
     model.requires_grad_(True)  # gradients for every backbone weight; nothing is stepped
@@ -54,8 +57,34 @@ def parameter_sensitivity(
     return scores, metadata
 
 
-def save_sensitivity(path: str | Path, scores: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    save_tensors_atomic(path, scores, {"adapt_sensitivity": "1", **metadata})
+def save_sensitivity(
+    path: str | Path, scores: dict[str, torch.Tensor], metadata: dict[str, str], overwrite: bool = False
+) -> None:
+    with writing_file(path, overwrite):
+        save_tensors_atomic(path, scores, {"adapt_sensitivity": "1", **metadata})
+
+
+def allocate_file(
+    scores_path: str | Path,
+    budget: str | int,
+    out: str | Path,
+    rank: int = 8,
+    alpha_threshold: float = 10.0,
+    structured_module: str = "lora",
+    plot: str | Path | None = None,
+    overwrite: bool = False,
+) -> Allocation:
+    """`adapt allocate`: read scores, allocate the budget, write the allocation (and its heatmap)."""
+    from adapt.allocation import plot_allocation
+
+    plot_guard = writing_file(plot, overwrite, [scores_path, out]) if plot else contextlib.nullcontext()
+    with writing_file(out, overwrite, [scores_path, plot]), plot_guard:
+        tensors, metadata = read_sensitivity(scores_path)
+        allocation = allocate_from_scores(tensors, metadata, budget, rank, alpha_threshold, structured_module)
+        allocation.save(out)
+        if plot is not None:
+            plot_allocation(allocation, plot)
+    return allocation
 
 
 def read_sensitivity(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

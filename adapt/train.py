@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from adapt.adapted import AdaptedModel
 from adapt.checkpoint import read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
+from adapt.config import MAX_SEED, option, validate
 from adapt.data import DataSplits
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
@@ -44,15 +45,18 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None  # None: the method's default
-    weight_decay: float = 0.05
-    warmup: float = 0.1  # fraction of all optimizer steps
-    grad_accum: int = 1
-    precision: str = "fp32"
-    seed: int = 0
-    workers: int = 0
+    epochs: int = option(10, low=1, high=100_000)
+    batch_size: int = option(32, low=1, high=65_536)
+    lr: float | None = option(None, low=0, low_open=True, high=10)  # None: the method's default
+    weight_decay: float = option(0.05, low=0, high=10)
+    warmup: float = option(0.1, low=0, high=1)  # fraction of all optimizer steps
+    grad_accum: int = option(1, low=1, high=65_536)
+    precision: str = option("fp32", choices=tuple(PRECISIONS))
+    seed: int = option(0, low=0, high=MAX_SEED)
+    workers: int = option(0, low=0, high=256)
+
+    def __post_init__(self) -> None:
+        validate(self, "training options")
 
 
 @dataclass
@@ -85,6 +89,14 @@ def make_accelerator(**settings: Any) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(cpu=not torch.accelerator.is_available(), **settings)
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first trainable parameter holding NaN or Inf, if any."""
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not torch.isfinite(parameter).all():
+            return name
+    return None
 
 
 def is_main_process() -> bool:
@@ -266,10 +278,17 @@ class Trainer:
             with accelerator.accumulate(model):
                 logits = model(images)
                 loss = torch.nn.functional.cross_entropy(logits, labels)
+                if not torch.isfinite(loss):
+                    raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: the loss is {float(loss)}; "
+                                     "nothing non-finite was saved (try a lower --lr)")  # fmt: skip
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                bad = first_non_finite(model)
+                if bad is not None:
+                    raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: parameter {bad} became "
+                                     "NaN/Inf; nothing non-finite was saved (try a lower --lr)")  # fmt: skip
             loss_sum += float(loss.detach()) * labels.numel()
             correct += int((logits.argmax(-1) == labels).sum())
             seen += labels.numel()

@@ -14,8 +14,9 @@ from adapt.allocation import Allocation, plot_allocation
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, default_image_size, load_data
 from adapt.errors import AdaptError
-from adapt.outputs import check_run_folder, exclusive_lock
+from adapt.methods import METHODS
 from adapt.methods.spt import SPT
+from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, is_main_process
 
 
@@ -41,6 +42,9 @@ class TuneJob:
 
 def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel, DataSplits]:
     """The adapted model and the data of one task."""
+    method_class = METHODS.get(job.method)
+    if (job.budget is not None or job.allocation is not None) and method_class and not method_class.budgeted:
+        raise AdaptError(f"--budget and --allocation size budgeted methods (spt); {job.method} does not use them")
     defaults = preprocessing(job.backbone)
     size = job.image_size or default_image_size(spec, defaults.image_size)
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed)

@@ -74,7 +74,7 @@ def test_bad_inputs_give_one_line(tmp_path, folder_run):
     assert_one_line_error(run("tune", "--data", "mnist"), "unknown data spec")
     assert_one_line_error(run("tune", "--option", "init_std"), "--option expects key=value")
     assert_one_line_error(run("tune", "--option", "rank=4", "--limit", "8", *QUICK, "--out", tmp_path),
-                          "method ssf has no option(s) rank")  # fmt: skip
+                          "method ssf: unknown option 'rank'")  # fmt: skip
     assert_one_line_error(run("tune", "--backbone", "resnet_9000"), "unknown backbone")
     assert_one_line_error(run("eval", tmp_path / "none.safetensors"), "checkpoint not found")
     broken = tmp_path / "broken.safetensors"
@@ -103,4 +103,4 @@ def test_lora_flags_reach_the_method(tmp_path):
     assert "LoRA rank 2 on 1 layers" in result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["run"]["method_options"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "targets": "conv_head$"}
-    assert_one_line_error(run("tune", "--method", "ssf", "--rank", "4"), "method ssf has no option(s) rank")
+    assert_one_line_error(run("tune", "--method", "ssf", "--rank", "4"), "method ssf: unknown option 'rank'")

@@ -142,7 +142,7 @@ def test_cli_sensitivity_allocate_and_tune_from_allocation(tmp_path):
     assert result.exit_code == 0, result.output
     info = runner.invoke(cli, ["info", str(tmp_path / "run" / "adapter.safetensors")])
     assert "SPT: LoRA rank 8" in info.output
-    bad = runner.invoke(cli, ["allocate", str(sens), "--budget", "10M", "--out", str(alloc)])
+    bad = runner.invoke(cli, ["allocate", str(sens), "--budget", "10M", "--out", str(alloc), "--overwrite"])
     assert bad.exit_code == 1 and "larger than the" in bad.output
     bad = runner.invoke(cli, ["tune", "--method", "spt", "--limit", "8"])
     assert bad.exit_code == 1 and "needs --budget" in bad.output

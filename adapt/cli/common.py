@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -9,24 +10,61 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from adapt.errors import AdaptError
 
 # Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
-console = Console(quiet=int(os.environ.get("RANK", "0")) != 0, soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
+# Markup is off: paths, class names and messages are printed as the text they are.
+console = Console(quiet=int(os.environ.get("RANK", "0")) != 0, soft_wrap=True, markup=False, highlight=False)
+errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+# OSErrors that are the user's situation (disk full, read-only folder, file size limit, a
+# path that is a file or a folder), not a bug: they end in one line like AdaptError.
+USER_OS_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EACCES,
+                  errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP}  # fmt: skip
+REPORT = "this is a bug in adapt: please report it with the traceback above"
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error; a DataLoader worker's wrapped error becomes its original line."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # torch re-raises a worker's exception with its traceback in the message
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return " ".join(text.split()) or type(error).__name__
+
+
+def fail(message: str, code: int = 1) -> None:
+    errors.print(Text("error: ", style="bold red") + Text(message))
+    sys.exit(code)
 
 
 class AdaptGroup(click.Group):
-    """Turns AdaptError into one red line and exit status 1 (no traceback)."""
+    """Turns the user's errors into one line on stderr and a non-zero exit (no traceback).
+
+    AdaptError (bad input), the OSErrors of a full disk, a read-only folder or a file size
+    limit, running out of memory and Ctrl-C each end in one line. Anything else is a bug:
+    its traceback is shown, with a line asking to report it."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AdaptError as error:
-            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
-            sys.exit(1)
+            fail(one_line(error))
+        except OSError as error:
+            if error.errno not in USER_OS_ERRORS:
+                errors.print(REPORT)
+                raise
+            where = f": {error.filename}" if error.filename else ""
+            fail(f"{error.strerror or one_line(error)}{where}")
+        except MemoryError:
+            fail("out of memory: try a smaller --batch-size, --image-size or model")
+        except KeyboardInterrupt:
+            fail("interrupted; files are written whole or not at all, and tune --resume continues a run", 130)
+        except Exception:
+            errors.print(REPORT)
+            raise
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:

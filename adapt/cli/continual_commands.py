@@ -28,7 +28,7 @@ from adapt.methods import METHODS
 @click.option("--selection", type=click.Choice(["herding", "random"]), default="herding", show_default=True)
 @backbone_option
 @weights_option
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: 96 for digits, else the backbone's.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Per task.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's.")
@@ -56,7 +56,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
                        weights, epochs, batch_size, lr, seed, out, overwrite)  # fmt: skip
     scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
     sizes = ", ".join(str(len(t.class_names)) for t in scenario.tasks)
-    console.print(f"[bold]{learner}[/] {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
+    console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
                   f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
 
     def print_matrix(task, matrix, model) -> None:
@@ -71,7 +71,8 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     result = run.fit(scenario, on_task_end=print_matrix)
     metrics = result.metrics
     console.print(
-        f"[bold green]average incremental accuracy {metrics.average_incremental_accuracy:.2%}[/]  ·  last accuracy "
+        f"average incremental accuracy {metrics.average_incremental_accuracy:.2%}  ·  last accuracy "
         f"{metrics.last_accuracy:.2%}  ·  forgetting {metrics.forgetting:.2%}  ·  backward transfer "
-        f"{metrics.backward_transfer:+.2%}  ·  {out}/continual.json, accuracy_matrix.png"
+        f"{metrics.backward_transfer:+.2%}  ·  {out}/continual.json, accuracy_matrix.png",
+        style="bold green",
     )

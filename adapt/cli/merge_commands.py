@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from adapt.cli.common import cli, console, weights_option
 from adapt.errors import AdaptError
+from adapt.merge.options import DTYPES, RECIPES
 
 
 @cli.command()
@@ -45,11 +45,10 @@ def merge(checkpoint, out, fmt, fold_bn, overwrite, weights) -> None:
     console.print(
         f"merged {report.method} into {result.backbone} in {report.seconds * 1000:.0f} ms, "
         f"peak extra memory {report.peak_extra_bytes / 2**20:.2f} MiB "
-        f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {result.out}",
-        markup=False, highlight=False,
-    )  # fmt: skip
+        f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {result.out}"
+    )
     if report.note:
-        console.print(f"note: {report.note}", markup=False, highlight=False)
+        console.print(f"note: {report.note}")
 
 
 @cli.command()
@@ -74,7 +73,7 @@ def export(checkpoint, out_dir, fmt, force, weights) -> None:
     from adapt.peft_format import export_peft
 
     folder = export_peft(checkpoint, out_dir, weights, force)
-    console.print(f"wrote peft adapter folder {folder} (base model in {folder / 'base'})", markup=False, highlight=False)
+    console.print(f"wrote peft adapter folder {folder} (base model in {folder / 'base'})")
 
 
 @cli.command("import-peft")
@@ -93,51 +92,24 @@ def import_peft(folder, out, backbone, overwrite, weights) -> None:
     from adapt.peft_format import import_peft as read_folder
 
     meta = read_folder(folder, out, backbone, weights, overwrite)
-    console.print(f"wrote {out}: lora rank {meta.method_options['rank']} on {meta.backbone}, {len(meta.class_names)} classes",
-                  markup=False, highlight=False)  # fmt: skip
+    console.print(f"wrote {out}: lora rank {meta.method_options['rank']} on {meta.backbone}, {len(meta.class_names)} classes")
 
 
-RECIPES = ["uniform", "weighted", "task-arithmetic", "ties", "dare"]
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-def parse_size(text: str | None) -> int | None:
-    """'2GB', '500MB', '64KB' or a byte count."""
-    if text is None:
-        return None
-    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
-    upper = str(text).strip().upper()
-    for unit, factor in units.items():
-        if upper.endswith(unit) and upper[: -len(unit)].replace(".", "", 1).isdigit():
-            return int(float(upper[: -len(unit)]) * factor)
-    if upper.isdigit():
-        return int(upper)
-    raise AdaptError(f"cannot read size {text!r}: use e.g. 2GB, 500MB or a byte count")
-
-
-def _apply_config(ctx: click.Context, path: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """Values from a YAML file for every option not given on the command line."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise AdaptError(f"config {path} must be a mapping of option: value")
-    for key, value in config.items():
-        name = key.replace("-", "_")
-        if name not in values:
-            raise AdaptError(f"config {path}: unknown key '{key}'")
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
-            values[name] = tuple(value) if isinstance(value, list) else value
-    return values
+def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user typed (not defaults), as plain values for SoupOptions."""
+    given = {}
+    for name, value in values.items():
+        if name == "config" or ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
+            continue
+        given[name] = [str(v) for v in value] if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
+    return given
 
 
 @cli.command()
 @click.argument("ingredients", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output .safetensors (required here or in --config).")
 @click.option("--recipe", type=click.Choice(RECIPES), default="uniform", show_default=True)
+@click.option("--allow-negative", is_flag=True, help="Allow negative --weights (extrapolation; their sum must not be 0).")
 @click.option("--weights", default=None, help="Weighted soup: one weight per ingredient, e.g. 0.2,0.5,0.3.")
 @click.option("--greedy", is_flag=True, help="Greedy soup: add by held-out accuracy (needs --data).")
 @click.option("--data", default=None, help="Held-out data for --greedy, e.g. digits.")
@@ -147,7 +119,7 @@ def _apply_config(ctx: click.Context, path: Path, values: dict[str, Any]) -> dic
 @click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True, help="TIES: share kept.")
 @click.option("--drop", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True, help="DARE: drop rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="DARE's random drops.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None, help="Output dtype (default: the inputs').")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Output dtype (default: the inputs').")
 @click.option("--max-shard-size", default=None, help="Split the output into shards, e.g. 2GB.")
 @click.option("--backbone", default=None, help="timm name, for --greedy on state dicts that do not record it.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML with any of these options (+ ingredients).")
@@ -171,44 +143,35 @@ def soup(ctx, **values) -> None:
     import torch
     from rich.progress import Progress
 
-    from adapt.merge import arithmetic
+    from adapt.merge.options import soup_options
     from adapt.merge.soup import greedy_soup, held_out_accuracy, stream_soup
     from adapt.merge.tensors import TensorFile
 
-    if values["config"] is not None:
-        values = _apply_config(ctx, values["config"], values)
-    paths = [Path(p) for p in values["ingredients"]]
+    options = soup_options(_given(ctx, values), values["config"])
+    paths = [Path(p) for p in options.ingredients]
     if not paths:
         raise AdaptError("name the ingredients: adapt soup A B [C ...] (or ingredients: in --config)")
-    out = values["out"]
-    if out is None:
+    if options.out is None:
         raise AdaptError("say where to write the soup: --out PATH (or out: in --config)")
-    dtype = getattr(torch, values["dtype"]) if values["dtype"] else None
-    if values["greedy"]:
-        if not values["data"]:
-            raise AdaptError("--greedy needs held-out data: --data SPEC (e.g. digits) and --split")
-        accuracy = held_out_accuracy(paths[0], values["data"], values["split"], values["backbone"])
+    out = Path(options.out)
+    dtype = getattr(torch, options.dtype) if options.dtype else None
+    if options.greedy:
+        options.check_greedy()
+        accuracy = held_out_accuracy(paths[0], options.data, options.split, options.backbone)
         table = Table(title="greedy soup")
         for column in ("ingredient", "own accuracy", "soup accuracy", "added"):
             table.add_column(column)
         summary = greedy_soup(paths, out, accuracy, dtype, on_step=lambda step: table.add_row(
             step.ingredient, f"{step.own_accuracy:.2%}", f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"),
-            overwrite=values["overwrite"])  # fmt: skip
+            overwrite=options.overwrite)  # fmt: skip
         console.print(table)
     else:
-        recipe = "weighted" if values["weights"] and values["recipe"] == "uniform" else values["recipe"]
-        method = {
-            "uniform": lambda: arithmetic.Uniform(),
-            "weighted": lambda: arithmetic.Weighted(_floats(values["weights"])),
-            "task-arithmetic": lambda: arithmetic.TaskArithmetic(values["scale"]),
-            "ties": lambda: arithmetic.Ties(values["density"], values["scale"]),
-            "dare": lambda: arithmetic.Dare(values["scale"], values["drop"], values["seed"]),
-        }[recipe]()
+        method = options.merge_method()
         total = len(TensorFile(paths[0]).keys)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("merging tensors", total=total)
-            summary = stream_soup(paths, out, method, values["base"], dtype, parse_size(values["max_shard_size"]),
-                                  on_tensor=lambda key: progress.advance(task), overwrite=values["overwrite"])  # fmt: skip
+            summary = stream_soup(paths, out, method, options.base, dtype, options.shard_bytes(),
+                                  on_tensor=lambda key: progress.advance(task), overwrite=options.overwrite)  # fmt: skip
     rows = [
         ("ingredients", str(len(summary.ingredients))),
         ("recipe", summary.recipe),
@@ -222,10 +185,3 @@ def soup(ctx, **values) -> None:
     for label, value in rows:
         summary_table.add_row(label, value)
     console.print(summary_table)
-
-
-def _floats(text: str | Sequence[float]) -> list[float]:
-    try:
-        return [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
-    except ValueError:
-        raise AdaptError(f"--weights expects numbers separated by commas, got {text!r}") from None

@@ -13,12 +13,13 @@ from adapt.cli.common import backbone_option, cli, console, weights_option
 @click.option("--data", default="digits", show_default=True, help="digits | folder:PATH | vtab:ROOT/TASK")
 @backbone_option
 @weights_option
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: 96 for digits, else the backbone's.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
 @click.option("--batches", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The scores .safetensors to write.")
-def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, out) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, out, overwrite) -> None:
     """Score every backbone weight by its accumulated squared gradient (SPT, step 1).
 
     \b
@@ -31,7 +32,7 @@ def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, 
 
     job = TuneJob(data=data, backbone=backbone, weights=weights, image_size=image_size)
     scores, metadata = parameter_sensitivity(job, batches, batch_size, seed)
-    save_sensitivity(out, scores, metadata)
+    save_sensitivity(out, scores, metadata, overwrite)
     console.print(f"scored {sum(t.numel() for t in scores.values()):,} weights in {len(scores)} tensors "
                   f"over {batches} batches of {batch_size} -> {out}")  # fmt: skip
 
@@ -45,7 +46,8 @@ def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, 
 @click.option("--alpha-threshold", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The allocation JSON to write.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also draw the allocation heatmap (PNG).")
-def allocate(scores, budget, structured, rank, alpha_threshold, out, plot) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out (and --plot) if they exist.")
+def allocate(scores, budget, structured, rank, alpha_threshold, out, plot, overwrite) -> None:
     """Spend a parameter budget where the task is sensitive (SPT, step 2).
 
     \b
@@ -53,14 +55,9 @@ def allocate(scores, budget, structured, rank, alpha_threshold, out, plot) -> No
       adapt allocate sensitivity.safetensors --budget 0.4M --rank 8 --out alloc.json --plot alloc.png
       adapt tune --method spt --allocation alloc.json
     """
-    from adapt.allocation import plot_allocation
-    from adapt.sensitivity import allocate_from_scores, read_sensitivity
+    from adapt.sensitivity import allocate_file
 
-    tensors, metadata = read_sensitivity(scores)
-    allocation = allocate_from_scores(tensors, metadata, budget, rank, alpha_threshold, structured)
-    allocation.save(out)
-    if plot is not None:
-        plot_allocation(allocation, plot)
+    allocation = allocate_file(scores, budget, out, rank, alpha_threshold, structured, plot, overwrite)
     sparse = sum(len(i) for i in allocation.unstructured.values())
     console.print(
         f"{allocation.trainable_params():,} of {allocation.budget:,} budget: {structured} rank {rank} on "

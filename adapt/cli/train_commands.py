@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from adapt.cli.common import backbone_option, cli, console, parse_options, weights_option
 from adapt.errors import AdaptError
@@ -31,7 +31,7 @@ from adapt.train import TrainConfig
               help="VTAB: final = train800val200/test, tune = train800/val200.")  # fmt: skip
 @backbone_option
 @weights_option
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: 96 for digits, else the backbone's.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
 @click.option("--epochs", type=click.IntRange(1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's (adapt methods).")
@@ -85,8 +85,9 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
         accuracies[task] = result.test_acc
         share = result.trainable_params / result.total_params
         console.print(
-            f"[bold green]{result.test_split} accuracy {result.test_acc:.2%}[/]  ·  trained "
-            f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {task_out}"
+            f"{result.test_split} accuracy {result.test_acc:.2%}  ·  trained "
+            f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {task_out}",
+            style="bold green",
         )
     if len(specs) > 1:
         _print_vtab(accuracies, vtab_means(accuracies))
@@ -95,12 +96,12 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
 def _print_start(adapted, data) -> None:
     trainable, total = adapted.parameter_counts()
     console.print(
-        f"[bold]{adapted.method.name}[/] on {adapted.backbone.name} ({adapted.backbone.weights} weights), "
+        f"{adapted.method.name} on {adapted.backbone.name} ({adapted.backbone.weights} weights), "
         f"data {data.name}: {len(data.train)} train / {len(data.test)} {data.test_name} images, "
         f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
     )
     for note in adapted.backbone.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        console.print(f"note: {note}")
     if adapted.method.report():
         console.print(adapted.method.report())
 
@@ -120,10 +121,10 @@ def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) ->
         table.add_row(task, f"{acc:.2%}")
     for group in ("natural", "specialized", "structured"):
         if means[group] is not None:
-            table.add_row(f"[italic]{group} mean", f"{means[group]:.2%}")
-    table.add_row(f"[bold]plain mean of {len(accuracies)} tasks", f"{means['plain_mean']:.2%}")
+            table.add_row(Text(f"{group} mean", style="italic"), f"{means[group]:.2%}")
+    table.add_row(Text(f"plain mean of {len(accuracies)} tasks", style="bold"), f"{means['plain_mean']:.2%}")
     group_mean = means["group_mean"]
-    table.add_row("[bold]mean of the 3 group means", f"{group_mean:.2%}" if group_mean is not None else "n/a (a group is empty)")
+    table.add_row(Text("mean of the 3 group means", style="bold"), f"{group_mean:.2%}" if group_mean is not None else "n/a (a group is empty)")
     console.print(table)
 
 
@@ -146,8 +147,8 @@ def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit
     from adapt.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, split, split_protocol, weights, batch_size, limit)
-    console.print(f"{split} accuracy [bold]{result.accuracy:.2%}[/] on {result.images} images of "
-                  f"{escape(result.data)} ({result.classes} classes)")  # fmt: skip
+    console.print(f"{split} accuracy {result.accuracy:.2%} on {result.images} images of {result.data} "
+                  f"({result.classes} classes)")  # fmt: skip
 
 
 @cli.command()
@@ -167,14 +168,14 @@ def predict(checkpoint, images, top_k, weights) -> None:
 
     adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
     for prediction in predict_files(adapted, list(images), top_k):
-        ranked = "  ".join(f"{escape(name)} {p:.1%}" for name, p in prediction.top)
-        console.print(f"[bold]{escape(str(prediction.path))}[/]: {ranked}", highlight=False)
+        ranked = "  ".join(f"{name} {p:.1%}" for name, p in prediction.top)
+        console.print(f"{prediction.path}: {ranked}")
 
 
 @cli.command()
 @backbone_option
 @click.option("--num-classes", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: the backbone's.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: the backbone's.")
 def methods(backbone, num_classes, image_size) -> None:
     """The methods, their trainable parameters on a backbone, and whether they merge.
 
@@ -206,7 +207,7 @@ def info(checkpoint) -> None:
     from adapt.checkpoint import read_checkpoint
 
     tensors, meta = read_checkpoint(checkpoint)
-    table = Table(title=escape(str(checkpoint)), show_header=False)
+    table = Table(title=Text(str(checkpoint)), show_header=False)
     rows = {
         "method": _method_line(meta),
         "backbone": f"{meta.backbone} ({meta.backbone_weights})",
@@ -218,7 +219,7 @@ def info(checkpoint) -> None:
         "training": json.dumps(meta.training),
     }
     for key, value in rows.items():
-        table.add_row(key, escape(value))
+        table.add_row(key, Text(value))
     console.print(table)
 
 
@@ -231,7 +232,7 @@ def info(checkpoint) -> None:
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(0), default=0.1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Default: the backbone's.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: the backbone's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The backbone .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")

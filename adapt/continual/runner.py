@@ -78,10 +78,14 @@ class ContinualRun:
     overwrite: bool = False  # replace an earlier run in out_dir (only its files)
 
     def __post_init__(self) -> None:
+        self.train_config()  # checks epochs, batch size, lr and seed before anything runs
         if self.learner not in LEARNERS:
             raise AdaptError(f"unknown learner {self.learner!r} (choose from {', '.join(LEARNERS)})")
         if self.head == "language":  # a missing text model should stop the run before any training
             TextEmbedder((self.head_options or {}).get("text_model"))
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed)
 
     def build(self, scenario: Scenario) -> tuple[ContinualModel, AdaptedModel]:
         """The model before any task: adapted backbone + empty head (seeded)."""
@@ -106,7 +110,7 @@ class ContinualRun:
     def _fit(self, scenario: Scenario, out: Path, on_task_end) -> ContinualResult:
         model, adapted = self.build(scenario)
         memory = ExemplarMemory(self.memory, self.selection, self.seed) if self.learner == "replay" else None
-        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+        config = self.train_config()
         matrix: Matrix = []
         checkpoints = []
         for task in scenario.tasks:

@@ -38,5 +38,9 @@ def folder_splits(root: Path, transform: Callable) -> tuple[list[str], dict[str,
     for split in ("train", "val", "test"):
         if (root / split).is_dir():
             items = _items(root / split, class_names)
+            if split == "train":
+                empty = sorted(set(class_names) - {class_names[label] for _, label in items})
+                if empty:  # the head would get an output that no image ever trains
+                    raise AdaptError(f"class folder(s) with no images in {root / 'train'}: {', '.join(empty[:5])}")
             splits[split] = ImageListDataset(items, len(class_names), transform, str(root / split))
     return class_names, splits

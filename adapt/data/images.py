@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,13 +13,34 @@ from torch.utils.data import Dataset
 from adapt.errors import AdaptError
 
 
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def require_regular_file(path: Path) -> None:
+    """Only regular files are opened: a FIFO or a device named like an image would block or never end."""
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        raise AdaptError(f"image not found: {path}") from None
+    except OSError as error:
+        raise AdaptError(f"cannot read image {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise AdaptError(f"{path} is not a regular file (a folder, FIFO or device); images must be files")
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """Decode an image file to RGB, or say which file could not be read."""
+    """Decode an image file to RGB, or say which file could not be read (PIL's size limit included)."""
+    require_regular_file(path)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise AdaptError(f"unreadable image {path}: {error}") from None
+    except IMAGE_ERRORS as error:
+        raise AdaptError(f"unreadable image {path}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class ImageListDataset(Dataset):
@@ -43,13 +65,12 @@ class ImageListDataset(Dataset):
 
     @staticmethod
     def _check_header(path: Path) -> None:
+        require_regular_file(path)
         try:
             with Image.open(path) as image:
                 image.verify()
-        except FileNotFoundError:
-            raise AdaptError(f"image not found: {path}") from None
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            raise AdaptError(f"unreadable image {path}: {error}") from None
+        except IMAGE_ERRORS as error:
+            raise AdaptError(f"unreadable image {path}: {_first_line(error)}") from None
 
     def __len__(self) -> int:
         return len(self.items)

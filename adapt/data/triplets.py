@@ -53,12 +53,17 @@ class TripletDataset(Dataset):
 def _rows(csv_path: Path, required: set[str]) -> list[dict[str, str]]:
     if not csv_path.is_file():
         raise AdaptError(f"triplet file not found: {csv_path}")
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = required - set(reader.fieldnames or [])
-        if missing:
-            raise AdaptError(f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
-        return list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = required - set(reader.fieldnames or [])
+            if missing:
+                raise AdaptError(f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
+            return list(reader)
+    except UnicodeDecodeError as error:
+        raise AdaptError(f"{csv_path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except csv.Error as error:
+        raise AdaptError(f"{csv_path} is not a readable CSV file ({error})") from None
 
 
 def _existing(root: Path, relative: str, csv_path: Path, row: int) -> Path:

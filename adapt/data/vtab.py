@@ -23,6 +23,19 @@ VTAB_TASKS = {
 _ORDER = list(VTAB_TASKS)
 VTAB_GROUPS = {"natural": _ORDER[:7], "specialized": _ORDER[7:11], "structured": _ORDER[11:]}
 SPLIT_FILES = {"final": ("train800val200", "test"), "tune": ("train800", "val200")}
+MAX_CLASSES = 100_000  # a larger label is a typo, and would size a head of that many rows
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file, or one line saying why it cannot be read."""
+    if not path.is_file():
+        raise AdaptError(f"{path} is not a regular file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise AdaptError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise AdaptError(f"cannot read {path}: {error.strerror}") from None
 
 
 def is_vtab_task(path: Path) -> bool:
@@ -47,12 +60,14 @@ def _read_list(task: Path, split: str) -> list[tuple[Path, int]]:
     if not list_file.is_file():
         raise AdaptError(f"missing VTAB list file {list_file}")
     items = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_file(list_file).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise AdaptError(f"{list_file}:{number}: expected '<image path> <label>', got {line.strip()!r}")
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise AdaptError(f"{list_file}:{number}: expected '<image path> <label>', got {line.strip()[:80]!r}")
+        if int(parts[1]) >= MAX_CLASSES:  # checked before anything is sized by the labels
+            raise AdaptError(f"{list_file}:{number}: label {parts[1][:20]} is too large (at most {MAX_CLASSES:,} classes)")
         items.append((task / parts[0], int(parts[1])))
     if not items:
         raise AdaptError(f"empty split: {list_file} lists no images")
@@ -66,7 +81,7 @@ def vtab_splits(task: Path, protocol: str, transform: Callable) -> tuple[list[st
     num_classes = VTAB_TASKS.get(task.name) or 1 + max(label for _, label in train_items + test_items)
     names_file = task / "classnames.txt"
     if names_file.is_file():
-        class_names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+        class_names = [n.strip() for n in read_text_file(names_file).splitlines() if n.strip()]
         if len(class_names) != num_classes:
             raise AdaptError(f"{names_file} has {len(class_names)} names for {num_classes} classes")
     else:

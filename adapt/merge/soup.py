@@ -28,7 +28,7 @@ from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, write_json_atomic
 from adapt.errors import AdaptError
 from adapt.merge.arithmetic import MergeMethod, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
-from adapt.outputs import check_output_file, exclusive_lock
+from adapt.outputs import check_output_file, writing_file
 
 ADAPTER_FIELDS = ("method", "method_options", "backbone", "backbone_sha256", "class_names")
 
@@ -102,6 +102,15 @@ def _output_metadata(first: TensorFile, recipe: str, paths: Sequence[str | Path]
     return {**first.metadata, "soup": json.dumps(soup)}
 
 
+def finite_output(key: str, merged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`merged` in the output dtype, refused (nothing is written) if it is or becomes NaN/Inf."""
+    out = merged.to(dtype)
+    if out.is_floating_point() and not torch.isfinite(out).all():
+        cause = f"overflows {dtype} (largest magnitude {merged.abs().max().item():.3g})" if torch.isfinite(merged).all() else "is NaN/Inf"
+        raise AdaptError(f"the merged tensor '{key}' {cause}; nothing was written")
+    return out
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -124,8 +133,7 @@ def stream_soup(
 @contextlib.contextmanager
 def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path | None]) -> Iterator[None]:
     """One writer at a time; never over an input; an existing soup (or its shard index) only with overwrite."""
-    with exclusive_lock(out):
-        check_output_file(out, overwrite, inputs)
+    with writing_file(out, overwrite, inputs):
         check_output_file(Path(f"{out}.index.json"), overwrite, inputs)
         yield
 
@@ -148,7 +156,7 @@ def _stream_soup(paths, out, method, base, dtype, max_shard_bytes, on_tensor) ->
                 merged = method.merge(key, lambda i, key=key: files[i].get(key).float(), len(files), base_tensor)
             else:
                 merged = first.get(key)
-            writer.write(key, merged.to(out_dtype))
+            writer.write(key, finite_output(key, merged, out_dtype))
             written += nbytes(tuple(merged.shape), out_dtype)
             if on_tensor is not None:
                 on_tensor(key)
@@ -205,7 +213,7 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step) -> SoupSummary:
     chosen = [s.ingredient for s in steps if s.added]
     with StreamingWriter(out, order, _output_metadata(first, "greedy", chosen)) as writer:
         for key, _, out_dtype in order:
-            writer.write(key, (total[key] / count if key in floats else total[key]).to(out_dtype))
+            writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
     summary = SoupSummary([str(p) for p in paths], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
                           time.perf_counter() - start, _peak_rss(), [str(out)], steps)  # fmt: skip
     write_json_atomic(Path(out).with_suffix(".greedy.json"), asdict(summary))

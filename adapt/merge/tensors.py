@@ -67,8 +67,15 @@ class TensorFile:
 
     def dtype(self, key: str) -> torch.dtype:
         if self._state is not None:
-            return self._state[key].dtype
-        return next(dtype for dtype, code in SAFETENSORS_DTYPES.items() if code == self._dtypes[key])
+            dtype = self._state[key].dtype
+            if dtype not in SAFETENSORS_DTYPES:
+                raise AdaptError(f"tensor '{key}' of {self.path} has dtype {dtype}, which soups do not handle")
+            return dtype
+        for dtype, code in SAFETENSORS_DTYPES.items():
+            if code == self._dtypes[key]:
+                return dtype
+        raise AdaptError(f"tensor '{key}' of {self.path} has dtype {self._dtypes[key]}, which soups do not handle "
+                         f"(they take {', '.join(sorted(set(SAFETENSORS_DTYPES.values())))})")  # fmt: skip
 
     def get(self, key: str) -> torch.Tensor:
         if self._state is not None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from adapt.backbones import is_head_key
+from adapt.config import build, validate
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 
 
@@ -36,14 +37,12 @@ class Method:
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()
+        validate(self.config, f"method {self.name}")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Method:
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdaptError(f"method {cls.name} has no option(s) {', '.join(unknown)} (it has: {sorted(known)})")
-        return cls(cls.config_class(**options))
+        """The method with its options checked (adapt.config): types, ranges, regexes, unknown names."""
+        return cls(build(cls.config_class, options, f"method {cls.name}"))
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
@@ -88,6 +87,9 @@ class Method:
         )
         if any(mismatch):
             raise AdaptError(describe_mismatch(f"{source or 'tensors'} do not fit method {self.name}", *mismatch))
+        for key, tensor in own.items():  # fp16 for fp32 is fine; an integer tensor for a float one is not
+            if tensors[key].is_floating_point() != tensor.is_floating_point() or tensors[key].dtype == torch.bool:
+                raise AdaptError(f"{source or 'tensors'}: {key} is {tensors[key].dtype}, the model's is {tensor.dtype}")
         with torch.no_grad():
             for key, tensor in own.items():
                 tensor.copy_(tensors[key])

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.methods.base import Method
 from adapt.methods.side_network import HEAD_DIM, SideNetwork
@@ -42,18 +43,19 @@ MAX_CONTEXT_SIDE = 14  # CNN maps are pooled to at most 14 x 14 tokens, a ViT-B/
 class HSTConfig:
     widths: tuple[int, ...] = (32, 48, 64, 72)
     depths: tuple[int, ...] = (3, 3, 3, 3)
-    meta_tokens: int = 12  # per ViT block; ignored on CNN backbones
-    mlp_ratio: float = 1.0
+    meta_tokens: int = option(12, low=0, high=1024)  # per ViT block; ignored on CNN backbones
+    mlp_ratio: float = option(1.0, low=0, low_open=True, high=64)
 
     def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in _as_list(self.widths))
-        self.depths = tuple(int(d) for d in _as_list(self.depths))
+        try:
+            self.widths = tuple(int(w) for w in _as_list(self.widths))
+            self.depths = tuple(int(d) for d in _as_list(self.depths))
+        except (TypeError, ValueError):
+            raise AdaptError(f"hst widths and depths are 4 integers each, got {self.widths!r} and {self.depths!r}") from None
         if len(self.widths) != 4 or len(self.depths) != 4:
             raise AdaptError(f"hst needs 4 widths and 4 depths, got {self.widths} and {self.depths}")
         if any(w <= 0 or w % HEAD_DIM for w in self.widths) or any(d <= 0 for d in self.depths):
             raise AdaptError(f"hst widths must be positive multiples of {HEAD_DIM} and depths positive: {self.widths}, {self.depths}")
-        if self.meta_tokens < 0 or self.mlp_ratio <= 0:
-            raise AdaptError("hst meta_tokens must be >= 0 and mlp_ratio > 0")
 
 
 def _as_list(value: object) -> list:

@@ -21,6 +21,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 from adapt.backbones import is_head_key
+from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.merge.kernels import add_low_rank_
 from adapt.methods.base import Method
@@ -52,10 +53,10 @@ def lora_eligible_weights(model: nn.Module) -> set[str]:
 
 @dataclasses.dataclass
 class LoRAConfig:
-    rank: int = 8
-    alpha: float = 8.0  # scaling = alpha / rank, as in peft
-    dropout: float = 0.0
-    targets: str | None = None  # regex on layer names (Linear/Conv2d); None: the defaults above
+    rank: int = option(8, low=1, high=4096)
+    alpha: float = option(8.0, low=0, low_open=True)  # scaling = alpha / rank, as in peft
+    dropout: float = option(0.0, low=0, high=1, high_open=True)
+    targets: str | None = option(None, regex=True)  # regex on layer names (Linear/Conv2d); None: the defaults above
 
 
 class LoRA(Method):

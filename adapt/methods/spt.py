@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapt.allocation import Allocation
+from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.methods.adapter import BottleneckAdapter
 from adapt.methods.base import Method
@@ -42,10 +43,10 @@ class SparseDelta(nn.Module):
 
 @dataclasses.dataclass
 class SPTConfig:
-    rank: int = 8
-    alpha: float = 8.0
+    rank: int = option(8, low=1, high=4096)
+    alpha: float = option(8.0, low=0, low_open=True)
     structured: list[str] = dataclasses.field(default_factory=list)  # weight names that get the structured module
-    structured_module: str = "lora"  # or "adapter" (a bottleneck adapter; not mergeable)
+    structured_module: str = option("lora", choices=("lora", "adapter"))  # adapter: a bottleneck adapter; not mergeable
     unstructured: dict[str, int] = dataclasses.field(default_factory=dict)  # weight name -> selected count
     vectors: list[str] = dataclasses.field(default_factory=list)  # vectors that train whole
 
@@ -53,6 +54,14 @@ class SPTConfig:
 def _split(name: str) -> tuple[str, str]:
     module, _, leaf = name.rpartition(".")
     return module, leaf
+
+
+def _has_parameter(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
 
 
 class SPT(Method):
@@ -65,8 +74,6 @@ class SPT(Method):
 
     def __init__(self, config: SPTConfig | None = None):
         super().__init__(config)
-        if self.config.structured_module not in ("lora", "adapter"):
-            raise AdaptError(f"SPT's structured module is lora or adapter, not {self.config.structured_module!r}")
         self.mergeable = self.config.structured_module == "lora" or not self.config.structured
         self.allocation: Allocation | None = None  # set for fresh runs; a checkpoint needs only its buffers
         self.lora = LoRA(LoRAConfig(rank=self.config.rank, alpha=self.config.alpha,
@@ -87,8 +94,30 @@ class SPT(Method):
             module_name, leaf = _split(name)
             delta = model.get_submodule(module_name).parametrizations[leaf][0]
             delta.indices.copy_(torch.tensor(flat, dtype=torch.long))
+        self._check_indices(model)
+
+    def load_trainable_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+        super().load_trainable_state(model, tensors, source)
+        self._check_indices(model, source)
+
+    def _check_indices(self, model: nn.Module, source: str = "the allocation") -> None:
+        """Every sparse index must address an entry of its weight (else the forward pass would fail)."""
+        for name in self.config.unstructured:
+            module_name, leaf = _split(name)
+            module = model.get_submodule(module_name)
+            indices, size = module.parametrizations[leaf][0].indices, module.parametrizations[leaf].original.numel()
+            if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
+                raise AdaptError(f"{source}: sparse indices of {name} fall outside its {size:,} entries")
 
     def add_trainable(self, model: nn.Module) -> None:
+        try:
+            self._add_trainable(model)
+        except AttributeError:
+            names = [*self.config.structured, *self.config.unstructured, *self.config.vectors]
+            missing = next((n for n in names if not _has_parameter(model, n)), names[0] if names else "?")
+            raise AdaptError(f"SPT allocation names {missing}, which this model does not have") from None
+
+    def _add_trainable(self, model: nn.Module) -> None:
         if self.config.structured and self.config.structured_module == "lora":
             self.lora.add_trainable(model)
         for name in self.config.structured if self.config.structured_module == "adapter" else ():

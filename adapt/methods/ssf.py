@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from adapt.backbones import is_head_key
+from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.merge.kernels import scale_shift_
 from adapt.methods.base import Method
@@ -99,8 +100,8 @@ def fold_ssf_(layer: nn.Module, name: str) -> None:
 
 @dataclasses.dataclass
 class SSFConfig:
-    init_std: float = 0.02  # scale ~ N(1, init_std), shift ~ N(0, init_std)
-    targets: str | None = None  # regex on layer names; None: every Linear/Conv/Norm outside the head
+    init_std: float = option(0.02, low=0, high=1)  # scale ~ N(1, init_std), shift ~ N(0, init_std)
+    targets: str | None = option(None, regex=True)  # regex on layer names; None: every Linear/Conv/Norm outside the head
 
 
 class SSF(Method):
@@ -130,6 +131,8 @@ class SSF(Method):
             else:
                 self._hooks[layer_name] = layer.register_forward_hook(layer.ssf.after_output)
                 self.wrapped[layer_name] = type(layer).__name__
+        if pattern and not self.wrapped:  # else only the head would train, under SSF's name
+            raise AdaptError(f"ssf targets {self.config.targets!r} match no linear, conv or norm layer of this model")
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold every SSF into the layer it follows and remove it (see `fold_ssf_`)."""

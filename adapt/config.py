@@ -1,0 +1,137 @@
+"""Typed, validated configuration: one place that checks every option, wherever it came from.
+
+Configurations are dataclasses whose fields carry their constraints (`option(...)`).
+`build(cls, mapping, source)` turns a mapping (CLI options, a YAML file, checkpoint
+metadata) into the dataclass: unknown keys are refused with the nearest valid name,
+then `validate` checks types, finiteness, ranges, choices and regexes. The CLI, YAML
+files and checkpoints all pass through here, so no path skips a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from adapt.errors import AdaptError
+
+T = TypeVar("T")
+MAX_SEED = 2**63 - 1
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # larger inputs would allocate without bound from a file's say-so
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple | None = None,
+    regex: bool = False,
+) -> Any:
+    """A dataclass field with constraints: [low, high] (open ends with *_open), choices, a regex."""
+    limits = {"low": low, "high": high, "low_open": low_open, "high_open": high_open, "choices": choices, "regex": regex}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"limits": limits})
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` has the type `hint` (int accepted for float; bool never for int/float)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args else Any
+        return all(_matches(v, item) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        key_hint, value_hint = args or (Any, Any)
+        return all(_matches(k, key_hint) and _matches(v, value_hint) for k, v in value.items())
+    return isinstance(value, origin or hint)
+
+
+def _check_limits(name: str, value: Any, limits: dict[str, Any], source: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AdaptError(f"{source}: {name} must be a finite number, got {value}")
+    low, high = limits.get("low"), limits.get("high")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low is not None and (value < low or (limits["low_open"] and value == low)):
+            raise AdaptError(f"{source}: {name} must be {'>' if limits['low_open'] else '>='} {low}, got {value}")
+        if high is not None and (value > high or (limits["high_open"] and value == high)):
+            raise AdaptError(f"{source}: {name} must be {'<' if limits['high_open'] else '<='} {high}, got {value}")
+    if limits.get("choices") is not None and value not in limits["choices"]:
+        raise AdaptError(f"{source}: {name} must be one of {', '.join(map(str, limits['choices']))}, got {value!r}")
+    if limits.get("regex"):
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise AdaptError(f"{source}: {name} is not a valid regular expression ({error})") from None
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or Inf anywhere in a value (numbers inside lists and dicts included)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+def validate(config: Any, source: str = "options") -> None:
+    """Check every field of a config dataclass against its type and constraints."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if not _finite(value):
+            raise AdaptError(f"{source}: {item.name} must be finite, got {value}"[:300])
+        if not _matches(value, hints[item.name]):
+            raise AdaptError(f"{source}: {item.name} must be {_type_name(hints[item.name])}, got {value!r}"[:300])
+        _check_limits(item.name, value, item.metadata.get("limits", {}), source)
+
+
+def refuse_unknown(keys: Any, known: Any, source: str) -> None:
+    """Refuse keys that are not options, naming the nearest valid one."""
+    known = sorted(known)
+    for key in keys:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (options: {', '.join(known) or 'none'})"
+            raise AdaptError(f"{source}: unknown option '{key}'{hint}")
+
+
+def build(cls: type[T], values: Mapping[str, Any], source: str = "options") -> T:
+    """The config dataclass `cls` from a mapping, refusing unknown keys and invalid values."""
+    if not isinstance(values, Mapping):
+        raise AdaptError(f"{source} must be a mapping of option: value, got {type(values).__name__}")
+    refuse_unknown(values, [f.name for f in dataclasses.fields(cls)], source)
+    try:
+        config = cls(**values)
+    except TypeError as error:
+        raise AdaptError(f"{source}: {error}") from None
+    validate(config, source)
+    return config
