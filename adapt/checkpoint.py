@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,9 @@ from adapt.errors import AdaptError
 FORMAT_VERSION = "1"
 FORMAT_KEY = "adapt_format"
 MERGED_KEY = "merged_by"  # a merged model (or a soup of them): a plain timm state dict with our metadata
+MAX_CLASSES = 100_000
+# what a checkpoint's tensors may be: trained values in float, SPT's indices, BatchNorm's counters
+CHECKPOINT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64)
 # what Hugging Face loaders (transformers, accelerate, huggingface_hub) require of a safetensors file
 HF_METADATA = {"format": "pt"}
 
@@ -71,7 +75,13 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={**HF_METADATA, **metadata})
+        try:
+            save_file(contiguous, str(tmp), metadata={**HF_METADATA, **metadata})
+        except SafetensorError as error:  # the library wraps the OS's error (disk full, file size limit) in its own
+            code = re.search(r"os error (\d+)", str(error))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -152,6 +162,8 @@ class CheckpointMeta:
         validate(meta, f"{source} metadata")
         if not meta.class_names or len(meta.mean) != 3 or len(meta.std) != 3 or min(meta.std) <= 0:
             raise AdaptError(f"{source} metadata: needs at least one class name, and 3 means and 3 positive stds")
+        if len(meta.class_names) > MAX_CLASSES:  # the head is sized by them
+            raise AdaptError(f"{source} metadata: {len(meta.class_names):,} class names, more than {MAX_CLASSES:,}")
         return meta
 
 
@@ -167,6 +179,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     else:
         meta = CheckpointMeta.from_metadata(metadata, str(path))
     for key, tensor in tensors.items():
+        if tensor.dtype not in CHECKPOINT_DTYPES:
+            raise AdaptError(f"{path}: tensor '{key}' has dtype {tensor.dtype}, which adapt checkpoints do not use")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise AdaptError(f"{path}: tensor '{key}' has NaN or Inf values")
     return tensors, meta

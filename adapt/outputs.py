@@ -151,6 +151,8 @@ def check_output_file(out: str | Path, overwrite: bool, inputs: Iterable[str | P
     refuse_inputs(out, inputs)
     if out.is_dir():
         raise AdaptError(f"--out {out} is a folder; give a file name")
+    if out.exists() and not out.is_file():
+        raise AdaptError(f"--out {out} is not a regular file (a device or FIFO); adapt replaces only files")
     if out.exists() and not overwrite:
         raise AdaptError(f"{out} exists; pass --overwrite to replace it")
     parent = out.parent

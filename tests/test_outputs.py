@@ -151,3 +151,53 @@ def test_a_second_writer_fails_at_once(workspace):
         holder.kill()
         holder.wait()
     assert run("merge", ckpt, "--out", out).exit_code == 0  # the lock went with its holder
+
+
+def test_a_second_tune_into_a_folder_being_written_fails_at_once(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert_refused(run("tune", *QUICK, "--out", out), "being written by another adapt process")
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_soup_replacing_another_layout_leaves_no_stale_file(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    for name, value in (("a", 1.0), ("b", 3.0)):
+        save_file({"w": torch.full((8,), value), "v": torch.full((8,), value)}, tmp_path / f"{name}.safetensors")
+    inputs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    out = tmp_path / "s.safetensors"
+    assert run("soup", *inputs, "--out", out).exit_code == 0
+    assert run("soup", *inputs, "--out", out, "--max-shard-size", "32B", "--overwrite").exit_code == 0
+    shards = sorted(p.name for p in tmp_path.glob("s-*.safetensors"))
+    assert not out.exists() and len(shards) == 2 and (tmp_path / "s.safetensors.index.json").is_file()
+    assert run("soup", *inputs, "--out", out, "--overwrite").exit_code == 0
+    assert out.is_file() and not list(tmp_path.glob("s-*")) and not (tmp_path / "s.safetensors.index.json").exists()
+
+
+def test_paths_and_names_are_printed_as_text_not_markup(workspace):
+    out = workspace / "m[/]x[bold].safetensors"
+    result = run("merge", workspace / "run" / "adapter.safetensors", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "m[/]x[bold].safetensors" in result.output and out.is_file()
+
+
+def test_an_error_inside_a_data_loader_worker_is_its_own_line(tmp_path):
+    from conftest import digit_image
+
+    task = tmp_path / "task"
+    (task / "images").mkdir(parents=True)
+    digit_image(0).resize((64, 64)).save(task / "images" / "ok.jpg", quality=95)
+    whole = (task / "images" / "ok.jpg").read_bytes()
+    (task / "images" / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # a valid header, then the data ends
+    for split in ("train800val200", "test"):
+        (task / f"{split}.txt").write_text("images/ok.jpg 0\nimages/cut.jpg 1\n")
+    result = run("tune", "--data", f"vtab:{task}", "--workers", "1", *QUICK, "--out", tmp_path / "o")
+    assert_refused(result, "unreadable image")
+    assert "Original Traceback" not in result.output

@@ -47,9 +47,25 @@ class AdaptGroup(click.Group):
     limit, running out of memory and Ctrl-C each end in one line. Anything else is a bug:
     its traceback is shown, with a line asking to report it."""
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Click's usage errors (bad option values, unknown options) as one line too, exit status 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as error:
+            path = error.ctx.command_path if getattr(error, "ctx", None) else ""
+            command = f" {path.split(' ', 1)[1]}" if " " in path else ""
+            fail(f"{one_line(Exception(error.format_message()))} (see adapt{command} --help)", error.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors and --help: click's own, handled in main
         except AdaptError as error:
             fail(one_line(error))
         except OSError as error:

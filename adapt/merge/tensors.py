@@ -130,6 +130,24 @@ class StreamingWriter:
             size += size_of
         return shards
 
+    def _remove_replaced(self) -> None:
+        """An earlier output of the other layout under the same name (the caller was asked to replace it):
+        a single file when we wrote shards, or an index and its shards when we wrote a single file."""
+        index = self.path.with_name(self.path.name + ".index.json")
+        if len(self.shards) > 1:
+            self.path.unlink(missing_ok=True)
+            return
+        if index.is_file():
+            try:
+                old_shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                old_shards = set()
+            stem = self.path.name.removesuffix(".safetensors")
+            for name in old_shards:
+                if isinstance(name, str) and name.startswith(f"{stem}-") and "/" not in name:
+                    self.path.with_name(name).unlink(missing_ok=True)
+            index.unlink()
+
     def shard_paths(self) -> list[Path]:
         if len(self.shards) == 1:
             return [self.path]
@@ -173,6 +191,8 @@ class StreamingWriter:
                 os.replace(tmp, final)
             else:
                 tmp.unlink(missing_ok=True)
+        if complete:
+            self._remove_replaced()
         if complete and len(self.shards) > 1:
             from adapt.checkpoint import write_json_atomic
 
