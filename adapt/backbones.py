@@ -106,7 +106,7 @@ def resolve_backbone(name: str) -> BackboneSource:
         cfg = dict(config.get("pretrained_cfg") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise AdaptError(f"--backbone {name}: {folder / 'config.json'} is not a timm config ({error})") from None
-    if not timm.is_model(architecture):
+    if not isinstance(architecture, str) or not timm.is_model(architecture):
         raise AdaptError(f"--backbone {name}: architecture {architecture!r} is not a timm model")
     canonical = f"local-dir:{folder.resolve()}" if name.startswith("local-dir:") else name
     return BackboneSource(canonical, architecture, cfg, folder)

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from adapt.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, option, validate
+from adapt.config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, option, validate
 from adapt.errors import AdaptError
 
 FORMAT_VERSION = "1"
@@ -162,6 +162,9 @@ class CheckpointMeta:
         validate(meta, f"{source} metadata")
         if not meta.class_names or len(meta.mean) != 3 or len(meta.std) != 3 or min(meta.std) <= 0:
             raise AdaptError(f"{source} metadata: needs at least one class name, and 3 means and 3 positive stds")
+        seed, data = meta.training.get("seed", 0), meta.training.get("data", "")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED or not isinstance(data, str):
+            raise AdaptError(f"{source} metadata: training seed must be a whole number >= 0 and data a string")
         if len(meta.class_names) > MAX_CLASSES:  # the head is sized by them
             raise AdaptError(f"{source} metadata: {len(meta.class_names):,} class names, more than {MAX_CLASSES:,}")
         return meta

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -143,6 +144,17 @@ def writing_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path |
     with exclusive_lock(out):
         check_output_file(out, overwrite, inputs)
         yield
+
+
+def check_free_space(out: str | Path, needed_bytes: int) -> None:
+    """Refuse before writing when the output's file system has clearly not enough room for it."""
+    folder = Path(out).expanduser().resolve().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise AdaptError(f"not enough space for {out}: it needs {needed_bytes / 2**20:,.1f} MiB, {folder} has "
+                         f"{free / 2**20:,.1f} MiB free")  # fmt: skip
 
 
 def check_output_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:

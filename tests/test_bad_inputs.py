@@ -94,6 +94,7 @@ def world(tmp_path_factory) -> Path:
         "training_list": {"training": "[1]"}, "head_bad": {"head": '{"kind": "linear"}'},
         "head_kind": {"head": '{"kind": "nope", "options": {}, "task_sizes": [10]}'},
         "method_unknown": {"method": "nope"}, "deep_json": {"method_options": "[" * 100000},
+        "seed_text": {"training": '{"seed": "abc", "data": "digits"}'}, "data_int": {"training": '{"data": 5}'},
     }  # fmt: skip
     for name, fields in bad_meta.items():
         rewrite(ssf, meta / f"{name}.safetensors", metadata=fields)
@@ -120,6 +121,8 @@ def world(tmp_path_factory) -> Path:
 
     vit, _ = create_backbone("test_vit", "random", num_classes=3)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, weights / "vit.safetensors")
+    (w / "inthub").mkdir()
+    (w / "inthub" / "config.json").write_text('{"architecture": 5}')
     (w / "badhub").mkdir()
     (w / "badhub" / "config.json").write_text("{not json")
 
@@ -301,6 +304,9 @@ CASES = [
     C(f"info {W}/meta/deep_json.safetensors", "is not valid JSON"),
     C(f"info {W}/meta/training_list.safetensors", "training must be"),
     C(f"eval {W}/meta/head_bad.safetensors", "head description is malformed"),
+    C(f"eval {W}/meta/seed_text.safetensors", "training seed must be a whole number"),
+    C(f"eval {W}/meta/data_int.safetensors", "data a string"),
+    C(f"tune --backbone local-dir:{W}/inthub {T}", "is not a timm model"),
     C(f"eval {W}/meta/head_kind.safetensors", "unknown head"),
     C(f"eval {W}/meta/method_unknown.safetensors", "unknown method"),
     C(f"eval {W}/meta/t_nan.safetensors", "NaN or Inf"),
@@ -494,15 +500,30 @@ def test_a_full_disk_leaves_the_old_output_whole(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.safetensors"]
 
 
+def mounted_tmpfs(folder: Path, options: str):
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    return folder
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only folder here: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    yield mounted_tmpfs(tmp_path / "ro", "ro,size=1m")
+    subprocess.run(["umount", str(tmp_path / "ro")], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield mounted_tmpfs(tmp_path / "small", "size=1m")
+    subprocess.run(["umount", str(tmp_path / "small")], check=True)
+
+
+def test_a_disk_without_room_is_refused_before_writing(world, small_disk):
+    result = invoke(["merge", world / "ssf" / "adapter.safetensors", "--out", small_disk / "m.safetensors"])
+    assert_one_line(result, "not enough space", 1)
+    assert not list(small_disk.iterdir())
 
 
 def test_a_read_only_folder_is_one_line(world, read_only_folder):

@@ -25,7 +25,7 @@ from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone
 from adapt.checkpoint import MERGED_KEY, save_tensors_atomic
 from adapt.heads import ContinualModel
 from adapt.hub import HUB_FILES, save_hub_folder
-from adapt.outputs import check_output_file, check_owned_folder, exclusive_lock, refuse_inputs
+from adapt.outputs import check_free_space, check_output_file, check_owned_folder, exclusive_lock, refuse_inputs
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 from adapt.merge.kernels import fold_batchnorm_
 
@@ -209,6 +209,7 @@ def merge_checkpoint(
         model, report = merge_adapted(adapted, fold_bn)
         training = {k: v for k, v in meta.training.items() if k in ("data", "seed")}
         training["merged_from"] = str(checkpoint)
+        check_free_space(out / HUB_FILES[1] if hub else out, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
         if hub:
             save_merged_hub(out, model, adapted, training)
         else:

@@ -28,7 +28,7 @@ from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, write_json_atomic
 from adapt.errors import AdaptError
 from adapt.merge.arithmetic import MergeMethod, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
-from adapt.outputs import check_output_file, writing_file
+from adapt.outputs import check_free_space, check_output_file, writing_file
 
 ADAPTER_FIELDS = ("method", "method_options", "backbone", "backbone_sha256", "class_names")
 
@@ -149,6 +149,7 @@ def _stream_soup(paths, out, method, base, dtype, max_shard_bytes, on_tensor) ->
     first = files[0]
     order = [(k, first.shape(k), dtype if dtype and first.dtype(k).is_floating_point else first.dtype(k)) for k in first.keys]
     written = 0
+    check_free_space(out, sum(nbytes(shape, dtype) for _, shape, dtype in order))
     with StreamingWriter(out, order, _output_metadata(first, method.name, paths), max_shard_bytes) as writer:
         for key, _, out_dtype in order:
             if first.dtype(key).is_floating_point:
