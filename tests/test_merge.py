@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from adapt.adapted import AdaptedModel
 from adapt.data import load_data
-from adapt.merge.kernels import add_low_rank_, fold_batchnorm_, scale_shift_
+from adapt.kernels import add_low_rank_, fold_batchnorm_, scale_shift_
 from adapt.merge.reparam import merge_adapted, peak_extra_bytes, save_merged
 from adapt.methods import METHODS
 from adapt.train import TrainConfig
@@ -160,7 +160,7 @@ def test_merge_cli_reports_and_writes(trained_lite0, tmp_path):
 
 TRITON_CHECK = """
 import torch
-from adapt.merge.triton_kernels import scale_add_low_rank_
+from adapt.kernels.fused_triton import scale_add_low_rank_
 g = torch.Generator().manual_seed(0)
 for shape, rank in [((100, 70), 8), ((64, 32, 3, 3), 4), ((130, 200), 20)]:
     w = torch.randn(*shape, generator=g)

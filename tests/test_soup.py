@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.cli import cli
-from adapt.merge.arithmetic import Dare, TaskArithmetic, Ties, Weighted
+from adapt.merge.recipes import Dare, Greedy, TaskArithmetic, Ties, Weighted, global_threshold
 from adapt.merge.soup import greedy_soup, held_out_accuracy, stream_soup
+from adapt.merge.tensors import TensorFile
 
 TOLERANCE = 1e-6
 
@@ -59,8 +60,38 @@ def test_ties_against_a_hand_computed_example(tmp_path):
     taus = [[3.0, -1.0, 0.5, 2.0], [-2.0, -2.0, 1.0, 1.0], [1.0, 4.0, -0.1, -3.0]]
     paths = [_write(tmp_path / f"t{i}.safetensors", {"v": torch.tensor(t)}) for i, t in enumerate(taus)]
     stream_soup(paths, tmp_path / "ties.safetensors", Ties(density=0.5), base=base)
-    # trimmed: [3,0,0,2], [-2,-2,0,0], [0,4,0,-3]; elected signs [+,+,0,-]; agreeing means [3,4,0,-3]
+    # trimmed: [3,0,0,2], [-2,-2,0,0], [0,4,0,-3]; elected signs [+,+,0->majority +,-]; agreeing means [3,4,0,-3]
     assert torch.allclose(load_file(tmp_path / "ties.safetensors")["v"], torch.tensor([3.0, 4.0, 0.0, -3.0]))
+
+
+def test_ties_elects_the_majority_sign_where_the_vote_is_zero(tmp_path):
+    base = _write(tmp_path / "base.safetensors", {"v": torch.zeros(3)})
+    taus = [[2.0, 1.0, 1.0], [-2.0, 1.0, 1.0]]
+    paths = [_write(tmp_path / f"t{i}.safetensors", {"v": torch.tensor(t)}) for i, t in enumerate(taus)]
+    stream_soup(paths, tmp_path / "ties.safetensors", Ties(density=1.0), base=base)
+    # votes [0, 2, 2]: signs [0, +, +]; their sum is +, so entry 0 elects +, and its agreeing mean is 2 (the official
+    # code; electing nothing would give 0)
+    assert torch.allclose(load_file(tmp_path / "ties.safetensors")["v"], torch.tensor([2.0, 1.0, 1.0]))
+
+
+def test_ties_trims_over_the_whole_task_vector_unless_per_tensor(tmp_path):
+    base = _write(tmp_path / "base.safetensors", {"a": torch.zeros(2), "b": torch.zeros(2)})
+    one = _write(tmp_path / "one.safetensors", {"a": torch.tensor([10.0, 9.0]), "b": torch.tensor([1.0, 2.0])})
+    stream_soup([one], tmp_path / "g.safetensors", Ties(density=0.5), base=base)
+    stream_soup([one], tmp_path / "p.safetensors", Ties(density=0.5, trim="per-tensor"), base=base)
+    whole, per_tensor = load_file(tmp_path / "g.safetensors"), load_file(tmp_path / "p.safetensors")
+    assert whole["a"].tolist() == [10.0, 9.0] and whole["b"].tolist() == [0.0, 0.0]  # the top half of all four entries
+    assert per_tensor["a"].tolist() == [10.0, 0.0] and per_tensor["b"].tolist() == [0.0, 2.0]
+
+
+def test_the_streamed_global_threshold_is_the_exact_kth_value():
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(n, generator=g) * s for n, s in ((5000, 1.0), (3000, 0.01), (7, 50.0))]
+    flat = torch.cat(tensors).abs()
+    for density in (0.001, 0.2, 0.5, 0.99):
+        keep = round(density * flat.numel())
+        expected = flat.kthvalue(flat.numel() - keep + 1).values.item()
+        assert global_threshold(lambda: iter(tensors), density) == pytest.approx(expected, rel=1e-6)
 
 
 def test_dare_drops_and_rescales_reproducibly(tmp_path):
@@ -163,7 +194,7 @@ def ssf_runs(tmp_path_factory):
 
 def test_greedy_soup_is_never_worse_than_its_best_ingredient(ssf_runs, tmp_path):
     accuracy = held_out_accuracy(ssf_runs[0], "digits", "val")
-    summary = greedy_soup(ssf_runs, tmp_path / "greedy.safetensors", accuracy)
+    summary = greedy_soup(ssf_runs, tmp_path / "greedy.safetensors", accuracy, recipe=Greedy(accept="gt"))
     best_single = max(step.own_accuracy for step in summary.greedy_steps)
     assert summary.greedy_steps[0].own_accuracy == best_single
     final = max(step.soup_accuracy for step in summary.greedy_steps if step.added)
@@ -183,7 +214,7 @@ def test_end_to_end_soups_merge_and_evaluate(ssf_runs, tmp_path):
     assert "ingredients" in result.output and "peak memory" in result.output
     config = tmp_path / "soup.yaml"
     config.write_text(f"ingredients: {json.dumps(list(map(str, ssf_runs)))}\nout: {tmp_path / 'greedy.safetensors'}\n"
-                      "greedy: true\ndata: digits\nsplit: val\n")  # fmt: skip
+                      "recipe: greedy\ndata: digits\nsplit: val\n")  # fmt: skip
     result = runner.invoke(cli, ["soup", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "greedy soup" in result.output and "added" in result.output
@@ -201,10 +232,31 @@ def test_soup_cli_errors_are_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--recipe", "ties"])
     assert result.exit_code == 1 and "needs --base" in result.output and "Traceback" not in result.output
-    result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--weights", "1,x"])
-    assert result.exit_code == 1 and "--weights expects numbers" in result.output
-    result = runner.invoke(cli, ["soup", *map(str, paths), "--weights", "1,2,3", "--out", str(tmp_path / "o.safetensors")])
-    assert result.exit_code == 1 and "3 weights for 2 ingredients" in result.output
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--coeffs", "1,x"])
+    assert result.exit_code == 1 and "--coeffs expects numbers" in result.output
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--coeffs", "1,2,3", "--out", str(tmp_path / "o.safetensors")])
+    assert result.exit_code == 1 and "3 coefficients for 2 ingredients" in result.output
     result = runner.invoke(cli, ["soup", *map(str, paths), "--out", str(tmp_path / "o.safetensors"), "--max-shard-size", "big"])
     assert result.exit_code == 1 and "cannot read size" in result.output
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_scale_auto_picks_the_best_scale_on_held_out_data(ssf_runs, tmp_path):
+    out = tmp_path / "ta.safetensors"
+    result = CliRunner().invoke(cli, ["soup", *map(str, ssf_runs), "--recipe", "task-arithmetic", "--scale", "auto",
+                                      "--data", "digits", "--split", "val", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy by scale" in result.output and "(chosen)" in result.output
+    assert "folded adapters" in result.output  # task vectors of adapters live in weight space
+    chosen = json.loads(TensorFile(out).metadata["soup"])["scale"]
+    accuracy = held_out_accuracy(out, "digits", "val")
+    table = [line for line in result.output.splitlines() if "(chosen)" in line][0]
+    assert f"{chosen:g} (chosen)" in table
+    assert f"{accuracy({k: v.float() for k, v in load_file(out).items()}):.2%}" in table  # the file is that scale's model
+
+
+def test_greedy_accepts_ties_as_in_the_paper(ssf_runs, tmp_path):
+    accuracy = held_out_accuracy(ssf_runs[0], "digits", "val")
+    same = [ssf_runs[0], ssf_runs[0]]  # a copy never changes the soup's accuracy: added with ge, not with gt
+    assert greedy_soup(same, tmp_path / "ge.safetensors", accuracy, recipe=Greedy(accept="ge")).greedy_steps[1].added
+    assert not greedy_soup(same, tmp_path / "gt.safetensors", accuracy, recipe=Greedy(accept="gt")).greedy_steps[1].added

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from adapt.cli.common import cli, console, weights_option
 from adapt.errors import AdaptError
-from adapt.merge.options import DTYPES, RECIPES
+from adapt.merge.options import DTYPES
+from adapt.merge.recipes import RECIPES
 
 
 @cli.command()
@@ -108,73 +109,87 @@ def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
 @cli.command()
 @click.argument("ingredients", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output .safetensors (required here or in --config).")
-@click.option("--recipe", type=click.Choice(RECIPES), default="uniform", show_default=True)
-@click.option("--allow-negative", is_flag=True, help="Allow negative --weights (extrapolation; their sum must not be 0).")
-@click.option("--weights", default=None, help="Weighted soup: one weight per ingredient, e.g. 0.2,0.5,0.3.")
-@click.option("--greedy", is_flag=True, help="Greedy soup: add by held-out accuracy (needs --data).")
-@click.option("--data", default=None, help="Held-out data for --greedy, e.g. digits.")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="uniform", show_default=True)
+@click.option("--coeffs", default=None, help="Ingredient coefficients for a weighted soup, e.g. 0.2,0.5,0.3.")
+@click.option("--allow-negative", is_flag=True, help="Allow negative --coeffs (extrapolation; their sum must not be 0).")
+@click.option("--base", type=click.Path(path_type=Path), default=None,
+              help="The model the state dicts were fine-tuned from (task-arithmetic, ties, dare).")  # fmt: skip
+@click.option("--scale", default=None, help="Task-vector scale lambda (default 1), or 'auto': chosen on --data.")
+@click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=None, help="TIES: share kept (0.2).")
+@click.option("--trim", type=click.Choice(["global", "per-tensor"]), default=None,
+              help="TIES: trim over the whole task vector (paper, default) or per tensor.")  # fmt: skip
+@click.option("--drop", type=click.FloatRange(0, 1, max_open=True), default=None, help="DARE: drop rate (0.5).")
+@click.option("--seed", type=int, default=None, help="DARE's random drops (0).")
+@click.option("--accept", type=click.Choice(["ge", "gt"]), default=None,
+              help="Greedy: add an ingredient when the soup's accuracy is >= (paper, default) or > the best.")  # fmt: skip
+@click.option("--data", default=None, help="Held-out data for --recipe greedy and --scale auto, e.g. digits.")
 @click.option("--split", type=click.Choice(["val", "test", "train"]), default="val", show_default=True)
-@click.option("--base", type=click.Path(path_type=Path), default=None, help="Pretrained model (task-arithmetic, ties, dare).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="lambda on the merged task vector.")
-@click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True, help="TIES: share kept.")
-@click.option("--drop", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True, help="DARE: drop rate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="DARE's random drops.")
+@click.option("--rank", type=click.IntRange(1), default=None, help="LoRA ingredients: a LoRA adapter of this rank (SVD).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Output dtype (default: the inputs').")
 @click.option("--max-shard-size", default=None, help="Split the output into shards, e.g. 2GB.")
-@click.option("--backbone", default=None, help="timm name, for --greedy on state dicts that do not record it.")
+@click.option("--backbone", default=None, help="timm name, for held-out data on state dicts that do not record it.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML with any of these options (+ ingredients).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never an ingredient or the base).")
+@click.option("--weights", hidden=True, default=None)
+@click.option("--greedy", hidden=True, is_flag=True, default=None)
 @click.pass_context
 def soup(ctx, **values) -> None:
     """Average or merge checkpoints of one model, streaming tensor by tensor.
 
     Ingredients are full state dicts (.safetensors, or .pth read with weights_only) or
-    adapter checkpoints of one method and backbone (the soup is then an adapter
-    checkpoint that adapt merge folds). Memory does not grow with their number.
+    adapter checkpoints of one method and backbone. SSF, BitFit, linear and full adapters
+    (and HST side networks) average as they are, into an adapter checkpoint. LoRA and SPT
+    are folded into the backbone first: their soup is a merged model (or, with --rank,
+    a LoRA adapter again, by SVD). Memory does not grow with the number of ingredients.
 
     \b
     Examples:
       adapt soup a.safetensors b.safetensors c.safetensors --out soup.safetensors
-      adapt soup a b c --weights 0.2,0.5,0.3 --out soup.safetensors
-      adapt soup a b c --greedy --data digits --split val --out greedy.safetensors
-      adapt soup ft1 ft2 --recipe ties --base pretrained.safetensors --density 0.2 --out ties.safetensors
+      adapt soup a b c --coeffs 0.2,0.5,0.3 --out soup.safetensors
+      adapt soup a b c --recipe greedy --data digits --split val --out greedy.safetensors
+      adapt soup ft1 ft2 --recipe ties --base pretrained.safetensors --scale auto --data digits --out ties.safetensors
+      adapt soup lora1 lora2 lora3 --rank 8 --out lora-soup.safetensors
       adapt soup --config soup.yaml
     """
     import torch
     from rich.progress import Progress
 
+    from adapt.merge.adapter_soup import make_soup
     from adapt.merge.options import soup_options
-    from adapt.merge.soup import greedy_soup, held_out_accuracy, stream_soup
-    from adapt.merge.tensors import TensorFile
 
-    options = soup_options(_given(ctx, values), values["config"])
+    options, recipe = soup_options(_given(ctx, values), values["config"])
     paths = [Path(p) for p in options.ingredients]
     if not paths:
         raise AdaptError("name the ingredients: adapt soup A B [C ...] (or ingredients: in --config)")
     if options.out is None:
         raise AdaptError("say where to write the soup: --out PATH (or out: in --config)")
-    out = Path(options.out)
     dtype = getattr(torch, options.dtype) if options.dtype else None
-    if options.greedy:
-        options.check_greedy()
-        accuracy = held_out_accuracy(paths[0], options.data, options.split, options.backbone)
-        table = Table(title="greedy soup")
-        for column in ("ingredient", "own accuracy", "soup accuracy", "added"):
-            table.add_column(column)
-        summary = greedy_soup(paths, out, accuracy, dtype, on_step=lambda step: table.add_row(
-            step.ingredient, f"{step.own_accuracy:.2%}", f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"),
-            overwrite=options.overwrite)  # fmt: skip
-        console.print(table)
-    else:
-        method = options.merge_method()
-        total = len(TensorFile(paths[0]).keys)
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("merging tensors", total=total)
-            summary = stream_soup(paths, out, method, options.base, dtype, options.shard_bytes(),
-                                  on_tensor=lambda key: progress.advance(task), overwrite=options.overwrite)  # fmt: skip
+    steps = Table(title="greedy soup")
+    for column in ("ingredient", "own accuracy", "soup accuracy", "added"):
+        steps.add_column(column)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("merging tensors", total=None)
+        summary = make_soup(paths, Path(options.out), recipe, options.base, dtype, options.shard_bytes(), options.overwrite,
+                            options.data, options.split, options.backbone, options.rank,
+                            on_tensor=lambda key: progress.advance(task),
+                            on_step=lambda step: steps.add_row(step.ingredient, f"{step.own_accuracy:.2%}",
+                                                               f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
+    if summary.greedy_steps:
+        console.print(steps)
+    if summary.scale_table:
+        scales = Table(title=f"{summary.recipe}: held-out accuracy by scale")
+        scales.add_column("scale", justify="right")
+        scales.add_column("accuracy", justify="right")
+        for scale, acc in summary.scale_table:
+            scales.add_row(f"{scale:g}" + (" (chosen)" if scale == summary.scale else ""), f"{acc:.2%}")
+        console.print(scales)
+    if summary.svd_errors:
+        console.print(f"LoRA re-compression to rank {options.rank}: relative Frobenius error "
+                      f"{summary.svd_errors['overall']:.2e} overall, at most "
+                      f"{max(v for k, v in summary.svd_errors.items() if k != 'overall'):.2e} per layer")  # fmt: skip
     rows = [
-        ("ingredients", str(len(summary.ingredients))),
-        ("recipe", summary.recipe),
+        ("ingredients", f"{len(summary.ingredients)} {summary.kind}"),
+        ("recipe", summary.recipe + (f", scale {summary.scale:g}" if summary.scale is not None else "")),
         ("tensors", f"{summary.tensors:,}"),
         ("written", f"{summary.bytes_written / 2**20:.1f} MiB"),
         ("time", f"{summary.seconds:.2f} s"),

@@ -1,8 +1,10 @@
 """The options of `adapt soup`, from the command line and a YAML file alike, checked in one place.
 
 YAML keys are the long option names (`max-shard-size` or `max_shard_size`); options given
-on the command line win over the file. Everything then goes through `adapt.config.build`,
-so a YAML file cannot skip a check that the command line makes.
+on the command line win over the file. The soup's own options become a `SoupOptions`, the
+recipe's a recipe object (adapt.merge.recipes), both through `adapt.config`, so a YAML file
+cannot skip a check that the command line makes, and an option that the chosen recipe
+does not use is refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -12,83 +14,37 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adapt.config import MAX_SEED, build, option
+from adapt.config import build, option, refuse_unknown
 from adapt.errors import AdaptError
-from adapt.merge import arithmetic
+from adapt.merge.recipes import RECIPES, Recipe, create_recipe, recipe_options
 
-RECIPES = ("uniform", "weighted", "task-arithmetic", "ties", "dare")
 DTYPES = ("float32", "float16", "bfloat16")
 SIZE_UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
+RENAMED = {
+    "weights": "soup's --weights is now --coeffs (ingredient coefficients); --weights means backbone weights elsewhere",
+    "greedy": "--greedy is now --recipe greedy",
+}
 
 
 @dataclasses.dataclass
 class SoupOptions:
     ingredients: list[str] = dataclasses.field(default_factory=list)
     out: str | None = None
-    recipe: str = option("uniform", choices=RECIPES)
-    weights: str | list[float] | None = None  # ingredient coefficients ("0.2,0.5,0.3" or a list)
-    allow_negative: bool = False  # coefficients below zero (extrapolation)
-    greedy: bool = False
-    data: str | None = None
-    split: str = option("val", choices=("val", "test", "train"))
+    recipe: str = option("uniform", choices=tuple(RECIPES))
     base: str | None = None
-    scale: float = option(1.0, low=-100, high=100)
-    density: float = option(0.2, low=0, low_open=True, high=1)
-    drop: float = option(0.5, low=0, high=1, high_open=True)
-    seed: int = option(0, low=0, high=MAX_SEED)
+    data: str | None = None  # held-out data: greedy soups, --scale auto
+    split: str = option("val", choices=("val", "test", "train"))
     dtype: str | None = option(None, choices=(None, *DTYPES))
     max_shard_size: str | int | None = None
     backbone: str | None = None
+    rank: int | None = option(None, low=1, high=4096)  # LoRA soups: re-compress to a LoRA adapter of this rank
     overwrite: bool = False
-
-    def coefficients(self) -> list[float] | None:
-        """The ingredient weights: finite; non-negative with a positive sum unless allow_negative."""
-        if self.weights is None:
-            return None
-        raw = self.weights.split(",") if isinstance(self.weights, str) else self.weights
-        try:
-            values = [float(v) for v in raw]
-        except (TypeError, ValueError):
-            raise AdaptError(f"--weights expects numbers separated by commas, got {self.weights!r}") from None
-        if not all(math.isfinite(v) for v in values):
-            raise AdaptError(f"--weights must be finite numbers, got {self.weights!r}")
-        if len(values) != len(self.ingredients):
-            raise AdaptError(f"{len(values)} weights for {len(self.ingredients)} ingredients")
-        if not self.allow_negative and (min(values) < 0 or sum(values) <= 0):
-            raise AdaptError("--weights must be >= 0 with a positive sum (--allow-negative to extrapolate)")
-        if sum(values) == 0:
-            raise AdaptError("--weights must not sum to zero: the soup divides by their sum")
-        return values
-
-    def merge_method(self) -> arithmetic.MergeMethod:
-        """The recipe, refusing options that it would ignore."""
-        coefficients = self.coefficients()
-        recipe = "weighted" if coefficients is not None and self.recipe == "uniform" else self.recipe
-        if coefficients is not None and recipe != "weighted":
-            raise AdaptError(f"--weights are ingredient coefficients of a weighted soup; recipe {recipe} does not use them")
-        if recipe == "weighted" and coefficients is None:
-            raise AdaptError("recipe weighted needs --weights, one per ingredient")
-        if recipe in ("uniform", "weighted") and self.base is not None:
-            raise AdaptError(f"recipe {recipe} averages the ingredients; --base is for task-arithmetic, ties and dare")
-        return {
-            "uniform": lambda: arithmetic.Uniform(),
-            "weighted": lambda: arithmetic.Weighted(coefficients),
-            "task-arithmetic": lambda: arithmetic.TaskArithmetic(self.scale),
-            "ties": lambda: arithmetic.Ties(self.density, self.scale),
-            "dare": lambda: arithmetic.Dare(self.scale, self.drop, self.seed),
-        }[recipe]()
 
     def shard_bytes(self) -> int | None:
         return parse_size(self.max_shard_size)
 
-    def check_greedy(self) -> None:
-        """A greedy soup ranks on held-out data and averages uniformly; it uses no recipe options."""
-        if not self.data:
-            raise AdaptError("--greedy needs held-out data: --data SPEC (e.g. digits) and --split")
-        ignored = [name for name, value in (("--recipe", self.recipe != "uniform"), ("--weights", self.weights is not None),
-                   ("--base", self.base is not None), ("--max-shard-size", self.max_shard_size is not None)) if value]  # fmt: skip
-        if ignored:
-            raise AdaptError(f"--greedy does not use {', '.join(ignored)}")
+
+RECIPE_KEYS = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -110,13 +66,43 @@ def parse_size(text: str | int | None) -> int | None:
     return size
 
 
-def soup_options(given: dict[str, Any], config: str | Path | None) -> SoupOptions:
-    """Command-line values (only those given) over a YAML file's, checked as one SoupOptions."""
+def parse_coeffs(value: Any) -> list[float]:
+    raw = value.split(",") if isinstance(value, str) else value
+    try:
+        coeffs = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise AdaptError(f"--coeffs expects numbers separated by commas, got {value!r}") from None
+    if not all(math.isfinite(c) for c in coeffs):
+        raise AdaptError(f"--coeffs must be finite numbers, got {value!r}")
+    return coeffs
+
+
+def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[SoupOptions, Recipe]:
+    """Command-line values (only those given) over a YAML file's: the soup's options and its recipe."""
     values: dict[str, Any] = {}
     if config is not None:
         values.update(_read_yaml(Path(config)))
     values.update(given)
-    return build(SoupOptions, values, f"soup options{f' ({config})' if config else ''}")
+    source = f"soup options{f' ({config})' if config else ''}"
+    for old, hint in RENAMED.items():
+        if old in values:
+            raise AdaptError(hint)
+    refuse_unknown(values, [f.name for f in dataclasses.fields(SoupOptions)] + RECIPE_KEYS, source)
+    recipe_values = {k: values.pop(k) for k in RECIPE_KEYS if k in values}
+    if "coeffs" in recipe_values:
+        recipe_values["coeffs"] = parse_coeffs(recipe_values["coeffs"])
+        values.setdefault("recipe", "weighted")  # coefficients alone ask for a weighted soup
+    options = build(SoupOptions, values, source)
+    unused = [name for name in recipe_values if name not in recipe_options(options.recipe)]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise AdaptError(f"recipe {options.recipe} does not use {flags}")
+    recipe = create_recipe(options.recipe, recipe_values)
+    if options.base is not None and not recipe.needs_base:
+        raise AdaptError(f"recipe {options.recipe} averages the ingredients; --base is for task-arithmetic, ties and dare")
+    if options.max_shard_size is not None:
+        options.shard_bytes()  # refuse a bad size before any work
+    return options, recipe
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

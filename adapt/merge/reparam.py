@@ -2,7 +2,7 @@
 
 The merged model has the original timm architecture with the new head, so its state
 dict loads into `timm.create_model(name, num_classes=K)` without `adapt`. Merging runs
-in place (adapt.merge.kernels); we report its time and the peak of the extra memory it
+in place (adapt.kernels); we report its time and the peak of the extra memory it
 allocated, counted op by op (AllocationTracker).
 """
 
@@ -27,7 +27,7 @@ from adapt.heads import ContinualModel
 from adapt.hub import HUB_FILES, save_hub_folder
 from adapt.outputs import check_free_space, check_output_file, check_owned_folder, exclusive_lock, refuse_inputs
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
-from adapt.merge.kernels import fold_batchnorm_
+from adapt.kernels import fold_batchnorm_
 
 
 @dataclass

@@ -1,20 +1,24 @@
-"""Model soups and merges over checkpoints, streamed tensor by tensor.
+"""Model soups and merges over state dict files, streamed tensor by tensor.
 
 Ingredients are full state dicts (merged models, fine-tuned timm models) or adapter
-checkpoints of one method on one backbone; a soup of adapters stays an adapter
-checkpoint that `adapt merge` can fold. Everything is validated before the output is
-opened. Then each key is combined by a `MergeMethod` (adapt.merge.arithmetic) from
-tensors read one at a time in fp32 and written straight to the output, so memory does
-not grow with the number of ingredients. Non-float tensors (e.g. BatchNorm's
-num_batches_tracked) are taken from the first ingredient.
+checkpoints whose tensors average exactly (SSF, BitFit, linear, full, HST side networks);
+adapt.merge.adapter_soup routes the other adapters (LoRA, SPT) through their folded
+weights first. Everything is validated before the output is opened. Then each key is
+combined by a recipe (adapt.merge.recipes) from tensors read one at a time in fp32 and
+written straight to the output, so memory does not grow with the number of ingredients.
+Non-float tensors (e.g. BatchNorm's num_batches_tracked) are taken from the first one.
 
 Greedy soups (Wortsman et al. 2022) rank the ingredients by held-out accuracy and add
-each next one only if the soup's held-out accuracy improves; they hold one running sum.
+each next one if the soup's held-out accuracy does not drop (`accept="ge"`, the paper's
+rule) or rises (`"gt"`); they hold one running sum and one candidate soup. A `scale` of
+"auto" picks the task-vector scale from a grid on held-out data, holding the base and
+the merged task vector (two checkpoints), whatever the number of ingredients.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import resource
 import time
@@ -26,7 +30,7 @@ import torch
 
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, write_json_atomic
 from adapt.errors import AdaptError
-from adapt.merge.arithmetic import MergeMethod, Uniform
+from adapt.merge.recipes import SCALE_GRID, Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
 
@@ -51,6 +55,10 @@ class SoupSummary:
     peak_rss_bytes: int
     outputs: list[str]
     greedy_steps: list[GreedyStep] = field(default_factory=list)
+    scale_table: list[tuple[float, float]] = field(default_factory=list)  # (scale, held-out accuracy) with scale=auto
+    scale: float | None = None  # the scale used, when the recipe has one
+    kind: str = "state dicts"  # what was souped: state dicts, adapters, side networks, folded adapters
+    svd_errors: dict[str, float] = field(default_factory=dict)  # LoRA re-compression: relative error per layer
 
 
 def open_ingredients(paths: Sequence[str | Path], base: str | Path | None = None) -> tuple[list[TensorFile], TensorFile | None]:
@@ -92,8 +100,8 @@ def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
             raise AdaptError(f"key '{key}' has dtype {first.dtype(key)} in {first.path} but {other.dtype(key)} in {other.path}")
 
 
-def _output_metadata(first: TensorFile, recipe: str, paths: Sequence[str | Path]) -> dict[str, str]:
-    soup = {"recipe": recipe, "ingredients": [str(p) for p in paths]}
+def _output_metadata(first: TensorFile, recipe: str, paths: Sequence[str | Path], scale: object = None) -> dict[str, str]:
+    soup = {"recipe": recipe, "ingredients": [str(p) for p in paths], **({"scale": scale} if scale is not None else {})}
     if FORMAT_KEY in first.metadata:
         meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
         kept = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}  # what eval/merge need
@@ -115,19 +123,25 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+Evaluator = Callable[[dict[str, torch.Tensor]], float]
+
+
 def stream_soup(
     paths: Sequence[str | Path],
     out: str | Path,
-    method: MergeMethod | None = None,
+    recipe: Recipe | None = None,
     base: str | Path | None = None,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
     on_tensor: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    evaluate: Evaluator | None = None,
 ) -> SoupSummary:
-    """Merge `paths` key by key with `method` (uniform by default) into `out`."""
+    """Merge `paths` key by key with `recipe` (uniform by default) into `out`.
+
+    evaluate: held-out accuracy of a state dict, needed when the recipe's scale is "auto"."""
     with guarded_output(out, overwrite, [*paths, base]):
-        return _stream_soup(paths, out, method, base, dtype, max_shard_bytes, on_tensor)
+        return _stream_soup(paths, out, recipe or Uniform(), base, dtype, max_shard_bytes, on_tensor, evaluate)
 
 
 @contextlib.contextmanager
@@ -138,47 +152,93 @@ def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path
         yield
 
 
-def _stream_soup(paths, out, method, base, dtype, max_shard_bytes, on_tensor) -> SoupSummary:
-    method = method or Uniform()
-    if method.needs_base and base is None:
-        raise AdaptError(f"recipe {method.name} needs --base (the model the ingredients were fine-tuned from)")
-    if len(getattr(method, "weights", ())) not in (0, len(paths)):
-        raise AdaptError(f"{len(method.weights)} weights for {len(paths)} ingredients")
+def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate) -> SoupSummary:
+    if recipe.needs_base and base is None:
+        raise AdaptError(f"recipe {recipe.name} needs --base (the model the ingredients were fine-tuned from)")
+    if recipe.auto_scale and evaluate is None:
+        raise AdaptError("--scale auto picks the scale on held-out data: pass --data (and --split)")
     start = time.perf_counter()
-    files, base_file = open_ingredients(paths, base if method.needs_base else None)
+    files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
     first = files[0]
-    order = [(k, first.shape(k), dtype if dtype and first.dtype(k).is_floating_point else first.dtype(k)) for k in first.keys]
+    floats = [k for k in first.keys if first.dtype(k).is_floating_point]
+    recipe.prepare(len(files), _task_vectors(files, base_file, floats))
+    order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
+    check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
+
+    def merged(key: str, scale: float | None = None) -> torch.Tensor:
+        if key not in floats:
+            return first.get(key)
+        base_tensor = base_file.get(key).float() if base_file is not None else None
+        result = recipe.merge(key, lambda i: files[i].get(key).float(), len(files), base_tensor)
+        if not torch.isfinite(result).all():  # checked on the result; on the inputs only to name the culprit
+            for file in [*files, *([base_file] if base_file is not None else [])]:
+                if not torch.isfinite(file.get(key).float()).all():
+                    raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
+        return result
+
+    table, scale, produce = [], getattr(recipe, "scale", None), merged
+    if recipe.auto_scale:
+        scale, table, produce = _auto_scale(recipe, files, base_file, floats, evaluate)
+    metadata = _output_metadata(first, recipe.name, paths, scale)
     written = 0
-    check_free_space(out, sum(nbytes(shape, dtype) for _, shape, dtype in order))
-    with StreamingWriter(out, order, _output_metadata(first, method.name, paths), max_shard_bytes) as writer:
+    with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
-            if first.dtype(key).is_floating_point:
-                base_tensor = base_file.get(key).float() if base_file is not None else None
-                merged = method.merge(key, lambda i, key=key: files[i].get(key).float(), len(files), base_tensor)
-            else:
-                merged = first.get(key)
-            writer.write(key, finite_output(key, merged, out_dtype))
-            written += nbytes(tuple(merged.shape), out_dtype)
+            tensor = finite_output(key, produce(key), out_dtype)
+            writer.write(key, tensor)
+            written += tensor.numel() * tensor.element_size()
             if on_tensor is not None:
                 on_tensor(key)
-    return SoupSummary([str(p) for p in paths], method.name, len(order), written, time.perf_counter() - start,
-                       _peak_rss(), [str(p) for p in writer.shard_paths()])  # fmt: skip
+    return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
+                       _peak_rss(), [str(p) for p in writer.shard_paths()], scale_table=table,
+                       scale=scale if isinstance(scale, float) else None)  # fmt: skip
+
+
+def _task_vectors(files: list[TensorFile], base_file: TensorFile | None, floats: list[str]):
+    """For recipes' `prepare`: each float key with its loader of tau_i (theta_i - base, or theta_i)."""
+
+    def vectors():
+        for key in floats:
+            base = base_file.get(key).float() if base_file is not None else None
+            yield key, (lambda i, key=key, base=base: files[i].get(key).float() - base if base is not None
+                        else files[i].get(key).float())  # fmt: skip
+
+    return vectors
+
+
+def _auto_scale(recipe: Recipe, files, base_file, floats, evaluate: Evaluator):
+    """Merge once at scale 1, then score base + s * (merged - base) for each s of the grid on held-out data.
+
+    Holds the base and the merged task vector (two checkpoints), whatever the number of ingredients."""
+    unit = dataclasses.replace(recipe, scale=1.0)
+    unit.prepare(len(files), _task_vectors(files, base_file, floats))
+    first = files[0]
+    base = {k: base_file.get(k).float() if k in floats else first.get(k) for k in first.keys}
+    delta = {k: unit.merge(k, lambda i, k=k: files[i].get(k).float(), len(files), base[k]) - base[k] for k in floats}
+    table = []
+    for scale in SCALE_GRID:
+        state = {k: base[k] + scale * delta[k] if k in floats else base[k] for k in first.keys}
+        table.append((scale, evaluate(state)))
+    best = max(table, key=lambda row: (row[1], -row[0]))[0]  # the smallest scale among the most accurate
+    return best, table, lambda key: base[key] + best * delta[key] if key in floats else base[key]
 
 
 def greedy_soup(
     paths: Sequence[str | Path],
     out: str | Path,
-    accuracy: Callable[[dict[str, torch.Tensor]], float],
+    accuracy: Evaluator,
     dtype: torch.dtype | None = None,
     on_step: Callable[[GreedyStep], None] | None = None,
     overwrite: bool = False,
+    recipe: Greedy | None = None,
+    max_shard_bytes: int | None = None,
 ) -> SoupSummary:
-    """Rank by held-out accuracy; add each next ingredient only if the soup's accuracy improves."""
+    """Rank by held-out accuracy; add each next ingredient if the soup's accuracy does not drop
+    (recipe.accept "ge", the paper's rule) or rises ("gt")."""
     with guarded_output(out, overwrite, paths):
-        return _greedy_soup(paths, out, accuracy, dtype, on_step)
+        return _greedy_soup(paths, out, accuracy, dtype, on_step, recipe or Greedy(), max_shard_bytes)
 
 
-def _greedy_soup(paths, out, accuracy, dtype, on_step) -> SoupSummary:
+def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard_bytes) -> SoupSummary:
     start = time.perf_counter()
     files, _ = open_ingredients(paths)
     first = files[0]
@@ -187,22 +247,24 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step) -> SoupSummary:
     def load(file: TensorFile) -> dict[str, torch.Tensor]:
         return {k: file.get(k).float() if k in floats else file.get(k) for k in file.keys}
 
-    own = [accuracy(load(f)) for f in files]
+    own = []
+    for file in files:  # one ingredient in memory at a time
+        own.append(accuracy(load(file)))
     ranked = sorted(range(len(files)), key=lambda i: -own[i])
-    total = load(files[ranked[0]])
+    total = load(files[ranked[0]])  # the running sum
     count, best = 1, own[ranked[0]]
     steps = [GreedyStep(str(paths[ranked[0]]), own[ranked[0]], best, True)]
     if on_step is not None:
         on_step(steps[0])
+    candidate: dict[str, torch.Tensor] = {}  # the candidate soup, rebuilt in place for each ingredient
     for i in ranked[1:]:
-        candidate = load(files[i])
-        for k in floats:
-            candidate[k] = (total[k] + candidate[k]) / (count + 1)
         for k in first.keys:
-            if k not in floats:
+            if k in floats:
+                candidate[k] = torch.add(total[k], files[i].get(k).float(), out=candidate.get(k)).div_(count + 1)
+            else:
                 candidate[k] = total[k]
         soup_accuracy = accuracy(candidate)
-        added = soup_accuracy > best
+        added = recipe.improves(soup_accuracy, best)
         if added:
             for k in floats:
                 total[k] += files[i].get(k).float()
@@ -212,11 +274,12 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step) -> SoupSummary:
             on_step(steps[-1])
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     chosen = [s.ingredient for s in steps if s.added]
-    with StreamingWriter(out, order, _output_metadata(first, "greedy", chosen)) as writer:
+    check_free_space(out, sum(nbytes(s, d) for _, s, d in order))
+    with StreamingWriter(out, order, _output_metadata(first, "greedy", chosen), max_shard_bytes) as writer:
         for key, _, out_dtype in order:
             writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
     summary = SoupSummary([str(p) for p in paths], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
-                          time.perf_counter() - start, _peak_rss(), [str(out)], steps)  # fmt: skip
+                          time.perf_counter() - start, _peak_rss(), [str(p) for p in writer.shard_paths()], steps)  # fmt: skip
     write_json_atomic(Path(out).with_suffix(".greedy.json"), asdict(summary))
     return summary
 

@@ -11,12 +11,11 @@ The safetensors library writes only from a complete dict, hence this small write
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from adapt.backbones import read_state_dict
 from adapt.checkpoint import HF_METADATA
 from adapt.errors import AdaptError
 
+WRITE_BUFFER = 16 * 2**20  # large buffered writes: the output is written in few, big system calls
 SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
@@ -33,37 +33,37 @@ SAFETENSORS_DTYPES = {
 
 
 class TensorFile:
-    """One input file: its header now, its tensors one by one."""
+    """One input file: its header now, its tensors one by one.
+
+    A safetensors file is validated once by the safetensors library (a corrupt or lying
+    header is refused), then each tensor is read with positioned reads (`os.preadv`) into
+    its own buffer: no mapping whose pages pile up, one tensor in memory at a time, and
+    the file stays open for the whole merge instead of being reopened per tensor."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._fd: int | None = None
         if not self.path.is_file():
             raise AdaptError(f"file not found: {self.path}")
         self._state: dict[str, torch.Tensor] | None = None
         if self.path.suffix == ".safetensors":
-            with self._open() as handle:
-                self.metadata = handle.metadata() or {}
-                self.keys = list(handle.keys())
-                self._shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in self.keys}
-                self._dtypes = {k: handle.get_slice(k).get_dtype() for k in self.keys}
+            try:
+                with safe_open(str(self.path), framework="pt") as handle:
+                    self.metadata = handle.metadata() or {}
+                    self.keys = list(handle.keys())
+                    self._dtypes = {k: handle.get_slice(k).get_dtype() for k in self.keys}
+                self._header = _read_header(self.path)
+            except (SafetensorError, OSError, ValueError) as error:
+                raise AdaptError(f"{self.path} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
         else:
             self._state = read_state_dict(self.path)
             self.metadata = {}
             self.keys = list(self._state)
 
-    @contextlib.contextmanager
-    def _open(self) -> Iterator:
-        """The file mapped only while one tensor is read, so that its pages do not pile up."""
-        try:
-            with safe_open(str(self.path), framework="pt") as handle:
-                yield handle
-        except (SafetensorError, OSError, ValueError) as error:
-            raise AdaptError(f"{self.path} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
-
     def shape(self, key: str) -> tuple[int, ...]:
         if self._state is not None:
             return tuple(self._state[key].shape)
-        return self._shapes[key]
+        return tuple(self._header[key]["shape"])
 
     def dtype(self, key: str) -> torch.dtype:
         if self._state is not None:
@@ -78,22 +78,58 @@ class TensorFile:
                          f"(they take {', '.join(sorted(set(SAFETENSORS_DTYPES.values())))})")  # fmt: skip
 
     def get(self, key: str) -> torch.Tensor:
+        """The tensor, read now (finiteness is checked on what a merge produces, not here)."""
         if self._state is not None:
-            tensor = self._state[key]
-        else:
-            with self._open() as handle:
-                tensor = handle.get_tensor(key)
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise AdaptError(f"tensor '{key}' of {self.path} has NaN or Inf values")
-        return tensor
+            return self._state[key]
+        entry = self._header[key]
+        start, end = entry["data_offsets"]
+        shape, dtype = tuple(entry["shape"]), self.dtype(key)
+        if end == start:
+            return torch.empty(shape, dtype=dtype)
+        buffer = bytearray(end - start)
+        view, offset, done = memoryview(buffer), self._header_bytes + start, 0
+        while done < len(buffer):
+            read = os.preadv(self._file(), [view[done:]], offset + done)
+            if read == 0:
+                raise AdaptError(f"{self.path} ended inside tensor '{key}' (truncated while being read?)")
+            done += read
+        return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(shape)
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    @property
+    def _header_bytes(self) -> int:
+        return self._header["__size__"]
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:  # also when __init__ failed before opening anything
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _read_header(path: Path) -> dict:
+    """The safetensors header (already validated by the library) with where the data starts."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    header["__size__"] = 8 + length
+    return header
 
 
 def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def _tensor_bytes(tensor: torch.Tensor):
+    """The tensor's bytes as a buffer over its memory (no copy for contiguous CPU tensors)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 class StreamingWriter:
@@ -169,7 +205,7 @@ class StreamingWriter:
     def __enter__(self) -> StreamingWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for shard, final in zip(self.shards, self.shard_paths()):
-            handle = open(final.with_name(f".{final.name}.tmp"), "wb")
+            handle = open(final.with_name(f".{final.name}.tmp"), "wb", buffering=WRITE_BUFFER)
             handle.write(self._header(shard))
             self._files.append((handle, final, {key for key, _, _ in shard}))
         return self

@@ -33,6 +33,9 @@ class Method:
     trains_norm_statistics: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3
     budgeted: ClassVar[bool] = False  # its size is the user's --budget, not a property of the backbone
+    # a weighted mean of its checkpoints' tensors is the weighted mean of the models it makes (SSF, BitFit,
+    # full: the folded weights are linear in the tensors); False where it is not (LoRA's B·A is bilinear)
+    averages_exactly: ClassVar[bool] = True
     merge_refusal: ClassVar[str] = "it adds computation that no weight can absorb"
 
     def __init__(self, config: Any | None = None):

@@ -23,7 +23,7 @@ from torch import nn
 from adapt.backbones import is_head_key
 from adapt.config import option
 from adapt.errors import AdaptError
-from adapt.merge.kernels import add_low_rank_
+from adapt.kernels import add_low_rank_
 from adapt.methods.base import Method
 
 if TYPE_CHECKING:  # peft takes seconds to import; only LoRA runs need it
@@ -65,6 +65,7 @@ class LoRA(Method):
     config_class = LoRAConfig
     mergeable = True
     default_lr = 1e-3
+    averages_exactly = False  # mean(B) mean(A) is not mean(B A): soups go through the folded weights
 
     def __init__(self, config: LoRAConfig | None = None):
         super().__init__(config)

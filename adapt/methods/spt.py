@@ -71,6 +71,7 @@ class SPT(Method):
     mergeable = True
     default_lr = 1e-3
     budgeted = True
+    averages_exactly = False  # runs may select other entries, and its LoRA parts are bilinear
 
     def __init__(self, config: SPTConfig | None = None):
         super().__init__(config)

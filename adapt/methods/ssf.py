@@ -26,7 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from adapt.backbones import is_head_key
 from adapt.config import option
 from adapt.errors import AdaptError
-from adapt.merge.kernels import scale_shift_
+from adapt.kernels import scale_shift_
 from adapt.methods.base import Method
 
 CHANNELS_FIRST = 1

@@ -3,7 +3,7 @@
 Each op updates a weight where it lies and allocates nothing the size of the weight:
 `addmm_` accumulates B @ A straight into W (the GEMM's beta = 1), `mul_` scales rows,
 and the bias update touches one vector. On CUDA, when Triton is installed, the weight
-updates run as one fused Triton kernel instead (adapt.merge.triton_kernels); the CPU
+updates run as one fused Triton kernel instead (adapt.kernels.fused_triton); the CPU
 path never needs Triton.
 """
 
@@ -30,7 +30,7 @@ def _use_triton(weight: torch.Tensor) -> bool:
 def add_low_rank_(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor, alpha: float) -> None:
     """weight += alpha * b @ a, in place (b: (out, r), a: (r, in * k * k))."""
     if _use_triton(weight):
-        from adapt.merge.triton_kernels import scale_add_low_rank_
+        from adapt.kernels.fused_triton import scale_add_low_rank_
 
         scale_add_low_rank_(weight, None, b, a, alpha)
     else:
@@ -40,7 +40,7 @@ def add_low_rank_(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor, alpha:
 def scale_rows_(weight: torch.Tensor, scale: torch.Tensor) -> None:
     """weight <- diag(scale) @ weight (per output channel), in place."""
     if _use_triton(weight) and weight.ndim > 1:
-        from adapt.merge.triton_kernels import scale_add_low_rank_
+        from adapt.kernels.fused_triton import scale_add_low_rank_
 
         scale_add_low_rank_(weight, scale, None, None)
     else:

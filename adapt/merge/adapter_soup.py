@@ -1,0 +1,185 @@
+"""Soups of adapter checkpoints that are right for every method.
+
+- Methods whose tensors average exactly (SSF, BitFit, linear, full; HST side networks)
+  are souped as they are, and the soup is an adapter checkpoint again.
+- LoRA and SPT are not: mean(B)·mean(A) is not mean(B·A), and two SPT runs may train
+  other entries. Each ingredient is folded into the backbone first (adapt merge, one at a
+  time, to a temporary file beside the output), and the recipe runs over the folded
+  weights with the pretrained backbone as the base (its head zero: the heads were trained
+  from nothing). The soup is a merged model, exactly the mean of the merged models for a
+  uniform soup. The same holds for task arithmetic, TIES and DARE over any adapter.
+- LoRA with `rank`: the soup stays a LoRA adapter. Each target layer's delta
+  dW_i = (alpha/r) B_i A_i goes through the recipe (base: the zero delta), then a truncated
+  SVD keeps `rank` singular directions (B' = U_r S_r, A' = V_r^T, alpha = rank), as peft's
+  add_weighted_adapter(combination_type="svd") does; the relative Frobenius error of each
+  layer and overall is reported and stored in the metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from adapt.backbones import classifier_prefixes, create_backbone
+from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint
+from adapt.errors import AdaptError
+from adapt.merge.recipes import Greedy, Recipe
+from adapt.merge.soup import (GreedyStep, SoupSummary, greedy_soup, guarded_output, held_out_accuracy,
+                              open_ingredients, stream_soup)  # fmt: skip
+from adapt.outputs import check_output_file
+from adapt.merge.tensors import TensorFile
+from adapt.methods import METHODS
+
+LORA_A, LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
+
+
+def soup_kind(paths: Sequence[str | Path]) -> tuple[str, CheckpointMeta | None]:
+    """("state dicts" | "adapters" | "side networks" | "folded adapters", the first adapter's metadata)."""
+    first = TensorFile(paths[0])
+    if FORMAT_KEY not in first.metadata:
+        return "state dicts", None
+    meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
+    method = METHODS.get(meta.method)
+    if method is None:
+        raise AdaptError(f"{first.path} holds an adapter of unknown method {meta.method!r}")
+    if not method.averages_exactly:
+        return "folded adapters", meta
+    return ("adapters" if method.mergeable else "side networks"), meta
+
+
+def make_soup(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    recipe: Recipe,
+    base: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
+    overwrite: bool = False,
+    data: str | None = None,
+    split: str = "val",
+    backbone: str | None = None,
+    rank: int | None = None,
+    on_tensor: Callable[[str], None] | None = None,
+    on_step: Callable[[GreedyStep], None] | None = None,
+) -> SoupSummary:
+    """`adapt soup`: route the ingredients to the soup that is right for them, then run the recipe."""
+    if len(paths) < 2 and base is None:
+        raise AdaptError("a soup needs at least two ingredients")
+    kind, meta = soup_kind(paths)
+    if meta is not None and base is not None:
+        raise AdaptError("adapter ingredients take the pretrained backbone as the base; --base is for state dicts")
+    if rank is not None:
+        if meta is None or meta.method != "lora":
+            raise AdaptError("--rank re-compresses a soup of LoRA adapters; these ingredients are not lora")
+        if isinstance(recipe, Greedy) or recipe.auto_scale:
+            raise AdaptError("--rank works with uniform, weighted, task-arithmetic, ties and dare at a given --scale")
+        with guarded_output(out, overwrite, paths):
+            return lora_rank_soup(paths, out, recipe, rank)
+    if kind == "side networks" and recipe.needs_base:
+        raise AdaptError(f"recipe {recipe.name} needs task vectors in weight space; {meta.method} adds a side network "
+                         "that no weight holds (uniform, weighted and greedy soups of it work)")  # fmt: skip
+    if kind == "folded adapters" or (meta is not None and recipe.needs_base):
+        check_output_file(out, overwrite, paths)  # before the folding; the soup itself locks and checks again
+        folder = Path(out).expanduser().resolve().parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".soup.", dir=folder) as scratch:
+            folded, base = fold_ingredients(paths, Path(scratch))
+            summary = _run(folded, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone,
+                           on_tensor, on_step)  # fmt: skip
+        summary.ingredients, summary.kind = [str(p) for p in paths], "folded adapters"
+        return summary
+    summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step)
+    summary.kind = kind
+    return summary
+
+
+def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step) -> SoupSummary:
+    evaluate = None
+    if isinstance(recipe, Greedy) or recipe.auto_scale:
+        if not data:
+            raise AdaptError(f"{'--recipe greedy' if isinstance(recipe, Greedy) else '--scale auto'} chooses on "
+                             "held-out data: pass --data SPEC (e.g. digits) and --split")  # fmt: skip
+        evaluate = held_out_accuracy(paths[0], data, split, backbone)
+    if isinstance(recipe, Greedy):
+        return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes)
+    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, on_tensor, overwrite, evaluate)
+
+
+def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:
+    """Each adapter folded into its backbone (a merged model file), and the base: the backbone, head zero."""
+    from adapt.adapted import AdaptedModel
+    from adapt.merge.reparam import merge_adapted, save_merged
+
+    open_ingredients(paths)  # one method, one backbone, the same tensors (names and shapes)
+    folded = []
+    for number, path in enumerate(paths):
+        adapted, meta = AdaptedModel.from_checkpoint(path)
+        model, _ = merge_adapted(adapted)
+        folded.append(scratch / f"folded-{number}.safetensors")
+        save_merged(folded[-1], model, adapted, {"data": meta.training.get("data", ""), "merged_from": str(path)})
+    base_model, _ = create_backbone(meta.backbone, meta.backbone_weights, len(meta.class_names), meta.image_size,
+                                    int(meta.training.get("seed", 0)))  # fmt: skip
+    head = classifier_prefixes(base_model)
+    with torch.no_grad():
+        for key, tensor in base_model.state_dict().items():
+            if any(key == h or key.startswith(h + ".") for h in head):
+                tensor.zero_()
+    save_merged(scratch / "base.safetensors", base_model, adapted, {"data": meta.training.get("data", "")})
+    return folded, scratch / "base.safetensors"
+
+
+def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe, rank: int) -> SoupSummary:
+    """A LoRA soup that is a LoRA adapter of `rank`: the recipe over each layer's dW_i, then a truncated SVD."""
+    start = time.perf_counter()
+    files, _ = open_ingredients(paths)
+    first = files[0]
+    meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
+    scaling = float(meta.method_options["alpha"]) / int(meta.method_options["rank"])
+    layers = sorted(k[: -len(LORA_A)] for k in first.keys if k.endswith(LORA_A))
+    others = [k for k in first.keys if not k.endswith((LORA_A, LORA_B))]
+
+    def delta(file: TensorFile, layer: str) -> torch.Tensor:
+        b, a = file.get(layer + LORA_B).float(), file.get(layer + LORA_A).float()
+        return scaling * (b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1))
+
+    def loader(key: str) -> Callable[[int], torch.Tensor]:
+        if key in others:
+            return lambda i: files[i].get(key).float()
+        return lambda i: delta(files[i], key)
+
+    def vectors():
+        for key in [*layers, *others]:
+            yield key, loader(key)
+
+    recipe.prepare(len(files), vectors)
+    tensors, errors, residual, energy = {}, {}, 0.0, 0.0
+    for layer in layers:
+        merged = recipe.merge(layer, loader(layer), len(files), torch.zeros_like(delta(first, layer)))
+        u, s, vh = torch.linalg.svd(merged, full_matrices=False)
+        b_new, a_new = u[:, :rank] * s[:rank], vh[:rank]
+        lost, total = float((merged - b_new @ a_new).square().sum()), float(merged.square().sum())
+        errors[layer] = math.sqrt(lost / total) if total > 0 else 0.0
+        residual, energy = residual + lost, energy + total
+        if b_new.shape[1] < rank:  # a layer with fewer singular directions than the rank: zero padding
+            b_new = torch.cat([b_new, torch.zeros(b_new.shape[0], rank - b_new.shape[1])], dim=1)
+            a_new = torch.cat([a_new, torch.zeros(rank - a_new.shape[0], a_new.shape[1])])
+        a_shape, b_shape = first.shape(layer + LORA_A), first.shape(layer + LORA_B)
+        tensors[layer + LORA_A] = a_new.reshape(rank, *a_shape[1:]).contiguous()
+        tensors[layer + LORA_B] = b_new.reshape(b_shape[0], rank, *b_shape[2:]).contiguous()
+    for key in others:
+        zero = torch.zeros(first.shape(key))
+        tensors[key] = recipe.merge(key, loader(key), len(files), zero) if first.dtype(key).is_floating_point else first.get(key)
+    overall = math.sqrt(residual / energy) if energy > 0 else 0.0
+    meta.method_options = {**meta.method_options, "rank": rank, "alpha": float(rank)}
+    meta.training = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}
+    meta.training["soup"] = {"recipe": recipe.name, "ingredients": [str(p) for p in paths], "svd_rank": rank,
+                             "svd_relative_error": overall, "svd_relative_error_per_layer": errors}  # fmt: skip
+    save_checkpoint(out, tensors, meta)
+    written = sum(t.numel() * t.element_size() for t in tensors.values())
+    return SoupSummary([str(p) for p in paths], recipe.name, len(tensors), written, time.perf_counter() - start, 0,
+                       [str(out)], kind="LoRA adapters (re-compressed)", svd_errors={**errors, "overall": overall})  # fmt: skip

@@ -1,0 +1,240 @@
+"""Merge recipes: small interchangeable classes in a registry, each with its options as dataclass fields.
+
+A recipe combines one key's tensors across ingredients, loading them one at a time
+through `load(i)` (fp32) and accumulating, so memory holds a few tensors of one key no
+matter how many ingredients there are. Recipes that need facts about whole task vectors
+(TIES's global trim threshold and majority sign) gather them first in `prepare`, which
+streams over the ingredients key by key too.
+
+Formulas (task vector tau_i = theta_i - base):
+- uniform: mean_i theta_i;  weighted: sum_i c_i theta_i / sum_i c_i
+- task arithmetic (Ilharco et al. 2023): base + scale * sum_i tau_i
+- TIES (Yadav et al. 2023; as prateeky2806/ties-merging): trim each tau_i to the top
+  `density` share of its entries by magnitude, over the whole task vector (or per tensor
+  with trim="per-tensor"); elect each entry's sign as the sign of sum_i trimmed tau_i,
+  where that sum is 0 the sign of the whole elected vector's sum (the majority sign);
+  average the trimmed entries that agree with it; result base + scale * that mean
+- DARE (Yu et al. 2024): drop each entry of tau_i with probability p, rescale the rest by
+  1 / (1 - p), then task arithmetic; seeded per (seed, key, ingredient)
+- greedy (Wortsman et al. 2022): a uniform soup of the ingredients chosen on held-out data
+  (run by adapt.merge.soup.greedy_soup; `accept` ge as in the paper, or gt)
+
+`scale` may be "auto": the soup then picks it from SCALE_GRID on held-out data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+
+from adapt.config import MAX_SEED, build, option
+from adapt.errors import AdaptError
+
+Loader = Callable[[int], torch.Tensor]
+# a key's loader for each key of the task vectors: (key, load(i) -> tau_i of that key)
+TaskVectors = Callable[[], Iterable[tuple[str, Loader]]]
+SCALE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0)
+HISTOGRAM_BINS = 4096
+
+
+class Recipe:
+    """The contract: `merge` one key; `prepare` whatever needs the whole task vectors first."""
+
+    name: ClassVar[str] = ""
+    needs_base: ClassVar[bool] = False  # combines task vectors (theta_i - base)
+    uses_data: ClassVar[bool] = False  # chooses on held-out data
+
+    def prepare(self, count: int, task_vectors: TaskVectors) -> None:
+        """Called once before merging, for recipes that need passes over the whole task vectors."""
+
+    def merge(self, key: str, load: Loader, count: int, base: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def auto_scale(self) -> bool:
+        return getattr(self, "scale", None) == "auto"
+
+
+@dataclasses.dataclass
+class Uniform(Recipe):
+    name: ClassVar[str] = "uniform"
+
+    def merge(self, key, load, count, base):
+        total = load(0).clone()
+        for i in range(1, count):
+            total += load(i)
+        return total / count
+
+
+@dataclasses.dataclass
+class Weighted(Recipe):
+    coeffs: list[float] = dataclasses.field(default_factory=list)
+    allow_negative: bool = False  # extrapolation; the coefficients must still not sum to zero
+    name: ClassVar[str] = "weighted"
+
+    def __post_init__(self) -> None:
+        if not self.coeffs:
+            raise AdaptError("recipe weighted needs --coeffs, one per ingredient")
+        if not self.allow_negative and (min(self.coeffs) < 0 or sum(self.coeffs) <= 0):
+            raise AdaptError("--coeffs must be >= 0 with a positive sum (--allow-negative to extrapolate)")
+        if sum(self.coeffs) == 0:
+            raise AdaptError("--coeffs must not sum to zero: the soup divides by their sum")
+
+    def prepare(self, count, task_vectors):
+        if count != len(self.coeffs):
+            raise AdaptError(f"{len(self.coeffs)} coefficients for {count} ingredients")
+
+    def merge(self, key, load, count, base):
+        total = load(0) * self.coeffs[0]
+        for i in range(1, count):
+            total.add_(load(i), alpha=self.coeffs[i])
+        return total / sum(self.coeffs)
+
+
+@dataclasses.dataclass
+class TaskArithmetic(Recipe):
+    scale: float | str = option(1.0, low=-100, high=100)
+    name: ClassVar[str] = "task-arithmetic"
+    needs_base: ClassVar[bool] = True
+
+    def task_vector(self, key: str, load: Loader, i: int, base: torch.Tensor) -> torch.Tensor:
+        return load(i) - base
+
+    def merge(self, key, load, count, base):
+        total = torch.zeros_like(base)
+        for i in range(count):
+            total += self.task_vector(key, load, i, base)
+        return base + self.scale * total
+
+
+@dataclasses.dataclass
+class Dare(TaskArithmetic):
+    drop: float = option(0.5, low=0, high=1, high_open=True)
+    seed: int = option(0, low=0, high=MAX_SEED)
+    name: ClassVar[str] = "dare"
+
+    def task_vector(self, key, load, i, base):
+        digest = hashlib.sha256(f"{self.seed}|{key}|{i}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        tau = load(i) - base
+        keep = torch.rand(tau.shape, generator=generator) >= self.drop
+        return torch.where(keep, tau / (1.0 - self.drop), torch.zeros_like(tau))
+
+
+def trim_to_density(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the `density` share of entries with the largest magnitude (at least one), zero the rest."""
+    keep = max(1, round(density * tau.numel()))
+    if keep >= tau.numel():
+        return tau
+    threshold = tau.abs().flatten().kthvalue(tau.numel() - keep + 1).values
+    return torch.where(tau.abs() >= threshold, tau, torch.zeros_like(tau))
+
+
+def global_threshold(tensors: Callable[[], Iterable[torch.Tensor]], density: float) -> float:
+    """The magnitude of the k-th largest entry over all tensors (k = density share), exactly,
+    in three streaming passes (max; a histogram of magnitudes; the entries of the bin that
+    holds the k-th), so memory never holds more than one tensor and one bin."""
+    total = largest = 0
+    for tensor in tensors():
+        total += tensor.numel()
+        largest = max(largest, float(tensor.abs().max())) if tensor.numel() else largest
+    keep = max(1, round(density * total))
+    if keep >= total or largest == 0:
+        return 0.0
+    counts = torch.zeros(HISTOGRAM_BINS, dtype=torch.long)
+    for tensor in tensors():
+        counts += torch.histc(tensor.abs().flatten().double(), HISTOGRAM_BINS, 0, largest).long()
+    above = counts.flip(0).cumsum(0).flip(0)  # entries in this bin or above
+    index = int((above >= keep).nonzero().max())
+    rank_in_bin = keep - (int(above[index + 1]) if index + 1 < HISTOGRAM_BINS else 0)  # k-th largest within the bin
+    low, high = index * largest / HISTOGRAM_BINS, (index + 1) * largest / HISTOGRAM_BINS
+    inside = []
+    for tensor in tensors():
+        magnitudes = tensor.abs().flatten().double()
+        upper = magnitudes <= high if index + 1 < HISTOGRAM_BINS else torch.ones_like(magnitudes, dtype=torch.bool)
+        inside.append(magnitudes[(magnitudes >= low) & upper])
+    values = torch.cat(inside).sort(descending=True).values
+    return float(values[min(rank_in_bin, len(values)) - 1])
+
+
+@dataclasses.dataclass
+class Ties(Recipe):
+    density: float = option(0.2, low=0, low_open=True, high=1)
+    scale: float | str = option(1.0, low=-100, high=100)
+    trim: str = option("global", choices=("global", "per-tensor"))
+    name: ClassVar[str] = "ties"
+    needs_base: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.thresholds: list[float] | None = None  # per ingredient, over its whole task vector (trim="global")
+        self.majority: float = 1.0  # the sign of the elected vector's sum, for entries whose vote is 0
+
+    def trimmed(self, tau: torch.Tensor, i: int) -> torch.Tensor:
+        if self.thresholds is None:
+            return trim_to_density(tau, self.density)
+        return torch.where(tau.abs() >= self.thresholds[i], tau, torch.zeros_like(tau))
+
+    def prepare(self, count: int, task_vectors: TaskVectors) -> None:
+        if self.trim == "global":
+            self.thresholds = [
+                global_threshold(lambda i=i: (load(i) for _, load in task_vectors()), self.density) for i in range(count)
+            ]
+        votes = 0.0
+        for _, load in task_vectors():
+            votes += float(torch.sign(self._vote_sum(load, count)).sum())
+        self.majority = 1.0 if votes >= 0 else -1.0
+
+    def _vote_sum(self, load: Loader, count: int) -> torch.Tensor:
+        total = self.trimmed(load(0), 0).clone()
+        for i in range(1, count):
+            total += self.trimmed(load(i), i)
+        return total
+
+    def merge(self, key, load, count, base):
+        def tau(i: int) -> torch.Tensor:
+            return load(i) - base
+
+        elected = torch.sign(self._vote_sum(tau, count))
+        elected[elected == 0] = self.majority
+        total, agreeing = torch.zeros_like(base), torch.zeros_like(base)
+        for i in range(count):
+            trimmed = self.trimmed(tau(i), i)
+            agrees = (torch.sign(trimmed) == elected) & (trimmed != 0)
+            total += torch.where(agrees, trimmed, torch.zeros_like(trimmed))
+            agreeing += agrees
+        return base + self.scale * total / agreeing.clamp(min=1)
+
+
+@dataclasses.dataclass
+class Greedy(Recipe):
+    accept: str = option("ge", choices=("ge", "gt"))  # add an ingredient when the soup's accuracy is >= (paper) or >
+    name: ClassVar[str] = "greedy"
+    uses_data: ClassVar[bool] = True
+
+    def improves(self, accuracy: float, best: float) -> bool:
+        return accuracy >= best if self.accept == "ge" else accuracy > best
+
+
+RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (Uniform, Weighted, TaskArithmetic, Ties, Dare, Greedy)}
+
+
+def recipe_options(name: str) -> list[str]:
+    """The option names a recipe takes (its dataclass fields)."""
+    return [f.name for f in dataclasses.fields(RECIPES[name])] if name in RECIPES else []
+
+
+def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
+    """A recipe by name, its options checked (types, ranges; scale is a number or "auto")."""
+    if name not in RECIPES:
+        raise AdaptError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
+    options = dict(options or {})
+    if isinstance(options.get("scale"), str) and options["scale"] != "auto":
+        try:
+            options["scale"] = float(options["scale"])
+        except ValueError:
+            raise AdaptError(f"--scale is a number or auto, got {options['scale']!r}") from None
+    return build(RECIPES[name], options, f"recipe {name}")
