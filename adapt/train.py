@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, RandomSampler
 
 from adapt.adapted import AdaptedModel
-from adapt.checkpoint import read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
+from adapt.checkpoint import all_finite, read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
 from adapt.config import MAX_SEED, option, validate
 from adapt.data import DataSplits
 from adapt.errors import AdaptError
@@ -94,7 +94,7 @@ def make_accelerator(**settings: Any) -> Accelerator:
 def first_non_finite(model: torch.nn.Module) -> str | None:
     """The name of the first trainable parameter holding NaN or Inf, if any."""
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad and not torch.isfinite(parameter).all():
+        if parameter.requires_grad and not all_finite(parameter):
             return name
     return None
 

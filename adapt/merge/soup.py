@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, write_json_atomic
+from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite, write_json_atomic
 from adapt.errors import AdaptError
 from adapt.merge.recipes import SCALE_GRID, Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
@@ -110,11 +110,17 @@ def _output_metadata(first: TensorFile, recipe: str, paths: Sequence[str | Path]
     return {**first.metadata, "soup": json.dumps(soup)}
 
 
-def finite_output(key: str, merged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`merged` in the output dtype, refused (nothing is written) if it is or becomes NaN/Inf."""
+def finite_output(
+    key: str, merged: torch.Tensor, dtype: torch.dtype, culprit: Callable[[str], None] | None = None
+) -> torch.Tensor:
+    """`merged` in the output dtype, refused (nothing is written) if it is or becomes NaN/Inf.
+
+    Finiteness is checked once, on what is written; `culprit(key)` may then name the input."""
     out = merged.to(dtype)
-    if out.is_floating_point() and not torch.isfinite(out).all():
-        cause = f"overflows {dtype} (largest magnitude {merged.abs().max().item():.3g})" if torch.isfinite(merged).all() else "is NaN/Inf"
+    if not all_finite(out):
+        if culprit is not None:
+            culprit(key)
+        cause = f"overflows {dtype} (largest magnitude {merged.abs().max().item():.3g})" if all_finite(merged) else "is NaN/Inf"
         raise AdaptError(f"the merged tensor '{key}' {cause}; nothing was written")
     return out
 
@@ -169,12 +175,13 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
         if key not in floats:
             return first.get(key)
         base_tensor = base_file.get(key).float() if base_file is not None else None
-        result = recipe.merge(key, lambda i: files[i].get(key).float(), len(files), base_tensor)
-        if not torch.isfinite(result).all():  # checked on the result; on the inputs only to name the culprit
-            for file in [*files, *([base_file] if base_file is not None else [])]:
-                if not torch.isfinite(file.get(key).float()).all():
-                    raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
-        return result
+        return recipe.merge(key, lambda i: files[i].get(key).float(), len(files), base_tensor)
+
+    def culprit(key: str) -> None:
+        """After a non-finite result: name the input that holds NaN/Inf, if one does."""
+        for file in [*files, *([base_file] if base_file is not None else [])]:
+            if key in floats and not all_finite(file.get(key).float()):
+                raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
 
     table, scale, produce = [], getattr(recipe, "scale", None), merged
     if recipe.auto_scale:
@@ -183,7 +190,7 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
     written = 0
     with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
-            tensor = finite_output(key, produce(key), out_dtype)
+            tensor = finite_output(key, produce(key), out_dtype, culprit)
             writer.write(key, tensor)
             written += tensor.numel() * tensor.element_size()
             if on_tensor is not None:

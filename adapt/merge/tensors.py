@@ -11,6 +11,7 @@ The safetensors library writes only from a complete dict, hence this small write
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -84,16 +85,16 @@ class TensorFile:
         entry = self._header[key]
         start, end = entry["data_offsets"]
         shape, dtype = tuple(entry["shape"]), self.dtype(key)
+        raw = torch.empty(end - start, dtype=torch.uint8)  # not zero-filled: the read fills it
         if end == start:
-            return torch.empty(shape, dtype=dtype)
-        buffer = bytearray(end - start)
-        view, offset, done = memoryview(buffer), self._header_bytes + start, 0
-        while done < len(buffer):
+            return raw.view(dtype).reshape(shape)
+        view, offset, done = memoryview(raw.numpy()), self._header_bytes + start, 0
+        while done < len(view):
             read = os.preadv(self._file(), [view[done:]], offset + done)
             if read == 0:
                 raise AdaptError(f"{self.path} ended inside tensor '{key}' (truncated while being read?)")
             done += read
-        return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(shape)
+        return raw.view(dtype).reshape(shape)
 
     def _file(self) -> int:
         if self._fd is None:
@@ -130,6 +131,16 @@ def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 def _tensor_bytes(tensor: torch.Tensor):
     """The tensor's bytes as a buffer over its memory (no copy for contiguous CPU tensors)."""
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _reserve(handle, size: int) -> None:
+    """Allocate the whole file up front: a full disk fails now, not halfway, and the writes then only
+    fill blocks that exist (about twice as fast on ext4 as growing the file)."""
+    try:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 class StreamingWriter:
@@ -206,8 +217,10 @@ class StreamingWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for shard, final in zip(self.shards, self.shard_paths()):
             handle = open(final.with_name(f".{final.name}.tmp"), "wb", buffering=WRITE_BUFFER)
-            handle.write(self._header(shard))
             self._files.append((handle, final, {key for key, _, _ in shard}))
+            header = self._header(shard)
+            _reserve(handle, len(header) + sum(nbytes(shape, dtype) for _, shape, dtype in shard))
+            handle.write(header)
         return self
 
     def write(self, key: str, tensor: torch.Tensor) -> None:

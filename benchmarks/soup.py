@@ -1,0 +1,188 @@
+"""Soups: speed and memory of adapt's streaming soup against the usual approaches, and soups on digits.
+
+Part 1, in one run on N = 2, 4, 8 checkpoints of ViT-B/16's size (random weights, fp32,
+~344 MB each), each approach in its own child process, timed after its imports:
+- adapt: `stream_soup` (positioned reads, one tensor of every file at a time);
+- reference: load each whole file, keep a running sum (the model-soups code);
+- naive: load every file, then average.
+Beside each: the time to read every file once (same run, page cache warm), and the peak
+anonymous and total resident memory over the child's baseline, sampled from /proc.
+
+Part 2, on digits (embedded Lite0, 96 px): 3 SSF and 3 LoRA fine-tunings (seed 0, three
+learning rates, so that they share the head's initialisation as the soups paper's runs
+do), then uniform, greedy (val), TIES and task arithmetic (scale auto on val) soups, each
+scored on test beside the best single ingredient.
+
+    python benchmarks/soup.py [--epochs 3] [--skip-digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import adapt  # noqa: F401  (first: timm's torchvision fix)
+import timm
+import torch
+from report import write_report
+from safetensors.torch import save_file
+
+CHILD = r"""
+import json, sys, threading, time
+import adapt, torch
+from safetensors.torch import load_file, save_file
+from adapt.merge.soup import stream_soup
+
+def status():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["RssAnon"].split()[0]) * 1024, int(fields["VmRSS"].split()[0]) * 1024
+
+approach, out, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+base_anon, base_rss = status()
+peak = [0, 0]
+running = True
+def sample():
+    while running:
+        anon, rss = status()
+        peak[0], peak[1] = max(peak[0], anon), max(peak[1], rss)
+        time.sleep(0.002)
+threading.Thread(target=sample, daemon=True).start()
+start = time.perf_counter()
+if approach == "read_all":
+    buffer = bytearray(64 * 2**20)
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+elif approach == "adapt":
+    stream_soup(paths, out, overwrite=True)
+elif approach == "reference":
+    total = None
+    for path in paths:
+        state = load_file(path)
+        if total is None:
+            total = {k: v.clone() for k, v in state.items()}
+        else:
+            for k in total:
+                total[k] += state[k]
+        del state
+    save_file({k: v / len(paths) for k, v in total.items()}, out)
+elif approach == "naive":
+    states = [load_file(path) for path in paths]
+    save_file({k: sum(s[k] for s in states) / len(states) for k in states[0]}, out)
+seconds = time.perf_counter() - start
+running = False
+anon, rss = status()
+peak[0], peak[1] = max(peak[0], anon), max(peak[1], rss)
+print(json.dumps({"seconds": seconds, "peak_anon": peak[0] - base_anon, "peak_rss": peak[1] - base_rss}))
+"""
+APPROACHES = ("adapt", "reference", "naive")
+
+
+def make_checkpoints(folder: Path, count: int) -> list[Path]:
+    shapes = {k: v.shape for k, v in timm.create_model("vit_base_patch16_224", pretrained=False).state_dict().items()}
+    paths = []
+    for i in range(count):
+        generator = torch.Generator().manual_seed(i)
+        paths.append(folder / f"vitb-{i}.safetensors")
+        save_file({k: torch.randn(s, generator=generator) * 0.02 for k, s in shapes.items()}, paths[-1])
+    return paths
+
+
+def child(approach: str, paths: list[Path], out: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", CHILD, approach, str(out), *map(str, paths)], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def streaming(scratch: Path) -> list[dict]:
+    files = make_checkpoints(scratch, 8)
+    ckpt_bytes = files[0].stat().st_size
+    child("read_all", files, scratch / "warm")  # page cache warm for everyone
+    rows = []
+    for n in (2, 4, 8):
+        paths = files[:n]
+        read_all = child("read_all", paths, scratch / "unused")["seconds"]
+        for approach in APPROACHES:
+            out = scratch / f"out-{approach}.safetensors"
+            out.unlink(missing_ok=True)  # every approach writes a new file
+            measured = child(approach, paths, out)
+            rows.append({"approach": approach, "n_ckpts": n, "ckpt_bytes": ckpt_bytes, "seconds": measured["seconds"],
+                         "read_all_seconds": read_all, "peak_anon_bytes_over_baseline": measured["peak_anon"],
+                         "peak_rss_bytes_over_baseline": measured["peak_rss"]})  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def digits(scratch: Path, epochs: int) -> list[dict]:
+    from adapt.evaluate import evaluate_checkpoint
+    from adapt.merge.adapter_soup import make_soup
+    from adapt.merge.recipes import create_recipe
+    from adapt.train import TrainConfig
+    from adapt.tune import TuneJob, tune
+
+    rows = []
+    for method, lrs in (("ssf", (2e-3, 3e-3, 5e-3)), ("lora", (5e-4, 1e-3, 2e-3))):
+        runs = []
+        for lr in lrs:
+            out = scratch / f"{method}-{lr}"
+            tune(TuneJob(method=method), TrainConfig(epochs=epochs, lr=lr, seed=0), out)
+            runs.append(out / "adapter.safetensors")
+        singles = [evaluate_checkpoint(p, split="test").accuracy for p in runs]
+        rows.append({"method": method, "soup": "best single ingredient", "test_acc": max(singles), "singles": singles})
+        recipes = {"uniform": ("uniform", {}), "greedy": ("greedy", {}), "ties": ("ties", {"scale": "auto"}),
+                   "task-arithmetic": ("task-arithmetic", {"scale": "auto"})}  # fmt: skip
+        for label, (name, options) in recipes.items():
+            out = scratch / f"{method}-{label}.safetensors"
+            summary = make_soup(runs, out, create_recipe(name, options), data="digits", split="val")
+            rows.append({"method": method, "soup": label, "test_acc": evaluate_checkpoint(out, split="test").accuracy,
+                         "kind": summary.kind, "scale": summary.scale,
+                         "added": [s.added for s in summary.greedy_steps]})  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--skip-digits", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = streaming(Path(scratch))
+    gib = 2**30
+    write_report(
+        "soup", "Streaming soups: time vs reading every file once, memory vs one checkpoint (ViT-B/16-sized, fp32)",
+        {"checkpoint": "vit_base_patch16_224 shapes, random fp32", "page_cache": "warm", "cores": torch.get_num_threads()},
+        rows,
+        [("approach", lambda r: r["approach"]), ("N", lambda r: str(r["n_ckpts"])),
+         ("seconds", lambda r: f"{r['seconds']:.2f}"),
+         ("time / read all", lambda r: f"{r['seconds'] / r['read_all_seconds']:.2f}"),
+         ("peak anon / ckpt", lambda r: f"{r['peak_anon_bytes_over_baseline'] / r['ckpt_bytes']:.2f}"),
+         ("peak RSS / ckpt", lambda r: f"{r['peak_rss_bytes_over_baseline'] / r['ckpt_bytes']:.2f}"),
+         ("peak anon GiB", lambda r: f"{r['peak_anon_bytes_over_baseline'] / gib:.2f}")],  # fmt: skip
+        footer="One checkpoint = 343 MB. Each approach runs in its own process; memory is sampled every 2 ms from "
+               "/proc/self/status after the imports.",
+    )  # fmt: skip
+    if not args.skip_digits:
+        with tempfile.TemporaryDirectory() as scratch:
+            rows = digits(Path(scratch), args.epochs)
+        write_report(
+            "soup_digits", f"Soups on digits (embedded Lite0, 96 px, {args.epochs} epochs per ingredient, test accuracy)",
+            {"epochs": args.epochs, "ingredients": "seed 0; ssf lr 2e-3/3e-3/5e-3; lora lr 5e-4/1e-3/2e-3",
+             "choices": "greedy and scale=auto on the val split"}, rows,
+            [("method", lambda r: r["method"]), ("soup", lambda r: r["soup"]),
+             ("test acc", lambda r: f"{100 * r['test_acc']:.2f}"),
+             ("what was souped", lambda r: r.get("kind", "") or ""),
+             ("scale", lambda r: f"{r['scale']:g}" if r.get("scale") is not None else "")],  # fmt: skip
+        )
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
