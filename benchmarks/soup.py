@@ -6,7 +6,8 @@ Part 1, in one run on N = 2, 4, 8 checkpoints of ViT-B/16's size (random weights
 - reference: load each whole file, keep a running sum (the model-soups code);
 - naive: load every file, then average.
 Beside each: the time to read every file once (same run, page cache warm), and the peak
-anonymous and total resident memory over the child's baseline, sampled from /proc.
+anonymous and total resident memory over the child's baseline, sampled from /proc. The
+approaches take turns, 3 times, each after a sync; times are medians.
 
 Part 2, on digits (embedded Lite0, 96 px): 3 SSF and 3 LoRA fine-tunings (seed 0, three
 learning rates, so that they share the head's initialisation as the soups paper's runs
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +85,7 @@ peak[0], peak[1] = max(peak[0], anon), max(peak[1], rss)
 print(json.dumps({"seconds": seconds, "peak_anon": peak[0] - base_anon, "peak_rss": peak[1] - base_rss}))
 """
 APPROACHES = ("adapt", "reference", "naive")
+REPEATS = 3  # medians of time, maxima of memory
 
 
 def make_checkpoints(folder: Path, count: int) -> list[Path]:
@@ -95,6 +99,7 @@ def make_checkpoints(folder: Path, count: int) -> list[Path]:
 
 
 def child(approach: str, paths: list[Path], out: Path) -> dict:
+    os.sync()  # earlier runs' dirty pages are flushed outside the timing, so that no run pays for another's writeback
     result = subprocess.run([sys.executable, "-c", CHILD, approach, str(out), *map(str, paths)], capture_output=True,
                             text=True, check=True)  # fmt: skip
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -107,14 +112,19 @@ def streaming(scratch: Path) -> list[dict]:
     rows = []
     for n in (2, 4, 8):
         paths = files[:n]
-        read_all = child("read_all", paths, scratch / "unused")["seconds"]
+        runs: dict[str, list[dict]] = {name: [] for name in ("read_all", *APPROACHES)}
+        for _ in range(REPEATS):  # the approaches take turns, so that a slower moment of the machine hits all of them
+            runs["read_all"].append(child("read_all", paths, scratch / "unused"))
+            for approach in APPROACHES:
+                out = scratch / f"out-{approach}.safetensors"
+                out.unlink(missing_ok=True)  # every approach writes a new file
+                runs[approach].append(child(approach, paths, out))
+        read_all = statistics.median(r["seconds"] for r in runs["read_all"])
         for approach in APPROACHES:
-            out = scratch / f"out-{approach}.safetensors"
-            out.unlink(missing_ok=True)  # every approach writes a new file
-            measured = child(approach, paths, out)
-            rows.append({"approach": approach, "n_ckpts": n, "ckpt_bytes": ckpt_bytes, "seconds": measured["seconds"],
-                         "read_all_seconds": read_all, "peak_anon_bytes_over_baseline": measured["peak_anon"],
-                         "peak_rss_bytes_over_baseline": measured["peak_rss"]})  # fmt: skip
+            rows.append({"approach": approach, "n_ckpts": n, "ckpt_bytes": ckpt_bytes,
+                         "seconds": statistics.median(r["seconds"] for r in runs[approach]), "read_all_seconds": read_all,
+                         "peak_anon_bytes_over_baseline": max(r["peak_anon"] for r in runs[approach]),
+                         "peak_rss_bytes_over_baseline": max(r["peak_rss"] for r in runs[approach])})  # fmt: skip
             print(rows[-1], flush=True)
     return rows
 
@@ -166,8 +176,9 @@ def main() -> None:
          ("peak anon / ckpt", lambda r: f"{r['peak_anon_bytes_over_baseline'] / r['ckpt_bytes']:.2f}"),
          ("peak RSS / ckpt", lambda r: f"{r['peak_rss_bytes_over_baseline'] / r['ckpt_bytes']:.2f}"),
          ("peak anon GiB", lambda r: f"{r['peak_anon_bytes_over_baseline'] / gib:.2f}")],  # fmt: skip
-        footer="One checkpoint = 343 MB. Each approach runs in its own process; memory is sampled every 2 ms from "
-               "/proc/self/status after the imports.",
+        footer="One checkpoint = 346 MB. Each approach runs in its own process, 3 times in turn with the others, after "
+               "a sync; seconds are medians (writing the new output included; reading does not write), memory the "
+               "largest peak, sampled every 2 ms from /proc/self/status after the imports.",
     )  # fmt: skip
     if not args.skip_digits:
         with tempfile.TemporaryDirectory() as scratch:

@@ -543,3 +543,37 @@ def test_a_read_only_folder_is_one_line(world, read_only_folder):
     result = invoke(["tune", *QUICK, "--out", read_only_folder / "run"])
     assert_one_line(result, "Read-only file system", 1)
     assert not list(read_only_folder.iterdir())
+
+
+@pytest.mark.parametrize("error, code, phrase", [
+    (MemoryError(), 1, "out of memory"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (OSError(28, "No space left on device", "/data/out.safetensors"), 1, "No space left on device: /data/out.safetensors"),
+    (OSError(30, "Read-only file system", "/ro/x"), 1, "Read-only file system"),
+])  # fmt: skip
+def test_the_top_level_handler_turns_situations_into_one_line(error, code, phrase):
+    from adapt.cli.common import AdaptGroup
+
+    group = AdaptGroup()
+
+    @group.command()
+    def boom() -> None:
+        raise error
+
+    result = CliRunner().invoke(group, ["boom"])
+    assert result.exit_code == code and result.stderr.startswith("error: ")
+    assert phrase in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_bug_keeps_its_traceback_and_asks_to_be_reported():
+    from adapt.cli.common import AdaptGroup
+
+    group = AdaptGroup()
+
+    @group.command()
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    result = CliRunner().invoke(group, ["boom"])
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+    assert "please report it" in result.stderr
