@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from adapt.checkpoint import write_json_atomic
-from adapt.config import build, option
+from adapt.config import build, option, read_text_file
 from adapt.errors import AdaptError
 
 VECTOR_SHARE = 0.2
@@ -66,8 +66,8 @@ class Allocation:
     @classmethod
     def load(cls, path: str | Path) -> Allocation:
         try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            values = json.loads(read_text_file(Path(path)))
+        except (json.JSONDecodeError, RecursionError) as error:
             raise AdaptError(f"cannot read allocation {path}: {str(error).splitlines()[0]}") from None
         allocation = build(cls, values, f"allocation {path}")
         unpriced = [n for n in allocation.structured if n not in allocation.costs]

@@ -253,6 +253,11 @@ def _create(source: BackboneSource, num_classes: int, image_size: int | None) ->
     if image_size and model.pretrained_cfg.get("fixed_input_size"):
         if model.pretrained_cfg["input_size"][-1] != image_size:
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    side = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if image_size and isinstance(side, int) and side > 1 and image_size % side:
+        raise AdaptError(f"--image-size {image_size} is not a multiple of {source.name}'s patch size {side}; "
+                         f"use e.g. {image_size // side * side or side} or {(image_size // side + 1) * side}")  # fmt: skip
     return model
 
 

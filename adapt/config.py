@@ -16,6 +16,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from adapt.errors import AdaptError
@@ -135,3 +136,17 @@ def build(cls: type[T], values: Mapping[str, Any], source: str = "options") -> T
         raise AdaptError(f"{source}: {error}") from None
     validate(config, source)
     return config
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file, or one line saying why it cannot be read."""
+    if not path.exists():
+        raise AdaptError(f"{path} not found")
+    if not path.is_file():  # a folder, or a FIFO that would block the read
+        raise AdaptError(f"{path} is not a regular file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise AdaptError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise AdaptError(f"cannot read {path}: {error.strerror}") from None

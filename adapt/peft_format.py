@@ -30,6 +30,7 @@ from torch import nn
 from adapt.adapted import AdaptedModel
 from adapt.backbones import classifier_prefixes, create_backbone
 from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_atomic
+from adapt.config import read_text_file
 from adapt.errors import AdaptError
 from adapt.hub import save_hub_folder
 from adapt.methods.lora import ADAPTER, LoRA
@@ -126,13 +127,19 @@ def _import_peft(folder: Path, out: str | Path, backbone: str | None, weights: s
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         if not (folder / name).is_file():
             raise AdaptError(f"{folder} is not a peft adapter folder: {name} is missing")
-    config = PeftConfig.from_pretrained(str(folder))
+    try:
+        config = PeftConfig.from_pretrained(str(folder))
+    except (ValueError, KeyError, TypeError, OSError) as error:  # json.JSONDecodeError is a ValueError
+        raise AdaptError(f"{folder / 'adapter_config.json'} is not a peft config ({str(error).splitlines()[0][:120]})") from None
     if config.peft_type != "LORA":
         raise AdaptError(f"{folder} holds a {config.peft_type} adapter; only LORA imports")
     tensors = {_from_peft_file_key(k): v for k, v in read_tensors(folder / "adapter_model.safetensors")[0].items()}
     meta_file = folder / META_FILE
     if meta_file.is_file():
-        saved = CheckpointMeta.from_metadata(json.loads(meta_file.read_text()), str(meta_file))
+        try:
+            saved = CheckpointMeta.from_metadata(json.loads(read_text_file(meta_file)), str(meta_file))
+        except (json.JSONDecodeError, RecursionError, AttributeError):
+            raise AdaptError(f"{meta_file} is not adapt's JSON metadata") from None
         backbone, options = backbone or saved.backbone, saved.method_options
         class_names, image_size, training = saved.class_names, saved.image_size, saved.training
         weights = weights or saved.backbone_weights

@@ -121,6 +121,9 @@ def world(tmp_path_factory) -> Path:
 
     vit, _ = create_backbone("test_vit", "random", num_classes=3)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, weights / "vit.safetensors")
+    (w / "peftbad").mkdir()
+    (w / "peftbad" / "adapter_config.json").write_text("{not json")
+    (w / "peftbad" / "adapter_model.safetensors").write_text("x")
     (w / "inthub").mkdir()
     (w / "inthub" / "config.json").write_text('{"architecture": 5}')
     (w / "badhub").mkdir()
@@ -246,7 +249,7 @@ CASES = [
     C(f"tune --method spt --allocation {W}/alloc/oob.json {T}", "fall outside"),
     C(f"tune --method spt --allocation {W}/alloc/extra_key.json {T}", "did you mean 'budget'"),
     C(f"tune --method spt --allocation {W}/alloc/module.json {T}", "structured_module must be one of"),
-    C(f"tune --method spt --allocation {W}/alloc/none.json {T}", "cannot read allocation"),
+    C(f"tune --method spt --allocation {W}/alloc/none.json {T}", "none.json not found"),
     # data
     C(f"tune --data mnist {T}", "unknown data spec"),
     C(f"tune --data vtab:{W}/nope {T}", "VTAB folder not found"),
@@ -345,6 +348,8 @@ CASES = [
     C(f"import-peft {W}/img --out {W}/x.safetensors", "not a peft adapter folder"),
     C(f"import-peft {W}/nope --out {W}/x.safetensors", "not a peft adapter folder"),
     C(f"import-peft {W}/img --out {CKPT}", "exists; pass --overwrite"),
+    C(f"import-peft {W}/peftbad --out {W}/x.safetensors", "is not a peft config"),
+    C(f"tune --backbone test_vit --weights random --image-size 33 --limit 8 --out {W}/out", "not a multiple of"),
     # soups: coefficients, recipes, YAML configs, ingredients
     C(f"soup {SOUP}/a.safetensors --out {W}/s.safetensors", "at least two ingredients"),
     C(f"soup --out {W}/s.safetensors", "name the ingredients"),
@@ -386,9 +391,10 @@ CASES = [
       "must be a mapping"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --config {SOUP}/broken.yaml --out {W}/s.safetensors",
       "cannot read config"),
-    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --config {SOUP}/latin1.yaml", "cannot read config"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --config {SOUP}/latin1.yaml", "is not UTF-8 text"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --config {SOUP}/none.yaml --out {W}/s.safetensors",
-      "cannot read config"),
+      "none.yaml not found"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --config {SOUP} --out {W}/s.safetensors", "is not a regular file"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/shape.safetensors --out {W}/s.safetensors", "has shape"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/int.safetensors --out {W}/s.safetensors", "has dtype"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/nan.safetensors --out {W}/s.safetensors", "NaN or Inf"),
@@ -500,6 +506,16 @@ def test_a_fifo_named_like_an_image_does_not_hang(world, tmp_path):
     os.mkfifo(task / "images" / "fifo.png")
     assert_one_line_process(run_adapt(["tune", "--data", f"vtab:{task}", *QUICK, "--out", tmp_path / "o"], timeout=90),
                             "not a regular file")  # fmt: skip
+
+
+def test_a_fifo_as_a_config_or_allocation_does_not_hang(world, tmp_path):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    soup = world / "soup"
+    assert_one_line_process(run_adapt(["soup", soup / "a.safetensors", soup / "b.safetensors", "--config", fifo,
+                                       "--out", tmp_path / "s.safetensors"], timeout=90), "is not a regular file")  # fmt: skip
+    assert_one_line_process(run_adapt(["tune", "--method", "spt", "--allocation", fifo, *QUICK, "--out", tmp_path / "o"],
+                                      timeout=90), "is not a regular file")  # fmt: skip
 
 
 def test_a_full_disk_leaves_the_old_output_whole(world, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from adapt.config import read_text_file
 from adapt.data.images import ImageListDataset
 from adapt.errors import AdaptError
 
@@ -24,18 +25,6 @@ _ORDER = list(VTAB_TASKS)
 VTAB_GROUPS = {"natural": _ORDER[:7], "specialized": _ORDER[7:11], "structured": _ORDER[11:]}
 SPLIT_FILES = {"final": ("train800val200", "test"), "tune": ("train800", "val200")}
 MAX_CLASSES = 100_000  # a larger label is a typo, and would size a head of that many rows
-
-
-def read_text_file(path: Path) -> str:
-    """A UTF-8 text file, or one line saying why it cannot be read."""
-    if not path.is_file():
-        raise AdaptError(f"{path} is not a regular file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise AdaptError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-    except OSError as error:
-        raise AdaptError(f"cannot read {path}: {error.strerror}") from None
 
 
 def is_vtab_task(path: Path) -> bool:

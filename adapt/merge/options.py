@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adapt.config import build, option, refuse_unknown
+from adapt.config import build, option, read_text_file, refuse_unknown
 from adapt.errors import AdaptError
 from adapt.merge.recipes import RECIPES, Recipe, create_recipe, recipe_options
 
@@ -109,8 +109,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        loaded = yaml.safe_load(read_text_file(path)) or {}
+    except yaml.YAMLError as error:
         raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
     if not isinstance(loaded, dict):
         raise AdaptError(f"config {path} must be a mapping of option: value")
