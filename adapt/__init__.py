@@ -1,7 +1,28 @@
-"""adapt: parameter-efficient adaptation of frozen pretrained vision backbones."""
+"""adapt: parameter-efficient adaptation of frozen pretrained vision backbones.
 
-from adapt import _compat  # noqa: F401  (must run before anything imports timm/torchvision)
+Importing adapt is cheap (the CLI's --help needs no torch): the torchvision fix of
+adapt._compat runs when torchvision is first imported, by timm or by anyone, through a
+one-shot import hook, so `import adapt` before `import timm` keeps working.
+"""
+
+import importlib.abc
+import sys
+
 from adapt.errors import AdaptError
 
 __all__ = ["AdaptError"]
 __version__ = "0.1.0"
+
+
+class _TorchvisionFix(importlib.abc.MetaPathFinder):
+    """Runs adapt._compat just before torchvision's first import, then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            from adapt import _compat  # noqa: F401  (declares the op schemas torchvision's import needs)
+        return None  # the usual finders import the module
+
+
+if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionFix) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TorchvisionFix())

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from adapt.adapted import AdaptedModel
 from adapt.checkpoint import all_finite, read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
-from adapt.config import MAX_SEED, option, validate
 from adapt.data import DataSplits
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
+from adapt.train_config import PRECISIONS, TrainConfig
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -40,23 +40,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # everything a tune run may write into its folder (SPT adds its allocation)
 RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png")
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = option(10, low=1, high=100_000)
-    batch_size: int = option(32, low=1, high=65_536)
-    lr: float | None = option(None, low=0, low_open=True, high=10)  # None: the method's default
-    weight_decay: float = option(0.05, low=0, high=10)
-    warmup: float = option(0.1, low=0, high=1)  # fraction of all optimizer steps
-    grad_accum: int = option(1, low=1, high=65_536)
-    precision: str = option("fp32", choices=tuple(PRECISIONS))
-    seed: int = option(0, low=0, high=MAX_SEED)
-    workers: int = option(0, low=0, high=256)
-
-    def __post_init__(self) -> None:
-        validate(self, "training options")
 
 
 @dataclass

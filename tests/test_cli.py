@@ -104,3 +104,20 @@ def test_lora_flags_reach_the_method(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["run"]["method_options"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "targets": "conv_head$"}
     assert_one_line_error(run("tune", "--method", "ssf", "--rank", "4"), "method ssf: unknown option 'rank'")
+
+
+def test_the_cli_starts_without_torch():
+    code = ("import sys, adapt.cli; heavy = [m for m in ('torch', 'timm', 'torchvision', 'sklearn', 'accelerate', 'peft') "
+            "if m in sys.modules]; print(heavy)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_lazy_registries_name_their_classes():
+    from adapt.heads import HEADS
+    from adapt.merge import RECIPES
+    from adapt.methods import METHODS
+
+    assert all(METHODS[name].name == name for name in METHODS)
+    assert all(HEADS[name].kind == name for name in HEADS)
+    assert all(RECIPES[name].name == name for name in RECIPES)

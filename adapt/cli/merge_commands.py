@@ -10,8 +10,8 @@ from rich.table import Table
 
 from adapt.cli.common import cli, console, weights_option
 from adapt.errors import AdaptError
+from adapt.merge import RECIPES
 from adapt.merge.options import DTYPES
-from adapt.merge.recipes import RECIPES
 
 
 @cli.command()

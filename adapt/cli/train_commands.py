@@ -12,7 +12,7 @@ from rich.text import Text
 from adapt.cli.common import backbone_option, cli, console, parse_options, weights_option
 from adapt.errors import AdaptError
 from adapt.methods import METHODS
-from adapt.train import TrainConfig
+from adapt.train_config import TrainConfig
 
 
 @cli.command()

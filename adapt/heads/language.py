@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapt.errors import AdaptError
+from adapt.heads import DEFAULT_TEMPLATE
 from adapt.heads.base import IncrementalHead
 
-DEFAULT_TEMPLATE = "a photo of a {}"
 INITIAL_SCALE = 16.0
 
 

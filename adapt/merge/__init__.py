@@ -1,1 +1,18 @@
-"""Folding adapters back into weights (reparam, kernels); merging models (soups, arithmetic)."""
+"""Folding adapters back into weights (reparam); merging models (soups, recipes).
+
+RECIPES names the merge recipes of adapt.merge.recipes; a recipe's class is imported when
+first used (adapt.registry), so listing them imports no torch.
+"""
+
+from adapt.registry import LazyRegistry
+
+RECIPES = LazyRegistry({
+    "uniform": "adapt.merge.recipes:Uniform",
+    "weighted": "adapt.merge.recipes:Weighted",
+    "task-arithmetic": "adapt.merge.recipes:TaskArithmetic",
+    "ties": "adapt.merge.recipes:Ties",
+    "dare": "adapt.merge.recipes:Dare",
+    "greedy": "adapt.merge.recipes:Greedy",
+})  # fmt: skip
+
+__all__ = ["RECIPES"]

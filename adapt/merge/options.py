@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapt.config import build, option, read_text_file, refuse_unknown
 from adapt.errors import AdaptError
-from adapt.merge.recipes import RECIPES, Recipe, create_recipe, recipe_options
+from adapt.merge import RECIPES
+
+if TYPE_CHECKING:
+    from adapt.merge.recipes import Recipe
 
 DTYPES = ("float32", "float16", "bfloat16")
 SIZE_UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
@@ -42,9 +45,6 @@ class SoupOptions:
 
     def shard_bytes(self) -> int | None:
         return parse_size(self.max_shard_size)
-
-
-RECIPE_KEYS = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -79,6 +79,9 @@ def parse_coeffs(value: Any) -> list[float]:
 
 def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[SoupOptions, Recipe]:
     """Command-line values (only those given) over a YAML file's: the soup's options and its recipe."""
+    from adapt.merge.recipes import create_recipe, recipe_options
+
+    recipe_keys = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
     values: dict[str, Any] = {}
     if config is not None:
         values.update(_read_yaml(Path(config)))
@@ -87,8 +90,8 @@ def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[Soup
     for old, hint in RENAMED.items():
         if old in values:
             raise AdaptError(hint)
-    refuse_unknown(values, [f.name for f in dataclasses.fields(SoupOptions)] + RECIPE_KEYS, source)
-    recipe_values = {k: values.pop(k) for k in RECIPE_KEYS if k in values}
+    refuse_unknown(values, [f.name for f in dataclasses.fields(SoupOptions)] + recipe_keys, source)
+    recipe_values = {k: values.pop(k) for k in recipe_keys if k in values}
     if "coeffs" in recipe_values:
         recipe_values["coeffs"] = parse_coeffs(recipe_values["coeffs"])
         values.setdefault("recipe", "weighted")  # coefficients alone ask for a weighted soup

@@ -33,6 +33,7 @@ import torch
 
 from adapt.config import MAX_SEED, build, option
 from adapt.errors import AdaptError
+from adapt.merge import RECIPES
 
 Loader = Callable[[int], torch.Tensor]
 # a key's loader for each key of the task vectors: (key, load(i) -> tau_i of that key)
@@ -217,9 +218,6 @@ class Greedy(Recipe):
 
     def improves(self, accuracy: float, best: float) -> bool:
         return accuracy >= best if self.accept == "ge" else accuracy > best
-
-
-RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (Uniform, Weighted, TaskArithmetic, Ties, Dare, Greedy)}
 
 
 def recipe_options(name: str) -> list[str]:

@@ -1,19 +1,29 @@
-"""The method registry: `--method NAME` choices come from here."""
+"""The method registry: `--method NAME` choices come from here.
+
+Each name maps to the class that implements it, imported when first used (adapt.registry),
+so listing the names imports no torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapt.errors import AdaptError
-from adapt.methods.base import Method, count_trainable
-from adapt.methods.baselines import BitFit, Full, Linear
-from adapt.methods.hst import HST
-from adapt.methods.lora import LoRA
-from adapt.methods.spt import SPT
-from adapt.methods.ssf import SSF
+from adapt.registry import LazyRegistry
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSF, LoRA, SPT, HST, Full, Linear, BitFit)}
+if TYPE_CHECKING:
+    from adapt.methods.base import Method
+
+METHODS = LazyRegistry({
+    "ssf": "adapt.methods.ssf:SSF",
+    "lora": "adapt.methods.lora:LoRA",
+    "spt": "adapt.methods.spt:SPT",
+    "hst": "adapt.methods.hst:HST",
+    "full": "adapt.methods.baselines:Full",
+    "linear": "adapt.methods.baselines:Linear",
+    "bitfit": "adapt.methods.baselines:BitFit",
+})  # fmt: skip
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
@@ -36,6 +46,7 @@ class MethodRow:
 def method_rows(names: list[str], backbone: str, num_classes: int, image_size: int | None = None) -> list[MethodRow]:
     """Each method applied to a fresh `backbone` (random weights suffice to count)."""
     from adapt.backbones import RANDOM_WEIGHTS, create_backbone
+    from adapt.methods.base import count_trainable
 
     rows = []
     for name in names:
@@ -46,6 +57,15 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
         rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.describe(model),
                               method.budgeted))  # fmt: skip
     return rows
+
+
+def __getattr__(name: str) -> Any:
+    """`Method` and `count_trainable` from adapt.methods.base, imported when first asked for."""
+    if name in ("Method", "count_trainable"):
+        from adapt.methods import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'adapt.methods' has no attribute {name!r}")
 
 
 __all__ = ["METHODS", "Method", "MethodRow", "count_trainable", "create_method", "method_rows"]
