@@ -68,6 +68,38 @@ class EvalResult:
     data: str  # the data's name
     split: str
     classes: int  # the classes scored: all of the data's, or the checkpoint's subset of them
+    spec: str = ""  # the data spec scored
+
+
+EVAL_FILE = "eval.json"
+
+
+def save_eval(result: EvalResult, checkpoint: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path | None:
+    """The result as JSON: at `out`, or in eval.json beside the checkpoint (one entry per data and split,
+    updated, when that folder is writable; None when it is not)."""
+    import dataclasses
+    import json
+    import os
+
+    from adapt.checkpoint import write_json_atomic
+    from adapt.outputs import writing_file
+
+    record = {**dataclasses.asdict(result), "checkpoint": str(checkpoint)}
+    if out is not None:
+        with writing_file(out, overwrite, [checkpoint]):
+            write_json_atomic(out, record)
+        return Path(out)
+    path = Path(checkpoint).parent / EVAL_FILE
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not path.is_file()):
+        return None
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries = entries if isinstance(entries, dict) else {}
+    entries[f"{result.spec}:{result.split}"] = record
+    write_json_atomic(path, entries)
+    return path
 
 
 def evaluate_checkpoint(
@@ -101,4 +133,4 @@ def evaluate_checkpoint(
     elif len(known) != splits.num_classes:
         raise AdaptError(f"{spec} has {splits.num_classes} classes, the checkpoint {len(known)}")
     acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
-    return EvalResult(acc, len(dataset), splits.name, split, len(known))
+    return EvalResult(acc, len(dataset), splits.name, split, len(known), spec)

@@ -74,6 +74,22 @@ def make_accelerator(**settings: Any) -> Accelerator:
     return Accelerator(cpu=not torch.accelerator.is_available(), **settings)
 
 
+def precision_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator with the asked precision, or, with none asked, accelerate's own choice
+    (`accelerate config`, `accelerate launch --mixed_precision`, ACCELERATE_MIXED_PRECISION).
+    fp16 needs a GPU: on CPU it would silently train in fp32, so it is refused."""
+    settings: dict[str, Any] = {"gradient_accumulation_steps": config.grad_accum}
+    if config.precision is not None:
+        settings["mixed_precision"] = PRECISIONS[config.precision]
+    try:
+        accelerator = make_accelerator(**settings)
+    except (ValueError, KeyError) as error:
+        raise AdaptError(f"precision {config.precision or 'from accelerate'} is not available here: {error}") from None
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise AdaptError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
+    return accelerator
+
+
 def first_non_finite(model: torch.nn.Module) -> str | None:
     """The name of the first trainable parameter holding NaN or Inf, if any."""
     for name, parameter in model.named_parameters():
@@ -133,13 +149,13 @@ class Trainer:
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)
-        try:
-            self.accelerator = make_accelerator(
-                mixed_precision=PRECISIONS[config.precision], gradient_accumulation_steps=config.grad_accum
-            )
-        except (ValueError, KeyError) as error:
-            raise AdaptError(f"precision {config.precision} is not available here: {error}") from None
+        self.accelerator = precision_accelerator(config)
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
+
+    @property
+    def precision(self) -> str:
+        """The precision actually used (ours: fp32, bf16 or fp16), whoever chose it."""
+        return {value: key for key, value in PRECISIONS.items()}.get(self.accelerator.mixed_precision, "fp32")
 
     def run_identity(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption."""
@@ -150,7 +166,7 @@ class Trainer:
             "backbone_sha256": self.adapted.backbone.sha256,
             "data": self.data.spec,
             "image_size": self.adapted.image_size,
-            "train": {**asdict(self.config), "lr": self.lr},
+            "train": {**asdict(self.config), "lr": self.lr, "precision": self.precision},
             "processes": self.accelerator.num_processes,
         }
 

@@ -20,7 +20,7 @@ class TrainConfig:
     weight_decay: float = option(0.05, low=0, high=10)
     warmup: float = option(0.1, low=0, high=1)  # fraction of all optimizer steps
     grad_accum: int = option(1, low=1, high=65_536)
-    precision: str = option("fp32", choices=tuple(PRECISIONS))
+    precision: str | None = option(None, choices=(None, *PRECISIONS))  # None: accelerate's config and environment
     seed: int = option(0, low=0, high=MAX_SEED)
     workers: int = option(0, low=0, high=256)
 

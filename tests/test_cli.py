@@ -45,6 +45,9 @@ def test_eval_predict_info(folder_run, folder_root):
     checkpoint = out / "adapter.safetensors"
     result = run("eval", checkpoint, "--split", "val")
     assert result.exit_code == 0 and "val accuracy" in result.output and "18 images" in result.output
+    saved = json.loads((out / "eval.json").read_text())
+    entry = next(v for k, v in saved.items() if k.endswith(":val"))
+    assert entry["images"] == 18 and f"{entry['accuracy']:.2%}" in result.output
     image = next((folder_root / "test" / "two").iterdir())
     result = run("predict", checkpoint, image, "--top-k", "2")
     assert result.exit_code == 0
@@ -66,6 +69,10 @@ def test_vtab_root_runs_every_task_and_prints_both_means(vtab_root, tmp_path):
     assert "svhn" in result.output and "eurosat" in result.output
     assert "plain mean of 2 tasks" in result.output and "mean of the 3 group means" in result.output
     assert (tmp_path / "svhn" / "adapter.safetensors").is_file()
+    table = json.loads((tmp_path / "vtab.json").read_text())
+    assert set(table["tasks"]) == {"svhn", "eurosat"}
+    assert table["plain_mean"] == pytest.approx(sum(table["tasks"].values()) / 2) and table["group_mean"] is None
+    assert "mean of the 3 group means | n/a" in (tmp_path / "vtab.md").read_text()
 
 
 def test_bad_inputs_give_one_line(tmp_path, folder_run):

@@ -74,6 +74,22 @@ def test_gradient_accumulation_and_bf16_run(tmp_path):
     assert math.isfinite(result.history[0].train_loss) and 0.0 <= result.test_acc <= 1.0
 
 
+def test_precision_comes_from_accelerate_unless_asked_and_is_recorded(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    tune(QUICK, TrainConfig(epochs=1, batch_size=16), tmp_path / "env")
+    assert json.loads((tmp_path / "env" / "summary.json").read_text())["run"]["train"]["precision"] == "bf16"
+    tune(QUICK, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "asked")  # the flag wins
+    assert json.loads((tmp_path / "asked" / "summary.json").read_text())["run"]["train"]["precision"] == "fp32"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    if torch.accelerator.is_available():
+        return  # fp16 is fine on a GPU
+    with pytest.raises(AdaptError, match="fp16 needs a GPU"):
+        tune(QUICK, TrainConfig(epochs=1, precision="fp16"), tmp_path / "fp16")
+    assert not (tmp_path / "fp16" / "adapter.safetensors").exists()
+
+
 def test_two_processes_with_torchrun(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc_per_node", "2", "-m", "adapt", "tune", "--image-size", "32", "--limit", "32",

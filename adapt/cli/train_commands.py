@@ -39,7 +39,9 @@ from adapt.train_config import TrainConfig
 @click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
               help="Warmup share of all steps.")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Default: accelerate's (accelerate config / launch --mixed_precision / ACCELERATE_MIXED_PRECISION), "
+                   "else fp32. fp16 needs a GPU.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader processes.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
@@ -63,7 +65,7 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
       torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
     """
     from adapt.data import expand_spec
-    from adapt.data.vtab import vtab_means
+    from adapt.data.vtab import save_vtab_table, vtab_means
     from adapt.outputs import check_run_folder
     from adapt.train import RUN_FILES
     from adapt.tune import TuneJob, tune as run_tune
@@ -91,6 +93,8 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
         )
     if len(specs) > 1:
         _print_vtab(accuracies, vtab_means(accuracies))
+        written = save_vtab_table(out, accuracies)
+        console.print(f"wrote {written[0]} and {written[1]}")
 
 
 def _print_start(adapted, data) -> None:
@@ -136,7 +140,11 @@ def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) ->
 @weights_option
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images.")
-def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit) -> None:
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the result as JSON. Default: eval.json beside the checkpoint (one entry per split "
+                   "and data), when that folder is writable.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit, out, overwrite) -> None:
     """Accuracy of a checkpoint on a split: adapter, continual task, merged or soup.
 
     \b
@@ -144,11 +152,14 @@ def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit
       adapt eval runs/tune/adapter.safetensors --split test
       adapt eval merged.safetensors                # merged models record their data too
     """
-    from adapt.evaluate import evaluate_checkpoint
+    from adapt.evaluate import evaluate_checkpoint, save_eval
 
     result = evaluate_checkpoint(checkpoint, data, split, split_protocol, weights, batch_size, limit)
     console.print(f"{split} accuracy {result.accuracy:.2%} on {result.images} images of {result.data} "
                   f"({result.classes} classes)")  # fmt: skip
+    written = save_eval(result, checkpoint, out, overwrite)
+    if written is not None:
+        console.print(f"wrote {written}")
 
 
 @cli.command()

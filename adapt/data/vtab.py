@@ -82,6 +82,23 @@ def vtab_splits(task: Path, protocol: str, transform: Callable) -> tuple[list[st
     return class_names, splits
 
 
+def save_vtab_table(folder: str | Path, accuracies: dict[str, float]) -> tuple[Path, Path]:
+    """FOLDER/vtab.json and FOLDER/vtab.md: every task's accuracy, the group means, the plain mean of the
+    tasks and the mean of the three group means, each labelled."""
+    from adapt.checkpoint import write_json_atomic, write_text_atomic
+
+    folder = Path(folder)
+    means = vtab_means(accuracies)
+    write_json_atomic(folder / "vtab.json", {"tasks": accuracies, **means})
+    lines = ["| task | accuracy |", "|---|---:|", *(f"| {task} | {100 * acc:.2f} |" for task, acc in accuracies.items())]
+    lines += [f"| {group} mean | {100 * means[group]:.2f} |" for group in VTAB_GROUPS if means[group] is not None]
+    lines.append(f"| plain mean of {len(accuracies)} tasks | {100 * means['plain_mean']:.2f} |")
+    group_mean = means["group_mean"]
+    lines.append(f"| mean of the 3 group means | {f'{100 * group_mean:.2f}' if group_mean is not None else 'n/a'} |")
+    write_text_atomic(folder / "vtab.md", "\n".join(lines) + "\n")
+    return folder / "vtab.json", folder / "vtab.md"
+
+
 def vtab_means(accuracies: dict[str, float]) -> dict[str, float | None]:
     """The plain mean over tasks and the mean of the three group means (None if a group is empty)."""
     plain = sum(accuracies.values()) / len(accuracies)
