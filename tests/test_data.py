@@ -92,7 +92,16 @@ def test_bad_inputs_name_the_file(vtab_root, tmp_path):
         load_data(f"vtab:{task}", 32, MEAN, STD)
 
 
-def test_folder_without_test_split(folder_root, tmp_path):
-    shutil.copytree(folder_root / "train", tmp_path / "train")
-    with pytest.raises(AdaptError, match="has no test/ subfolder"):
+def test_folder_without_test_split_holds_out_a_stratified_seeded_fifth(folder_root, tmp_path):
+    shutil.copytree(folder_root / "train", tmp_path / "train")  # 3 classes of 16 images
+    splits = load_data(f"folder:{tmp_path}", 32, MEAN, STD, seed=0)
+    train, test = splits.train.items, splits.test.items
+    assert "no test/" in splits.note and len(test) == 3 * round(0.2 * 16) and len(train) == 3 * 16 - len(test)
+    assert not {p for p, _ in train} & {p for p, _ in test}
+    assert sorted(label for _, label in test) == [0] * 3 + [1] * 3 + [2] * 3
+    assert load_data(f"folder:{tmp_path}", 32, MEAN, STD, seed=0).test.items == test  # seeded
+    assert load_data(f"folder:{tmp_path}", 32, MEAN, STD, seed=1).test.items != test
+    shutil.rmtree(tmp_path / "train")
+    (tmp_path / "test").mkdir()
+    with pytest.raises(AdaptError, match="has no train/ subfolder"):
         load_data(f"folder:{tmp_path}", 32, MEAN, STD)

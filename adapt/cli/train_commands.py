@@ -104,7 +104,7 @@ def _print_start(adapted, data) -> None:
         f"data {data.name}: {len(data.train)} train / {len(data.test)} {data.test_name} images, "
         f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
     )
-    for note in adapted.backbone.notes:
+    for note in (*adapted.backbone.notes, *([data.note] if data.note else [])):
         console.print(f"note: {note}")
     if adapted.method.report():
         console.print(adapted.method.report())

@@ -29,6 +29,7 @@ class DataSplits:
     val: Dataset | None
     test: Dataset
     test_name: str = "test"
+    note: str = ""  # how the splits were made, when not as found on disk
 
     @property
     def num_classes(self) -> int:
@@ -75,12 +76,12 @@ def load_data(
 ) -> DataSplits:
     """Load one task. `limit` caps every split (a seeded subset) for quick runs."""
     kind, path = parse_spec(spec)
-    test_name = "test"
+    test_name, note = "test", ""
     if kind == "digits":
         splits, class_names = digits_splits(image_size, mean, std), list(DIGIT_NAMES)
         name = "digits"
     elif kind == "folder":
-        class_names, splits = folder_splits(path, eval_transform(image_size, mean, std))
+        class_names, splits, note = folder_splits(path, eval_transform(image_size, mean, std), seed)
         name = path.name
     else:
         tasks = find_vtab_tasks(path)
@@ -98,4 +99,5 @@ def load_data(
         val=_limited(val, limit, seed) if val is not None else None,
         test=_limited(splits["test"], limit, seed),
         test_name=test_name,
+        note=note,
     )
