@@ -123,7 +123,7 @@ def evaluate_checkpoint(
     spec = data or meta.training.get("data")
     if not spec:
         raise AdaptError(f"{checkpoint} does not record its data; pass --data")
-    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit)
+    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, augment="off")
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{spec} has no {split} split")

@@ -32,6 +32,7 @@ class TuneJob:
     image_size: int | None = None  # None: 96 for digits, else the backbone's default
     split_protocol: str = "final"
     limit: int | None = None
+    augment: str | None = None  # "on", "off" or a timm auto-augment policy; None: on for folder:, else off
     # SPT only: a budget ("0.4M", "1%") allocated from fresh sensitivity scores, or a saved allocation
     budget: str | None = None
     allocation: str | None = None
@@ -47,7 +48,7 @@ def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel,
         raise AdaptError(f"--budget and --allocation size budgeted methods (spt); {job.method} does not use them")
     defaults = preprocessing(job.backbone)
     size = job.image_size or default_image_size(spec, defaults.image_size)
-    data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed)
+    data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
     allocation = spt_allocation(job, spec, config.seed) if job.method == "spt" else None
     alpha = float((job.options or {}).get("alpha", 8.0))
     options = {**(job.options or {}), **SPT.options_for(allocation, alpha)} if allocation else job.options

@@ -105,3 +105,21 @@ def test_folder_without_test_split_holds_out_a_stratified_seeded_fifth(folder_ro
     (tmp_path / "test").mkdir()
     with pytest.raises(AdaptError, match="has no train/ subfolder"):
         load_data(f"folder:{tmp_path}", 32, MEAN, STD)
+
+
+def test_augmentation_is_on_for_folders_off_for_vtab_and_refused_for_digits(folder_root, vtab_root):
+    def kinds(dataset):
+        return {type(t).__name__ for t in dataset.transform.transforms}
+
+    folder = load_data(f"folder:{folder_root}", 32, MEAN, STD)
+    assert "RandomResizedCropAndInterpolation" in kinds(folder.train) and "RandomHorizontalFlip" in kinds(folder.train)
+    assert "RandomResizedCropAndInterpolation" not in kinds(folder.test)  # evaluation never augments
+    policy = load_data(f"folder:{folder_root}", 32, MEAN, STD, augment="rand-m9-mstd0.5")
+    assert "RandAugment" in kinds(policy.train)
+    vtab = load_data(f"vtab:{vtab_root / 'svhn'}", 32, MEAN, STD)
+    assert kinds(vtab.train) == kinds(vtab.test)  # the VTAB-1k protocol: no augmentation by default
+    assert "RandomHorizontalFlip" in kinds(load_data(f"vtab:{vtab_root / 'svhn'}", 32, MEAN, STD, augment="on").train)
+    with pytest.raises(AdaptError, match="digits are 8x8 drawings"):
+        load_data("digits", 32, MEAN, STD, augment="on")
+    with pytest.raises(AdaptError, match="not on, off or a timm auto-augment policy"):
+        load_data(f"folder:{folder_root}", 32, MEAN, STD, augment="sideways")

@@ -29,6 +29,9 @@ from adapt.train_config import TrainConfig
 @click.option("--data", default="digits", show_default=True, help="digits | folder:PATH | vtab:ROOT[/TASK]")
 @click.option("--split-protocol", type=click.Choice(["final", "tune"]), default="final", show_default=True,
               help="VTAB: final = train800val200/test, tune = train800/val200.")  # fmt: skip
+@click.option("--augment", default=None, metavar="on|off|POLICY",
+              help="Training augmentation (timm: random-resized crop + flip; POLICY adds e.g. rand-m9-mstd0.5). "
+                   "Default: on for folder:, off for vtab: (the VTAB-1k protocol) and digits.")  # fmt: skip
 @backbone_option
 @weights_option
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
@@ -48,7 +51,7 @@ from adapt.train_config import TrainConfig
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (only its files).")
-def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_threshold, method_options, data, split_protocol, backbone, weights, image_size, epochs, batch_size, lr,
+def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_threshold, method_options, data, split_protocol, augment, backbone, weights, image_size, epochs, batch_size, lr,
          weight_decay, warmup, grad_accum, precision, seed, workers, limit, out, resume, overwrite) -> None:  # fmt: skip
     """Train a method on a frozen backbone; write OUT/adapter.safetensors and metrics.
 
@@ -72,8 +75,9 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
 
     flags = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets}
     options = {**{k: v for k, v in flags.items() if v is not None}, **parse_options(method_options)}
-    job = TuneJob(data, method, options, backbone, weights, image_size, split_protocol, limit, budget,
-                  str(allocation) if allocation else None, alpha_threshold)  # fmt: skip
+    job = TuneJob(data=data, method=method, options=options, backbone=backbone, weights=weights, image_size=image_size,
+                  split_protocol=split_protocol, limit=limit, augment=augment, budget=budget,
+                  allocation=str(allocation) if allocation else None, alpha_threshold=alpha_threshold)  # fmt: skip
     config = TrainConfig(epochs, batch_size, lr, weight_decay, warmup, grad_accum, precision, seed, workers)
     specs = expand_spec(data)  # several when data is a VTAB root holding many tasks
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 
 from adapt.data.digits import DIGIT_NAMES, digits_splits
 from adapt.data.folder import folder_splits
-from adapt.data.transforms import eval_transform
+from adapt.data.transforms import eval_transform, train_transform
 from adapt.data.vtab import find_vtab_tasks, vtab_splits
 from adapt.errors import AdaptError
 
@@ -73,9 +73,16 @@ def load_data(
     split_protocol: str = "final",
     limit: int | None = None,
     seed: int = 0,
+    augment: str | None = None,
 ) -> DataSplits:
-    """Load one task. `limit` caps every split (a seeded subset) for quick runs."""
+    """Load one task. `limit` caps every split (a seeded subset) for quick runs.
+
+    augment: the training transform (adapt.data.transforms.train_transform): "on", "off" or an
+    auto-augment policy; None means on for folder: data and off for the VTAB-1k protocol and digits."""
     kind, path = parse_spec(spec)
+    if augment not in (None, "off") and kind == "digits":
+        raise AdaptError("--augment applies to image files (folder:, vtab:); the digits are 8x8 drawings held in memory")
+    augment = augment or ("on" if kind == "folder" else "off")
     test_name, note = "test", ""
     if kind == "digits":
         splits, class_names = digits_splits(image_size, mean, std), list(DIGIT_NAMES)
@@ -90,6 +97,8 @@ def load_data(
         class_names, splits = vtab_splits(tasks[0], split_protocol, eval_transform(image_size, mean, std))
         name = tasks[0].name
         test_name = "test" if split_protocol == "final" else "val200"
+    if augment != "off":
+        splits["train"].transform = train_transform(image_size, mean, std, augment)
     val = splits.get("val")
     return DataSplits(
         spec=spec,

@@ -323,7 +323,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
         def load(state: dict[str, torch.Tensor]) -> None:
             model.load_state_dict(state)
 
-    splits = load_data(data, size, mean, std)
+    splits = load_data(data, size, mean, std, augment="off")
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{data} has no {split} split for the greedy soup")
