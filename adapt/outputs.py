@@ -55,6 +55,7 @@ def exclusive_lock(target: str | Path) -> Iterator[None]:
     target = Path(target).expanduser().resolve()
     lock = target.with_name(f".{target.name}.lock")
     busy = AdaptError(f"{target} is being written by another adapt process; wait for it or choose another output")
+    created = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -76,6 +77,9 @@ def exclusive_lock(target: str | Path) -> Iterator[None]:
                 os.unlink(lock)
     finally:
         os.close(handle)
+        for folder in created:  # folders made only to hold the lock, left empty by a refused or failed command
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_run_folder(

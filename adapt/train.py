@@ -39,7 +39,7 @@ STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # everything a tune run may write into its folder (SPT adds its allocation)
-RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png")
+RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png", "config.yaml")
 
 
 @dataclass
@@ -166,7 +166,8 @@ class Trainer:
             "backbone_sha256": self.adapted.backbone.sha256,
             "data": self.data.spec,
             "image_size": self.adapted.image_size,
-            "train": {**asdict(self.config), "lr": self.lr, "precision": self.precision},
+            "train": {**{k: v for k, v in asdict(self.config).items() if k != "workers"},  # workers change no result
+                      "lr": self.lr, "precision": self.precision},  # fmt: skip
             "processes": self.accelerator.num_processes,
         }
 

@@ -12,6 +12,7 @@ from typing import Any
 from adapt.adapted import AdaptedModel
 from adapt.allocation import Allocation, plot_allocation
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
+from adapt.checkpoint import write_text_atomic
 from adapt.data import DataSplits, default_image_size, load_data
 from adapt.errors import AdaptError
 from adapt.methods import METHODS
@@ -82,16 +83,22 @@ def tune(
     on_start: Callable[[AdaptedModel, DataSplits], None] | None = None,
     on_epoch_end: Callable[[EpochResult], None] | None = None,
     overwrite: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train `job.method` on one task (`spec`, default `job.data`) and write its run folder.
 
     A folder that holds an earlier run is refused unless `resume` (continue it) or
-    `overwrite` (replace its files; nothing else in the folder is touched)."""
+    `overwrite` (replace its files; nothing else in the folder is touched). `record`, the options
+    as the user gave them, is kept in OUT/config.yaml (what `adapt tune --resume` reads back)."""
     out_dir = Path(out_dir)
     main = is_main_process()
     with exclusive_lock(out_dir) if main else contextlib.nullcontext():
         check_run_folder(out_dir, RUN_FILES, resume, overwrite, remove=main)
         adapted, data = prepare(job, spec or job.data, config)
+        if record is not None and main and not resume:  # kept once the model and the data exist
+            import yaml
+
+            write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
         allocation = getattr(adapted.method, "allocation", None)
         if allocation is not None and main:
             allocation.save(out_dir / "allocation.json")

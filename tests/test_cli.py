@@ -128,3 +128,23 @@ def test_lazy_registries_name_their_classes():
     assert all(METHODS[name].name == name for name in METHODS)
     assert all(HEADS[name].kind == name for name in HEADS)
     assert all(RECIPES[name].name == name for name in RECIPES)
+
+
+def test_config_file_flags_win_and_resume_takes_the_saved_options(tmp_path):
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text("method: bitfit\nimage-size: 32\nepochs: 1\nbatch_size: 16\nlimit: 16\nlr: 0.01\n")
+    out = tmp_path / "run"
+    result = run("tune", "--config", config, "--lr", "0.02", "--out", out)
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == "bitfit" and saved["lr"] == 0.02 and saved["image_size"] == 32  # the flag won
+    resumed = run("tune", "--out", out, "--resume", "--workers", "1")  # everything else from config.yaml
+    assert resumed.exit_code == 0 and "test accuracy" in resumed.output, resumed.output
+    assert_one_line_error(run("tune", "--out", out, "--resume", "--lr", "0.5", "--epochs", "3"),
+                          "--epochs (was 1, now 3), --lr (was 0.02, now 0.5)")  # fmt: skip
+    config.write_text("methd: ssf\n")
+    assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "other"), "did you mean 'method'")
+    config.write_text("epochs: 0\n")
+    assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "other"), "Invalid value for '--epochs': 0 is not in the range")

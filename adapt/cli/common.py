@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -81,6 +82,66 @@ class AdaptGroup(click.Group):
         except Exception:
             errors.print(REPORT)
             raise
+
+
+CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
+RESUME_FREE = {"workers", "out", "resume", "overwrite", "config"}  # may differ on --resume: they change no result
+
+
+def resolve_config(ctx: click.Context, config: str | None, saved: str | None = None) -> dict[str, Any]:
+    """The command's options: its defaults, under a saved run's config (`saved`, on --resume), under a YAML
+    file (`config`), under the flags typed on the command line. YAML keys are the long option names. Every
+    value goes through the option's own click type, so a file cannot skip a check the command line makes.
+    On resume, a typed flag that would change the run's results is refused, naming each."""
+    from adapt.config import read_text_file, refuse_unknown
+
+    params = {p.name: p for p in ctx.command.params if p.name}
+    values = dict(ctx.params)
+    typed = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    layers = [(path, _yaml_mapping(read_text_file(Path(path)), path)) for path in (saved, config) if path is not None]
+    def cast(name: str, raw: Any, path: str) -> Any:
+        try:
+            return params[name].type_cast_value(ctx, tuple(raw) if isinstance(raw, list) else raw)
+        except click.BadParameter as error:
+            raise AdaptError(f"config {path}: {error.format_message()}") from None
+
+    for path, layer in layers:
+        refuse_unknown(layer, [n for n in params if n != "config"], f"config {path}")
+        for name, raw in layer.items():
+            if name not in typed:
+                values[name] = cast(name, raw, path)
+    if saved is not None:
+        before = {name: cast(name, raw, saved) for name, raw in layers[0][1].items()}
+        asked = typed | {name for _, layer in layers[1:] for name in layer}  # on the command line or in --config
+        changed = [f"--{n.replace('_', '-')} (was {before[n]!r}, now {values[n]!r})" for n in sorted(asked)
+                   if n not in RESUME_FREE and n in before and before[n] != values[n]]  # fmt: skip
+        if changed:
+            raise AdaptError(f"cannot resume with other settings: {', '.join(changed)}; drop them, or start a new run")
+    return values
+
+
+def _yaml_mapping(text: str, path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise AdaptError(f"config {path} must be a mapping of option: value")
+    return {str(key).replace("-", "_"): value for key, value in loaded.items()}
+
+
+def config_record(values: dict[str, Any]) -> dict[str, Any]:
+    """The resolved options as plain YAML values (what a run folder keeps in config.yaml)."""
+    plain = {}
+    for name, value in values.items():
+        if name in ("config", "resume", "overwrite"):
+            continue
+        if isinstance(value, tuple):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        plain[name] = str(value) if isinstance(value, Path) else value
+    return plain
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -51,14 +51,21 @@ from adapt.train_config import TrainConfig
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (only its files).")
-def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_threshold, method_options, data, split_protocol, augment, backbone, weights, image_size, epochs, batch_size, lr,
-         weight_decay, warmup, grad_accum, precision, seed, workers, limit, out, resume, overwrite) -> None:  # fmt: skip
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="YAML with any of these options (long names); flags on the command line win.")  # fmt: skip
+@click.pass_context
+def tune(ctx, **_) -> None:
     """Train a method on a frozen backbone; write OUT/adapter.safetensors and metrics.
+
+    The resolved options are kept in OUT/config.yaml; --resume takes them from there, so
+    only --out is needed (a flag that would change the results is refused).
 
     \b
     Examples:
       adapt tune                                   # SSF, embedded Lite0, digits
       adapt tune --method bitfit --data folder:pets --out runs/pets
+      adapt tune --config run.yaml --lr 1e-3       # options from a file, one changed
+      adapt tune --out runs/pets --resume          # continue with the saved options
       adapt tune --method spt --budget 0.4M --rank 8    # sensitivity, allocation, then training
       adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224 --weights random
       adapt tune --backbone local-dir:merged/ --data folder:pets --out runs/pets-2   # a hub folder as the backbone
@@ -67,19 +74,29 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
       adapt tune --out runs/tune --overwrite       # replace the run already in runs/tune
       torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
     """
+    from adapt.cli.common import CONFIG_FILE, config_record, resolve_config
     from adapt.data import expand_spec
     from adapt.data.vtab import save_vtab_table, vtab_means
     from adapt.outputs import check_run_folder
     from adapt.train import RUN_FILES
     from adapt.tune import TuneJob, tune as run_tune
 
-    flags = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets}
-    options = {**{k: v for k, v in flags.items() if v is not None}, **parse_options(method_options)}
-    job = TuneJob(data=data, method=method, options=options, backbone=backbone, weights=weights, image_size=image_size,
-                  split_protocol=split_protocol, limit=limit, augment=augment, budget=budget,
-                  allocation=str(allocation) if allocation else None, alpha_threshold=alpha_threshold)  # fmt: skip
-    config = TrainConfig(epochs, batch_size, lr, weight_decay, warmup, grad_accum, precision, seed, workers)
-    specs = expand_spec(data)  # several when data is a VTAB root holding many tasks
+    v = resolve_config(ctx, ctx.params["config"])
+    if v["resume"]:
+        saved = [Path(v["out"]) / CONFIG_FILE, *sorted(Path(v["out"]).glob(f"*/{CONFIG_FILE}"))]
+        found = next((p for p in saved if p.is_file()), None)
+        if found is not None:
+            v = resolve_config(ctx, ctx.params["config"], str(found))
+    flags = {"rank": v["rank"], "alpha": v["alpha"], "dropout": v["dropout"], "targets": v["targets"]}
+    options = {**{k: x for k, x in flags.items() if x is not None}, **parse_options(v["method_options"])}
+    job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
+                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
+                  budget=v["budget"], allocation=str(v["allocation"]) if v["allocation"] else None,
+                  alpha_threshold=v["alpha_threshold"])  # fmt: skip
+    config = TrainConfig(v["epochs"], v["batch_size"], v["lr"], v["weight_decay"], v["warmup"], v["grad_accum"],
+                         v["precision"], v["seed"], v["workers"])  # fmt: skip
+    out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
+    specs = expand_spec(job.data)  # several when data is a VTAB root holding many tasks
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
     for task_out in task_outs.values():  # before any training: every task folder must be free
         check_run_folder(task_out, RUN_FILES, resume, overwrite, remove=False)
@@ -87,7 +104,7 @@ def tune(method, rank, alpha, dropout, targets, budget, allocation, alpha_thresh
     for spec, task_out in task_outs.items():
         task = task_out.name
         result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch,
-                          overwrite=overwrite)  # fmt: skip
+                          overwrite=overwrite, record=config_record(v))  # fmt: skip
         accuracies[task] = result.test_acc
         share = result.trainable_params / result.total_params
         console.print(
