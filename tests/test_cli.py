@@ -148,3 +148,14 @@ def test_config_file_flags_win_and_resume_takes_the_saved_options(tmp_path):
     assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "other"), "did you mean 'method'")
     config.write_text("epochs: 0\n")
     assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "other"), "Invalid value for '--epochs': 0 is not in the range")
+
+
+def test_continual_and_perceptual_init_take_a_config_file(tmp_path):
+    config = tmp_path / "cl.yaml"
+    config.write_text("head: linear\nepochs: 1\nimage-size: 32\nlimit: 60\ninitial: 5\nincrement: 5\n")
+    result = run("continual", "--config", config, "--out", tmp_path / "cl")
+    assert result.exit_code == 0, result.output
+    assert "naive ssf with a linear head" in result.output and "2 tasks of 5, 5 classes, 32px" in result.output
+    config.write_text("epocs: 1\n")
+    for command in (["continual"], ["perceptual-init", "--data", "triplets:x.csv", "--out", tmp_path / "p.safetensors"]):
+        assert_one_line_error(run(*command, "--config", config), "unknown option 'epocs' (did you mean 'epochs'?)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sys
@@ -130,6 +131,21 @@ def _yaml_mapping(text: str, path: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise AdaptError(f"config {path} must be a mapping of option: value")
     return {str(key).replace("-", "_"): value for key, value in loaded.items()}
+
+
+def config_option(command):
+    """Give a command `--config FILE`: YAML values under the flags typed on the command line (resolve_config)."""
+
+    @click.option("--config", type=click.Path(dir_okay=False), default=None,
+                  help="YAML with any of these options (long names); flags on the command line win.")  # fmt: skip
+    @click.pass_context
+    @functools.wraps(command)
+    def with_config(ctx: click.Context, **params: Any) -> Any:
+        values = resolve_config(ctx, params.get("config"))
+        values.pop("config", None)
+        return command(**values)
+
+    return with_config
 
 
 def config_record(values: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from adapt.cli.common import backbone_option, cli, console, parse_options, weights_option
+from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, weights_option
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
 from adapt.methods import METHODS
 
@@ -36,6 +36,7 @@ from adapt.methods import METHODS
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/continual"), show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the continual run already in --out (only its files).")
+@config_option
 def continual(data, initial, increment, task_incremental, head, template, text_model, method, method_options, learner,
               memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out, overwrite) -> None:  # fmt: skip
     """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
@@ -47,6 +48,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     Examples:
       adapt continual --data digits --initial 2 --increment 2 --head language --method ssf --memory 200
       adapt continual --head linear --learner naive --out runs/cl-linear
+      adapt continual --config cl.yaml --seed 1
     """
     from adapt.continual import ContinualRun, class_incremental
 

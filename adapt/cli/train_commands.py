@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from adapt.cli.common import backbone_option, cli, console, parse_options, weights_option
+from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, weights_option
 from adapt.errors import AdaptError
 from adapt.methods import METHODS
 from adapt.train_config import TrainConfig
@@ -268,6 +268,7 @@ def info(checkpoint) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The backbone .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@config_option
 def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:
     """Shape a backbone with human similarity triplets before any other training.
 
