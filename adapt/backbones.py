@@ -113,7 +113,10 @@ def resolve_backbone(name: str) -> BackboneSource:
 
 
 def preprocessing(name: str) -> Preprocessing:
-    cfg = resolve_backbone(name).pretrained_cfg
+    return _preprocessing(resolve_backbone(name).pretrained_cfg)
+
+
+def _preprocessing(cfg: dict) -> Preprocessing:
     if not cfg.get("input_size"):
         return Preprocessing(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     mean, std = cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD)
@@ -301,5 +304,5 @@ def create_backbone(
     elif weights != RANDOM_WEIGHTS:
         state, notes = fit_state_to_model(model, read_state_dict(weights))
         load_backbone_weights(model, state, weights)
-    info = BackboneInfo(source.name, weights, weights_sha256(model), preprocessing(name), tuple(notes))
+    info = BackboneInfo(source.name, weights, weights_sha256(model), _preprocessing(source.pretrained_cfg), tuple(notes))
     return model, info

@@ -27,13 +27,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from adapt.config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, option, validate
+from adapt.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, option, validate
 from adapt.errors import AdaptError
 
 FORMAT_VERSION = "1"
 FORMAT_KEY = "adapt_format"
 MERGED_KEY = "merged_by"  # a merged model (or a soup of them): a plain timm state dict with our metadata
-MAX_CLASSES = 100_000
 # what a checkpoint's tensors may be: trained values in float, SPT's indices, BatchNorm's counters
 CHECKPOINT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64)
 # what Hugging Face loaders (transformers, accelerate, huggingface_hub) require of a safetensors file

@@ -24,6 +24,7 @@ from adapt.errors import AdaptError
 T = TypeVar("T")
 MAX_SEED = 2**63 - 1
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # larger inputs would allocate without bound from a file's say-so
+MAX_CLASSES = 100_000  # a head is sized by the class count: more is a typo or a lie, not a task
 
 
 def option(
@@ -75,8 +76,6 @@ def _matches(value: Any, hint: Any) -> bool:
 def _check_limits(name: str, value: Any, limits: dict[str, Any], source: str) -> None:
     if value is None:
         return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise AdaptError(f"{source}: {name} must be a finite number, got {value}")
     low, high = limits.get("low"), limits.get("high")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if low is not None and (value < low or (limits["low_open"] and value == low)):
@@ -150,3 +149,16 @@ def read_text_file(path: Path) -> str:
         raise AdaptError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except OSError as error:
         raise AdaptError(f"cannot read {path}: {error.strerror}") from None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file of option: value (a config), keys as option names (`max-shard-size` -> `max_shard_size`)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(read_text_file(path)) or {}
+    except yaml.YAMLError as error:
+        raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise AdaptError(f"config {path} must be a mapping of option: value")
+    return {str(key).replace("-", "_"): value for key, value in loaded.items()}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from adapt.errors import AdaptError
 
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         stat = path.stat()
@@ -39,11 +40,19 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return ia is not None and ia == _identity(b)
 
 
-def refuse_inputs(out: str | Path, inputs: Iterable[str | Path | None], what: str = "--out") -> None:
+def refuse_inputs(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
     """Refuse an output that is one of the inputs."""
     for given in inputs:
         if given is not None and same_path(out, given):
-            raise AdaptError(f"{what} {out} is one of the inputs ({given}); choose another output")
+            raise AdaptError(f"--out {out} is one of the inputs ({given}); choose another output")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest folder above `path` that exists (where a new output would be created)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 @contextlib.contextmanager
@@ -123,16 +132,20 @@ def remove_owned(path: Path) -> None:
         path.unlink()
 
 
-def check_owned_folder(out: str | Path, owned: Iterable[str], force: bool, flag: str = "--force") -> None:
+def check_owned_folder(
+    out: str | Path, owned: Iterable[str], force: bool, flag: str = "--force", inputs: Iterable[str | Path | None] = ()
+) -> None:
     """An export folder: new, empty, or holding only files that the export writes (with `force`).
 
-    Anything else in it is the user's, and a folder with such files is refused."""
-    out = Path(out).expanduser()
+    Anything else in it is the user's, and a folder with such files is refused; neither the
+    folder nor any file it would write may be one of the inputs."""
+    out, owned, inputs = Path(out).expanduser(), set(owned), list(inputs)
+    for target in (out, *(out / name for name in sorted(owned))):
+        refuse_inputs(target, inputs)
     if not out.exists():
         return
     if not out.is_dir():
         raise AdaptError(f"{out} is a file; the export writes a folder")
-    owned = set(owned)
     present = sorted(p.name for p in out.iterdir())
     foreign = [name for name in present if name not in owned]
     if foreign:
@@ -152,9 +165,7 @@ def writing_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path |
 
 def check_free_space(out: str | Path, needed_bytes: int) -> None:
     """Refuse before writing when the output's file system has clearly not enough room for it."""
-    folder = Path(out).expanduser().resolve().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _existing_ancestor(Path(out).expanduser().resolve())
     free = shutil.disk_usage(folder).free
     if needed_bytes > free:
         raise AdaptError(f"not enough space for {out}: it needs {needed_bytes / 2**20:,.1f} MiB, {folder} has "
@@ -171,9 +182,7 @@ def check_output_file(out: str | Path, overwrite: bool, inputs: Iterable[str | P
         raise AdaptError(f"--out {out} is not a regular file (a device or FIFO); adapt replaces only files")
     if out.exists() and not overwrite:
         raise AdaptError(f"{out} exists; pass --overwrite to replace it")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _existing_ancestor(out)
     if not parent.is_dir():
         raise AdaptError(f"cannot write {out}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):

@@ -34,7 +34,7 @@ from adapt.config import read_text_file
 from adapt.errors import AdaptError
 from adapt.hub import save_hub_folder
 from adapt.methods.lora import ADAPTER, LoRA
-from adapt.outputs import check_owned_folder, exclusive_lock, refuse_inputs, remove_owned, writing_file
+from adapt.outputs import check_owned_folder, exclusive_lock, remove_owned, writing_file
 
 META_FILE = "adapt.json"
 BASE_FOLDER = "base"
@@ -68,10 +68,7 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
     """Write a LoRA checkpoint as a peft adapter folder, with its base model in OUT/base/."""
     out_dir = Path(out_dir).expanduser()
     with exclusive_lock(out_dir):
-        refuse_inputs(out_dir, [checkpoint, weights])
-        for name in EXPORT_FILES:
-            refuse_inputs(out_dir / name, [checkpoint, weights])
-        check_owned_folder(out_dir, EXPORT_FILES, force)
+        check_owned_folder(out_dir, EXPORT_FILES, force, inputs=[checkpoint, weights])
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
         if not isinstance(adapted.method, LoRA):
             raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -342,7 +341,7 @@ CASES = [
     C(f"merge {W}/meta/t_nan.safetensors --out {W}/x.safetensors", "NaN or Inf"),
     C(f"export {CKPT} {W}/exported", "only lora exports"),
     C(f"export {LORA} {W}/img", "holds other files"),
-    C(f"export adapter.safetensors .", "holds other files", cwd="lora"),
+    C("export adapter.safetensors .", "holds other files", cwd="lora"),
     C(f"export {LORA} {LORA}", "is one of the inputs"),
     C(f"export {LORA} {W}/lora", "holds other files"),
     C(f"import-peft {W}/img --out {W}/x.safetensors", "not a peft adapter folder"),
@@ -446,7 +445,7 @@ CASES = [
     C(f"allocate {W}/sens.safetensors --budget 1% --out {W}/sens.safetensors", "is one of the inputs"),
     C(f"allocate {W}/sens.safetensors --budget 1% --out {W}/al.json --plot {W}/sens.safetensors", "is one of the inputs"),
     C(f"sensitivity --image-size 32 --out {CKPT}", "exists; pass --overwrite"),
-    C(f"methods --backbone nope", "unknown backbone"),
+    C("methods --backbone nope", "unknown backbone"),
     C("nothing", "No such command", 2),
 ]
 

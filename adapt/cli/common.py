@@ -94,12 +94,12 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
     file (`config`), under the flags typed on the command line. YAML keys are the long option names. Every
     value goes through the option's own click type, so a file cannot skip a check the command line makes.
     On resume, a typed flag that would change the run's results is refused, naming each."""
-    from adapt.config import read_text_file, refuse_unknown
+    from adapt.config import read_yaml_mapping, refuse_unknown
 
     params = {p.name: p for p in ctx.command.params if p.name}
     values = dict(ctx.params)
     typed = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    layers = [(path, _yaml_mapping(read_text_file(Path(path)), path)) for path in (saved, config) if path is not None]
+    layers = [(path, read_yaml_mapping(Path(path))) for path in (saved, config) if path is not None]
     def cast(name: str, raw: Any, path: str) -> Any:
         try:
             return params[name].type_cast_value(ctx, tuple(raw) if isinstance(raw, list) else raw)
@@ -121,18 +121,6 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
     return values
 
 
-def _yaml_mapping(text: str, path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(loaded, dict):
-        raise AdaptError(f"config {path} must be a mapping of option: value")
-    return {str(key).replace("-", "_"): value for key, value in loaded.items()}
-
-
 def config_option(command):
     """Give a command `--config FILE`: YAML values under the flags typed on the command line (resolve_config)."""
 
@@ -148,16 +136,16 @@ def config_option(command):
     return with_config
 
 
+def plain_value(value: Any) -> Any:
+    """An option's value as YAML/JSON holds it: paths as strings, several values as a list."""
+    if isinstance(value, tuple):
+        return [plain_value(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
 def config_record(values: dict[str, Any]) -> dict[str, Any]:
     """The resolved options as plain YAML values (what a run folder keeps in config.yaml)."""
-    plain = {}
-    for name, value in values.items():
-        if name in ("config", "resume", "overwrite"):
-            continue
-        if isinstance(value, tuple):
-            value = [str(v) if isinstance(v, Path) else v for v in value]
-        plain[name] = str(value) if isinstance(value, Path) else value
-    return plain
+    return {name: plain_value(value) for name, value in values.items() if name not in ("config", "resume", "overwrite")}
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from adapt.cli.common import cli, console, weights_option
+from adapt.cli.common import cli, console, plain_value, weights_option
 from adapt.errors import AdaptError
 from adapt.merge import RECIPES
 from adapt.merge.options import DTYPES
@@ -98,12 +98,8 @@ def import_peft(folder, out, backbone, overwrite, weights) -> None:
 
 def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
     """The options the user typed (not defaults), as plain values for SoupOptions."""
-    given = {}
-    for name, value in values.items():
-        if name == "config" or ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
-            continue
-        given[name] = [str(v) for v in value] if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
-    return given
+    return {name: plain_value(value) for name, value in values.items()
+            if name != "config" and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}  # fmt: skip
 
 
 @cli.command()

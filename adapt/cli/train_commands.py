@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, weights_option
-from adapt.errors import AdaptError
 from adapt.methods import METHODS
 from adapt.train_config import TrainConfig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from adapt.config import read_text_file
+from adapt.config import MAX_CLASSES, read_text_file
 from adapt.data.images import ImageListDataset
 from adapt.errors import AdaptError
 
@@ -24,7 +24,6 @@ VTAB_TASKS = {
 _ORDER = list(VTAB_TASKS)
 VTAB_GROUPS = {"natural": _ORDER[:7], "specialized": _ORDER[7:11], "structured": _ORDER[11:]}
 SPLIT_FILES = {"final": ("train800val200", "test"), "tune": ("train800", "val200")}
-MAX_CLASSES = 100_000  # a larger label is a typo, and would size a head of that many rows
 
 
 def is_vtab_task(path: Path) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from adapt.backbones import classifier_prefixes, create_backbone
+from adapt.backbones import create_backbone, is_head_key
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint
 from adapt.errors import AdaptError
 from adapt.merge.recipes import Greedy, Recipe
@@ -124,10 +124,9 @@ def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[P
         save_merged(folded[-1], model, adapted, {"data": meta.training.get("data", ""), "merged_from": str(path)})
     base_model, _ = create_backbone(meta.backbone, meta.backbone_weights, len(meta.class_names), meta.image_size,
                                     int(meta.training.get("seed", 0)))  # fmt: skip
-    head = classifier_prefixes(base_model)
     with torch.no_grad():
         for key, tensor in base_model.state_dict().items():
-            if any(key == h or key.startswith(h + ".") for h in head):
+            if is_head_key(base_model, key):
                 tensor.zero_()
     save_merged(scratch / "base.safetensors", base_model, adapted, {"data": meta.training.get("data", "")})
     return folded, scratch / "base.safetensors"

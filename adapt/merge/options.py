@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapt.config import build, option, read_text_file, refuse_unknown
+from adapt.config import build, option, read_yaml_mapping, refuse_unknown
 from adapt.errors import AdaptError
 from adapt.merge import RECIPES
 
@@ -84,7 +84,7 @@ def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[Soup
     recipe_keys = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
     values: dict[str, Any] = {}
     if config is not None:
-        values.update(_read_yaml(Path(config)))
+        values.update(read_yaml_mapping(Path(config)))
     values.update(given)
     source = f"soup options{f' ({config})' if config else ''}"
     for old, hint in RENAMED.items():
@@ -106,15 +106,3 @@ def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[Soup
     if options.max_shard_size is not None:
         options.shard_bytes()  # refuse a bad size before any work
     return options, recipe
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(read_text_file(path)) or {}
-    except yaml.YAMLError as error:
-        raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(loaded, dict):
-        raise AdaptError(f"config {path} must be a mapping of option: value")
-    return {str(key).replace("-", "_"): value for key, value in loaded.items()}

@@ -25,7 +25,7 @@ from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone
 from adapt.checkpoint import MERGED_KEY, save_tensors_atomic
 from adapt.heads import ContinualModel
 from adapt.hub import HUB_FILES, save_hub_folder
-from adapt.outputs import check_free_space, check_output_file, check_owned_folder, exclusive_lock, refuse_inputs
+from adapt.outputs import check_free_space, check_output_file, check_owned_folder, exclusive_lock
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 from adapt.kernels import fold_batchnorm_
 
@@ -199,10 +199,7 @@ def merge_checkpoint(
     inputs = [checkpoint, weights]
     with exclusive_lock(out):
         if hub:
-            refuse_inputs(out, inputs)
-            for name in HUB_FILES:
-                refuse_inputs(out / name, inputs)
-            check_owned_folder(out, HUB_FILES, overwrite, "--overwrite")
+            check_owned_folder(out, HUB_FILES, overwrite, "--overwrite", inputs)
         else:
             check_output_file(out, overwrite, inputs)
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)

@@ -167,11 +167,10 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
     first = files[0]
     floats = [k for k in first.keys if first.dtype(k).is_floating_point]
-    recipe.prepare(len(files), _task_vectors(files, base_file, floats))
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
 
-    def merged(key: str, scale: float | None = None) -> torch.Tensor:
+    def merged(key: str) -> torch.Tensor:
         if key not in floats:
             return first.get(key)
         base_tensor = base_file.get(key).float() if base_file is not None else None
@@ -184,8 +183,10 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
                 raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
 
     table, scale, produce = [], getattr(recipe, "scale", None), merged
-    if recipe.auto_scale:
+    if recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
         scale, table, produce = _auto_scale(recipe, files, base_file, floats, evaluate)
+    else:
+        recipe.prepare(len(files), _task_vectors(files, base_file, floats))
     metadata = _output_metadata(first, recipe.name, paths, scale)
     written = 0
     with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
