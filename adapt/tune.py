@@ -95,7 +95,8 @@ def tune(
     with exclusive_lock(out_dir) if main else contextlib.nullcontext():
         check_run_folder(out_dir, RUN_FILES, resume, overwrite, remove=main)
         adapted, data = prepare(job, spec or job.data, config)
-        if record is not None and main and not resume:  # kept once the model and the data exist
+        trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
+        if record is not None and main and not resume:  # written once the run can start, so a refusal leaves nothing
             import yaml
 
             write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
@@ -105,4 +106,4 @@ def tune(
             plot_allocation(allocation, out_dir / "allocation.png")
         if on_start is not None:
             on_start(adapted, data)
-        return Trainer(adapted, data, config, out_dir).fit(resume=resume, on_epoch_end=on_epoch_end)
+        return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)

@@ -120,6 +120,7 @@ def world(tmp_path_factory) -> Path:
 
     vit, _ = create_backbone("test_vit", "random", num_classes=3)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, weights / "vit.safetensors")
+    (w / "tune_bad.yaml").write_text("epochs: 0\n")
     (w / "peftbad").mkdir()
     (w / "peftbad" / "adapter_config.json").write_text("{not json")
     (w / "peftbad" / "adapter_model.safetensors").write_text("x")
@@ -264,6 +265,20 @@ CASES = [
     C(f"tune --data folder:{W}/folders/extraclass {T}", "is not among the classes"),
     C(f"tune --data folder:{W}/nope {T}", "data folder not found"),
     C(f"tune --split-protocol x {T}", "Invalid value for '--split-protocol'", 2),
+    C(f"tune --precision fp16 {T}", "fp16 needs a GPU"),
+    C(f"tune --data folder:{W}/folders/oneclass --augment sideways {T}", "not on, off or a timm auto-augment policy"),
+    C(f"tune --augment on {T}", "digits are 8x8 drawings"),
+    C(f"tune --config {W}/none.yaml {T}", "none.yaml not found"),
+    C(f"tune --config {SOUP}/unknown.yaml {T}", "did you mean"),
+    C(f"tune --config {SOUP}/list.yaml {T}", "must be a mapping"),
+    C(f"tune --config {SOUP}/broken.yaml {T}", "cannot read config"),
+    C(f"tune --config {SOUP}/latin1.yaml {T}", "is not UTF-8 text"),
+    C(f"tune --config {W}/tune_bad.yaml {T}", "Invalid value for '--epochs'"),
+    C(f"continual --config {SOUP}/unknown.yaml {T}", "unknown option 'recipie'"),
+    C(f"perceptual-init --data triplets:x.csv --config {SOUP}/list.yaml --out {W}/p.safetensors", "must be a mapping"),
+    C(f"tune --image-size 32 --limit 8 --out {W}/ssf --resume --lr 0.5", "cannot resume with other settings: --lr"),
+    C(f"eval {CKPT} --out {CKPT}", "is one of the inputs"),
+    C(f"eval {CKPT} --out {W}/merged.safetensors", "exists; pass --overwrite"),
     # backbones and weights
     C(f"tune --backbone resnet_9000 {T}", "unknown backbone"),
     C(f"tune --backbone test_vit {T}", "--weights random"),
