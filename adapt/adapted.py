@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone, preprocessing
 from adapt.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from adapt.errors import AdaptError
 from adapt.heads import ContinualModel, head_buffers, head_spec, rebuild_head
 from adapt.methods import Method, count_trainable, create_method
+
+if TYPE_CHECKING:
+    from adapt.data import DataSplits
+    from adapt.train_config import TrainConfig
 
 
 @dataclass
@@ -39,13 +42,16 @@ class AdaptedModel:
         weights: str | None = None,
         options: dict[str, Any] | None = None,
         seed: int = 0,
+        setup: tuple[DataSplits, TrainConfig] | None = None,
     ) -> AdaptedModel:
         """The backbone with a fresh head for `class_names`, adapted by `method` (seeded).
 
-        image_size None means the backbone's default input size."""
+        image_size None means the backbone's default input size. `setup`, the task's data and
+        training config, is what the method may set itself up from first (Method.prepare)."""
         adapter = create_method(method, options)
         image_size = image_size or preprocessing(backbone).image_size
         model, info = create_backbone(backbone, weights, len(class_names), image_size, seed)
+        adapter.prepare(model, *(setup or (None, None)))
         model = adapter.apply(model)
         return cls(model, adapter, info, list(class_names), image_size)
 

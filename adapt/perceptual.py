@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from accelerate import Accelerator
 from rich.progress import Progress
 from torch import nn
@@ -90,16 +92,20 @@ def perceptual_init(
     image_size: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> PerceptualResult:
     """Train `backbone` on the triplets of `data` and write it, merged, to `out`.
 
-    An existing `out` is replaced only with `overwrite`, and never when it is the input weights."""
+    An existing `out` is replaced only with `overwrite`, and never when it is the input weights.
+    `record` (the command's resolved options) goes into the file's metadata as `config` (YAML)."""
     TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)  # checks them
     with writing_file(out, overwrite, inputs=[weights]):
-        return _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed)
+        return _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size,
+                                seed, record)  # fmt: skip
 
 
-def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed) -> PerceptualResult:
+def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed,
+                     record) -> PerceptualResult:  # fmt: skip
     splits = load_triplets(data)
     if not splits.get("train"):
         raise AdaptError(f"{data} has no train triplets")
@@ -125,7 +131,7 @@ def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_de
     with Progress(disable=not accelerator.is_main_process, transient=True) as progress:
         task = progress.add_task("perceptual init", total=epochs * len(loader))
         for _ in range(epochs):
-            adapter.set_train_mode(model)
+            model.train()
             total = 0.0
             for ref, a, b, p_a in loader:
                 loss = hinge_loss(*distances(model, ref, a, b), p_a.float())
@@ -138,8 +144,11 @@ def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_de
     result.after = {s: agreement(model, datasets[s], accelerator) for s in evaluated}
 
     plain = adapter.merge(accelerator.unwrap_model(model))
-    record = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
+    summary = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
               "epochs": epochs, "twoafc_before": result.before, "twoafc_after": result.after}  # fmt: skip
     if accelerator.is_main_process:
-        save_tensors_atomic(out, plain.state_dict(), {"backbone": backbone, "perceptual_init": json.dumps(record)})
+        metadata = {"backbone": backbone, "perceptual_init": json.dumps(summary)}
+        if record is not None:
+            metadata["config"] = yaml.safe_dump(record, sort_keys=False)
+        save_tensors_atomic(out, plain.state_dict(), metadata)
     return result

@@ -8,7 +8,8 @@ continues from. The data order of epoch e depends only on (seed, e), so a resume
 reaches the same weights as an uninterrupted one.
 
 Files in `out_dir`: adapter.safetensors (the checkpoint users keep), train_state.safetensors
-(what resuming needs, self-contained), metrics.jsonl, summary.json.
+(what resuming needs, self-contained), metrics.jsonl, summary.json, and with `log_with` the
+trackers' logs (per-step loss and lr, per-epoch metrics; adapt.tracking): log.csv, tensorboard/.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +34,16 @@ from adapt.checkpoint import all_finite, read_tensors, save_tensors_atomic, writ
 from adapt.data import DataSplits
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
-from adapt.train_config import PRECISIONS, TrainConfig
+from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
+from adapt.train_config import PRECISIONS, RESULT_FREE, TrainConfig
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-# everything a tune run may write into its folder (SPT adds its allocation)
-RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png", "config.yaml")
+# everything a tune run may write into its folder (SPT adds its allocation; trackers their logs)
+RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png", "config.yaml",
+             CSV_FILE, TENSORBOARD_DIR)  # fmt: skip
 
 
 @dataclass
@@ -74,11 +78,11 @@ def make_accelerator(**settings: Any) -> Accelerator:
     return Accelerator(cpu=not torch.accelerator.is_available(), **settings)
 
 
-def precision_accelerator(config: TrainConfig) -> Accelerator:
+def precision_accelerator(config: TrainConfig, log_with: list[Any] | None = None) -> Accelerator:
     """An Accelerator with the asked precision, or, with none asked, accelerate's own choice
     (`accelerate config`, `accelerate launch --mixed_precision`, ACCELERATE_MIXED_PRECISION).
     fp16 needs a GPU: on CPU it would silently train in fp32, so it is refused."""
-    settings: dict[str, Any] = {"gradient_accumulation_steps": config.grad_accum}
+    settings: dict[str, Any] = {"gradient_accumulation_steps": config.grad_accum, "log_with": log_with or None}
     if config.precision is not None:
         settings["mixed_precision"] = PRECISIONS[config.precision]
     try:
@@ -149,7 +153,8 @@ class Trainer:
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)
-        self.accelerator = precision_accelerator(config)
+        self.trackers = create_trackers(config.trackers(), self.out_dir)
+        self.accelerator = precision_accelerator(config, self.trackers)
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
 
     @property
@@ -166,7 +171,7 @@ class Trainer:
             "backbone_sha256": self.adapted.backbone.sha256,
             "data": self.data.spec,
             "image_size": self.adapted.image_size,
-            "train": {**{k: v for k, v in asdict(self.config).items() if k != "workers"},  # workers change no result
+            "train": {**{k: v for k, v in asdict(self.config).items() if k not in RESULT_FREE},
                       "lr": self.lr, "precision": self.precision},  # fmt: skip
             "processes": self.accelerator.num_processes,
         }
@@ -229,9 +234,10 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        self._start_trackers(start_epoch * len(loader) if resume else None)
 
         eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
-        with self._progress() as progress:
+        with self._progress() as progress, self._tracking():
             task = progress.add_task("train", total=len(loader) * (config.epochs - start_epoch), loss=0.0, acc=0.0, ips=0.0)
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 order.manual_seed(config.seed * 100_003 + epoch)
@@ -239,6 +245,8 @@ class Trainer:
                 result.eval_acc = accuracy(model, eval_set, accelerator)
                 result.eval_split = eval_split
                 history.append(result)
+                accelerator.log({f"epoch/{k}": v for k, v in asdict(result).items() if k not in ("epoch", "eval_split")},
+                                step=epoch * len(loader))  # fmt: skip
                 if accelerator.is_main_process:
                     self._save(epoch, history, optimizer, scheduler)
                 accelerator.wait_for_everyone()
@@ -257,6 +265,25 @@ class Trainer:
             write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
         return result
 
+    def _start_trackers(self, resume_step: int | None) -> None:
+        """Start the trackers (main process); a resumed run's CSV drops what the interrupted epoch logged."""
+        for tracker in self.trackers:
+            if isinstance(tracker, CSVTracker):
+                tracker.resume_step = resume_step
+        identity = self.run_identity()
+        hyperparameters = flat_config({**{k: v for k, v in identity.items() if k != "train"}, **identity["train"]})
+        self.accelerator.init_trackers("adapt", hyperparameters, {"wandb": {"name": self.out_dir.name}})
+
+    @contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """Close the trackers' files however training ends (not accelerator.end_training(), which
+        would also leave the process group that evaluation still needs)."""
+        try:
+            yield
+        finally:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+
     def _progress(self) -> Progress:
         return Progress(
             TextColumn("[bold]{task.description}"),
@@ -270,11 +297,12 @@ class Trainer:
 
     def _epoch(self, epoch, model, loader, optimizer, scheduler, progress, task) -> EpochResult:
         accelerator = self.accelerator
-        self.adapted.method.set_train_mode(model)
+        model.train()  # methods that keep BatchNorm statistics froze them inside the model
         loss_sum = correct = seen = steps = 0
         start = time.perf_counter()
         progress.update(task, description=f"epoch {epoch}/{self.config.epochs}")
         for images, labels in loader:
+            step_lr = optimizer.param_groups[0]["lr"]
             with accelerator.accumulate(model):
                 logits = model(images)
                 loss = torch.nn.functional.cross_entropy(logits, labels)
@@ -289,10 +317,12 @@ class Trainer:
                 if bad is not None:
                     raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: parameter {bad} became "
                                      "NaN/Inf; nothing non-finite was saved (try a lower --lr)")  # fmt: skip
-            loss_sum += float(loss.detach()) * labels.numel()
+            step_loss = float(loss.detach())
+            loss_sum += step_loss * labels.numel()
             correct += int((logits.argmax(-1) == labels).sum())
             seen += labels.numel()
             steps += 1
+            accelerator.log({"train/loss": step_loss, "train/lr": step_lr}, step=(epoch - 1) * len(loader) + steps)
             ips = seen * accelerator.num_processes / (time.perf_counter() - start)
             progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=ips)
         seconds = time.perf_counter() - start

@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapt.config import MAX_SEED, option, validate
+from adapt.errors import AdaptError
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerate's mixed_precision
+TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
+RESULT_FREE = ("workers", "log_with")  # options that change no result: a resumed run may change them
 
 
 @dataclass
@@ -23,6 +26,14 @@ class TrainConfig:
     precision: str | None = option(None, choices=(None, *PRECISIONS))  # None: accelerate's config and environment
     seed: int = option(0, low=0, high=MAX_SEED)
     workers: int = option(0, low=0, high=256)
+    log_with: str | None = option(None)  # comma-separated TRACKERS, or "all"
 
     def __post_init__(self) -> None:
         validate(self, "training options")
+        unknown = [n for n in self.trackers() if n not in (*TRACKERS, "all")]
+        if unknown:
+            raise AdaptError(f"--log-with {unknown[0]!r} is not a tracker: choose from {', '.join(TRACKERS)} or all")
+
+    def trackers(self) -> list[str]:
+        """The names in `log_with`, in order, without repeats."""
+        return list(dict.fromkeys(n.strip() for n in (self.log_with or "").split(",") if n.strip()))

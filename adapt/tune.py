@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapt.adapted import AdaptedModel
-from adapt.allocation import Allocation, plot_allocation
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.checkpoint import write_text_atomic
 from adapt.data import DataSplits, default_image_size, load_data
-from adapt.errors import AdaptError
-from adapt.methods import METHODS
-from adapt.methods.spt import SPT
 from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, is_main_process
 
@@ -34,44 +29,16 @@ class TuneJob:
     split_protocol: str = "final"
     limit: int | None = None
     augment: str | None = None  # "on", "off" or a timm auto-augment policy; None: on for folder:, else off
-    # SPT only: a budget ("0.4M", "1%") allocated from fresh sensitivity scores, or a saved allocation
-    budget: str | None = None
-    allocation: str | None = None
-    alpha_threshold: float = 10.0
-    sensitivity_batches: int = 16
-    sensitivity_batch_size: int = 32
 
 
 def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel, DataSplits]:
-    """The adapted model and the data of one task."""
-    method_class = METHODS.get(job.method)
-    if (job.budget is not None or job.allocation is not None) and method_class and not method_class.budgeted:
-        raise AdaptError(f"--budget and --allocation size budgeted methods (spt); {job.method} does not use them")
+    """The adapted model and the data of one task (the method sets itself up from the data first)."""
     defaults = preprocessing(job.backbone)
     size = job.image_size or default_image_size(spec, defaults.image_size)
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
-    allocation = spt_allocation(job, spec, config.seed) if job.method == "spt" else None
-    alpha = float((job.options or {}).get("alpha", 8.0))
-    options = {**(job.options or {}), **SPT.options_for(allocation, alpha)} if allocation else job.options
-    adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options, config.seed)
-    if allocation:
-        adapted.method.set_allocation(adapted.model, allocation)
+    adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, job.options,
+                                  config.seed, setup=(data, config))  # fmt: skip
     return adapted, data
-
-
-def spt_allocation(job: TuneJob, spec: str, seed: int) -> Allocation:
-    """The job's saved allocation, or one computed from sensitivity on the task's training data."""
-    if job.allocation:
-        return Allocation.load(job.allocation)
-    if job.budget is None:
-        raise AdaptError("--method spt needs --budget (e.g. 0.4M, 1%) or --allocation alloc.json")
-    from adapt.sensitivity import allocate_from_scores, parameter_sensitivity
-
-    options = job.options or {}
-    rank, structured = int(options.get("rank", 8)), str(options.get("structured_module", "lora"))
-    scores, metadata = parameter_sensitivity(dataclasses.replace(job, data=spec), job.sensitivity_batches,
-                                             job.sensitivity_batch_size, seed)  # fmt: skip
-    return allocate_from_scores(scores, metadata, job.budget, rank, job.alpha_threshold, structured)
 
 
 def tune(
@@ -100,10 +67,8 @@ def tune(
             import yaml
 
             write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
-        allocation = getattr(adapted.method, "allocation", None)
-        if allocation is not None and main:
-            allocation.save(out_dir / "allocation.json")
-            plot_allocation(allocation, out_dir / "allocation.png")
+        if main and not resume:
+            adapted.method.write_run_files(out_dir)
         if on_start is not None:
             on_start(adapted, data)
         return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)

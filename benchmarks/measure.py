@@ -42,7 +42,7 @@ def training_cost(adapted: AdaptedModel, images: torch.Tensor, labels: torch.Ten
     data: activations saved for backward, gradients, optimizer state), AdamW as in training."""
     model = adapted.model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    adapted.method.set_train_mode(model)
+    model.train()
     seconds: list[float] = []
 
     def train() -> None:

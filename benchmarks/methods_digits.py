@@ -7,7 +7,10 @@ training steps keep alive beyond the model and data (activations saved for backw
 gradients, optimizer state), counted op by op with adapt.merge.reparam.AllocationTracker,
 again as a ratio to full fine-tuning.
 
-    python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2]
+A second table measures cost only, on a random-weight ViT-B/16 (batch 8 at 224 px): step time
+and peak training memory of SSF and BitFit vs full fine-tuning, median of a few AdamW steps.
+
+    python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2] [--vit-steps 4]
 
 Writes benchmarks/results/methods_digits.json and methods_digits.md.
 """
@@ -21,6 +24,7 @@ import tempfile
 import adapt  # noqa: F401  (first: torchvision compat)
 import torch
 
+from adapt.adapted import AdaptedModel
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, prepare, tune
 from measure import mean_std, mean_step_seconds, training_cost
@@ -28,6 +32,8 @@ from report import percent_mean_std, write_report
 
 METHODS = ["full", "linear", "bitfit", "ssf"]
 MEMORY_STEPS = 10
+VIT = "vit_base_patch16_224"
+VIT_METHODS = ["full", "bitfit", "ssf"]
 
 
 def peak_training_memory(method: str) -> int:
@@ -39,10 +45,27 @@ def peak_training_memory(method: str) -> int:
     return training_cost(adapted, images, labels, MEMORY_STEPS)[1]
 
 
+def vit_cost(steps: int) -> list[dict]:
+    """Step time and peak training memory on a random-weight ViT-B/16, as ratios to full fine-tuning."""
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 224, 224), torch.randint(0, 10, (8,))
+    classes = [str(c) for c in range(10)]
+    measured = {}
+    for method in VIT_METHODS:
+        adapted = AdaptedModel.create(method, classes, 224, VIT, "random")
+        measured[method] = (*training_cost(adapted, images, labels, steps), adapted.parameter_counts()[0])
+        print(method, measured[method], flush=True)
+    full_step, full_peak, _ = measured["full"]
+    return [{"method": m, "backbone": VIT, "trainable_params": trainable, "step_time_ratio_vs_full": step / full_step,
+             "peak_mem_ratio_vs_full": peak / full_peak, "step_seconds": step, "peak_bytes": peak}
+            for m, (step, peak, trainable) in measured.items()]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--vit-steps", type=int, default=4)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     measured = {}
@@ -76,8 +99,15 @@ def main() -> None:
         }
         for method, m in measured.items()
     ]
+    vit = vit_cost(args.vit_steps)
     setup = {"backbone": "tf_efficientnet_lite0 (embedded ImageNet weights)", "data": "digits, 96 px",
-             "epochs": args.epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU"}  # fmt: skip
+             "epochs": args.epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU",
+             "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of {args.vit_steps} AdamW steps",
+             "vit_rows": vit}  # fmt: skip
+    vit_table = ["| method on ViT-B/16 (cost only) | trainable params | step time vs full | peak train memory vs full |",
+                 "|---|---:|---:|---:|"] + [
+        f"| {r['method']} | {r['trainable_params']:,} | {r['step_time_ratio_vs_full']:.2f} | {r['peak_mem_ratio_vs_full']:.2f} |"
+        for r in vit]  # fmt: skip
     write_report("methods_digits", f"Methods on the embedded default ({args.epochs} epochs, seeds {seeds})", setup, rows, [
         ("method", lambda r: r["method"]),
         ("trainable params", lambda r: f"{r['trainable_params']:,}"),
@@ -85,7 +115,7 @@ def main() -> None:
         ("test acc (mean ± std)", percent_mean_std("acc_mean", "acc_std")),
         ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
         ("peak train memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
-    ])  # fmt: skip
+    ], footer="\n".join(vit_table))  # fmt: skip
 
 
 if __name__ == "__main__":

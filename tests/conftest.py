@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ADAPT_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"adapt-test-cache-{os.getpid()}"))
 
 
 def digit_image(index: int) -> Image.Image:

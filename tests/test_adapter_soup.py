@@ -103,14 +103,12 @@ def test_a_rank_soup_matches_peft_svd_combination(loras, tmp_path):
 
 
 def test_spt_soups_fold_runs_that_chose_other_entries(tmp_path):
-    from adapt.allocation import Allocation
-    from adapt.methods.spt import SPT
+    from adapt.methods.spt.allocation import Allocation
 
     paths = []
     for seed, entries in ((0, [0, 5, 9]), (1, [1, 2, 3])):
-        allocation = Allocation(budget=3, rank=2, unstructured={"blocks.0.mlp.fc1.weight": entries})
-        adapted = AdaptedModel.create("spt", CLASSES, 160, "test_vit", "random", SPT.options_for(allocation))
-        adapted.method.set_allocation(adapted.model, allocation)
+        Allocation(budget=3, rank=2, unstructured={"blocks.0.mlp.fc1.weight": entries}).save(tmp_path / "a.json")
+        adapted = AdaptedModel.create("spt", CLASSES, 160, "test_vit", "random", {"allocation": str(tmp_path / "a.json")})
         with torch.no_grad():
             for p in adapted.model.parameters():
                 if p.requires_grad:

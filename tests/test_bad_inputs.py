@@ -8,6 +8,7 @@ lock file left behind. The world (runs, checkpoints, images, data, soups) is bui
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import resource
@@ -225,12 +226,13 @@ CASES = [
     # method options
     C(f"tune --method lora --alpha nan {T}", "alpha must be finite"),
     C(f"tune --method lora --alpha -1 {T}", "alpha must be > 0"),
-    C(f"tune --method lora --rank 0 {T}", "Invalid value for '--rank'", 2),
-    C(f"tune --method lora --dropout 1 {T}", "Invalid value for '--dropout'", 2),
+    C(f"tune --method lora --rank 0 {T}", "method lora: rank must be >= 1, got 0"),
+    C(f"tune --method lora --rank 2.5 {T}", "method lora: rank must be int, got 2.5"),
+    C(f"tune --method lora --dropout 1 {T}", "method lora: dropout must be < 1"),
     C(f"tune --method lora --targets ( {T}", "not a valid regular expression"),
     C(f"tune --method lora --targets nothing-matches {T}", "match"),
     C(f"tune --option init_std=-1 {T}", "init_std must be >= 0"),
-    C(f"tune --option init_std=nan {T}", "init_std must be float"),
+    C(f"tune --option init_std=nan {T}", "init_std must be finite, got nan"),
     C(f"tune --option init_std=\"big\" {T}", "init_std must be float"),
     C(f"tune --option targets=( {T}", "not a valid regular expression"),
     C(f"tune --option targets=nomatch {T}", "match no linear, conv or norm layer"),
@@ -239,8 +241,11 @@ CASES = [
     C(f"tune --option noequals {T}", "--option expects key=value"),
     C(f"tune --method hst --option widths=a,b,c,d {T}", "hst widths and depths are 4 integers"),
     C(f"tune --method hst --option mlp_ratio=0 {T}", "mlp_ratio must be > 0"),
-    C(f"tune --budget 1% {T}", "--budget and --allocation size budgeted methods"),
-    C(f"tune --method lora --allocation {W}/alloc/negidx.json {T}", "--budget and --allocation"),
+    C(f"tune --budget 1% {T}", "method ssf: unknown option 'budget'"),
+    C(f"tune --method lora --allocation {W}/alloc/negidx.json {T}", "method lora: unknown option 'allocation'"),
+    C(f"tune --method spt --budget 1% --allocation {W}/alloc/negidx.json {T}", "--budget (allocated from fresh sensitivity) or --allocation FILE, not both"),
+    C(f"tune --method spt --budget lots {T}", "cannot read budget"),
+    C(f"tune --method spt --budget 1% --alpha-threshold 0 {T}", "alpha_threshold must be > 0"),
     C(f"tune --method spt {T}", "needs --budget"),
     C(f"tune --method spt --allocation {W}/alloc/bad_json.json {T}", "cannot read allocation"),
     C(f"tune --method spt --allocation {W}/alloc/types.json {T}", "budget must be int"),
@@ -266,6 +271,10 @@ CASES = [
     C(f"tune --data folder:{W}/nope {T}", "data folder not found"),
     C(f"tune --split-protocol x {T}", "Invalid value for '--split-protocol'", 2),
     C(f"tune --precision fp16 {T}", "fp16 needs a GPU"),
+    C(f"tune --log-with tensorbord {T}", "'tensorbord' is not a tracker"),
+    C(f"tune --log-with csv,all,x {T}", "'x' is not a tracker"),
+    *([C(f"tune --log-with wandb {T}", "needs the wandb package: pip install wandb")]
+      if importlib.util.find_spec("wandb") is None else []),
     C(f"tune --data folder:{W}/folders/oneclass --augment sideways {T}", "not on, off or a timm auto-augment policy"),
     C(f"tune --augment on {T}", "digits are 8x8 drawings"),
     C(f"tune --config {W}/none.yaml {T}", "none.yaml not found"),

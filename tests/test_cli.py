@@ -56,11 +56,24 @@ def test_eval_predict_info(folder_run, folder_root):
     assert result.exit_code == 0 and "bitfit" in result.output and "tf_efficientnet_lite0" in result.output
 
 
-def test_methods_table_lists_the_registry():
+def test_methods_table_lists_the_registry_and_is_kept_for_the_next_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPT_CACHE_DIR", str(tmp_path / "cache"))
     result = run("methods", "--backbone", "test_vit", "--num-classes", "3")
     assert result.exit_code == 0
     for name in ("ssf", "full", "linear", "bitfit"):
         assert name in result.output
+    cached = list((tmp_path / "cache").glob("methods-*.json"))
+    assert len(cached) == 1
+    rows = json.loads(cached[0].read_text())
+    ssf = next(r for r in rows if r["name"] == "ssf")
+    assert f"{ssf['trainable']:,}" in result.output
+    cached[0].write_text(json.dumps([{**r, "trainable": 7} if r["name"] == "ssf" else r for r in rows]))
+    assert " 7 " in run("methods", "--backbone", "test_vit", "--num-classes", "3").output  # read back, not rebuilt
+    cached[0].write_text("{not json")  # a broken cache is rebuilt
+    again = run("methods", "--backbone", "test_vit", "--num-classes", "3")
+    assert again.exit_code == 0 and f"{ssf['trainable']:,}" in again.output
+    run("methods", "--backbone", "test_vit", "--num-classes", "4")  # another key
+    assert len(list((tmp_path / "cache").glob("methods-*.json"))) == 2
 
 
 def test_vtab_root_runs_every_task_and_prints_both_means(vtab_root, tmp_path):
@@ -113,6 +126,21 @@ def test_lora_flags_reach_the_method(tmp_path):
     assert_one_line_error(run("tune", "--method", "ssf", "--rank", "4"), "method ssf: unknown option 'rank'")
 
 
+def test_method_flags_are_declared_options_of_their_methods():
+    """Each convenience flag of `tune` is a field of the options dataclass of every method that
+    declares it, and only of those (the flag is then just --option NAME=VALUE)."""
+    import dataclasses
+
+    from adapt.methods import METHOD_FLAGS, METHODS
+
+    for name, flag in METHOD_FLAGS.items():
+        for method in METHODS:
+            fields = {f.name for f in dataclasses.fields(METHODS[method].config_class)}
+            assert (name in fields) == (method in flag.methods), (name, method)
+    help_text = run("tune", "--help").output
+    assert "--budget VALUE" in help_text and "spt: Trainable parameters" in help_text
+
+
 def test_the_cli_starts_without_torch():
     code = ("import sys, adapt.cli; heavy = [m for m in ('torch', 'timm', 'torchvision', 'sklearn', 'accelerate', 'peft') "
             "if m in sys.modules]; print(heavy)")  # fmt: skip
@@ -151,11 +179,15 @@ def test_config_file_flags_win_and_resume_takes_the_saved_options(tmp_path):
 
 
 def test_continual_and_perceptual_init_take_a_config_file(tmp_path):
+    import yaml
+
     config = tmp_path / "cl.yaml"
     config.write_text("head: linear\nepochs: 1\nimage-size: 32\nlimit: 60\ninitial: 5\nincrement: 5\n")
     result = run("continual", "--config", config, "--out", tmp_path / "cl")
     assert result.exit_code == 0, result.output
     assert "naive ssf with a linear head" in result.output and "2 tasks of 5, 5 classes, 32px" in result.output
+    saved = yaml.safe_load((tmp_path / "cl" / "config.yaml").read_text())
+    assert saved["head"] == "linear" and saved["initial"] == 5 and saved["out"] == str(tmp_path / "cl")
     config.write_text("epocs: 1\n")
     for command in (["continual"], ["perceptual-init", "--data", "triplets:x.csv", "--out", tmp_path / "p.safetensors"]):
         assert_one_line_error(run(*command, "--config", config), "unknown option 'epocs' (did you mean 'epochs'?)")

@@ -49,9 +49,9 @@ def test_merge_is_exact_on_a_tiny_vit(method):
 def trained_lite0(tmp_path_factory):
     """Each mergeable method after a few real training steps on digits (Lite0, 48 px)."""
     out = tmp_path_factory.mktemp("trained")
-    job = TuneJob(image_size=48, limit=96, sensitivity_batches=2, sensitivity_batch_size=16)
     for method in MERGEABLE:
-        job.method, job.budget = method, "20k" if METHODS[method].budgeted else None
+        budget = {"budget": "20k", "sensitivity_batches": 2, "sensitivity_batch_size": 16}
+        job = TuneJob(method=method, image_size=48, limit=96, options=budget if METHODS[method].budgeted else None)
         tune(job, TrainConfig(epochs=1, batch_size=16, lr=1e-2), out / method)
     return out
 

@@ -23,7 +23,7 @@ def test_ssf_on_lite0_goes_between_norm_and_activation():
     model, _ = create_backbone(num_classes=10)
     method = create_method("ssf")
     method.apply(model)
-    assert set(method.wrapped.values()) == {"BatchNormAct2d (before its activation)"}
+    assert set(method.wrapped.values()) == {"BatchNormAct2d (fused with it and its activation)"}
     assert isinstance(model.bn1.ssf, ScaleShift)
     # the SSF really runs before ReLU6: set it so that everything becomes negative
     with torch.no_grad():
@@ -49,7 +49,7 @@ def _one_step(method_name: str):
     method.apply(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    method.set_train_mode(model)
+    model.train()  # BatchNorm statistics stay frozen inside the model
     images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
     torch.nn.functional.cross_entropy(model(images), labels).backward()
     optimizer.step()

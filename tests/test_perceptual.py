@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from safetensors import safe_open
 
@@ -84,5 +85,8 @@ def test_cli_prints_the_agreement_table(fixture_root, tmp_path):
                                       "--epochs", "1", "--image-size", "32", "--out", str(tmp_path / "i.safetensors")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "2AFC agreement" in result.output and "val" in result.output and "test" in result.output
+    with safe_open(tmp_path / "i.safetensors", "pt") as file:  # the resolved options travel with the weights
+        options = yaml.safe_load(file.metadata()["config"])
+    assert options["method"] == "bitfit" and options["epochs"] == 1 and options["image_size"] == 32
     bad = CliRunner().invoke(cli, ["perceptual-init", "--data", "nights:/nowhere", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "triplet file not found" in bad.output

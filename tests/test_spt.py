@@ -8,17 +8,28 @@ from click.testing import CliRunner
 
 from adapt import AdaptError
 from adapt.adapted import AdaptedModel
-from adapt.allocation import allocate, parse_budget
 from adapt.cli import cli
 from adapt.data import load_data
+from adapt.kernels import fold_conv_batchnorms_
 from adapt.merge.reparam import merge_adapted
-from adapt.methods.spt import SPT
-from adapt.sensitivity import allocate_from_scores, parameter_sensitivity
+from adapt.methods.spt.allocation import allocate, parse_budget
+from adapt.methods.spt.sensitivity import allocate_from_scores, task_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
 
-QUICK = TuneJob(method="spt", options={"rank": 4}, image_size=48, limit=128, budget="20k", sensitivity_batches=2,
-               sensitivity_batch_size=16)
+QUICK = TuneJob(method="spt", image_size=48, limit=128,
+                options={"rank": 4, "budget": "20k", "sensitivity_batches": 2, "sensitivity_batch_size": 16})  # fmt: skip
+
+
+def spt_from(allocation, folder, classes, size, backbone, weights=None) -> AdaptedModel:
+    """SPT built from an allocation, through its saved file (what --allocation takes)."""
+    path = folder / f"allocation-{len(list(folder.glob('allocation-*')))}.json"
+    allocation.save(path)
+    return AdaptedModel.create("spt", classes, size, backbone, weights, {"allocation": str(path)})
+
+
+def eligible(metadata) -> set[str]:
+    return set(json.loads(metadata["lora_eligible"]))
 
 
 def test_budget_parsing_and_errors():
@@ -52,25 +63,24 @@ def test_allocation_rules_on_hand_made_scores():
 
 @pytest.fixture(scope="module")
 def scores():
-    return parameter_sensitivity(QUICK, batches=2, batch_size=16, seed=0)
+    return task_sensitivity("digits", "tf_efficientnet_lite0", image_size=48, batches=2, batch_size=16, seed=0)
 
 
 def test_sensitivity_and_allocation_are_deterministic(scores):
-    again, _ = parameter_sensitivity(QUICK, batches=2, batch_size=16, seed=0)
+    again, metadata = task_sensitivity("digits", "tf_efficientnet_lite0", image_size=48, batches=2, batch_size=16, seed=0)
     assert all(torch.equal(scores[0][k], again[k]) for k in again)
     assert "classifier.weight" not in again and all(bool((v >= 0).all()) for v in again.values())
-    a = allocate_from_scores(*scores, "20k")
-    b = allocate_from_scores(again, scores[1], "20k")
+    a = allocate_from_scores(scores[0], eligible(scores[1]), "20k")
+    b = allocate_from_scores(again, eligible(metadata), "20k")
     assert a == b
 
 
 @pytest.mark.parametrize("budget", ["20k", "60k"])
-def test_trained_count_meets_the_budget(scores, budget):
-    allocation = allocate_from_scores(*scores, budget)
+def test_trained_count_meets_the_budget(scores, budget, tmp_path):
+    allocation = allocate_from_scores(scores[0], eligible(scores[1]), budget)
     target = parse_budget(budget, sum(t.numel() for t in scores[0].values()))
     assert 0.98 * target <= allocation.trainable_params() <= target
-    adapted = AdaptedModel.create("spt", [str(i) for i in range(10)], 48, "tf_efficientnet_lite0",
-                                  options=SPT.options_for(allocation))  # fmt: skip
+    adapted = spt_from(allocation, tmp_path, [str(i) for i in range(10)], 48, "tf_efficientnet_lite0")
     head = 1280 * 10 + 10
     assert adapted.parameter_counts()[0] - head == allocation.trainable_params()
 
@@ -87,7 +97,9 @@ def test_tune_spt_writes_allocation_and_keeps_unselected_entries(spt_run):
     assert (out / "allocation.json").is_file() and (out / "allocation.png").stat().st_size > 1000
     allocation = json.loads((out / "allocation.json").read_text())
     adapted, _ = AdaptedModel.from_checkpoint(out / "adapter.safetensors")
-    fresh = AdaptedModel.create("linear", ["x"] * 10, 48, "tf_efficientnet_lite0").model.state_dict()
+    fresh_model = AdaptedModel.create("linear", ["x"] * 10, 48, "tf_efficientnet_lite0").model
+    fold_conv_batchnorms_(fresh_model, 224)  # SPT trained on the BatchNorm-folded weights
+    fresh = fresh_model.state_dict()
     merged, _ = merge_adapted(adapted)
     state = merged.state_dict()
     for name, indices in allocation["unstructured"].items():
@@ -100,7 +112,7 @@ def test_tune_spt_writes_allocation_and_keeps_unselected_entries(spt_run):
             assert torch.equal(state[name], fresh[name]), name
 
 
-def test_spt_merges_exactly_on_lite0_and_a_tiny_vit(spt_run):
+def test_spt_merges_exactly_on_lite0_and_a_tiny_vit(spt_run, tmp_path):
     out, _ = spt_run
     adapted, _ = AdaptedModel.from_checkpoint(out / "adapter.safetensors")
     images = torch.stack([x for x, _ in list(load_data("digits", 48, adapted.mean, adapted.std).test)[:64]])
@@ -115,8 +127,7 @@ def test_spt_merges_exactly_on_lite0_and_a_tiny_vit(spt_run):
     from adapt.methods.lora import lora_eligible_weights
 
     allocation = allocate(vit_scores, 30_000, lora_eligible_weights(vit), rank=4, alpha_threshold=10)
-    adapted = AdaptedModel.create("spt", ["a", "b", "c"], 160, "test_vit", "random", SPT.options_for(allocation))
-    adapted.method.set_allocation(adapted.model, allocation)
+    adapted = spt_from(allocation, tmp_path, ["a", "b", "c"], 160, "test_vit", "random")
     with torch.no_grad():
         for p in adapted.model.parameters():
             if p.requires_grad:
@@ -155,14 +166,17 @@ def test_spt_with_adapters_trains_reloads_and_refuses_to_merge(tmp_path):
     vit_scores = {k: torch.rand(p.shape, generator=torch.Generator().manual_seed(0))
                   for k, p in vit.named_parameters() if not k.startswith("head.")}  # fmt: skip
     allocation = allocate(vit_scores, 30_000, lora_eligible_weights(vit), rank=4, structured_module="adapter")
-    adapted = AdaptedModel.create("spt", ["a", "b", "c"], 160, "test_vit", "random", SPT.options_for(allocation))
-    adapted.method.set_allocation(adapted.model, allocation)
-    assert adapted.parameter_counts()[0] == allocation.trainable_params() + 64 * 3 + 3
+    adapted = spt_from(allocation, tmp_path, ["a", "b", "c"], 160, "test_vit", "random")
+    # an adapter is costed by the paper's formula (2 * rows * r + r + rows), exact for square matrices only
+    modules = [m for m in adapted.model.modules() if type(m).__name__ == "StructuredDelta"]
+    actual = sum(p.numel() for m in modules for p in m.parameters())
+    costed = sum(allocation.costs[n] for n in allocation.structured)
+    assert adapted.parameter_counts()[0] == allocation.trainable_params() - costed + actual + 64 * 3 + 3
     x, labels = torch.randn(4, 3, 160, 160), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         before = adapted.model.eval()(x)  # up-projections start at zero: the model is unchanged
     optimizer = torch.optim.AdamW([p for p in adapted.model.parameters() if p.requires_grad], lr=1e-2)
-    adapted.method.set_train_mode(adapted.model)
+    adapted.model.train()
     torch.nn.functional.cross_entropy(adapted.model(x), labels).backward()
     optimizer.step()
     adapted.save(tmp_path / "spt.safetensors")
@@ -173,3 +187,56 @@ def test_spt_with_adapters_trains_reloads_and_refuses_to_merge(tmp_path):
     with pytest.raises(AdaptError, match="method spt cannot be merged"):
         merge_adapted(loaded)
     assert "adapters rank 4" in loaded.method.report()
+
+
+def test_batchnorm_folding_is_exact_and_recorded_and_merges_to_a_plain_timm_state_dict(tmp_path):
+    """SPT on Lite0 trains on BN-folded weights: before any training the folded model equals the
+    plain one (frozen statistics, to 1e-5); the checkpoint says so; the merge loads into timm strictly."""
+    import timm
+
+    from adapt.methods.spt.allocation import Allocation
+
+    plain = AdaptedModel.create("linear", [str(i) for i in range(10)], 64, "tf_efficientnet_lite0").model.eval()
+    allocation = Allocation(budget=20, rank=2, unstructured={"blocks.1.0.conv_dw.weight": list(range(0, 200, 10))})
+    adapted = spt_from(allocation, tmp_path, [str(i) for i in range(10)], 64, "tf_efficientnet_lite0")
+    assert adapted.method.options()["fold_batchnorm"] is True
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        reference = plain(x)  # 1e-5 relative to the largest logit (float32 rounding through ~50 folded layers)
+        assert (adapted.model.eval()(x) - reference).abs().max() <= 1e-5 * reference.abs().max()
+        stem = plain.bn1(plain.conv_stem(x))  # one folded pair
+        assert (adapted.model.bn1(adapted.model.conv_stem(x)) - stem).abs().max() <= 1e-5 * stem.abs().max()
+        assert float(adapted.model.bn1.weight.min()) == float(adapted.model.bn1.weight.max()) == 1.0  # folded
+        for p in adapted.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+        trained = adapted.model.eval()(x)
+    adapted.save(tmp_path / "spt.safetensors")
+    loaded, meta = AdaptedModel.from_checkpoint(tmp_path / "spt.safetensors")
+    assert meta.method_options["fold_batchnorm"] is True
+    merged, _ = merge_adapted(loaded)
+    fresh = timm.create_model("tf_efficientnet_lite0", num_classes=10)
+    fresh.load_state_dict(merged.state_dict(), strict=True)
+    with torch.no_grad():
+        assert (fresh.eval()(x) - trained).abs().max() <= 1e-4
+
+
+def test_a_checkpoint_from_before_folding_loads_unfolded():
+    from adapt.methods import create_method
+
+    old = create_method("spt", {"unstructured": {"conv_stem.weight": 3}})
+    assert old.config.fold_batchnorm is False
+    assert create_method("spt", {"budget": "1%"}).config.fold_batchnorm is True
+
+
+def test_spt_owns_its_setup_and_tune_does_not_know_it():
+    """The sensitivity pass and allocation are SPT's `prepare`; tune.py and the sensitivity module no
+    longer import each other."""
+    import inspect
+
+    import adapt.tune
+    from adapt.methods.spt import sensitivity
+
+    source = inspect.getsource(adapt.tune)
+    assert "spt" not in source.lower() and "budget" not in source and "allocation" not in source
+    assert "adapt.tune" not in inspect.getsource(sensitivity)

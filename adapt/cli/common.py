@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from adapt.errors import AdaptError
+from adapt.train_config import RESULT_FREE
 
 # Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
 # Markup is off: paths, class names and messages are printed as the text they are.
@@ -86,7 +87,7 @@ class AdaptGroup(click.Group):
 
 
 CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
-RESUME_FREE = {"workers", "out", "resume", "overwrite", "config"}  # may differ on --resume: they change no result
+RESUME_FREE = {*RESULT_FREE, "out", "resume", "overwrite", "config"}  # may differ on --resume: they change no result
 
 
 def resolve_config(ctx: click.Context, config: str | None, saved: str | None = None) -> dict[str, Any]:
@@ -122,7 +123,8 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
 
 
 def config_option(command):
-    """Give a command `--config FILE`: YAML values under the flags typed on the command line (resolve_config)."""
+    """Give a command `--config FILE`: YAML values under the flags typed on the command line (resolve_config).
+    The resolved options, for the run to keep, are then `resolved_record()`."""
 
     @click.option("--config", type=click.Path(dir_okay=False), default=None,
                   help="YAML with any of these options (long names); flags on the command line win.")  # fmt: skip
@@ -130,10 +132,19 @@ def config_option(command):
     @functools.wraps(command)
     def with_config(ctx: click.Context, **params: Any) -> Any:
         values = resolve_config(ctx, params.get("config"))
+        ctx.meta[_RECORD] = config_record(values)
         values.pop("config", None)
         return command(**values)
 
     return with_config
+
+
+_RECORD = "adapt.resolved_options"
+
+
+def resolved_record() -> dict[str, Any]:
+    """The options of the running command (under config_option) as its run folder keeps them."""
+    return click.get_current_context().meta[_RECORD]
 
 
 def plain_value(value: Any) -> Any:
@@ -148,18 +159,49 @@ def config_record(values: dict[str, Any]) -> dict[str, Any]:
     return {name: plain_value(value) for name, value in values.items() if name not in ("config", "resume", "overwrite")}
 
 
+def option_value(raw: str) -> Any:
+    """A method option's value as typed: JSON when it parses (8, 0.5, true, [..]), a number Python reads
+    (nan, inf: refused later by name), else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`--option key=value` pairs; values are read as JSON when they parse, else as strings."""
+    """`--option key=value` pairs (values through `option_value`)."""
     options = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise AdaptError(f"--option expects key=value, got {pair!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+        options[key] = option_value(raw)
     return options
+
+
+class OptionValue(click.ParamType):
+    """A method option's value: typed on the command line (see `option_value`), as it is in a YAML file."""
+
+    name = "value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return option_value(value) if isinstance(value, str) else value
+
+
+def method_flag_options(command):
+    """The methods' declared flags (adapt.methods.METHOD_FLAGS), each a shortcut for --option NAME=VALUE;
+    the method's options dataclass checks the value."""
+    from adapt.methods import METHOD_FLAGS
+
+    for name, flag in reversed(METHOD_FLAGS.items()):
+        help_text = f"{', '.join(flag.methods)}: {flag.help}"
+        command = click.option(f"--{name.replace('_', '-')}", name, type=OptionValue(), default=None, metavar="VALUE",
+                               help=help_text)(command)  # fmt: skip
+    return command
 
 
 @click.group(cls=AdaptGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, weights_option
+from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, resolved_record, weights_option
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
 from adapt.methods import METHODS
 
@@ -42,7 +42,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
 
     Writes OUT/task_N/ (the checkpoint after each task, which adapt eval, predict, info and
-    merge accept), OUT/continual.json and OUT/accuracy_matrix.png.
+    merge accept), OUT/continual.json, OUT/accuracy_matrix.png and OUT/config.yaml (the options).
 
     \b
     Examples:
@@ -70,7 +70,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
             table.add_row(f"T{t + 1}", *(f"{a:.1%}" for a in row[: t + 1]), *[""] * (task.index - t), f"{seen:.1%}")
         console.print(table)
 
-    result = run.fit(scenario, on_task_end=print_matrix)
+    result = run.fit(scenario, on_task_end=print_matrix, record=resolved_record())
     metrics = result.metrics
     console.print(
         f"average incremental accuracy {metrics.average_incremental_accuracy:.2%}  ·  last accuracy "

@@ -27,11 +27,9 @@ def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, 
       adapt sensitivity --data digits --batches 16 --batch-size 32 --out sensitivity.safetensors
       adapt allocate sensitivity.safetensors --budget 0.4M --out alloc.json --plot alloc.png
     """
-    from adapt.sensitivity import parameter_sensitivity, save_sensitivity
-    from adapt.tune import TuneJob
+    from adapt.methods.spt.sensitivity import save_sensitivity, task_sensitivity
 
-    job = TuneJob(data=data, backbone=backbone, weights=weights, image_size=image_size)
-    scores, metadata = parameter_sensitivity(job, batches, batch_size, seed)
+    scores, metadata = task_sensitivity(data, backbone, weights, image_size, batches, batch_size, seed)
     save_sensitivity(out, scores, metadata, overwrite)
     console.print(f"scored {sum(t.numel() for t in scores.values()):,} weights in {len(scores)} tensors "
                   f"over {batches} batches of {batch_size} -> {out}")  # fmt: skip
@@ -44,10 +42,12 @@ def sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, 
               help="The module for sensitive matrices; adapters are non-linear and cannot be merged.")
 @click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--alpha-threshold", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
+@click.option("--rule", type=click.Choice(["exact", "official"]), default="exact", show_default=True,
+              help="exact: the count lands on the budget; official: the released code's closest point on a 0.02M grid.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The allocation JSON to write.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also draw the allocation heatmap (PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace --out (and --plot) if they exist.")
-def allocate(scores, budget, structured, rank, alpha_threshold, out, plot, overwrite) -> None:
+def allocate(scores, budget, structured, rank, alpha_threshold, rule, out, plot, overwrite) -> None:
     """Spend a parameter budget where the task is sensitive (SPT, step 2).
 
     \b
@@ -55,9 +55,9 @@ def allocate(scores, budget, structured, rank, alpha_threshold, out, plot, overw
       adapt allocate sensitivity.safetensors --budget 0.4M --rank 8 --out alloc.json --plot alloc.png
       adapt tune --method spt --allocation alloc.json
     """
-    from adapt.sensitivity import allocate_file
+    from adapt.methods.spt.sensitivity import allocate_file
 
-    allocation = allocate_file(scores, budget, out, rank, alpha_threshold, structured, plot, overwrite)
+    allocation = allocate_file(scores, budget, out, rank, alpha_threshold, structured, plot, overwrite, rule)
     sparse = sum(len(i) for i in allocation.unstructured.values())
     console.print(
         f"{allocation.trainable_params():,} of {allocation.budget:,} budget: {structured} rank {rank} on "

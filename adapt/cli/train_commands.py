@@ -9,21 +9,15 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, weights_option
-from adapt.methods import METHODS
+from adapt.cli.common import (backbone_option, cli, config_option, console, method_flag_options, parse_options,
+                               resolved_record, weights_option)  # fmt: skip
+from adapt.methods import METHOD_FLAGS, METHODS, method_options
 from adapt.train_config import TrainConfig
 
 
 @cli.command()
 @click.option("--method", type=click.Choice(list(METHODS)), default="ssf", show_default=True)
-@click.option("--rank", type=click.IntRange(1), default=None, help="LoRA rank (default 8).")
-@click.option("--alpha", type=float, default=None, help="LoRA alpha; scaling = alpha / rank (default 8).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="LoRA dropout (default 0).")
-@click.option("--targets", default=None, metavar="REGEX", help="Layers to adapt (lora, ssf), a regex on layer names.")
-@click.option("--budget", default=None, help="SPT: trainable parameters, e.g. 0.4M or 1% (allocated by sensitivity).")
-@click.option("--allocation", type=click.Path(path_type=Path), default=None, help="SPT: a saved allocation JSON.")
-@click.option("--alpha-threshold", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
-              help="SPT: a matrix gets LoRA when its sensitive count reaches cost / this.")  # fmt: skip
+@method_flag_options
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Any method option, e.g. init_std=0.01.")
 @click.option("--data", default="digits", show_default=True, help="digits | folder:PATH | vtab:ROOT[/TASK]")
 @click.option("--split-protocol", type=click.Choice(["final", "tune"]), default="final", show_default=True,
@@ -46,6 +40,9 @@ from adapt.train_config import TrainConfig
                    "else fp32. fp16 needs a GPU.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader processes.")
+@click.option("--log-with", default=None, metavar="TRACKERS",
+              help="tensorboard, csv, wandb or all (comma-separated): per-step loss and lr, per-epoch metrics, "
+                   "into OUT/tensorboard/, OUT/log.csv, or W&B.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
@@ -65,6 +62,7 @@ def tune(ctx, **_) -> None:
       adapt tune --method bitfit --data folder:pets --out runs/pets
       adapt tune --config run.yaml --lr 1e-3       # options from a file, one changed
       adapt tune --out runs/pets --resume          # continue with the saved options
+      adapt tune --log-with tensorboard            # then: tensorboard --logdir runs/tune/tensorboard
       adapt tune --method spt --budget 0.4M --rank 8    # sensitivity, allocation, then training
       adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224 --weights random
       adapt tune --backbone local-dir:merged/ --data folder:pets --out runs/pets-2   # a hub folder as the backbone
@@ -86,14 +84,11 @@ def tune(ctx, **_) -> None:
         found = next((p for p in saved if p.is_file()), None)
         if found is not None:
             v = resolve_config(ctx, ctx.params["config"], str(found))
-    flags = {"rank": v["rank"], "alpha": v["alpha"], "dropout": v["dropout"], "targets": v["targets"]}
-    options = {**{k: x for k, x in flags.items() if x is not None}, **parse_options(v["method_options"])}
+    options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
-                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
-                  budget=v["budget"], allocation=str(v["allocation"]) if v["allocation"] else None,
-                  alpha_threshold=v["alpha_threshold"])  # fmt: skip
+                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"])  # fmt: skip
     config = TrainConfig(v["epochs"], v["batch_size"], v["lr"], v["weight_decay"], v["warmup"], v["grad_accum"],
-                         v["precision"], v["seed"], v["workers"])  # fmt: skip
+                         v["precision"], v["seed"], v["workers"], v["log_with"])  # fmt: skip
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
     specs = expand_spec(job.data)  # several when data is a VTAB root holding many tasks
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
@@ -210,16 +205,19 @@ def predict(checkpoint, images, top_k, weights) -> None:
 def methods(backbone, num_classes, image_size) -> None:
     """The methods, their trainable parameters on a backbone, and whether they merge.
 
+    The table is kept in the user's cache folder (ADAPT_CACHE_DIR, else ~/.cache/adapt) for
+    the next call with the same backbone, classes, image size and installed versions.
+
     \b
     Example:
       adapt methods --backbone vit_base_patch16_224 --num-classes 100
     """
-    from adapt.methods import method_rows
+    from adapt.methods.rows_cache import cached_method_rows
 
     table = Table(title=f"methods on {backbone}, {num_classes} classes")
     for column in ("method", "trainable", "share", "mergeable", "default lr", "what it trains"):
         table.add_column(column, justify="right" if column in ("trainable", "share", "default lr") else "left")
-    for row in method_rows(list(METHODS), backbone, num_classes, image_size):
+    for row in cached_method_rows(list(METHODS), backbone, num_classes, image_size):
         trainable = f"budget + {row.trainable:,}" if row.budgeted else f"{row.trainable:,}"
         share = "--budget" if row.budgeted else f"{row.trainable / row.total:.2%}"
         table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}", row.summary)
@@ -271,8 +269,9 @@ def info(checkpoint) -> None:
 def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:
     """Shape a backbone with human similarity triplets before any other training.
 
-    Writes a plain backbone state dict that adapt tune --weights takes. Prints the 2AFC
-    agreement with the human votes on val/test before and after.
+    Writes a plain backbone state dict that adapt tune --weights takes (its metadata keeps
+    the options, as `config`). Prints the 2AFC agreement with the human votes on val/test
+    before and after.
 
     \b
     Examples:
@@ -283,7 +282,7 @@ def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, b
     from adapt.perceptual import perceptual_init as run_init
 
     result = run_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed,
-                      overwrite)  # fmt: skip
+                      overwrite, record=resolved_record())  # fmt: skip
     table = Table(title=f"2AFC agreement ({method}, {result.trainable_params:,} trained parameters)")
     for column in ("split", "before", "after"):
         table.add_column(column)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
-from adapt.checkpoint import write_json_atomic
+from adapt.checkpoint import write_json_atomic, write_text_atomic
 from adapt.continual.memory import ExemplarMemory
 from adapt.continual.metrics import ContinualMetrics, Matrix, plot_matrix
 from adapt.continual.scenario import Scenario, Task
@@ -36,7 +37,8 @@ from adapt.train import TrainConfig, Trainer, make_accelerator
 LEARNERS = ("naive", "replay")
 RESULT_FILE = "continual.json"
 MATRIX_PLOT = "accuracy_matrix.png"
-RUN_FILES = (RESULT_FILE, MATRIX_PLOT, "task_*")
+CONFIG_FILE = "config.yaml"
+RUN_FILES = (RESULT_FILE, MATRIX_PLOT, CONFIG_FILE, "task_*")
 
 
 @dataclass
@@ -98,17 +100,25 @@ class ContinualRun:
         model = ContinualModel(backbone, head)
         return model, AdaptedModel(model, method, info, [], scenario.image_size)
 
-    def fit(self, scenario: Scenario, on_task_end: Callable[[Task, Matrix, ContinualModel], None] | None = None) -> ContinualResult:
+    def fit(
+        self,
+        scenario: Scenario,
+        on_task_end: Callable[[Task, Matrix, ContinualModel], None] | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> ContinualResult:
         """Train on each task in turn; after each, test on all tasks seen. Writes OUT/task_N/ per task
-        and OUT/continual.json + accuracy_matrix.png at the end. `on_task_end(task, matrix, model)`
-        runs after each task's row is measured."""
+        and OUT/continual.json + accuracy_matrix.png at the end, and `record` (the command's resolved
+        options) as OUT/config.yaml. `on_task_end(task, matrix, model)` runs after each task's row is measured."""
         out = Path(self.out_dir)
         with exclusive_lock(out):
             check_run_folder(out, RUN_FILES, resume=False, overwrite=self.overwrite, resumable=False)
-            return self._fit(scenario, out, on_task_end)
+            return self._fit(scenario, out, on_task_end, record)
 
-    def _fit(self, scenario: Scenario, out: Path, on_task_end) -> ContinualResult:
+    def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None) -> ContinualResult:
         model, adapted = self.build(scenario)
+        if record is not None:  # once the model is built, so that a refused run leaves nothing
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
         memory = ExemplarMemory(self.memory, self.selection, self.seed) if self.learner == "replay" else None
         config = self.train_config()
         matrix: Matrix = []

@@ -27,7 +27,7 @@ from adapt.heads import ContinualModel
 from adapt.hub import HUB_FILES, save_hub_folder
 from adapt.outputs import check_free_space, check_output_file, check_owned_folder, exclusive_lock
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
-from adapt.kernels import fold_batchnorm_
+from adapt.kernels import conv_batchnorm_pairs, fold_batchnorm_
 
 
 @dataclass
@@ -72,30 +72,6 @@ def peak_extra_bytes(work: Callable[[], None]) -> int:
     with AllocationTracker() as tracker:
         work()
     return tracker.peak
-
-
-def conv_batchnorm_pairs(model: nn.Module, image_size: int) -> list[tuple[nn.Module, nn.Module]]:
-    """(conv, BatchNorm) pairs where the BatchNorm runs right after the conv, found by one forward pass."""
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_pre_hook(lambda module, args: order.append(module))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm))
-    ]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [
-        (conv, bn)
-        for conv, bn in zip(order, order[1:])
-        if isinstance(conv, nn.Conv2d)
-        and isinstance(bn, nn.modules.batchnorm._BatchNorm)
-        and conv.out_channels == bn.num_features
-        and bn.affine
-    ]
 
 
 def merge_adapted(adapted: AdaptedModel, fold_bn: bool = False) -> tuple[nn.Module, MergeReport]:

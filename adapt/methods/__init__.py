@@ -26,6 +26,32 @@ METHODS = LazyRegistry({
 })  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A command-line shortcut for a method option: `--NAME VALUE` is `--option NAME=VALUE`."""
+
+    methods: tuple[str, ...]  # the methods whose options dataclass has this field
+    help: str
+
+
+# the few options worth a flag of their own; every other option goes through --option KEY=VALUE
+METHOD_FLAGS = {
+    "rank": Flag(("lora", "spt"), "LoRA rank (default 8)."),
+    "alpha": Flag(("lora", "spt"), "LoRA alpha; scaling = alpha / rank (default 8)."),
+    "dropout": Flag(("lora",), "LoRA dropout (default 0)."),
+    "targets": Flag(("lora", "ssf"), "Layers to adapt, a regex on layer names."),
+    "budget": Flag(("spt",), "Trainable parameters, e.g. 0.4M or 1%, spent where the task is sensitive."),
+    "allocation": Flag(("spt",), "A saved allocation JSON (adapt allocate) instead of --budget."),
+    "alpha_threshold": Flag(("spt",), "A matrix gets LoRA when its sensitive count reaches cost / this (default 10)."),
+}
+
+
+def method_options(flags: dict[str, Any], pairs: dict[str, Any]) -> dict[str, Any]:
+    """The options from the given flags (None: not given) under `--option` pairs; the method's
+    options dataclass checks them (an option the method lacks is refused by name)."""
+    return {**{name: value for name, value in flags.items() if value is not None}, **pairs}
+
+
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
     if name not in METHODS:
         raise AdaptError(f"unknown method {name!r} (choose from {', '.join(METHODS)})")
@@ -68,4 +94,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'adapt.methods' has no attribute {name!r}")
 
 
-__all__ = ["METHODS", "Method", "MethodRow", "count_trainable", "create_method", "method_rows"]
+__all__ = ["METHODS", "METHOD_FLAGS", "Flag", "Method", "MethodRow", "count_trainable", "create_method", "method_options",
+           "method_rows"]

@@ -4,13 +4,15 @@ A method freezes the backbone, adds or unfreezes its own parameters (`apply`), s
 which tensors it trained (`trainable_state`) and loads them back
 (`load_trainable_state`). The classifier head always trains and is part of the
 trainable state. Methods that keep BatchNorm statistics frozen (the usual PEFT choice,
-and what makes their merge exact) run BatchNorm layers in eval mode during training.
+and what makes their merge exact) freeze them inside the model (adapt.methods.norms), so
+any training loop's `model.train()` leaves them as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +20,12 @@ from torch import nn
 from adapt.backbones import is_head_key
 from adapt.config import build, validate
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
+from adapt.methods.mixins import restore_plain_classes
+from adapt.methods.norms import freeze_norm_statistics
+
+if TYPE_CHECKING:
+    from adapt.data import DataSplits
+    from adapt.train_config import TrainConfig
 
 
 @dataclasses.dataclass
@@ -55,6 +63,8 @@ class Method:
 
         Returns the adapted model: `model` itself, or a wrapper around it (HST)."""
         model.requires_grad_(False)
+        if not self.trains_norm_statistics:
+            freeze_norm_statistics(model)
         self.add_trainable(model)
         for key, parameter in model.named_parameters():
             if is_head_key(model, key):
@@ -64,11 +74,26 @@ class Method:
     def add_trainable(self, model: nn.Module) -> None:
         raise NotImplementedError
 
+    def prepare(self, model: nn.Module, data: DataSplits | None, config: TrainConfig | None) -> None:
+        """Set the method up from the task before `apply`: `model` is the built backbone with its
+        fresh head, `data` the task's splits (None outside a training run). SPT scores and
+        allocates its budget here; most methods need nothing."""
+
+    def write_run_files(self, out_dir: Path) -> None:
+        """Write what a fresh run's folder should keep besides the checkpoint (SPT: its allocation)."""
+
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold what the method added into the backbone's own weights; the result has the
-        original architecture. Methods that train only existing tensors have nothing to fold."""
+        original architecture (BatchNorms back to their plain class) and no extra modules."""
         if not self.mergeable:
             raise AdaptError(f"method {self.name} cannot be merged: {self.merge_refusal}")
+        model = self.fold(model)
+        restore_plain_classes(model)
+        return model
+
+    def fold(self, model: nn.Module) -> nn.Module:
+        """Move what the method added into the weights, in place. Methods that train only
+        existing tensors have nothing to fold."""
         return model
 
     def describe(self, model: nn.Module) -> str:
@@ -97,13 +122,6 @@ class Method:
             for key, tensor in own.items():
                 tensor.copy_(tensors[key])
 
-    def set_train_mode(self, model: nn.Module) -> None:
-        """model.train(), with BatchNorm statistics kept frozen unless the method trains them."""
-        model.train()
-        if not self.trains_norm_statistics:
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -33,6 +33,7 @@ from torch import nn
 from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.methods.base import Method
+from adapt.methods.norms import freeze_norm_statistics
 from adapt.methods.side_network import HEAD_DIM, SideNetwork
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -195,6 +196,7 @@ class HST(Method):
         """Freeze the backbone, drop its unused classifier, and wrap it with a fresh side network."""
         num_classes = model.num_classes
         model.requires_grad_(False)
+        freeze_norm_statistics(model)
         model.reset_classifier(0)
         return HSTModel(model, self.config, num_classes)
 

@@ -103,7 +103,7 @@ class LoRA(Method):
     def report(self) -> str:
         return f"LoRA rank {self.config.rank} on {len(self.targets)} layers"
 
-    def merge(self, model: nn.Module) -> nn.Module:
+    def fold(self, model: nn.Module) -> nn.Module:
         from peft.tuners.lora import LoraLayer
 
         for name, module in list(model.named_modules()):

@@ -8,8 +8,9 @@ parameters on ViT-B/16). For timm's fused norm+activation layers (BatchNormAct2d
 kin) the SSF goes between the norm and the activation, so that it stays linear next
 to the norm and can be folded into it.
 
-The `ScaleShift` lives on the layer it follows (`<layer>.ssf`) and is applied by a
-forward hook, so the backbone's own parameter names never change.
+The `ScaleShift` lives on the layer it follows (`<layer>.ssf`), so the backbone's own
+parameter names never change; how it joins that layer without costing training memory is
+in adapt.methods.ssf_layers.
 """
 
 from __future__ import annotations
@@ -28,38 +29,9 @@ from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.kernels import scale_shift_
 from adapt.methods.base import Method
-
-CHANNELS_FIRST = 1
-CHANNELS_LAST = -1
-
-
-class ScaleShift(nn.Module):
-    """Per-channel y = scale * x + shift along `channel_dim` (1 for NCHW, -1 for tokens)."""
-
-    def __init__(self, channels: int, channel_dim: int, init_std: float = 0.02):
-        super().__init__()
-        self.channel_dim = channel_dim
-        self.scale = nn.Parameter(torch.empty(channels).normal_(1.0, init_std))
-        self.shift = nn.Parameter(torch.empty(channels).normal_(0.0, init_std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channel_dim == CHANNELS_LAST:
-            return x * self.scale + self.shift
-        shape = [1] * x.ndim
-        shape[self.channel_dim] = -1
-        return x * self.scale.view(shape) + self.shift.view(shape)
-
-    def after_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook: scale and shift what the layer returned."""
-        return self(output)
-
-    def before_input(self, module: nn.Module, args: tuple) -> tuple:
-        """Forward pre-hook on a fused norm's activation: scale and shift what it receives."""
-        return (self(args[0]), *args[1:])
-
-    def extra_repr(self) -> str:
-        return f"channels={self.scale.numel()}, channel_dim={self.channel_dim}"
-
+from adapt.methods.mixins import with_mixin, without_mixin
+from adapt.methods.ssf_layers import (CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift,
+                                     ScaleShiftBatchNormAct, ScaleShiftLinear, fuses_with_activation)  # fmt: skip
 
 def ssf_site(module: nn.Module) -> tuple[int, int] | None:
     """(channels, channel_dim) when SSF belongs after this layer, else None."""
@@ -84,6 +56,17 @@ def ssf_site(module: nn.Module) -> tuple[int, int] | None:
 def has_fused_activation(module: nn.Module) -> bool:
     """timm's norm+act layers (BatchNormAct2d, GroupNormAct, ...) apply `.act` inside forward."""
     return isinstance(getattr(module, "act", None), nn.Module) and ssf_site(module) is not None
+
+
+def fused_join(layer: nn.Module) -> type | None:
+    """The mixin that runs `layer` and its SSF as one op (ssf_layers), or None for a hook."""
+    if isinstance(layer, nn.Linear):
+        return ScaleShiftLinear
+    if fuses_with_activation(layer):
+        return ScaleShiftBatchNormAct
+    if not isinstance(layer, nn.modules.conv._ConvNd) and getattr(layer, "weight", None) is not None and getattr(layer, "bias", None) is not None:
+        return ScaledAffine
+    return None
 
 
 def fold_ssf_(layer: nn.Module, name: str) -> None:
@@ -115,6 +98,7 @@ class SSF(Method):
         super().__init__(config)
         self.wrapped: dict[str, str] = {}  # layer name -> kind, filled by apply
         self._hooks: dict[str, RemovableHandle] = {}
+        self._fused: dict[str, type] = {}  # layer name -> the mixin that runs it with its SSF
 
     def add_trainable(self, model: nn.Module) -> None:
         pattern = re.compile(self.config.targets) if self.config.targets else None
@@ -125,7 +109,13 @@ class SSF(Method):
             if pattern and not pattern.search(layer_name):
                 continue
             layer.ssf = ScaleShift(*site, init_std=self.config.init_std)
-            if has_fused_activation(layer):
+            join = fused_join(layer)
+            if join is not None:
+                with_mixin(layer, join)
+                self._fused[layer_name] = join
+                inside = {ScaledAffine: " (in its affine)", ScaleShiftBatchNormAct: " (fused with it and its activation)"}.get(join, "")
+                self.wrapped[layer_name] = type(layer).plain_class.__name__ + inside
+            elif has_fused_activation(layer):
                 self._hooks[layer_name] = layer.act.register_forward_pre_hook(layer.ssf.before_input)
                 self.wrapped[layer_name] = f"{type(layer).__name__} (before its activation)"
             else:
@@ -134,14 +124,20 @@ class SSF(Method):
         if pattern and not self.wrapped:  # else only the head would train, under SSF's name
             raise AdaptError(f"ssf targets {self.config.targets!r} match no linear, conv or norm layer of this model")
 
-    def merge(self, model: nn.Module) -> nn.Module:
+    def fold(self, model: nn.Module) -> nn.Module:
         """Fold every SSF into the layer it follows and remove it (see `fold_ssf_`)."""
+        for layer_name, join in self._fused.items():
+            layer = model.get_submodule(layer_name)
+            without_mixin(layer, join)
+            fold_ssf_(layer, layer_name)
+            del layer.ssf
         for layer_name, hook in self._hooks.items():
             layer = model.get_submodule(layer_name)
             fold_ssf_(layer, layer_name)
             hook.remove()
             del layer.ssf
         self._hooks.clear()
+        self._fused.clear()
         return model
 
     def report(self) -> str:

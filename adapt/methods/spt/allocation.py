@@ -1,17 +1,21 @@
 """SPT's allocation of a parameter budget from sensitivity scores (He et al., ICCV 2023).
 
 Take the globally most sensitive k entries. A weight matrix whose count of selected
-entries reaches (its structured cost / alpha_threshold) gets a structured module (LoRA
-of rank r costs r * (rows + cols)); the other matrices get an unstructured sparse delta
-on exactly their selected entries; a bias/norm vector trains whole when at least 20% of
-it is selected. k is the largest count whose total cost fits the budget, and the budget
-left over is then filled with the next most sensitive entries of unstructured matrices,
-so the trained count lands on the budget.
+entries reaches (its structured cost / alpha_threshold) gets a structured module (LoRA of
+rank r costs r * (rows + cols); an adapter, by the paper's formula, 2 * rows * r + r + rows);
+a bias/norm vector trains whole when at least 20% of it is selected; every other tensor
+with selected entries gets a sparse delta on exactly those. Tensors in `always` (a ViT's
+cls_token) train whole and count. Two rules pick k:
+- "exact" (ours, the default): the largest k whose total fits the budget, then the budget
+  left over is filled with the next most sensitive sparse entries, so the count lands on it;
+- "official" (the released code): k on a grid of 20,000 entries (0.02M .. 1.58M), the plan
+  whose total is closest to the budget (it may be over or under).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +27,8 @@ from adapt.config import build, option, read_text_file
 from adapt.errors import AdaptError
 
 VECTOR_SHARE = 0.2
+OFFICIAL_GRID = [round(0.02 * i * 1e6) for i in range(1, 80)]  # the released code's sweep of k
+RULES = ("exact", "official")
 
 
 def parse_budget(text: str | int, total: int) -> int:
@@ -51,7 +57,8 @@ class Allocation:
     costs: dict[str, int] = field(default_factory=dict)  # structured cost of every eligible matrix
     sizes: dict[str, int] = field(default_factory=dict)  # numel of every vector
     selected: dict[str, int] = field(default_factory=dict)  # sensitive count per parameter (for plots)
-    structured_module: str = option("lora", choices=("lora", "adapter"))  # both cost rank * (rows + cols)
+    structured_module: str = option("lora", choices=("lora", "adapter"))  # costs: structured_cost
+    rule: str = option("exact", choices=RULES)  # how k was chosen (module docstring)
 
     def trainable_params(self) -> int:
         return (
@@ -78,6 +85,12 @@ class Allocation:
         return allocation
 
 
+def structured_cost(shape: tuple[int, ...], rank: int, module: str) -> int:
+    """Parameters of the structured module on a weight of this shape (rows = outputs)."""
+    rows, cols = shape[0], math.prod(shape[1:])
+    return rank * (rows + cols) if module == "lora" else 2 * rows * rank + rank + rows
+
+
 def allocate(
     scores: dict[str, torch.Tensor],
     budget: int,
@@ -85,49 +98,60 @@ def allocate(
     rank: int = 8,
     alpha_threshold: float = 10.0,
     structured_module: str = "lora",
+    rule: str = "exact",
+    always: dict[str, int] | None = None,
 ) -> Allocation:
     """Allocate `budget` parameters over `scores` (see the module docstring).
 
     structured_eligible: matrices the structured module can adapt (others only get sparse deltas).
+    always: tensors (name -> size) outside `scores` that train whole and count against the budget.
     """
+    always = always or {}
     names = sorted(scores)
     flat = torch.cat([scores[n].detach().float().flatten() for n in names])
     owner = torch.cat([torch.full((scores[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
     offsets = dict(zip(names, torch.tensor([0] + [scores[n].numel() for n in names]).cumsum(0).tolist()))
     order = torch.argsort(flat, descending=True, stable=True)  # ties broken by position: deterministic
-    costs = {n: rank * (scores[n].shape[0] + scores[n][0].numel()) for n in names if n in structured_eligible}
-    sizes = {n: scores[n].numel() for n in names if scores[n].ndim == 1}
+    costs = {n: structured_cost(tuple(scores[n].shape), rank, structured_module) for n in names if n in structured_eligible}
+    sizes = {**{n: scores[n].numel() for n in names if scores[n].ndim == 1}, **always}
+    fixed = sum(always.values())
 
-    def plan(k: int) -> tuple[list[str], list[str], dict[str, int], int]:
+    def plan(k: int) -> tuple[list[str], list[str], int]:
         counts = torch.bincount(owner[order[:k]], minlength=len(names)).tolist()
         structured = [n for i, n in enumerate(names) if n in costs and counts[i] >= costs[n] / alpha_threshold]
         vectors = [n for i, n in enumerate(names) if n in sizes and counts[i] >= VECTOR_SHARE * sizes[n]]
-        sparse = {n: counts[i] for i, n in enumerate(names) if n not in sizes and n not in structured and counts[i]}
-        total = sum(costs[n] for n in structured) + sum(sizes[n] for n in vectors) + sum(sparse.values())
-        return structured, vectors, sparse, total
+        whole = set(structured) | set(vectors)
+        sparse = sum(c for i, c in enumerate(counts) if names[i] not in whole)
+        total = fixed + sum(costs[n] for n in structured) + sum(sizes[n] for n in vectors) + sparse
+        return structured, vectors, total
 
-    low, high = 0, flat.numel()
-    while low < high:  # largest k whose plan fits the budget
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if plan(mid)[3] <= budget else (low, mid - 1)
-    structured, vectors, _, total = plan(low)
+    if rule == "official":
+        grid = [k for k in OFFICIAL_GRID if k <= flat.numel()] or [flat.numel()]
+        low = min(grid, key=lambda k: (abs(plan(k)[2] - budget), -k))  # closest; ties: the larger k, as released
+    else:
+        low, high = 0, flat.numel()
+        while low < high:  # largest k whose plan fits the budget
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if plan(mid)[2] <= budget else (low, mid - 1)
+    structured, vectors, total = plan(low)
 
     taken = set(structured) | set(vectors)
     chosen = order[:low]
     room = budget - total
-    if room > 0:  # fill with the next most sensitive entries of sparse (non-vector, non-structured) matrices
+    if rule == "exact" and room > 0:  # fill with the next most sensitive entries of sparse tensors
         rest = order[low:]
-        fillable = torch.tensor([n not in sizes and n not in taken for n in names])[owner[rest]]
+        fillable = torch.tensor([n not in taken for n in names])[owner[rest]]
         chosen = torch.cat([chosen, rest[fillable][:room]])
     unstructured: dict[str, list[int]] = {}
     for i, n in enumerate(names):
-        if n in sizes or n in taken:
+        if n in taken:
             continue
         mine = chosen[owner[chosen] == i]
         if mine.numel():
             unstructured[n] = sorted((mine - offsets[n]).tolist())
     selected = dict(zip(names, torch.bincount(owner[order[:low]], minlength=len(names)).tolist()))
-    return Allocation(budget, rank, structured, unstructured, vectors, costs, sizes, selected, structured_module)
+    return Allocation(budget, rank, structured, unstructured, [*always, *vectors], costs, sizes, selected,
+                      structured_module, rule)  # fmt: skip
 
 
 def _block_and_kind(name: str) -> tuple[str, str]:

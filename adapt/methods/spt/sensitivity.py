@@ -1,0 +1,125 @@
+"""Parameter sensitivity for SPT: how much the task loss cares about each backbone weight.
+
+The score of a weight is the sum over a few batches of its squared gradient of the task
+loss, with a freshly initialised head (as SPT's official code: 16 batches of 32 training
+images). BatchNorm statistics stay frozen, as in every PEFT run. The result has one
+score tensor per backbone parameter, with that parameter's name and shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from adapt.backbones import create_backbone, is_head_key, preprocessing
+from adapt.checkpoint import read_tensors, save_tensors_atomic
+from adapt.data import default_image_size, load_data
+from adapt.errors import AdaptError
+from adapt.methods.lora import lora_eligible_weights
+from adapt.methods.norms import freeze_norm_statistics
+from adapt.methods.spt.allocation import Allocation, allocate, parse_budget
+from adapt.methods.spt.ranking import ranked
+from adapt.outputs import writing_file
+
+
+def parameter_sensitivity(model: nn.Module, images: Dataset, batches: int = 16, batch_size: int = 32,
+                          seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Scores per backbone parameter of `model` (a backbone with its head), from `images`.
+    The model itself is left as it was: the pass runs on a copy."""
+    model = copy.deepcopy(model)
+    freeze_norm_statistics(model)
+    model.train()
+    model.requires_grad_(True)  # gradients for every backbone weight; nothing is stepped
+    scores = {k: torch.zeros_like(p) for k, p in model.named_parameters() if not is_head_key(model, k)}
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(images, replacement=True, num_samples=batches * batch_size, generator=generator)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("sensitivity", total=batches)
+        for batch, labels in DataLoader(images, batch_size=batch_size, sampler=sampler):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(batch), labels).backward()
+            for key, parameter in model.named_parameters():
+                if key in scores and parameter.grad is not None:
+                    scores[key] += parameter.grad.detach() ** 2
+            progress.advance(task)
+    return scores
+
+
+def task_sensitivity(data: str, backbone: str, weights: str | None = None, image_size: int | None = None,
+                     batches: int = 16, batch_size: int = 32, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
+    """`adapt sensitivity`: scores on a task's training images, and metadata naming the backbone and data."""
+    defaults = preprocessing(backbone)
+    size = image_size or default_image_size(data, defaults.image_size)
+    splits = load_data(data, size, defaults.mean, defaults.std, seed=seed)
+    model, info = create_backbone(backbone, weights, splits.num_classes, size, seed)
+    scores = parameter_sensitivity(model, splits.train, batches, batch_size, seed)
+    scores, eligible, always = ranked(model, scores, lora_eligible_weights(model))
+    scores = {name: score.contiguous() for name, score in scores.items()}  # row blocks of a fused qkv are views
+    metadata = {"backbone": info.name, "lora_eligible": json.dumps(sorted(eligible)), "always": json.dumps(always),
+                "backbone_sha256": info.sha256, "backbone_weights": info.weights, "data": data, "image_size": str(size),
+                "batches": str(batches), "batch_size": str(batch_size), "seed": str(seed),
+                "class_names": json.dumps(splits.class_names)}  # fmt: skip
+    return scores, metadata
+
+
+def save_sensitivity(
+    path: str | Path, scores: dict[str, torch.Tensor], metadata: dict[str, str], overwrite: bool = False
+) -> None:
+    with writing_file(path, overwrite):
+        save_tensors_atomic(path, scores, {"adapt_sensitivity": "1", **metadata})
+
+
+def allocate_file(
+    scores_path: str | Path,
+    budget: str | int,
+    out: str | Path,
+    rank: int = 8,
+    alpha_threshold: float = 10.0,
+    structured_module: str = "lora",
+    plot: str | Path | None = None,
+    overwrite: bool = False,
+    rule: str = "exact",
+) -> Allocation:
+    """`adapt allocate`: read scores, allocate the budget, write the allocation (and its heatmap)."""
+    from adapt.methods.spt.allocation import plot_allocation
+
+    plot_guard = writing_file(plot, overwrite, [scores_path, out]) if plot else contextlib.nullcontext()
+    with writing_file(out, overwrite, [scores_path, plot]), plot_guard:
+        tensors, metadata = read_sensitivity(scores_path)
+        eligible = set(json.loads(metadata.get("lora_eligible", "[]")))  # adapters fit the same layers
+        always = json.loads(metadata.get("always", "{}"))
+        allocation = allocate_from_scores(tensors, eligible, budget, rank, alpha_threshold, structured_module, rule,
+                                          always)  # fmt: skip
+        allocation.save(out)
+        if plot is not None:
+            plot_allocation(allocation, plot)
+    return allocation
+
+
+def read_sensitivity(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    scores, metadata = read_tensors(path)
+    if metadata.get("adapt_sensitivity") != "1":
+        raise AdaptError(f"{path} is not a sensitivity file (write one with adapt sensitivity)")
+    return scores, metadata
+
+
+def allocate_from_scores(
+    scores: dict[str, torch.Tensor],
+    eligible: set[str],
+    budget: str | int,
+    rank: int = 8,
+    alpha_threshold: float = 10.0,
+    structured_module: str = "lora",
+    rule: str = "exact",
+    always: dict[str, int] | None = None,
+) -> Allocation:
+    """Parse the budget against the size of what is ranked and allocate it (spt.allocation)."""
+    total = sum(t.numel() for t in scores.values())
+    return allocate(scores, parse_budget(budget, total), eligible, rank, alpha_threshold, structured_module, rule, always)
