@@ -13,7 +13,7 @@ from adapt.data import load_data
 from adapt.kernels import fold_conv_batchnorms_
 from adapt.merge.reparam import merge_adapted
 from adapt.methods.spt.allocation import allocate, parse_budget
-from adapt.methods.spt.sensitivity import allocate_from_scores, task_sensitivity
+from adapt.methods.spt.sensitivity import task_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
 
@@ -70,14 +70,14 @@ def test_sensitivity_and_allocation_are_deterministic(scores):
     again, metadata = task_sensitivity("digits", "tf_efficientnet_lite0", image_size=48, batches=2, batch_size=16, seed=0)
     assert all(torch.equal(scores[0][k], again[k]) for k in again)
     assert "classifier.weight" not in again and all(bool((v >= 0).all()) for v in again.values())
-    a = allocate_from_scores(scores[0], eligible(scores[1]), "20k")
-    b = allocate_from_scores(again, eligible(metadata), "20k")
+    a = allocate(scores[0], "20k", eligible(scores[1]))
+    b = allocate(again, "20k", eligible(metadata))
     assert a == b
 
 
 @pytest.mark.parametrize("budget", ["20k", "60k"])
 def test_trained_count_meets_the_budget(scores, budget, tmp_path):
-    allocation = allocate_from_scores(scores[0], eligible(scores[1]), budget)
+    allocation = allocate(scores[0], budget, eligible(scores[1]))
     target = parse_budget(budget, sum(t.numel() for t in scores[0].values()))
     assert 0.98 * target <= allocation.trainable_params() <= target
     adapted = spt_from(allocation, tmp_path, [str(i) for i in range(10)], 48, "tf_efficientnet_lite0")

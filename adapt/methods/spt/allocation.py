@@ -93,7 +93,7 @@ def structured_cost(shape: tuple[int, ...], rank: int, module: str) -> int:
 
 def allocate(
     scores: dict[str, torch.Tensor],
-    budget: int,
+    budget: str | int,
     structured_eligible: set[str],
     rank: int = 8,
     alpha_threshold: float = 10.0,
@@ -101,7 +101,8 @@ def allocate(
     rule: str = "exact",
     always: dict[str, int] | None = None,
 ) -> Allocation:
-    """Allocate `budget` parameters over `scores` (see the module docstring).
+    """Allocate `budget` parameters (a count, or text for parse_budget against the ranked entries) over
+    `scores` (see the module docstring).
 
     structured_eligible: matrices the structured module can adapt (others only get sparse deltas).
     always: tensors (name -> size) outside `scores` that train whole and count against the budget.
@@ -109,6 +110,7 @@ def allocate(
     always = always or {}
     names = sorted(scores)
     flat = torch.cat([scores[n].detach().float().flatten() for n in names])
+    budget = parse_budget(budget, flat.numel())
     owner = torch.cat([torch.full((scores[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
     offsets = dict(zip(names, torch.tensor([0] + [scores[n].numel() for n in names]).cumsum(0).tolist()))
     order = torch.argsort(flat, descending=True, stable=True)  # ties broken by position: deterministic

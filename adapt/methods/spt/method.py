@@ -32,7 +32,7 @@ from adapt.kernels import fold_conv_batchnorms_
 from adapt.methods.base import Method
 from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.mixins import with_mixin, without_mixin
-from adapt.methods.spt.allocation import RULES, Allocation, plot_allocation
+from adapt.methods.spt.allocation import RULES, Allocation, allocate, plot_allocation
 from adapt.methods.spt.ranking import ranked, real_name
 from adapt.methods.spt.sparse import SparseDelta, SparseDeltaConv2d, SparseDeltaLinear
 from adapt.methods.spt.structured import KINDS, StructuredDelta, WithStructured
@@ -138,16 +138,15 @@ class SPT(Method):
         if self.config.allocation is not None:
             allocation = Allocation.load(self.config.allocation)
         elif self.config.budget is not None and data is not None:
-            from adapt.methods.spt.sensitivity import allocate_from_scores, parameter_sensitivity
+            from adapt.methods.spt.sensitivity import parameter_sensitivity
 
             scored = copy.deepcopy(model)
             self._fold_batchnorms(scored)
             scores = parameter_sensitivity(scored, data.train, self.config.sensitivity_batches,
                                            self.config.sensitivity_batch_size, config.seed if config else 0)  # fmt: skip
             scores, eligible, always = ranked(scored, scores, lora_eligible_weights(scored))
-            allocation = allocate_from_scores(scores, eligible, self.config.budget, self.config.rank,
-                                              self.config.alpha_threshold, self.config.structured_module,
-                                              self.config.budget_rule, always)  # fmt: skip
+            allocation = allocate(scores, self.config.budget, eligible, self.config.rank, self.config.alpha_threshold,
+                                  self.config.structured_module, self.config.budget_rule, always)  # fmt: skip
         elif data is not None:
             raise AdaptError("--method spt needs --budget (e.g. 0.4M, 1%) or --allocation alloc.json")
         else:

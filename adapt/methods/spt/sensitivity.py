@@ -24,7 +24,7 @@ from adapt.data import default_image_size, load_data
 from adapt.errors import AdaptError
 from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.norms import freeze_norm_statistics
-from adapt.methods.spt.allocation import Allocation, allocate, parse_budget
+from adapt.methods.spt.allocation import Allocation, allocate
 from adapt.methods.spt.ranking import ranked
 from adapt.outputs import writing_file
 
@@ -95,8 +95,7 @@ def allocate_file(
         tensors, metadata = read_sensitivity(scores_path)
         eligible = set(json.loads(metadata.get("lora_eligible", "[]")))  # adapters fit the same layers
         always = json.loads(metadata.get("always", "{}"))
-        allocation = allocate_from_scores(tensors, eligible, budget, rank, alpha_threshold, structured_module, rule,
-                                          always)  # fmt: skip
+        allocation = allocate(tensors, budget, eligible, rank, alpha_threshold, structured_module, rule, always)
         allocation.save(out)
         if plot is not None:
             plot_allocation(allocation, plot)
@@ -108,18 +107,3 @@ def read_sensitivity(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if metadata.get("adapt_sensitivity") != "1":
         raise AdaptError(f"{path} is not a sensitivity file (write one with adapt sensitivity)")
     return scores, metadata
-
-
-def allocate_from_scores(
-    scores: dict[str, torch.Tensor],
-    eligible: set[str],
-    budget: str | int,
-    rank: int = 8,
-    alpha_threshold: float = 10.0,
-    structured_module: str = "lora",
-    rule: str = "exact",
-    always: dict[str, int] | None = None,
-) -> Allocation:
-    """Parse the budget against the size of what is ranked and allocate it (spt.allocation)."""
-    total = sum(t.numel() for t in scores.values())
-    return allocate(scores, parse_budget(budget, total), eligible, rank, alpha_threshold, structured_module, rule, always)
