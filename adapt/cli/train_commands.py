@@ -300,11 +300,9 @@ def _head_line(meta) -> str:
 
 
 def _method_line(meta) -> str:
-    """The method and its options; SPT's allocation as a summary rather than its lists."""
+    """The method and its options, as the method describes them (Method.options_line)."""
     from adapt.methods import create_method
 
     if meta.merged:
         return f"merged model (folded from {meta.training.get('merged_method', 'an adapter')}): a plain timm network"
-    if meta.method == "spt":
-        return create_method(meta.method, meta.method_options).report()
-    return f"{meta.method} {json.dumps(meta.method_options)}"
+    return create_method(meta.method, meta.method_options).options_line()

@@ -11,6 +11,7 @@ any training loop's `model.train()` leaves them as they are.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -103,6 +104,10 @@ class Method:
     def report(self) -> str:
         """What `apply` did, in a line (e.g. which layers it wrapped)."""
         return ""
+
+    def options_line(self) -> str:
+        """The method and its options in a line, for `adapt info`."""
+        return f"{self.name} {json.dumps(self.options())}"
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {key: p.detach() for key, p in model.named_parameters() if p.requires_grad}

@@ -269,6 +269,10 @@ class SPT(Method):
         return (f"SPT: {kind} rank {self.config.rank} on {len(self.config.structured)} matrices, sparse deltas of "
                 f"{sparse:,} entries in {len(self.config.unstructured)}, {len(self.config.vectors)} whole vectors")  # fmt: skip
 
+    def options_line(self) -> str:
+        """The allocation as a summary rather than its lists of names."""
+        return self.report()
+
     def fold(self, model: nn.Module) -> nn.Module:
         def mixed(real: str) -> bool:
             module_name, leaf = _split(real)
