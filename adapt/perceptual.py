@@ -145,7 +145,7 @@ def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_de
 
     plain = adapter.merge(accelerator.unwrap_model(model))
     summary = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
-              "epochs": epochs, "twoafc_before": result.before, "twoafc_after": result.after}  # fmt: skip
+               "epochs": epochs, "twoafc_before": result.before, "twoafc_after": result.after}  # fmt: skip
     if accelerator.is_main_process:
         metadata = {"backbone": backbone, "perceptual_init": json.dumps(summary)}
         if record is not None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
 from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
+from adapt.checkpoint import atomic_path
 from adapt.errors import AdaptError
 from adapt.train_config import TRACKERS
 
@@ -53,10 +53,8 @@ class CSVTracker(GeneralTracker):
         with open(self.path, newline="", encoding="utf-8") as source:
             rows = [r for r in csv.reader(source) if len(r) == 3]
         kept = rows[:1] + [r for r in rows[1:] if r[0].isdigit() and int(r[0]) <= step]
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temporary, "w", newline="", encoding="utf-8") as target:
+        with atomic_path(self.path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as target:
             csv.writer(target).writerows(kept)
-        os.replace(temporary, self.path)
 
     @property
     def tracker(self):

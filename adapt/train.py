@@ -35,14 +35,14 @@ from adapt.data import DataSplits
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
-from adapt.train_config import PRECISIONS, RESULT_FREE, TrainConfig
+from adapt.train_config import CONFIG_FILE, PRECISIONS, RESULT_FREE, TrainConfig
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # everything a tune run may write into its folder (SPT adds its allocation; trackers their logs)
-RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png", "config.yaml",
+RUN_FILES = (ADAPTER_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, "allocation.json", "allocation.png", CONFIG_FILE,
              CSV_FILE, TENSORBOARD_DIR)  # fmt: skip
 
 
@@ -92,6 +92,13 @@ def precision_accelerator(config: TrainConfig, log_with: list[Any] | None = None
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise AdaptError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
     return accelerator
+
+
+def write_run_config(out_dir: str | Path, record: dict[str, Any]) -> None:
+    """The command's resolved options (CLI values as YAML holds them) as OUT/config.yaml."""
+    import yaml
+
+    write_text_atomic(Path(out_dir) / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:

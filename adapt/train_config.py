@@ -13,6 +13,7 @@ from adapt.errors import AdaptError
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerate's mixed_precision
 TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
 RESULT_FREE = ("workers", "log_with")  # options that change no result: a resumed run may change them
+CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
 
 
 @dataclass

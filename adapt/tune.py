@@ -10,10 +10,9 @@ from typing import Any
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
-from adapt.checkpoint import write_text_atomic
 from adapt.data import DataSplits, default_image_size, load_data
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, is_main_process
+from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, is_main_process, write_run_config
 
 
 @dataclass
@@ -64,9 +63,7 @@ def tune(
         adapted, data = prepare(job, spec or job.data, config)
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
         if record is not None and main and not resume:  # written once the run can start, so a refusal leaves nothing
-            import yaml
-
-            write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+            write_run_config(out_dir, record)
         if main and not resume:
             adapted.method.write_run_files(out_dir)
         if on_start is not None:

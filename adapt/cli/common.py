@@ -86,7 +86,6 @@ class AdaptGroup(click.Group):
             raise
 
 
-CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
 RESUME_FREE = {*RESULT_FREE, "out", "resume", "overwrite", "config"}  # may differ on --resume: they change no result
 
 

@@ -71,11 +71,12 @@ def tune(ctx, **_) -> None:
       adapt tune --out runs/tune --overwrite       # replace the run already in runs/tune
       torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
     """
-    from adapt.cli.common import CONFIG_FILE, config_record, resolve_config
+    from adapt.cli.common import config_record, resolve_config
     from adapt.data import expand_spec
     from adapt.data.vtab import save_vtab_table, vtab_means
     from adapt.outputs import check_run_folder
     from adapt.train import RUN_FILES
+    from adapt.train_config import CONFIG_FILE
     from adapt.tune import TuneJob, tune as run_tune
 
     v = resolve_config(ctx, ctx.params["config"])

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
-from adapt.checkpoint import write_json_atomic, write_text_atomic
+from adapt.checkpoint import write_json_atomic
 from adapt.continual.memory import ExemplarMemory
 from adapt.continual.metrics import ContinualMetrics, Matrix, plot_matrix
 from adapt.continual.scenario import Scenario, Task
@@ -32,12 +31,12 @@ from adapt.evaluate import accuracy
 from adapt.heads import ContinualModel, TextEmbedder, create_head
 from adapt.methods import create_method
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import TrainConfig, Trainer, make_accelerator
+from adapt.train import TrainConfig, Trainer, make_accelerator, write_run_config
+from adapt.train_config import CONFIG_FILE
 
 LEARNERS = ("naive", "replay")
 RESULT_FILE = "continual.json"
 MATRIX_PLOT = "accuracy_matrix.png"
-CONFIG_FILE = "config.yaml"
 RUN_FILES = (RESULT_FILE, MATRIX_PLOT, CONFIG_FILE, "task_*")
 
 
@@ -117,8 +116,7 @@ class ContinualRun:
     def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None) -> ContinualResult:
         model, adapted = self.build(scenario)
         if record is not None:  # once the model is built, so that a refused run leaves nothing
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
+            write_run_config(out, record)
         memory = ExemplarMemory(self.memory, self.selection, self.seed) if self.learner == "replay" else None
         config = self.train_config()
         matrix: Matrix = []

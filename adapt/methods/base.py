@@ -128,6 +128,5 @@ class Method:
                 tensor.copy_(tensors[key])
 
 
-
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -16,13 +16,14 @@ in adapt.methods.ssf_layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from timm.layers import LayerNorm2d
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from adapt.backbones import is_head_key
 from adapt.config import option
@@ -32,6 +33,10 @@ from adapt.methods.base import Method
 from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.methods.ssf_layers import (CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift,
                                      ScaleShiftBatchNormAct, ScaleShiftLinear, fuses_with_activation)  # fmt: skip
+
+# how `adapt methods`/`tune` describe a layer that runs with its SSF as one op
+JOIN_LABELS = {ScaledAffine: " (in its affine)", ScaleShiftBatchNormAct: " (fused with it and its activation)"}
+
 
 def ssf_site(module: nn.Module) -> tuple[int, int] | None:
     """(channels, channel_dim) when SSF belongs after this layer, else None."""
@@ -64,7 +69,8 @@ def fused_join(layer: nn.Module) -> type | None:
         return ScaleShiftLinear
     if fuses_with_activation(layer):
         return ScaleShiftBatchNormAct
-    if not isinstance(layer, nn.modules.conv._ConvNd) and getattr(layer, "weight", None) is not None and getattr(layer, "bias", None) is not None:
+    has_affine = getattr(layer, "weight", None) is not None and getattr(layer, "bias", None) is not None
+    if has_affine and not isinstance(layer, nn.modules.conv._ConvNd):
         return ScaledAffine
     return None
 
@@ -97,8 +103,7 @@ class SSF(Method):
     def __init__(self, config: SSFConfig | None = None):
         super().__init__(config)
         self.wrapped: dict[str, str] = {}  # layer name -> kind, filled by apply
-        self._hooks: dict[str, RemovableHandle] = {}
-        self._fused: dict[str, type] = {}  # layer name -> the mixin that runs it with its SSF
+        self._detach: dict[str, Callable[[], None]] = {}  # layer name -> what unhooks its SSF (mixin or hook)
 
     def add_trainable(self, model: nn.Module) -> None:
         pattern = re.compile(self.config.targets) if self.config.targets else None
@@ -112,32 +117,26 @@ class SSF(Method):
             join = fused_join(layer)
             if join is not None:
                 with_mixin(layer, join)
-                self._fused[layer_name] = join
-                inside = {ScaledAffine: " (in its affine)", ScaleShiftBatchNormAct: " (fused with it and its activation)"}.get(join, "")
-                self.wrapped[layer_name] = type(layer).plain_class.__name__ + inside
+                self._detach[layer_name] = functools.partial(without_mixin, layer, join)
+                self.wrapped[layer_name] = type(layer).plain_class.__name__ + JOIN_LABELS.get(join, "")
             elif has_fused_activation(layer):
-                self._hooks[layer_name] = layer.act.register_forward_pre_hook(layer.ssf.before_input)
+                self._detach[layer_name] = layer.act.register_forward_pre_hook(layer.ssf.before_input).remove
                 self.wrapped[layer_name] = f"{type(layer).__name__} (before its activation)"
             else:
-                self._hooks[layer_name] = layer.register_forward_hook(layer.ssf.after_output)
+                self._detach[layer_name] = layer.register_forward_hook(layer.ssf.after_output).remove
                 self.wrapped[layer_name] = type(layer).__name__
         if pattern and not self.wrapped:  # else only the head would train, under SSF's name
             raise AdaptError(f"ssf targets {self.config.targets!r} match no linear, conv or norm layer of this model")
 
     def fold(self, model: nn.Module) -> nn.Module:
-        """Fold every SSF into the layer it follows and remove it (see `fold_ssf_`)."""
-        for layer_name, join in self._fused.items():
+        """Fold every SSF into the layer it follows and remove it (see `fold_ssf_`). The layer is plain
+        again first: a re-parameterized affine would otherwise be read in place of its own."""
+        for layer_name, detach in self._detach.items():
             layer = model.get_submodule(layer_name)
-            without_mixin(layer, join)
+            detach()
             fold_ssf_(layer, layer_name)
             del layer.ssf
-        for layer_name, hook in self._hooks.items():
-            layer = model.get_submodule(layer_name)
-            fold_ssf_(layer, layer_name)
-            hook.remove()
-            del layer.ssf
-        self._hooks.clear()
-        self._fused.clear()
+        self._detach.clear()
         return model
 
     def report(self) -> str:

@@ -105,7 +105,6 @@ class SPT(Method):
     name = "spt"
     summary = "sensitivity-aware budget: LoRA where many weights matter, sparse deltas elsewhere (He et al. 2023)"
     config_class = SPTConfig
-    mergeable = True
     default_lr = 1e-3
     budgeted = True
     averages_exactly = False  # runs may select other entries, and its LoRA parts are bilinear
@@ -116,7 +115,11 @@ class SPT(Method):
         if self.config.budget is not None and self.config.allocation is not None:
             raise AdaptError("spt takes --budget (allocated from fresh sensitivity) or --allocation FILE, not both")
         self.allocation: Allocation | None = None  # set by `prepare`; a checkpoint needs only its buffers
-        self.mergeable = self.config.structured_module == "lora" or not self.config.structured
+
+    @property
+    def mergeable(self) -> bool:
+        """LoRA folds into the weights; an adapter is non-linear."""
+        return self.config.structured_module == "lora" or not self.config.structured
 
     @classmethod
     def from_options(cls, options: dict) -> Method:
@@ -156,7 +159,6 @@ class SPT(Method):
                                           structured=list(allocation.structured), unstructured=counts,
                                           vectors=list(allocation.vectors))  # fmt: skip
         self.allocation = allocation
-        self.mergeable = self.config.structured_module == "lora" or not self.config.structured
 
     def write_run_files(self, out_dir: Path) -> None:
         """The allocation of a fresh run, as JSON (what --allocation takes) and a heatmap."""
@@ -209,7 +211,7 @@ class SPT(Method):
             real, block = real_name(name)
             blocks[_split(real)[0]].append(block)
         for layer_name, layer_blocks in blocks.items():
-            layer = self._layer(model, layer_name)
+            layer = model.get_submodule(layer_name)
             size = layer.weight.shape[0]
             layer.structured = nn.ModuleDict({
                 str(block) if block is not None else "all": StructuredDelta(
@@ -222,11 +224,10 @@ class SPT(Method):
             if real_name(name)[1] is None:
                 _parameter(model, name).requires_grad_(True)
         sparse = self._sparse_entries(model)
-        joined = {real: _sparse_join(self._layer(model, _split(real)[0]), _split(real)[1]) for real in sparse}
+        joined = {real: _sparse_join(model.get_submodule(_split(real)[0]), _split(real)[1]) for real in sparse}
         for real in sorted(sparse, key=lambda r: joined[r] is None):  # mixins before parametrizations (mixins.py)
             module_name, leaf = _split(real)
-            module = self._layer(model, module_name)
-            _parameter(model, real)
+            module = model.get_submodule(module_name)
             delta = SparseDelta(sum(count for _, count in sparse[real]))
             if joined[real] is None:  # not a Linear/Conv2d weight (a bias, a norm): W + scatter, as a parametrization
                 parametrize.register_parametrization(module, leaf, delta, unsafe=True)
@@ -237,13 +238,6 @@ class SPT(Method):
             for real in self._sparse_entries(model):
                 _delta_and_weight(model, real)[0].indices.copy_(torch.tensor(self._indices(model, real), dtype=torch.long))
         self._check_indices(model)
-
-    @staticmethod
-    def _layer(model: nn.Module, name: str) -> nn.Module:
-        try:
-            return model.get_submodule(name)
-        except AttributeError:
-            raise AdaptError(f"SPT allocation names {name}, which this model does not have") from None
 
     def load_trainable_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "") -> None:
         super().load_trainable_state(model, tensors, source)
@@ -274,16 +268,12 @@ class SPT(Method):
         return self.report()
 
     def fold(self, model: nn.Module) -> nn.Module:
-        def mixed(real: str) -> bool:
-            module_name, leaf = _split(real)
-            return leaf == "weight" and isinstance(getattr(model.get_submodule(module_name), "sparse", None), SparseDelta)
-
-        for real in sorted(self._sparse_entries(model), key=mixed):  # parametrizations go before mixins
+        for real in sorted(self._sparse_entries(model), key=lambda r: _on_layer(model, r)):  # parametrizations first
             module_name, leaf = _split(real)
             module = model.get_submodule(module_name)
             delta, weight = _delta_and_weight(model, real)
             delta.fold_into(weight)
-            if isinstance(getattr(module, "sparse", None), SparseDelta) and leaf == "weight":
+            if _on_layer(model, real):
                 without_mixin(module, _sparse_join(module, leaf))
                 del module.sparse
             else:
@@ -297,10 +287,16 @@ class SPT(Method):
         return model
 
 
+def _on_layer(model: nn.Module, name: str) -> bool:
+    """Whether the sparse delta on tensor `name` is run by its layer (a sparse mixin), not a parametrization."""
+    module_name, leaf = _split(name)
+    return leaf == "weight" and isinstance(getattr(model.get_submodule(module_name), "sparse", None), SparseDelta)
+
+
 def _delta_and_weight(model: nn.Module, name: str) -> tuple[SparseDelta, torch.Tensor]:
     """The sparse delta on tensor `name` and the frozen tensor it adds to."""
     module_name, leaf = _split(name)
     module = model.get_submodule(module_name)
-    if leaf == "weight" and isinstance(getattr(module, "sparse", None), SparseDelta):
+    if _on_layer(model, name):
         return module.sparse, module.weight
     return module.parametrizations[leaf][0], module.parametrizations[leaf].original

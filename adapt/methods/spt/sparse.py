@@ -89,11 +89,13 @@ class _SparseConvTerm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, entries, geometry):
-        out_channels, pads, stride, dilation = geometry
+        out_channels, pads, stride, dilation, kernel = geometry
         xp = F.pad(x, pads)
-        out = x.new_zeros(x.shape[0], out_channels, *_output_size(xp, entries, stride, dilation))
+        size = tuple((xp.shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in range(2))
+        out = x.new_zeros(x.shape[0], out_channels, *size)
         v = values.to(x.dtype)
-        for rows, channels, view, part in _offsets(xp, entries, stride, dilation, out.shape[-2:]):
+        for rows, channels, offset, part in _offsets(entries):
+            view = _strided(xp, offset, stride, dilation, size)
             out.index_add_(1, rows, view[:, channels] * v[part].view(1, -1, 1, 1))
         ctx.save_for_backward(x, values, *entries)
         ctx.geometry = geometry
@@ -102,17 +104,17 @@ class _SparseConvTerm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, values, *entries = ctx.saved_tensors
-        _, pads, stride, dilation = ctx.geometry
+        _, pads, stride, dilation, _ = ctx.geometry
         xp = F.pad(x, pads)
+        size = tuple(grad.shape[-2:])
         grad_values = torch.empty_like(values)
         grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
         v = values.to(grad.dtype)
-        for rows, channels, view, part in _offsets(xp, entries, stride, dilation, grad.shape[-2:]):
+        for rows, channels, offset, part in _offsets(entries):
             g = grad[:, rows]
-            grad_values[part] = (g * view[:, channels]).sum((0, 2, 3)).to(values.dtype)
+            grad_values[part] = (g * _strided(xp, offset, stride, dilation, size)[:, channels]).sum((0, 2, 3)).to(values.dtype)
             if grad_xp is not None:
-                _strided(grad_xp, entries[2][part][0], entries[3][part][0], stride, dilation, grad.shape[-2:]).index_add_(
-                    1, channels, g * v[part].view(1, -1, 1, 1))  # fmt: skip
+                _strided(grad_xp, offset, stride, dilation, size).index_add_(1, channels, g * v[part].view(1, -1, 1, 1))
         grad_x = None
         if grad_xp is not None:
             left, right, top, bottom = pads
@@ -120,40 +122,35 @@ class _SparseConvTerm(torch.autograd.Function):
         return grad_x, grad_values, None, None
 
 
-def _output_size(xp, entries, stride, dilation) -> tuple[int, int]:
-    kernel = entries[4]
-    return tuple((xp.shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in range(2))
-
-
-def _strided(xp, i: int, j: int, stride, dilation, size) -> torch.Tensor:
+def _strided(xp, offset: tuple[int, int], stride, dilation, size) -> torch.Tensor:
     """The padded input as kernel offset (i, j) sees it: (B, C, Ho, Wo), a view."""
-    top, left = int(i) * dilation[0], int(j) * dilation[1]
+    top, left = offset[0] * dilation[0], offset[1] * dilation[1]
     return xp[:, :, top : top + stride[0] * (size[0] - 1) + 1 : stride[0], left : left + stride[1] * (size[1] - 1) + 1 : stride[1]]
 
 
-def _offsets(xp, entries, stride, dilation, size):
-    """(output rows, input channels, strided input view, entry slice) per kernel offset and chunk;
+def _offsets(entries):
+    """(output rows, input channels, kernel offset (i, j), entry slice) per kernel offset and chunk;
     entries are sorted by offset (conv_entries)."""
-    rows, channels, ki, kj, _ = entries
-    offset = ki * 1000 + kj
-    bounds = torch.nonzero(torch.diff(offset, prepend=offset[:1] - 1)).flatten().tolist() + [len(offset)]
+    rows, channels, ki, kj = entries
+    flat = ki * 1000 + kj
+    bounds = torch.nonzero(torch.diff(flat, prepend=flat[:1] - 1)).flatten().tolist() + [len(flat)]
     for start, end in zip(bounds, bounds[1:]):
-        view = _strided(xp, ki[start], kj[start], stride, dilation, size)
+        offset = (int(ki[start]), int(kj[start]))
         for part in _chunks(end - start):
             part = slice(start + part.start, start + part.stop)
-            yield rows[part], channels[part], view, part
+            yield rows[part], channels[part], offset, part
 
 
 def conv_entries(layer: nn.Conv2d, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Flat kernel indices -> (output channel, input channel, i, j) sorted by offset (i, j), the sort
-    order, and the kernel size. The input channel accounts for groups."""
+    """Flat kernel indices -> (output channel, input channel, i, j) sorted by offset (i, j), and the sort
+    order. The input channel accounts for groups."""
     out_channels, per_group, kh, kw = layer.weight.shape
     o = indices // (per_group * kh * kw)
     rest = indices % (per_group * kh * kw)
     c = rest // (kh * kw) + (o // (out_channels // layer.groups)) * per_group
     i, j = (rest % (kh * kw)) // kw, rest % kw
     order = torch.argsort(i * 1000 + j, stable=True)
-    return o[order], c[order], i[order], j[order], torch.tensor([kh, kw]), order
+    return o[order], c[order], i[order], j[order], order
 
 
 class SparseDeltaLinear:
@@ -174,9 +171,8 @@ class SparseDeltaConv2d:
     sparse: SparseDelta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *entries, kernel, order = conv_entries(self, self.sparse.indices)
+        *entries, order = conv_entries(self, self.sparse.indices)
         pads = conv_padding(self, x.shape[-2], x.shape[-1])
-        values = self.sparse.values[order]
-        geometry = (self.out_channels, pads, self.stride, self.dilation)
-        term = _SparseConvTerm.apply(x, values, (*entries, kernel), geometry)
+        geometry = (self.out_channels, pads, self.stride, self.dilation, self.kernel_size)
+        term = _SparseConvTerm.apply(x, self.sparse.values[order], tuple(entries), geometry)
         return super().forward(x) + term  # the frozen layer's own forward
