@@ -37,6 +37,7 @@ from adapt.evaluate import accuracy
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
 from adapt.train_config import CONFIG_FILE, PRECISIONS, RESULT_FREE, TrainConfig
 
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, images, labels) -> loss
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -67,6 +68,11 @@ class FitResult:
     trainable_params: int
     total_params: int
     out_dir: Path
+
+
+def classification_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default objective: cross-entropy."""
+    return torch.nn.functional.cross_entropy(logits, labels)
 
 
 def make_accelerator(**settings: Any) -> Accelerator:
@@ -155,8 +161,12 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> 
 class Trainer:
     """Trains an adapted model on a task and writes its checkpoints to `out_dir`."""
 
-    def __init__(self, adapted: AdaptedModel, data: DataSplits, config: TrainConfig, out_dir: str | Path):
+    def __init__(self, adapted: AdaptedModel, data: DataSplits, config: TrainConfig, out_dir: str | Path,
+                 loss: Objective | None = None):  # fmt: skip
+        """`loss(logits, images, labels)` is the objective (default: cross-entropy); continual
+        learners bring their own (adapt.continual.learners)."""
         self.adapted = adapted
+        self.loss = loss or classification_loss
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)
@@ -312,7 +322,7 @@ class Trainer:
             step_lr = optimizer.param_groups[0]["lr"]
             with accelerator.accumulate(model):
                 logits = model(images)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
+                loss = self.loss(logits, images, labels)
                 if not torch.isfinite(loss):
                     raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: the loss is {float(loss)}; "
                                      "nothing non-finite was saved (try a lower --lr)")  # fmt: skip

@@ -18,7 +18,7 @@ from adapt.data.digits import DIGIT_NAMES
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
 from adapt.heads import create_head
-from adapt.train import make_accelerator
+from adapt.train import TrainConfig, make_accelerator
 
 SIZE = 32  # digits are 8x8; 32 px keeps these runs to seconds
 
@@ -117,7 +117,8 @@ def test_task_incremental_accuracy_predicts_among_the_tasks_classes():
 
 def test_a_run_carries_state_across_tasks_and_never_predicts_unseen_classes(tmp_path):
     scenario = class_incremental("digits", initial=2, increment=4, seed=0, image_size=SIZE, limit=240)
-    run = ContinualRun(method="ssf", head="language", learner="replay", memory=20, epochs=1, out_dir=tmp_path)
+    run = ContinualRun(method="ssf", head="language", learner="replay", learner_options={"memory": 20},
+                       train=TrainConfig(epochs=1), out_dir=tmp_path)  # fmt: skip
     seen_rows: list = []
 
     def after_task(task, matrix, model) -> None:
@@ -146,7 +147,7 @@ def test_cli_end_to_end(tmp_path):
     expected = ContinualMetrics.from_matrix(saved["matrix"])
     assert saved["average_incremental_accuracy"] == pytest.approx(expected.average_incremental_accuracy)
     assert saved["forgetting"] == pytest.approx(expected.forgetting)
-    assert saved["setup"]["learner"] == "replay" and saved["setup"]["memory"] == 20
+    assert saved["setup"]["learner"] == "replay" and saved["setup"]["learner_options"]["memory"] == 20
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "task_2" / "adapter.safetensors").is_file()
 

@@ -171,13 +171,13 @@ def option_value(raw: str) -> Any:
         return raw
 
 
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_options(pairs: tuple[str, ...], flag: str = "--option") -> dict[str, Any]:
     """`--option key=value` pairs (values through `option_value`)."""
     options = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise AdaptError(f"--option expects key=value, got {pair!r}")
+            raise AdaptError(f"{flag} expects key=value, got {pair!r}")
         options[key] = option_value(raw)
     return options
 

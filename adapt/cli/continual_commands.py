@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, resolved_record, weights_option
+from adapt.continual import LEARNERS
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
 from adapt.methods import METHODS
 
@@ -22,10 +23,12 @@ from adapt.methods import METHODS
 @click.option("--text-model", default=None, help="Language head: a sentence-transformers folder (default: bundled all-MiniLM-L6-v2).")
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "hst"]), default="ssf", show_default=True)
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="A method option, e.g. rank=4.")
-@click.option("--learner", type=click.Choice(["naive", "replay"]), default=None,
-              help="naive fine-tuning or replay. Default: replay when --memory is given, else naive.")  # fmt: skip
-@click.option("--memory", type=click.IntRange(1), default=None, help="Replay: exemplars kept in total (default 200).")
-@click.option("--selection", type=click.Choice(["herding", "random"]), default="herding", show_default=True)
+@click.option("--learner", type=click.Choice(list(LEARNERS)), default=None,
+              help="How tasks are learned (adapt learners). Default: replay when --memory is given, else naive.")  # fmt: skip
+@click.option("--learner-option", "learner_options", multiple=True, metavar="KEY=VALUE",
+              help="A learner option, e.g. classifier=nme (icarl) or distill_weight=3 (lwf, icarl).")  # fmt: skip
+@click.option("--memory", type=click.IntRange(1), default=None, help="replay, icarl: exemplars kept in total (default 200).")
+@click.option("--selection", type=click.Choice(["herding", "random"]), default=None, help="replay, icarl: exemplar choice (default herding).")
 @backbone_option
 @weights_option
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
@@ -38,7 +41,7 @@ from adapt.methods import METHODS
 @click.option("--overwrite", is_flag=True, help="Replace the continual run already in --out (only its files).")
 @config_option
 def continual(data, initial, increment, task_incremental, head, template, text_model, method, method_options, learner,
-              memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out, overwrite) -> None:  # fmt: skip
+              learner_options, memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out, overwrite) -> None:  # fmt: skip
     """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
 
     Writes OUT/task_N/ (the checkpoint after each task, which adapt eval, predict, info and
@@ -48,14 +51,20 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     Examples:
       adapt continual --data digits --initial 2 --increment 2 --head language --method ssf --memory 200
       adapt continual --head linear --learner naive --out runs/cl-linear
+      adapt continual --learner icarl --memory 200 --learner-option classifier=nme
+      adapt continual --learner prototype --method linear --head cosine
       adapt continual --config cl.yaml --seed 1
     """
     from adapt.continual import ContinualRun, class_incremental
+    from adapt.train_config import TrainConfig
 
     learner = learner or ("replay" if memory else "naive")
+    shortcuts = {"memory": memory, "selection": selection}
+    learner_options = {**{k: v for k, v in shortcuts.items() if v is not None}, **parse_options(learner_options, "--learner-option")}
     head_options = {"template": template, "text_model": text_model} if head == "language" else {}
-    run = ContinualRun(method, head, learner, memory or 200, selection, parse_options(method_options), head_options,
-                       weights, epochs, batch_size, lr, seed, out, overwrite)  # fmt: skip
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    run = ContinualRun(method, head, learner, learner_options, parse_options(method_options), head_options, weights, train,
+                       out, overwrite)  # fmt: skip
     scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
     sizes = ", ".join(str(len(t.class_names)) for t in scenario.tasks)
     console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
@@ -78,3 +87,18 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
         f"{metrics.backward_transfer:+.2%}  ·  {out}/continual.json, accuracy_matrix.png",
         style="bold green",
     )
+
+
+@cli.command()
+def learners() -> None:
+    """List the continual learners with what they keep and their options (--learner-option KEY=VALUE)."""
+    import dataclasses
+
+    table = Table(title="continual learners (adapt continual --learner NAME)")
+    for column in ("learner", "trains", "options (defaults)", "what it does"):
+        table.add_column(column)
+    for name in LEARNERS:
+        learner = LEARNERS[name]
+        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(learner.config_class)) or "-"
+        table.add_row(name, "yes" if learner.trains else "no", defaults, learner.summary)
+    console.print(table)

@@ -66,8 +66,12 @@ class ExemplarMemory:
 
     def dataset(self) -> Dataset:
         """The current exemplars: the first per_class() of each class's ranking."""
-        keep = self.per_class()
-        return ConcatDataset([Subset(dataset, ranked[:keep]) for dataset, ranked in self.ranked.values()])
+        return ConcatDataset([self.exemplars(label) for label in self.ranked])
+
+    def exemplars(self, label: int) -> Dataset:
+        """The current exemplars of one class."""
+        dataset, ranked = self.ranked[label]
+        return Subset(dataset, ranked[: self.per_class()])
 
     def counts(self) -> dict[int, int]:
         keep = self.per_class()

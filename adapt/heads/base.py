@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from adapt.heads.statistics import FeatureStatistics
 
 
 class IncrementalHead(nn.Module):
@@ -54,6 +57,11 @@ class IncrementalHead(nn.Module):
         exact is False when the head normalizes features: the folded classifier then gives
         every image's scores times one positive factor, so its ranking of the classes (top-1,
         top-k) is the same but its probabilities are not."""
+        raise NotImplementedError
+
+    def fit_prototypes(self, statistics: FeatureStatistics) -> None:
+        """Set every class's parameters from feature statistics instead of gradients (the
+        `prototype` learner); `statistics` covers every class the head has."""
         raise NotImplementedError
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapt.heads.base import IncrementalHead
+from adapt.heads.statistics import FeatureStatistics
 
 INITIAL_SCALE = 16.0
 
@@ -26,6 +27,15 @@ class CosineHead(IncrementalHead):
         weight = torch.empty(len(names), self.feature_dim)
         nn.init.kaiming_uniform_(weight, a=5**0.5)
         self.blocks.append(nn.Parameter(weight))
+
+    @torch.no_grad()
+    def fit_prototypes(self, statistics: FeatureStatistics) -> None:
+        """SimpleCIL: each class vector is the mean of its features (scored by cosine)."""
+        means = statistics.means().float()
+        start = 0
+        for block in self.blocks:
+            block.copy_(means[start : start + len(block)])
+            start += len(block)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         weights = F.normalize(torch.cat(list(self.blocks)), dim=-1)

@@ -19,8 +19,10 @@ from torch import nn
 from adapt.errors import AdaptError
 from adapt.heads import DEFAULT_TEMPLATE
 from adapt.heads.base import IncrementalHead
+from adapt.heads.statistics import FeatureStatistics
 
 INITIAL_SCALE = 16.0
+PROTOTYPE_RIDGE = 0.1  # the prototype learner's ridge penalty, relative to the mean feature energy
 
 
 class TextEmbedder:
@@ -118,6 +120,21 @@ class LanguageHead(IncrementalHead):
         """scale * T (P f + b): the scores before the projected features are normalized."""
         scaled = self.scale.detach() * self.targets
         return scaled @ self.projection.weight.detach(), scaled @ self.projection.bias.detach(), False
+
+    @torch.no_grad()
+    def fit_prototypes(self, statistics: FeatureStatistics, ridge: float = PROTOTYPE_RIDGE) -> None:
+        """The class vectors are the fixed text targets, so the projection is what is fitted: in
+        closed form, the ridge regression of each image's [features, 1] onto its class's text
+        target (from the running Gram matrix and class sums; the bias is not penalized).
+        `ridge` is relative to the mean feature energy."""
+        gram = statistics.gram.clone()
+        dim = self.feature_dim
+        penalty = ridge * float(gram.diagonal()[:dim].mean())
+        gram.diagonal()[:dim] += penalty
+        cross = self.targets.to(torch.float64).cpu().T @ statistics.augmented_sums()  # (text dim, dim + 1)
+        solution = torch.linalg.solve(gram, cross.T).T.float()  # gram is symmetric
+        self.projection.weight.copy_(solution[:, :dim])
+        self.projection.bias.copy_(solution[:, dim])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         projected = F.normalize(self.projection(features), dim=-1)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from adapt.heads.base import IncrementalHead
+from adapt.heads.statistics import FeatureStatistics
 
 
 class LinearHead(IncrementalHead):
@@ -20,6 +21,18 @@ class LinearHead(IncrementalHead):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.cat([block(features) for block in self.blocks], dim=-1)
+
+    @torch.no_grad()
+    def fit_prototypes(self, statistics: FeatureStatistics) -> None:
+        """Nearest class mean: w_c = mean_c, b_c = -|mean_c|^2 / 2, so the largest score is the
+        class whose mean is closest in Euclidean distance."""
+        means = statistics.means().float()
+        start = 0
+        for block in self.blocks:
+            rows = means[start : start + block.out_features]
+            block.weight.copy_(rows)
+            block.bias.copy_(-0.5 * rows.pow(2).sum(-1))
+            start += block.out_features
 
     def as_linear(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         weight = torch.cat([block.weight for block in self.blocks]).detach()

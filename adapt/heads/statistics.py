@@ -1,0 +1,46 @@
+"""Running feature statistics per class: what a head needs to be fitted without gradients.
+
+The `prototype` learner (PILOT's SimpleCIL) never trains: after each task it adds the
+task's features here, and the head sets its class vectors from them
+(`IncrementalHead.fit_prototypes`). Only sums are kept, never images or features, so old
+classes need no stored data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class FeatureStatistics:
+    """Per class: the sum and count of its features; over all: the Gram matrix of [features, 1]."""
+
+    def __init__(self, feature_dim: int):
+        self.feature_dim = feature_dim
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+        self.gram = torch.zeros(feature_dim + 1, feature_dim + 1, dtype=torch.float64)
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        features = features.detach().to(torch.float64).cpu()
+        for label in labels.unique().tolist():
+            rows = features[labels.cpu() == label]
+            self.sums[label] = self.sums.get(label, torch.zeros(self.feature_dim, dtype=torch.float64)) + rows.sum(0)
+            self.counts[label] = self.counts.get(label, 0) + len(rows)
+        augmented = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
+        self.gram += augmented.T @ augmented
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.counts)
+
+    def means(self) -> torch.Tensor:
+        """(classes, feature_dim) class means, in class order 0, 1, …; every class must have been seen."""
+        missing = [c for c in range(self.num_classes) if c not in self.counts]
+        if missing:
+            raise ValueError(f"no features for class {missing[0]}")
+        return torch.stack([self.sums[c] / self.counts[c] for c in range(self.num_classes)])
+
+    def augmented_sums(self) -> torch.Tensor:
+        """(classes, feature_dim + 1): each class's sum of [features, 1]."""
+        counts = torch.tensor([float(self.counts[c]) for c in range(self.num_classes)], dtype=torch.float64)
+        return torch.cat([self.means() * counts[:, None], counts[:, None]], dim=1)
