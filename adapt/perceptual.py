@@ -1,18 +1,26 @@
-"""Perceptual initialization: shape a backbone with human similarity judgements first.
+"""Perceptual initialization: align a vision encoder with human similarity judgements first.
+
+As in the paper, the default starts from a random initialisation (`source="random"`): the
+pipeline is random init -> perceptual alignment on NIGHTS triplets -> the user's own training
+(`adapt tune --method full --weights init.safetensors`). Starting from pretrained weights
+(`source="embedded"` or a weights file) is perceptual fine-tuning, a different thing: the
+paper contrasts the two.
 
 The backbone embeds a reference and two distortions (pooled features, no head); with
 cosine distances d_a = d(ref, a), d_b = d(ref, b), a hinge loss with margin 0.05 pushes
 the difference towards the human choice: relu(margin - y (d_b - d_a)), y = +1 when people
-chose a, -1 when they chose b (0 on a tie). Agreement is measured as 2AFC: the share of
-people who agree with the model's choice, averaged over triplets. Any tune method can do
-the training (full by default); what it learned is merged, so the output is a plain
+chose a, -1 when they chose b (0 on a tie). Agreement is reported per split (NIGHTS' test in
+two parts, test_imagenet and test_no_imagenet, as DreamSim does) two ways: 2AFC accuracy,
+DreamSim's score (1 when the model picks the majority's image, 0.5 on a tie), and the
+agreement share (the share of voters who agree with the model's pick). Any tune method can
+do the training (full by default); what it learned is merged, so the output is a plain
 backbone state dict that every command accepts as --weights.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,7 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
-from adapt.backbones import create_backbone, preprocessing
+from adapt.backbones import EMBEDDED_WEIGHTS, RANDOM_WEIGHTS, create_backbone, preprocessing
 from adapt.checkpoint import save_tensors_atomic
 from adapt.data.transforms import eval_transform
 from adapt.data.triplets import TripletDataset, load_triplets
@@ -51,39 +59,61 @@ def two_afc(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor) -> torch.Te
     return torch.where(d_a < d_b, p_a, torch.where(d_a > d_b, 1.0 - p_a, torch.full_like(p_a, 0.5)))
 
 
+def two_afc_accuracy(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
+    """Per triplet, DreamSim's 2AFC score: 1 if the model picks the majority's image, 0 if not,
+    0.5 when the model or the vote is tied."""
+    majority = torch.where(p_a > 0.5, 1.0, torch.where(p_a < 0.5, 0.0, 0.5)).to(p_a.dtype)
+    return two_afc(d_a, d_b, majority)
+
+
 def distances(model: nn.Module, ref: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     features = model(torch.cat([ref, a, b]))
     f_ref, f_a, f_b = features.chunk(3)
     return cosine_distance(f_ref, f_a), cosine_distance(f_ref, f_b)
 
 
+@dataclass(frozen=True)
+class TwoAFC:
+    accuracy: float  # DreamSim's 2AFC score against the majority vote
+    agreement: float  # mean share of voters agreeing with the model
+    triplets: int
+
+
 @torch.no_grad()
-def agreement(model: nn.Module, dataset: TripletDataset, accelerator: Accelerator, batch_size: int = 32) -> float:
-    """Mean 2AFC score over a split."""
+def evaluate_two_afc(model: nn.Module, dataset: TripletDataset, accelerator: Accelerator, batch_size: int = 32) -> TwoAFC:
+    """2AFC accuracy and agreement share over a split."""
     was_training = model.training
     model.eval()
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size))
-    scores = []
+    accuracies, shares = [], []
     for ref, a, b, p_a in loader:
         d_a, d_b = distances(model, ref, a, b)
-        scores.append(accelerator.gather_for_metrics(two_afc(d_a, d_b, p_a.float())))
+        accuracies.append(accelerator.gather_for_metrics(two_afc_accuracy(d_a, d_b, p_a.float())))
+        shares.append(accelerator.gather_for_metrics(two_afc(d_a, d_b, p_a.float())))
     model.train(was_training)
-    return float(torch.cat(scores).mean())
+    return TwoAFC(float(torch.cat(accuracies).mean()), float(torch.cat(shares).mean()), len(dataset))
+
+
+def evaluated_splits(names: list[str]) -> list[str]:
+    """val and every test split (test_imagenet, test_no_imagenet, …); train when there are none."""
+    chosen = [n for n in names if n == "val"] + sorted(n for n in names if n.startswith("test"))
+    return chosen or ["train"]
 
 
 @dataclass
 class PerceptualResult:
-    before: dict[str, float]  # 2AFC per evaluation split, before training
-    after: dict[str, float]
+    before: dict[str, TwoAFC]  # per evaluation split, before training
+    after: dict[str, TwoAFC]
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     trainable_params: int = 0
+    source: str = RANDOM_WEIGHTS  # where the backbone started: random, embedded or a weights file
 
 
 def perceptual_init(
     data: str,
     out: str | Path,
     backbone: str,
-    weights: str | None = None,
+    source: str = RANDOM_WEIGHTS,
     method: str = "full",
     epochs: int = 5,
     lr: float = 5e-4,
@@ -94,17 +124,19 @@ def perceptual_init(
     overwrite: bool = False,
     record: dict[str, Any] | None = None,
 ) -> PerceptualResult:
-    """Train `backbone` on the triplets of `data` and write it, merged, to `out`.
+    """Train `backbone`, starting from `source` ("random", the paper's setting; "embedded"; or a
+    weights file: perceptual fine-tuning), on the triplets of `data`, and write it, merged, to `out`.
 
     An existing `out` is replaced only with `overwrite`, and never when it is the input weights.
     `record` (the command's resolved options) goes into the file's metadata as `config` (YAML)."""
     TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)  # checks them
-    with writing_file(out, overwrite, inputs=[weights]):
-        return _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size,
+    inputs = [] if source in (RANDOM_WEIGHTS, EMBEDDED_WEIGHTS) else [source]
+    with writing_file(out, overwrite, inputs=inputs):
+        return _perceptual_init(data, out, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size,
                                 seed, record)  # fmt: skip
 
 
-def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed,
+def _perceptual_init(data, out, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed,
                      record) -> PerceptualResult:  # fmt: skip
     splits = load_triplets(data)
     if not splits.get("train"):
@@ -112,24 +144,24 @@ def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_de
     adapter = create_method(method)
     if not adapter.mergeable:
         raise AdaptError(f"method {method} cannot be merged into a plain backbone; choose a mergeable one")
-    model, info = create_backbone(backbone, weights, num_classes=0, image_size=image_size, seed=seed)
+    model, info = create_backbone(backbone, source, num_classes=0, image_size=image_size, seed=seed)
     model = adapter.apply(model)
     if count_trainable(model) == 0:
         raise AdaptError(f"method {method} trains nothing without a classifier head; choose another")
     defaults = preprocessing(backbone)
     transform = eval_transform(image_size or defaults.image_size, defaults.mean, defaults.std)
     datasets = {name: TripletDataset(triplets, transform) for name, triplets in splits.items()}
-    evaluated = [name for name in ("val", "test") if name in datasets] or ["train"]
+    evaluated = evaluated_splits(list(datasets))
 
     accelerator = make_accelerator()
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(datasets["train"], batch_size=batch_size, shuffle=True, generator=generator)
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    result = PerceptualResult({s: agreement(model, datasets[s], accelerator) for s in evaluated}, {},
-                              trainable_params=count_trainable(model))  # fmt: skip
+    result = PerceptualResult({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}, {},
+                              trainable_params=count_trainable(model), source=info.weights)  # fmt: skip
     with Progress(disable=not accelerator.is_main_process, transient=True) as progress:
-        task = progress.add_task("perceptual init", total=epochs * len(loader))
+        task = progress.add_task("perceptual alignment", total=epochs * len(loader))
         for _ in range(epochs):
             model.train()
             total = 0.0
@@ -141,11 +173,12 @@ def _perceptual_init(data, out, backbone, weights, method, epochs, lr, weight_de
                 total += float(loss.detach())
                 progress.advance(task)
             result.losses.append(total / len(loader))
-    result.after = {s: agreement(model, datasets[s], accelerator) for s in evaluated}
+    result.after = {s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}
 
     plain = adapter.merge(accelerator.unwrap_model(model))
     summary = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
-               "epochs": epochs, "twoafc_before": result.before, "twoafc_after": result.after}  # fmt: skip
+               "epochs": epochs, "twoafc_before": {s: asdict(v) for s, v in result.before.items()},
+               "twoafc_after": {s: asdict(v) for s, v in result.after.items()}}  # fmt: skip
     if accelerator.is_main_process:
         metadata = {"backbone": backbone, "perceptual_init": json.dumps(summary)}
         if record is not None:

@@ -195,6 +195,7 @@ def world(tmp_path_factory) -> Path:
     (trip / "missingcol.csv").write_text("ref,a,b\nr.png,r.png,r.png\n")
     (trip / "badchoice.csv").write_text("ref,a,b,choice\nr.png,r.png,r.png,c\n")
     (trip / "noimage.csv").write_text("ref,a,b,choice\nr.png,gone.png,r.png,a\n")
+    (trip / "good.csv").write_text("ref,a,b,choice\nr.png,r.png,r.png,a\n")
     return w
 
 
@@ -455,6 +456,11 @@ CASES = [
     C(f"perceptual-init --data mnist --out {W}/p.safetensors", "unknown triplet data"),
     C(f"perceptual-init --data triplets:{W}/trip/badchoice.csv --lr nan --out {W}/p.safetensors", "lr must be finite"),
     C(f"perceptual-init --data triplets:{W}/trip/badchoice.csv --out {CKPT}", "exists; pass --overwrite"),
+    C(f"perceptual-init --data triplets:{W}/trip/good.csv --from {W}/none.safetensors --out {W}/p.safetensors",
+      "none.safetensors"),
+    C(f"perceptual-init --data triplets:{W}/trip/good.csv --from embedded --backbone vit_tiny_patch16_224 "
+      f"--out {W}/p.safetensors", "embedded weights exist only for"),
+    C(f"perceptual-init --data triplets:{W}/trip/good.csv --from {CKPT} --out {CKPT}", "is one of the inputs"),
     # continual learning
     C(f"continual --template nobraces {T}", "must contain {}"),
     C(f"continual --template {{}}{{}} {T}", "must contain {}"),
@@ -464,6 +470,13 @@ CASES = [
     C(f"continual --initial 11 {T}", "need 1 <= --initial <= 10"),
     C(f"continual --lr nan {T}", "lr must be finite"),
     C(f"continual --seed -3 {T}", "seed must be >= 0"),
+    C(f"continual --learner ewc {T}", "Invalid value for '--learner'", 2),
+    C(f"continual --learner lwf --memory 20 {T}", "learner lwf: unknown option 'memory'"),
+    C(f"continual --learner naive --selection random {T}", "learner naive: unknown option 'selection'"),
+    C(f"continual --learner icarl --learner-option classifier {T}", "--learner-option expects key=value"),
+    C(f"continual --learner icarl --learner-option classifier=knn {T}", "classifier must be one of"),
+    C(f"continual --learner lwf --learner-option temperature=-1 {T}", "temperature must be > 0"),
+    C(f"continual --learner prototype --head cosine {T}", "use --method linear"),
     # SPT's two steps
     C(f"allocate {SOUP}/a.safetensors --budget 1% --out {W}/al.json", "not a sensitivity file"),
     C(f"allocate {W}/sens.safetensors --budget abc --out {W}/al.json", "cannot read budget"),

@@ -78,7 +78,7 @@ def refusal_cases(ws: Path) -> list[tuple[list, str, Path | None]]:
         (["tune", *QUICK, "--out", ws / "run", "--resume", "--overwrite"], "give one of them", None),
         (["tune", *QUICK, "--out", ckpt], "is a file", None),
         (["import-peft", ws / "notes", "--out", ckpt], "exists; pass --overwrite", None),
-        (["perceptual-init", "--data", "triplets:none.csv", "--weights", ckpt, "--out", ckpt], "is one of the inputs", None),
+        (["perceptual-init", "--data", "triplets:none.csv", "--from", ckpt, "--out", ckpt], "is one of the inputs", None),
         (["perceptual-init", "--data", "triplets:none.csv", "--out", ws / "notes" / "todo.txt"], "exists; pass --overwrite",
          None),
     ]

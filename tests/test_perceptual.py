@@ -7,12 +7,13 @@ import torch
 import yaml
 from click.testing import CliRunner
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from adapt import AdaptError
 from adapt.checkpoint import read_checkpoint
 from adapt.cli import cli
 from adapt.data.triplets import load_triplets, make_fixture
-from adapt.perceptual import hinge_loss, perceptual_init, two_afc
+from adapt.perceptual import evaluated_splits, hinge_loss, perceptual_init, two_afc, two_afc_accuracy
 
 
 def test_hinge_loss_and_two_afc_by_hand():
@@ -24,6 +25,17 @@ def test_hinge_loss_and_two_afc_by_hand():
     # model picks a, b, a, neither -> agreement p_a, 1 - p_a, p_a, 0.5
     assert two_afc(d_a, d_b, p_a).tolist() == [1.0, 0.0, 0.0, 0.5]
     assert two_afc(torch.tensor([0.1]), torch.tensor([0.2]), torch.tensor([5 / 6])).item() == pytest.approx(5 / 6)
+    # DreamSim's score against the majority: picks a (majority a), b (majority a), a (majority b), tie
+    assert two_afc_accuracy(d_a, d_b, p_a).tolist() == [1.0, 0.0, 0.0, 0.5]
+    shares = torch.tensor([0.8, 0.3, 0.5])
+    picks_a = (torch.zeros(3), torch.ones(3))  # d_a < d_b: the model picks a every time
+    assert two_afc_accuracy(*picks_a, shares).tolist() == [1.0, 0.0, 0.5]
+    assert two_afc(*picks_a, shares).tolist() == pytest.approx([0.8, 0.3, 0.5])
+
+
+def test_the_evaluated_splits_are_val_and_each_test_part():
+    assert evaluated_splits(["train", "test_no_imagenet", "val", "test_imagenet"]) == ["val", "test_imagenet", "test_no_imagenet"]
+    assert evaluated_splits(["train"]) == ["train"]
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +43,38 @@ def fixture_root(tmp_path_factory):
     return make_fixture(tmp_path_factory.mktemp("nights"), count=60, size=48)
 
 
-def test_nights_layout_and_vote_filter(fixture_root, tmp_path):
-    splits = load_triplets(f"nights:{fixture_root}")
-    assert {name: len(t) for name, t in splits.items()} == {"train": 36, "val": 12, "test": 12}
-    assert all(t.p_a in (0.0, 1.0) and t.ref.is_file() for t in splits["train"])
-    lines = (fixture_root / "data.csv").read_text().splitlines()
-    few_votes = lines[1].split(",")
-    few_votes[3] = "5"  # votes < 6: dropped
+def _with_csv(fixture_root, tmp_path, lines: list[str]):
+    """A NIGHTS folder with the fixture's images and the given data.csv lines."""
     copy = tmp_path / "nights"
     copy.mkdir()
     for folder in ("ref", "distort"):
         (copy / folder).symlink_to(fixture_root / folder)
-    (copy / "data.csv").write_text("\n".join([lines[0], ",".join(few_votes), *lines[2:]]) + "\n")
+    (copy / "data.csv").write_text("\n".join(lines) + "\n")
+    return copy
+
+
+def test_nights_layout_and_vote_filter(fixture_root, tmp_path):
+    splits = load_triplets(f"nights:{fixture_root}")
+    sizes = {name: len(t) for name, t in splits.items()}
+    assert (sizes["train"], sizes["val"], sizes["test_imagenet"] + sizes["test_no_imagenet"]) == (36, 12, 12)
+    assert sizes["test_imagenet"] and sizes["test_no_imagenet"]  # photo crops and digits
+    shares = [t.p_a for t in splits["train"]]
+    assert all(0.0 <= p <= 1.0 and p != 0.5 for p in shares) and any(0.0 < p < 1.0 for p in shares)  # not all unanimous
+    assert all(t.ref.is_file() for t in splits["train"])
+    lines = (fixture_root / "data.csv").read_text().splitlines()
+    few_votes = lines[1].split(",")
+    few_votes[3] = "5"  # votes < 6: dropped
+    copy = _with_csv(fixture_root, tmp_path, [lines[0], ",".join(few_votes), *lines[2:]])
     assert len(load_triplets(f"nights:{copy}")["train"]) == 35
+
+
+def test_is_imagenet_must_be_a_boolean(fixture_root, tmp_path):
+    lines = (fixture_root / "data.csv").read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if ",test," in line)
+    lines[row] = lines[row].rsplit(",", 1)[0] + ",maybe"
+    copy = _with_csv(fixture_root, tmp_path, lines)
+    with pytest.raises(AdaptError, match=f"row {row + 1}: is_imagenet must be True or False"):
+        load_triplets(f"nights:{copy}")
 
 
 def test_loader_errors_name_the_row(fixture_root, tmp_path):
@@ -64,14 +95,16 @@ def test_loader_errors_name_the_row(fixture_root, tmp_path):
         load_triplets(f"nights:{tmp_path / 'none'}")
 
 
-def test_training_on_the_fixture_raises_agreement_and_feeds_tune(fixture_root, tmp_path):
+def test_perceptual_fine_tuning_raises_agreement_and_feeds_tune(fixture_root, tmp_path):
     out = tmp_path / "init.safetensors"
-    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", epochs=4, image_size=48, seed=0)
-    assert set(result.before) == {"val", "test"}
-    assert result.after["val"] + result.after["test"] > result.before["val"] + result.before["test"], result
+    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", "embedded", epochs=4, image_size=48)
+    assert set(result.before) == {"val", "test_imagenet", "test_no_imagenet"}
+    total = lambda scores: sum(s.accuracy * s.triplets for s in scores.values())  # noqa: E731
+    assert total(result.after) > total(result.before), result
     with safe_open(str(out), "pt") as handle:
         record = json.loads(handle.metadata()["perceptual_init"])
-        assert record["twoafc_after"] == result.after and "classifier.weight" not in handle.keys()
+        assert record["twoafc_after"]["val"]["accuracy"] == result.after["val"].accuracy
+        assert record["source_weights"] == "embedded" and "classifier.weight" not in handle.keys()
     runner = CliRunner()
     tuned = runner.invoke(cli, ["tune", "--weights", str(out), "--image-size", "32", "--epochs", "1", "--limit", "32",
                                 "--out", str(tmp_path / "run")])  # fmt: skip
@@ -80,11 +113,28 @@ def test_training_on_the_fixture_raises_agreement_and_feeds_tune(fixture_root, t
     assert meta.backbone_weights == str(out)  # the adapter is tied to the perceptual init's weights
 
 
+def test_the_default_starts_from_a_random_initialisation(fixture_root, tmp_path):
+    out = tmp_path / "init.safetensors"
+    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", epochs=3, image_size=32, seed=1)
+    assert result.source == "random" and result.losses[-1] < result.losses[0]
+    from adapt.backbones import create_backbone
+
+    embedded, _ = create_backbone("tf_efficientnet_lite0", "embedded", num_classes=0)
+    aligned = load_file(out)
+    assert not torch.allclose(aligned["conv_stem.weight"], embedded.state_dict()["conv_stem.weight"])
+    random_start, _ = create_backbone("tf_efficientnet_lite0", "random", num_classes=0, seed=1)
+    moved = (aligned["conv_stem.weight"] - random_start.state_dict()["conv_stem.weight"]).abs().max()
+    assert 0 < moved < 0.5  # trained from that random start (seeded), not replaced
+    with safe_open(str(out), "pt") as handle:
+        assert json.loads(handle.metadata()["perceptual_init"])["source_weights"] == "random"
+
+
 def test_cli_prints_the_agreement_table(fixture_root, tmp_path):
     result = CliRunner().invoke(cli, ["perceptual-init", "--data", f"nights:{fixture_root}", "--method", "bitfit",
                                       "--epochs", "1", "--image-size", "32", "--out", str(tmp_path / "i.safetensors")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2AFC agreement" in result.output and "val" in result.output and "test" in result.output
+    assert "perceptual initialization (random start)" in result.output
+    assert all(name in result.output for name in ("val", "test_imagenet", "test_no_imagenet", "agreement share"))
     with safe_open(tmp_path / "i.safetensors", "pt") as file:  # the resolved options travel with the weights
         options = yaml.safe_load(file.metadata()["config"])
     assert options["method"] == "bitfit" and options["epochs"] == 1 and options["image_size"] == 32

@@ -256,7 +256,9 @@ def info(checkpoint) -> None:
 @cli.command("perceptual-init")
 @click.option("--data", required=True, help="nights:ROOT (NIGHTS layout) or triplets:CSV (ref,a,b,choice).")
 @backbone_option
-@weights_option
+@click.option("--from", "source", default="random", show_default=True, metavar="random|embedded|PATH",
+              help="Where the backbone starts: random (the paper's perceptual initialization), or pretrained "
+                   "weights, embedded or a file/hub folder (perceptual fine-tuning).")  # fmt: skip
 @click.option("--method", type=click.Choice(list(METHODS)), default="full", show_default=True, help="What trains.")
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
@@ -267,30 +269,36 @@ def info(checkpoint) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The backbone .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @config_option
-def perceptual_init(data, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:
-    """Shape a backbone with human similarity triplets before any other training.
+def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:
+    """Align a backbone with human similarity triplets before any other training.
 
+    As in the paper, it starts from a random initialisation by default; the pipeline is
+    random init -> this command -> adapt tune --method full --weights OUT. With --from
+    embedded or a weights file it is perceptual fine-tuning of a pretrained backbone instead.
     Writes a plain backbone state dict that adapt tune --weights takes (its metadata keeps
-    the options, as `config`). Prints the 2AFC agreement with the human votes on val/test
-    before and after.
+    the options, as `config`). Prints the 2AFC accuracy (DreamSim's score) and the share of
+    voters who agree, per split (NIGHTS test as test_imagenet and test_no_imagenet), before and after.
 
     \b
     Examples:
       adapt perceptual-init --data nights:~/nights --out init.safetensors
-      adapt perceptual-init --data triplets:judgements.csv --method ssf --out init.safetensors
-      adapt tune --weights init.safetensors
+      adapt tune --method full --weights init.safetensors --lr 1e-3
+      adapt perceptual-init --data triplets:judgements.csv --from embedded --method ssf --out tuned.safetensors
     """
     from adapt.perceptual import perceptual_init as run_init
 
-    result = run_init(data, out, backbone, weights, method, epochs, lr, weight_decay, batch_size, image_size, seed,
+    result = run_init(data, out, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed,
                       overwrite, record=resolved_record())  # fmt: skip
-    table = Table(title=f"2AFC agreement ({method}, {result.trainable_params:,} trained parameters)")
-    for column in ("split", "before", "after"):
-        table.add_column(column)
+    kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
+    table = Table(title=f"2AFC on the human votes, before → after: {kind}, {method}, {result.trainable_params:,} trained parameters")
+    for column in ("split", "triplets", "2AFC accuracy", "agreement share"):
+        table.add_column(column, justify="left" if column == "split" else "right", no_wrap=True)
     for split, before in result.before.items():
-        table.add_row(split, f"{before:.2%}", f"{result.after[split]:.2%}")
+        after = result.after[split]
+        table.add_row(split, str(before.triplets), f"{before.accuracy:.1%} → {after.accuracy:.1%}",
+                      f"{before.agreement:.1%} → {after.agreement:.1%}")  # fmt: skip
     console.print(table)
-    console.print(f"wrote {out}; use it with: adapt tune --weights {out}")
+    console.print(f"wrote {out}; use it with: adapt tune --method full --weights {out}")
 
 
 def _head_line(meta) -> str:

@@ -5,8 +5,8 @@ who judged `a` the closer one (`p_a`; 1 or 0 for a single vote).
 
 - `nights:ROOT`: NIGHTS layout, `ROOT/data.csv` with columns id, left_vote, right_vote,
   votes, ref_path, left_path, right_path, split, is_imagenet (paths relative to ROOT);
-  rows with votes >= 6 are kept, as in the NIGHTS paper. Splits: train, val, and every
-  split whose name starts with "test".
+  rows with votes >= 6 are kept, as in the NIGHTS paper. Splits: train, val, and test in
+  two parts as DreamSim reports it, test_imagenet and test_no_imagenet (by is_imagenet).
 - `triplets:CSV`: columns ref, a, b, choice (a or b), optional split (default train);
   paths relative to the CSV's folder.
 """
@@ -14,6 +14,7 @@ who judged `a` the closer one (`p_a`; 1 or 0 for a single vote).
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,18 @@ def _existing(root: Path, relative: str, csv_path: Path, row: int) -> Path:
     return path
 
 
+def _split_name(row: dict[str, str], csv_path: Path, number: int) -> str:
+    """NIGHTS' test split is reported in two parts, as DreamSim does: test_imagenet and
+    test_no_imagenet (by the is_imagenet column); other split names are kept as they are."""
+    split = row["split"].strip()
+    if split != "test" or row.get("is_imagenet") is None:
+        return split
+    flag = row["is_imagenet"].strip().lower()
+    if flag not in ("true", "false", "1", "0"):
+        raise AdaptError(f"{csv_path} row {number}: is_imagenet must be True or False, got {row['is_imagenet']!r}")
+    return "test_imagenet" if flag in ("true", "1") else "test_no_imagenet"
+
+
 def read_nights(root: Path) -> dict[str, list[Triplet]]:
     csv_path = root / "data.csv"
     columns = {"left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split"}
@@ -86,7 +99,7 @@ def read_nights(root: Path) -> dict[str, list[Triplet]]:
             continue
         if left + right == 0:
             raise AdaptError(f"{csv_path} row {number}: no left or right votes")
-        split = "test" if row["split"].startswith("test") else row["split"]
+        split = _split_name(row, csv_path, number)
         triplet = Triplet(*(_existing(root, row[k], csv_path, number) for k in ("ref_path", "left_path", "right_path")),
                           p_a=left / (left + right))  # fmt: skip
         splits.setdefault(split, []).append(triplet)
@@ -116,26 +129,52 @@ def load_triplets(spec: str) -> dict[str, list[Triplet]]:
 
 # -- the offline fixture ------------------------------------------------------------------
 
+DISTORTIONS = ("blur", "noise", "colour", "jpeg", "contrast", "pixelate")
 
-def _distort(image: Image.Image, kind: int, strength: float, rng: np.random.Generator) -> Image.Image:
-    """Blur, noise or a colour shift, of a given strength in [0, 1]."""
-    if kind == 0:
+
+def _distort(image: Image.Image, kind: str, strength: float, rng: np.random.Generator) -> Image.Image:
+    """One of DISTORTIONS at a strength in [0, 1]."""
+    if kind == "blur":
         return image.filter(ImageFilter.GaussianBlur(radius=0.5 + 4 * strength))
+    if kind == "jpeg":
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(60 - 55 * strength))
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    if kind == "pixelate":
+        side = max(2, int(image.width / (1.5 + 10 * strength)))
+        return image.resize((side, side), Image.BILINEAR).resize(image.size, Image.NEAREST)
     array = np.asarray(image, dtype=np.float32)
-    if kind == 1:
+    if kind == "noise":
         array = array + rng.normal(0, 10 + 90 * strength, array.shape)
-    else:
+    elif kind == "colour":
         array = array + np.array([1, -1, 0.5]) * (15 + 120 * strength)
+    else:  # contrast: towards the mean grey
+        array = array.mean() + (array - array.mean()) * (0.85 - 0.75 * strength)
     return Image.fromarray(array.clip(0, 255).astype(np.uint8))
+
+
+def _reference(i: int, size: int, photos: list[Image.Image], digits: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, bool]:
+    """A crop of one of sklearn's two sample photos (is_imagenet: natural images), or every
+    third time an upsampled digit (not natural)."""
+    if i % 3 == 2:
+        pixels = (digits[rng.integers(len(digits))] * 255 / 16).astype(np.uint8)
+        return Image.fromarray(pixels).resize((size, size), Image.BILINEAR).convert("RGB"), False
+    photo = photos[i % 2]
+    side = int(rng.integers(size, min(photo.size) // 2))
+    x, y = int(rng.integers(photo.size[0] - side)), int(rng.integers(photo.size[1] - side))
+    return photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC), True
 
 
 def make_fixture(root: str | Path, count: int = 120, size: int = 64, seed: int = 0) -> Path:
     """Write a NIGHTS-layout set built from sklearn's sample photos and digits.
 
-    Each reference is a crop of a sample photo or an upsampled digit; `a` and `b` are two
-    different kinds of distortion (blur, noise, colour shift), one weak and one strong, in
-    random order, and the "vote" (6 of 6) goes to the weaker one. It exercises the mechanics of perceptual
-    initialization; it says nothing about human perception.
+    Each reference is a crop of a real photo (or an upsampled digit); `a` and `b` are two
+    different distortion families (DISTORTIONS), one weak and one strong, in random order.
+    Six to ten simulated voters each pick the weaker one with a probability that grows with
+    the gap in strength (0.6 to 1), so most but not all votes are unanimous; rows with a tie
+    are dropped. Splits 60/20/20 (train/val/test), test marked is_imagenet for photo crops.
+    It exercises the mechanics of perceptual initialization on real image statistics; it
+    says nothing about human perception.
     """
     from sklearn.datasets import load_digits, load_sample_images
 
@@ -144,28 +183,29 @@ def make_fixture(root: str | Path, count: int = 120, size: int = 64, seed: int =
     photos = [Image.fromarray(p) for p in load_sample_images().images]
     digits = load_digits().images
     rows = []
-    for i in range(count):
-        if i % 3 == 2:
-            pixels = (digits[rng.integers(len(digits))] * 255 / 16).astype(np.uint8)
-            ref = Image.fromarray(pixels).resize((size, size), Image.BILINEAR).convert("RGB")
-        else:
-            photo = photos[i % 2]
-            side = int(rng.integers(size, min(photo.size) // 2))
-            x, y = int(rng.integers(photo.size[0] - side)), int(rng.integers(photo.size[1] - side))
-            ref = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
-        weak_kind, strong_kind = rng.permutation(3)[:2]  # two different kinds: no shortcut by kind alone
+    i = 0
+    while len(rows) < count:
+        ref, natural = _reference(i, size, photos, digits, rng)
+        weak_kind, strong_kind = rng.choice(DISTORTIONS, size=2, replace=False)  # no shortcut by family alone
         weak, strong = rng.uniform(0.0, 0.4), rng.uniform(0.6, 1.0)
+        votes = int(rng.integers(6, 11))
+        weak_votes = int(rng.binomial(votes, 0.6 + 0.4 * (strong - weak)))
+        i += 1
+        if 2 * weak_votes == votes:
+            continue
+        number = len(rows)
         left_is_weak = bool(rng.integers(2))
         left, right = ((weak_kind, weak), (strong_kind, strong)) if left_is_weak else ((strong_kind, strong), (weak_kind, weak))
-        folder = f"{i // 100:03d}"
-        names = {"ref": f"ref/{folder}/{i:03d}.png", "left": f"distort/{folder}/{i:03d}_0.png",
-                 "right": f"distort/{folder}/{i:03d}_1.png"}  # fmt: skip
+        folder = f"{number // 100:03d}"
+        names = {"ref": f"ref/{folder}/{number:03d}.png", "left": f"distort/{folder}/{number:03d}_0.png",
+                 "right": f"distort/{folder}/{number:03d}_1.png"}  # fmt: skip
         for key, image in (("ref", ref), ("left", _distort(ref, *left, rng)), ("right", _distort(ref, *right, rng))):
             (root / names[key]).parent.mkdir(parents=True, exist_ok=True)
             image.save(root / names[key])
-        split = "train" if i < count * 0.6 else ("val" if i < count * 0.8 else "test_imagenet")
-        rows.append([i, 6 if left_is_weak else 0, 0 if left_is_weak else 6, 6, names["ref"], names["left"], names["right"],
-                     split, False])  # fmt: skip
+        split = "train" if number < count * 0.6 else ("val" if number < count * 0.8 else "test")
+        left_votes = weak_votes if left_is_weak else votes - weak_votes
+        rows.append([number, left_votes, votes - left_votes, votes, names["ref"], names["left"], names["right"], split,
+                     natural])  # fmt: skip
     with open(root / "data.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet"])
