@@ -126,7 +126,7 @@ def test_exact_adapters_stay_adapters_and_side_networks_say_so(tmp_path):
     summary = make_soup(ssf, tmp_path / "ssf-soup.safetensors", Uniform())
     assert summary.kind == "adapters"
     AdaptedModel.from_checkpoint(tmp_path / "ssf-soup.safetensors")  # an adapter checkpoint that adapt reads
-    hst = [trained(tmp_path / f"hst{i}.safetensors", "hst", i, {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1]})
+    hst = [trained(tmp_path / f"hst{i}.safetensors", "hst", i, {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "heads": [2, 2, 2, 2]})
            for i in range(2)]  # fmt: skip
     assert make_soup(hst, tmp_path / "hst-soup.safetensors", Uniform()).kind == "side networks"
     with pytest.raises(AdaptError, match="adds a side network"):

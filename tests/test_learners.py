@@ -137,16 +137,15 @@ def test_every_learner_has_a_summary_and_checked_options():
         create_learner("ewc")
 
 
-@pytest.mark.parametrize(("learner", "head", "options"), [
-    ("lwf", "language", {}),
-    ("icarl", "linear", {"memory": 20, "classifier": "nme"}),
-    ("icarl", "cosine", {"memory": 20}),
-    ("prototype", "linear", {}),
-    ("prototype", "cosine", {}),
-    ("prototype", "language", {}),
-])  # fmt: skip
-def test_each_learner_runs_with_each_kind_of_head(tmp_path, learner, head, options):
-    scenario = class_incremental("digits", initial=2, increment=4, seed=0, image_size=SIZE, limit=120)
+LEARNER_OPTIONS = {"naive": {}, "replay": {"memory": 12}, "lwf": {}, "icarl": {"memory": 12, "classifier": "nme"},
+                   "prototype": {}}
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine", "language"])
+@pytest.mark.parametrize("learner", list(LEARNER_OPTIONS))
+def test_each_learner_runs_with_each_kind_of_head(tmp_path, learner, head):
+    options = LEARNER_OPTIONS[learner]
+    scenario = class_incremental("digits", initial=2, increment=4, seed=0, image_size=SIZE, limit=60)
     method = "linear" if learner == "prototype" else "ssf"
     run = ContinualRun(method=method, head=head, learner=learner, learner_options=options, train=TrainConfig(epochs=1),
                        out_dir=tmp_path)  # fmt: skip
@@ -156,7 +155,7 @@ def test_each_learner_runs_with_each_kind_of_head(tmp_path, learner, head, optio
     saved = json.loads((tmp_path / "continual.json").read_text())
     assert saved["setup"]["learner"] == learner and saved["setup"]["learner_options"] == create_learner(learner, options).options()
     if learner == "prototype":  # nothing trained, yet far above chance on the first task (2 classes)
-        assert result.matrix[0][0] > 0.75
+        assert result.matrix[0][0] > 0.7
         assert not (tmp_path / "task_1" / "train_state.safetensors").exists()
 
 

@@ -79,13 +79,13 @@ def test_trainable_state_roundtrip_for_every_method():
     for name in METHODS:
         source, _ = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=0)
         method = create_method(name)
-        method.apply(source)
+        source = method.apply(source)  # the adapted model (HST: a wrapper around the backbone)
         with torch.no_grad():
             for p in source.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn_like(p))
         target, _ = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=0)
-        create_method(name).apply(target)
+        target = create_method(name).apply(target)
         create_method(name).load_trainable_state(target, method.trainable_state(source))
         x = torch.randn(2, 3, 160, 160)
         source.eval(), target.eval()

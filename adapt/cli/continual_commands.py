@@ -91,7 +91,13 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
 
 @cli.command()
 def learners() -> None:
-    """List the continual learners with what they keep and their options (--learner-option KEY=VALUE)."""
+    """List the continual learners with what they keep and their options (--learner-option KEY=VALUE).
+
+    \b
+    Examples:
+      adapt learners
+      adapt continual --learner lwf --learner-option distill_weight=1
+    """
     import dataclasses
 
     table = Table(title="continual learners (adapt continual --learner NAME)")

@@ -1,11 +1,13 @@
-"""HST's side network: a small four-stage feature pyramid beside a frozen backbone.
+"""HST's light side network (variant light): a small four-stage feature pyramid beside a frozen backbone.
 
 A stem turns the raw image into a 1/4-resolution map; four stages (default widths
 32/48/64/72, depths 3/3/3/3) each halve the resolution (the first keeps the stem's) and
-end at 1/4, 1/8, 1/16 and 1/32 of the input. Every side block reads one set of
-backbone tokens (the `context`): a linear bridge maps them to the block's width, and
-the block's positions attend to them (cross-attention; the bridged tokens serve as
-keys and values), then a convolutional feed-forward mixes neighbouring positions.
+end at 1/4, 1/8, 1/16 and 1/32 of the input. Every side block reads one `Reading` (the
+backbone's patch map and, on a ViT, meta tokens): its own bridge (LayerNorm + Linear)
+maps them to the block's width; the block's positions attend to them (cross-attention;
+the bridged tokens serve as keys and values), the bridged patch map, bilinearly resized
+to the block's resolution, is added (the fine-grained path, as in the paper's blocks),
+then a convolutional feed-forward mixes neighbouring positions.
 Spatial sizes round up at every halving, so a level at stride s has ceil(H/s) x ceil(W/s)
 positions for any input size.
 """
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
+
+from adapt.methods.hst.paper import Reading
 
 HEAD_DIM = 8  # attention heads have 8 channels; every width must be a multiple of it
 
@@ -42,7 +46,8 @@ class Downsample(nn.Module):
 
 
 class SideBlock(nn.Module):
-    """x + cross-attention(x -> bridged context), then x + convolutional feed-forward(x)."""
+    """x + cross-attention(x -> bridged reading) + the bridged patch map resized to x, then x + convolutional
+    feed-forward(x)."""
 
     def __init__(self, width: int, context_dim: int, mlp_ratio: float):
         super().__init__()
@@ -60,17 +65,22 @@ class SideBlock(nn.Module):
             nn.Conv2d(hidden, width, 1),
         )
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reading: Reading) -> torch.Tensor:
         batch, width, height, breadth = x.shape
-        keys = self.bridge(context).unflatten(-1, (self.heads, HEAD_DIM)).transpose(1, 2)
+        patches = reading.grid.flatten(2).transpose(1, 2)
+        context = patches if reading.meta is None else torch.cat([reading.meta, patches], dim=1)
+        bridged = self.bridge(context)
+        keys = bridged.unflatten(-1, (self.heads, HEAD_DIM)).transpose(1, 2)
         positions = self.attention_norm(x).flatten(2).transpose(1, 2)
         queries = self.query(positions).unflatten(-1, (self.heads, HEAD_DIM)).transpose(1, 2)
         mixed = F.scaled_dot_product_attention(queries, keys, keys)
         x = x + mixed.transpose(1, 2).reshape(batch, height * breadth, width).transpose(1, 2).view_as(x)
+        fine = bridged[:, context.shape[1] - patches.shape[1] :].transpose(1, 2).unflatten(2, reading.grid.shape[2:])
+        x = x + F.interpolate(fine, size=(height, breadth), mode="bilinear", align_corners=False)
         return x + self.feed_forward(x)
 
 
-class SideNetwork(nn.Module):
+class LightSideNetwork(nn.Module):
     """Stem + four stages of side blocks + a head on the pooled, normalized last level.
 
     context_dims: the channel count of each block's context, one per block in stage order."""
@@ -97,18 +107,18 @@ class SideNetwork(nn.Module):
         self.head_norm = nn.LayerNorm(widths[-1])
         self.head = nn.Linear(widths[-1], num_classes)
 
-    def pyramid(self, image: torch.Tensor, contexts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def pyramid(self, image: torch.Tensor, readings: Sequence[Reading]) -> list[torch.Tensor]:
         """The four normalized levels, at strides 4, 8, 16 and 32."""
-        contexts = iter(contexts)
+        readings = iter(readings)
         x = self.stem(image)
         levels = []
         for downsample, blocks, norm in zip(self.downsamples, self.stages, self.level_norms):
             x = downsample(x)
             for block in blocks:
-                x = block(x, next(contexts))
+                x = block(x, next(readings))
             levels.append(norm(x))
         return levels
 
-    def forward(self, image: torch.Tensor, contexts: Sequence[torch.Tensor]) -> torch.Tensor:
-        pooled = self.pyramid(image, contexts)[-1].mean(dim=(2, 3))
+    def forward(self, image: torch.Tensor, readings: Sequence[Reading]) -> torch.Tensor:
+        pooled = self.pyramid(image, readings)[-1].mean(dim=(2, 3))
         return self.head(self.head_norm(pooled))
