@@ -481,6 +481,8 @@ CASES = [
     C(f"continual --learner icarl --learner-option classifier=knn {T}", "classifier must be one of"),
     C(f"continual --learner lwf --learner-option temperature=-1 {T}", "temperature must be > 0"),
     C(f"continual --learner prototype --head cosine {T}", "use --method linear"),
+    C(f"continual --learner icarl --memory 9 {T}", "a memory of 9 exemplars cannot keep one of each of the 10 classes"),
+    C(f"continual --memory 3 {T}", "use --memory 10 or more"),
     # SPT's two steps
     C(f"allocate {SOUP}/a.safetensors --budget 1% --out {W}/al.json", "not a sensitivity file"),
     C(f"allocate {W}/sens.safetensors --budget abc --out {W}/al.json", "cannot read budget"),

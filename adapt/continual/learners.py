@@ -30,8 +30,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from adapt.config import build, option, validate
 from adapt.continual.losses import icarl_loss, lwf_loss
 from adapt.continual.memory import SELECTIONS, ExemplarMemory
-from adapt.continual.scenario import Task
+from adapt.continual.scenario import Scenario, Task
 from adapt.data.subsets import dataset_targets
+from adapt.errors import AdaptError
 from adapt.heads import ContinualModel
 from adapt.heads.statistics import FeatureStatistics
 
@@ -118,6 +119,9 @@ class Learner:
     def options_line(self) -> str:
         return f"{self.name} {json.dumps(self.options())}"
 
+    def check(self, scenario: Scenario) -> None:
+        """Refuse a scenario this learner cannot run, before anything is trained or written."""
+
     def begin_task(self, model: ContinualModel, task: Task) -> None:
         """Before the head gains the task's classes."""
 
@@ -143,6 +147,12 @@ class Replay(Learner):
     def __init__(self, config: Any | None = None, seed: int = 0):
         super().__init__(config, seed)
         self.memory = ExemplarMemory(self.config.memory, self.config.selection, seed)
+
+    def check(self, scenario: Scenario) -> None:
+        classes = len(scenario.class_names)
+        if self.config.memory < classes:
+            raise AdaptError(f"a memory of {self.config.memory} exemplars cannot keep one of each of the {classes} "
+                             f"classes: use --memory {classes} or more")  # fmt: skip
 
     def train_data(self, task: Task) -> Dataset:
         return task.train if not self.memory.ranked else ConcatDataset([task.train, self.memory.dataset()])

@@ -116,6 +116,7 @@ class ContinualRun:
 
     def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None) -> ContinualResult:
         learner = self.create_learner()
+        learner.check(scenario)
         model, adapted = self.build(scenario)
         if not learner.trains and count_trainable(model.backbone):
             raise AdaptError(f"the {learner.name} learner trains nothing, so method {self.method}'s parameters would stay "
