@@ -27,6 +27,11 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # larger inputs would allocate withou
 MAX_CLASSES = 100_000  # a head is sized by the class count: more is a typo or a lie, not a task
 
 
+@dataclasses.dataclass
+class NoOptions:
+    """The options of a configurable thing that has none (full, linear, bitfit; naive, prototype)."""
+
+
 def option(
     default: Any = dataclasses.MISSING,
     *,

@@ -1,4 +1,4 @@
-"""Shared fixtures: small real image folders (VTAB-1k and class-per-folder) made from digits."""
+"""Shared fixtures: small real image folders (VTAB-1k and class-per-folder) made from digits; helpers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import adapt  # noqa: F401  (first: makes timm importable beside the CPU torch, see adapt._compat)
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -18,6 +19,14 @@ os.environ.setdefault("ADAPT_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "
 def digit_image(index: int) -> Image.Image:
     pixels = (load_digits().images[index] * (255 / 16)).astype(np.uint8)
     return Image.fromarray(pixels).resize((32, 32)).convert("RGB")
+
+
+def perturb_trainable(model: torch.nn.Module, scale: float) -> None:
+    """Move every trainable tensor by scale * N(0, 1), in place: a model "as if trained"."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
 
 
 def _write_images(folder: Path, indices: list[int]) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file
 from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.checkpoint import atomic_path, read_checkpoint
+from conftest import perturb_trainable
 
 CLASSES = ["a", "b", "c"]
 
@@ -24,10 +25,7 @@ def _rewrite(path, tensors, metadata):
 
 def test_roundtrip_gives_identical_outputs(tmp_path):
     adapted, path = _saved(tmp_path)
-    with torch.no_grad():
-        for p in adapted.model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb_trainable(adapted.model, 0.1)
     adapted.save(path, {"seed": 0})
     loaded, meta = AdaptedModel.from_checkpoint(path)
     assert meta.class_names == CLASSES and meta.method == "ssf" and meta.backbone == "test_vit"

@@ -12,6 +12,7 @@ from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
 from adapt.methods import create_method
 from adapt.peft_format import export_peft, import_peft
+from conftest import perturb_trainable
 
 
 def test_default_targets_on_a_vit_and_on_lite0():
@@ -41,10 +42,7 @@ def test_options_and_targets_regex():
 
 def _trained_lora_checkpoint(tmp_path):
     adapted = AdaptedModel.create("lora", ["a", "b", "c"], 160, "test_vit", "random", {"rank": 4})
-    with torch.no_grad():
-        for p in adapted.model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb_trainable(adapted.model, 0.1)
     path = tmp_path / "lora.safetensors"
     adapted.save(path)
     return adapted, path

@@ -4,6 +4,7 @@ import torch
 from adapt.backbones import RANDOM_WEIGHTS, create_backbone, is_head_key
 from adapt.methods import METHODS, count_trainable, create_method
 from adapt.methods.ssf import ScaleShift
+from conftest import perturb_trainable
 
 
 def test_ssf_on_vit_base_matches_the_paper_count():
@@ -80,10 +81,7 @@ def test_trainable_state_roundtrip_for_every_method():
         source, _ = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=0)
         method = create_method(name)
         source = method.apply(source)  # the adapted model (HST: a wrapper around the backbone)
-        with torch.no_grad():
-            for p in source.parameters():
-                if p.requires_grad:
-                    p.add_(torch.randn_like(p))
+        perturb_trainable(source, 1.0)
         target, _ = create_backbone("test_vit", RANDOM_WEIGHTS, num_classes=3, seed=0)
         target = create_method(name).apply(target)
         create_method(name).load_trainable_state(target, method.trainable_state(source))

@@ -16,6 +16,7 @@ from adapt.methods.spt.allocation import allocate, parse_budget
 from adapt.methods.spt.sensitivity import task_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
+from conftest import perturb_trainable
 
 QUICK = TuneJob(method="spt", image_size=48, limit=128,
                 options={"rank": 4, "budget": "20k", "sensitivity_batches": 2, "sensitivity_batch_size": 16})  # fmt: skip
@@ -128,10 +129,8 @@ def test_spt_merges_exactly_on_lite0_and_a_tiny_vit(spt_run, tmp_path):
 
     allocation = allocate(vit_scores, 30_000, lora_eligible_weights(vit), rank=4, alpha_threshold=10)
     adapted = spt_from(allocation, tmp_path, ["a", "b", "c"], 160, "test_vit", "random")
+    perturb_trainable(adapted.model, 0.05)
     with torch.no_grad():
-        for p in adapted.model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
         x = torch.randn(2, 3, 160, 160)
         before = adapted.model.eval()(x)
         merged, _ = merge_adapted(adapted)
@@ -207,9 +206,7 @@ def test_batchnorm_folding_is_exact_and_recorded_and_merges_to_a_plain_timm_stat
         stem = plain.bn1(plain.conv_stem(x))  # one folded pair
         assert (adapted.model.bn1(adapted.model.conv_stem(x)) - stem).abs().max() <= 1e-5 * stem.abs().max()
         assert float(adapted.model.bn1.weight.min()) == float(adapted.model.bn1.weight.max()) == 1.0  # folded
-        for p in adapted.model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+        perturb_trainable(adapted.model, 0.05)
         trained = adapted.model.eval()(x)
     adapted.save(tmp_path / "spt.safetensors")
     loaded, meta = AdaptedModel.from_checkpoint(tmp_path / "spt.safetensors")

@@ -14,6 +14,7 @@ from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.spt.allocation import Allocation, allocate, structured_cost
 from adapt.methods.spt.ranking import ranked, split_fused
 from adapt.methods.spt.structured import StructuredDelta
+from conftest import perturb_trainable
 
 CLASSES = ["a", "b", "c"]
 
@@ -81,10 +82,8 @@ def test_split_qkv_spt_merges_exactly_and_touches_only_its_rows(tmp_path):
     head = dim * 3 + 3
     assert adapted.parameter_counts()[0] == allocation.trainable_params() + head
     plain = create_backbone("test_vit", RANDOM_WEIGHTS, 3, 160, seed=0)[0].state_dict()  # the same weights, unadapted
+    perturb_trainable(adapted.model, 0.1)
     with torch.no_grad():
-        for p in adapted.model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
         x = torch.randn(2, 3, 160, 160)
         before = adapted.model.eval()(x)
         merged, _ = merge_adapted(adapted)

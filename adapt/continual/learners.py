@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from adapt.config import build, option, validate
+from adapt.config import NoOptions, build, option, validate
 from adapt.continual.losses import icarl_loss, lwf_loss
 from adapt.continual.memory import SELECTIONS, ExemplarMemory
 from adapt.continual.scenario import Scenario, Task
@@ -35,6 +34,7 @@ from adapt.data.subsets import dataset_targets
 from adapt.errors import AdaptError
 from adapt.heads import ContinualModel
 from adapt.heads.statistics import FeatureStatistics
+from adapt.train import classification_loss
 
 
 @torch.no_grad()
@@ -74,11 +74,6 @@ class NearestMeanOfExemplars(nn.Module):
 
 
 @dataclasses.dataclass
-class NoLearnerOptions:
-    """For learners without options (naive, prototype)."""
-
-
-@dataclasses.dataclass
 class ReplayOptions:
     memory: int = option(200, low=1, high=10_000_000)  # exemplars kept in total, balanced over classes
     selection: str = option("herding", choices=SELECTIONS)
@@ -101,7 +96,7 @@ class Learner:
 
     name: ClassVar[str] = "naive"
     summary: ClassVar[str] = "fine-tunes on each task in turn; keeps nothing (the lower bound)"
-    config_class: ClassVar[type] = NoLearnerOptions
+    config_class: ClassVar[type] = NoOptions
     trains: ClassVar[bool] = True  # False: the head is set in end_task and no gradient step is taken
 
     def __init__(self, config: Any | None = None, seed: int = 0):
@@ -116,9 +111,6 @@ class Learner:
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
-    def options_line(self) -> str:
-        return f"{self.name} {json.dumps(self.options())}"
-
     def check(self, scenario: Scenario) -> None:
         """Refuse a scenario this learner cannot run, before anything is trained or written."""
 
@@ -129,7 +121,7 @@ class Learner:
         return task.train
 
     def loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels)
+        return classification_loss(logits, images, labels)
 
     def end_task(self, model: ContinualModel, task: Task) -> None:
         """After training on the task, before it is tested."""

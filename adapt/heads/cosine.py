@@ -31,11 +31,8 @@ class CosineHead(IncrementalHead):
     @torch.no_grad()
     def fit_prototypes(self, statistics: FeatureStatistics) -> None:
         """SimpleCIL: each class vector is the mean of its features (scored by cosine)."""
-        means = statistics.means().float()
-        start = 0
-        for block in self.blocks:
-            block.copy_(means[start : start + len(block)])
-            start += len(block)
+        for block, rows in zip(self.blocks, statistics.means().float().split(self.task_sizes)):
+            block.copy_(rows)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         weights = F.normalize(torch.cat(list(self.blocks)), dim=-1)

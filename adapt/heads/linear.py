@@ -26,13 +26,9 @@ class LinearHead(IncrementalHead):
     def fit_prototypes(self, statistics: FeatureStatistics) -> None:
         """Nearest class mean: w_c = mean_c, b_c = -|mean_c|^2 / 2, so the largest score is the
         class whose mean is closest in Euclidean distance."""
-        means = statistics.means().float()
-        start = 0
-        for block in self.blocks:
-            rows = means[start : start + block.out_features]
+        for block, rows in zip(self.blocks, statistics.means().float().split(self.task_sizes)):
             block.weight.copy_(rows)
             block.bias.copy_(-0.5 * rows.pow(2).sum(-1))
-            start += block.out_features
 
     def as_linear(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         weight = torch.cat([block.weight for block in self.blocks]).detach()

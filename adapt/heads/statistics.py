@@ -33,14 +33,19 @@ class FeatureStatistics:
     def num_classes(self) -> int:
         return len(self.counts)
 
-    def means(self) -> torch.Tensor:
-        """(classes, feature_dim) class means, in class order 0, 1, …; every class must have been seen."""
+    def classes(self) -> range:
+        """0, 1, …, num_classes - 1: the classes in order; every one of them must have been seen."""
         missing = [c for c in range(self.num_classes) if c not in self.counts]
         if missing:
             raise ValueError(f"no features for class {missing[0]}")
-        return torch.stack([self.sums[c] / self.counts[c] for c in range(self.num_classes)])
+        return range(self.num_classes)
+
+    def means(self) -> torch.Tensor:
+        """(classes, feature_dim) class means, in class order."""
+        return torch.stack([self.sums[c] / self.counts[c] for c in self.classes()])
 
     def augmented_sums(self) -> torch.Tensor:
         """(classes, feature_dim + 1): each class's sum of [features, 1]."""
-        counts = torch.tensor([float(self.counts[c]) for c in range(self.num_classes)], dtype=torch.float64)
-        return torch.cat([self.means() * counts[:, None], counts[:, None]], dim=1)
+        classes = self.classes()
+        counts = torch.tensor([float(self.counts[c]) for c in classes], dtype=torch.float64)
+        return torch.cat([torch.stack([self.sums[c] for c in classes]), counts[:, None]], dim=1)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from adapt.backbones import is_head_key
-from adapt.config import build, validate
+from adapt.config import NoOptions, build, validate
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 from adapt.methods.mixins import restore_plain_classes
 from adapt.methods.norms import freeze_norm_statistics
@@ -27,11 +27,6 @@ from adapt.methods.norms import freeze_norm_statistics
 if TYPE_CHECKING:
     from adapt.data import DataSplits
     from adapt.train_config import TrainConfig
-
-
-@dataclasses.dataclass
-class NoOptions:
-    """For methods without options (full, linear, bitfit)."""
 
 
 class Method:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from adapt.methods.hst.paper import Reading
+from adapt.methods.hst.paper import Reading, map_of, tokens_of
 
 HEAD_DIM = 8  # attention heads have 8 channels; every width must be a multiple of it
 
@@ -67,15 +67,15 @@ class SideBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, reading: Reading) -> torch.Tensor:
         batch, width, height, breadth = x.shape
-        patches = reading.grid.flatten(2).transpose(1, 2)
+        patches = tokens_of(reading.grid)
         context = patches if reading.meta is None else torch.cat([reading.meta, patches], dim=1)
         bridged = self.bridge(context)
         keys = bridged.unflatten(-1, (self.heads, HEAD_DIM)).transpose(1, 2)
-        positions = self.attention_norm(x).flatten(2).transpose(1, 2)
+        positions = tokens_of(self.attention_norm(x))
         queries = self.query(positions).unflatten(-1, (self.heads, HEAD_DIM)).transpose(1, 2)
         mixed = F.scaled_dot_product_attention(queries, keys, keys)
         x = x + mixed.transpose(1, 2).reshape(batch, height * breadth, width).transpose(1, 2).view_as(x)
-        fine = bridged[:, context.shape[1] - patches.shape[1] :].transpose(1, 2).unflatten(2, reading.grid.shape[2:])
+        fine = map_of(bridged[:, context.shape[1] - patches.shape[1] :], reading.grid.shape[2:])
         x = x + F.interpolate(fine, size=(height, breadth), mode="bilinear", align_corners=False)
         return x + self.feed_forward(x)
 

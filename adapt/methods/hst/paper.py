@@ -183,14 +183,18 @@ class PaperSideNetwork(nn.Module):
                 x = self.downsamples[stage - 1](x)
             size = x.shape[2:]
             tokens = tokens_of(x)
+            grid = None
             for block in blocks:
                 reading = next(readings)
-                bridged = map_of(bridge(tokens_of(reading.grid)), reading.grid.shape[2:])
-                fine = tokens_of(F.interpolate(bridged, size=size, mode="bilinear", align_corners=False))
-                context = fine.mean(dim=1, keepdim=True)
+                if reading.grid is not grid:  # a CNN stage's blocks all read one map: bridge and resize it once
+                    grid = reading.grid
+                    fine = tokens_of(F.interpolate(map_of(bridge(tokens_of(grid)), grid.shape[2:]), size=size,
+                                                   mode="bilinear", align_corners=False))  # fmt: skip
+                    global_token = fine.mean(dim=1, keepdim=True)
+                context = global_token
                 if self.meta_norms is not None:
                     meta = self.meta_norms[block_index](bridge(reading.meta))
-                    context = torch.cat([meta, context], dim=1)
+                    context = torch.cat([meta, global_token], dim=1)
                 tokens = block(tokens, context, fine)
                 block_index += 1
             x = map_of(norm(tokens), size)

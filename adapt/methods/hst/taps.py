@@ -25,7 +25,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from adapt.errors import AdaptError
-from adapt.methods.hst.paper import Reading
+from adapt.methods.hst.paper import Reading, map_of
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -67,8 +67,7 @@ class PromptedViTTap(nn.Module):
         for meta, block in zip(self.meta_tokens, vit.blocks):
             count = meta.shape[1]
             x = block(torch.cat([meta.expand(x.shape[0], -1, -1), x], dim=1))
-            patches = x[:, count + skip :].transpose(1, 2).unflatten(2, grid)
-            readings.append(Reading(patches, x[:, :count]))
+            readings.append(Reading(map_of(x[:, count + skip :], grid), x[:, :count]))
             x = x[:, count:]
         return [readings[i] for i in self.read_blocks]
 
