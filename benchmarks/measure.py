@@ -40,18 +40,33 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def training_cost(adapted: AdaptedModel, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[float, int]:
     """(median seconds per training step, peak bytes the steps kept alive beyond the model and
     data: activations saved for backward, gradients, optimizer state), AdamW as in training."""
-    model = adapted.model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model.train()
-    seconds: list[float] = []
+    return interleaved_training_cost({"model": adapted}, images, labels, steps)["model"]
 
-    def train() -> None:
-        for _ in range(steps):
-            start = time.perf_counter()
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            seconds.append(time.perf_counter() - start)
 
-    peak = peak_extra_bytes(train)
-    return statistics.median(seconds[1:] or seconds), peak
+def interleaved_training_cost(models: dict[str, AdaptedModel], images: torch.Tensor, labels: torch.Tensor,
+                              steps: int) -> dict[str, tuple[float, int]]:  # fmt: skip
+    """training_cost of each model, their steps taking turns so that a machine that speeds up or slows
+    down during the run favours none of them. The peak is that of each model's first two steps,
+    which are not timed: the first creates the optimizer state, the second runs on top of it."""
+    runs = {}
+    for name, adapted in models.items():
+        model = adapted.model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        runs[name] = (model, optimizer, [])
+
+    def step(name: str) -> None:
+        model, optimizer, seconds = runs[name]
+        start = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        seconds.append(time.perf_counter() - start)
+
+    peaks = {}
+    for name in runs:
+        peaks[name] = peak_extra_bytes(lambda: (step(name), step(name)))
+        runs[name][2].clear()
+    for _ in range(steps):
+        for name in runs:
+            step(name)
+    return {name: (statistics.median(seconds), peaks[name]) for name, (_, _, seconds) in runs.items()}

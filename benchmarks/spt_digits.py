@@ -3,18 +3,23 @@
 Budgets are LoRA's own backbone-side counts at rank 2 and rank 8 on Lite0 (45,568 and
 182,272), so LoRA and SPT spend the same. SPT runs with both budget rules: `exact` (ours:
 the count lands on the budget) and `official` (the released code's closest point on a
-0.02M grid, coarse at these budgets). Counts exclude the 12,810-parameter head, which every
-method trains. Step time is the mean training step over the run (data loading included),
-as a ratio to full fine-tuning's and LoRA's measured in the same process; peak memory is
-the op-by-op peak of tensors that 10 training steps keep alive beyond the model and data
-(benchmarks/measure.training_cost), as a ratio to full fine-tuning's; sensitivity_seconds
-is SPT's scoring pass (16 batches of 32).
+0.02M grid, coarse at these budgets), and once without the structured modules' Dropout and
+DropPath (the paper's 0.1 each; our LoRA has none by default). Counts exclude the
+12,810-parameter head, which every method trains. sensitivity_seconds is SPT's scoring pass
+(16 batches of 32).
+
+Cost is measured apart from the accuracy runs, all methods of a budget in one loop taking
+turns (benchmarks/measure.interleaved_training_cost): the median of COST_STEPS AdamW steps on
+one batch of 32 digits at 96 px, and the peak of bytes a first step keeps alive beyond the
+model and data (activations saved for backward, gradients, optimizer state). Ratios are to
+full fine-tuning, to LoRA, and to LoRA with the same input dropout 0.1 as SPT's structured
+modules (cost only).
 
 The cost-only rows use a random-weight vit_base_patch16_224, batch 8 at 224 px: SPT at
 0.4M (allocated from the sensitivity of 2 batches of 8 digits images, official ViT ranking),
 LoRA at rank 3 (442,368, the rank closest to 0.4M), full fine-tuning.
 
-    python benchmarks/spt_digits.py [--epochs 5] [--seeds 0,1,2] [--vit-steps 3]
+    python benchmarks/spt_digits.py [--epochs 5] [--seeds 0,1,2] [--cost-steps 10] [--vit-steps 3]
 
 Writes benchmarks/results/spt_digits.json and spt_digits.md.
 """
@@ -35,19 +40,43 @@ from adapt.data import load_data
 from adapt.methods.spt.sensitivity import task_sensitivity
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, prepare, tune
-from measure import mean_std, mean_step_seconds, training_cost
+from measure import interleaved_training_cost, mean_std
 from report import percent_mean_std, write_report
 
 HEAD = 1280 * 10 + 10
 LORA_PER_RANK = 22_784  # backbone-side LoRA parameters per rank on Lite0 (default targets)
-MEMORY_STEPS = 10
 VIT = "vit_base_patch16_224"
+NO_REGULARISATION = {"structured_dropout": 0.0, "structured_drop_path": 0.0}
 
 
-def peak_memory(job: TuneJob) -> int:
-    adapted, data = prepare(job, "digits", TrainConfig())
+def configs(rank: int, budget: int) -> dict[str, tuple[dict, bool]]:
+    """Name -> (TuneJob fields, whether it also gets accuracy runs) at one budget."""
+    spt = {"budget": budget}
+    return {
+        "full": ({"method": "full"}, False),
+        "lora": ({"method": "lora", "options": {"rank": rank}}, True),
+        "lora (dropout 0.1)": ({"method": "lora", "options": {"rank": rank, "dropout": 0.1}}, False),
+        "spt (exact)": ({"method": "spt", "options": {**spt, "budget_rule": "exact"}}, True),
+        "spt (official)": ({"method": "spt", "options": {**spt, "budget_rule": "official"}}, True),
+        "spt (exact, no structured dropout)": ({"method": "spt", "options": {**spt, **NO_REGULARISATION}}, True),
+    }  # fmt: skip
+
+
+def cost_ratios(measured: dict[str, tuple[float, int]]) -> dict[str, dict[str, float]]:
+    """Each method's step time and peak memory as ratios to full, LoRA and LoRA with dropout."""
+    base = {"full": measured["full"], "lora": measured["lora"], "lora_dropout": measured["lora (dropout 0.1)"]}
+    return {name: {"step_time_ratio_vs_full": step / base["full"][0], "step_time_ratio_vs_lora": step / base["lora"][0],
+                   "step_time_ratio_vs_lora_dropout": step / base["lora_dropout"][0],
+                   "peak_mem_ratio_vs_full": peak / base["full"][1], "peak_mem_ratio_vs_lora": peak / base["lora"][1],
+                   "peak_mem_ratio_vs_lora_dropout": peak / base["lora_dropout"][1]}
+            for name, (step, peak) in measured.items()}  # fmt: skip
+
+
+def lite0_cost(jobs: dict[str, TuneJob], steps: int) -> dict[str, dict[str, float]]:
+    models = {name: prepare(job, "digits", TrainConfig())[0] for name, job in jobs.items()}
+    data = prepare(jobs["full"], "digits", TrainConfig())[1]
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
-    return training_cost(adapted, images, labels, MEMORY_STEPS)[1]
+    return cost_ratios(interleaved_training_cost(models, images, labels, steps))
 
 
 def vit_cost(steps: int) -> list[dict]:
@@ -56,93 +85,78 @@ def vit_cost(steps: int) -> list[dict]:
     classes = [str(c) for c in range(10)]
     images, labels = torch.randn(8, 3, 224, 224), torch.randint(0, 10, (8,))
     data = load_data("digits", 224, (0.5,) * 3, (0.5,) * 3, limit=64)
-    options = {"budget": 400_000, "sensitivity_batches": 2, "sensitivity_batch_size": 8}
-    spt = AdaptedModel.create("spt", classes, 224, VIT, "random", options, setup=(data, TrainConfig()))
+    spt = {"budget": 400_000, "sensitivity_batches": 2, "sensitivity_batch_size": 8}
+    setup = (data, TrainConfig())
     models = {"full": AdaptedModel.create("full", classes, 224, VIT, "random"),
-              "lora": AdaptedModel.create("lora", classes, 224, VIT, "random", {"rank": 3}), "spt": spt}  # fmt: skip
-    measured = {}
-    for name, adapted in models.items():
-        step, peak = training_cost(adapted, images, labels, steps)
-        measured[name] = {"step": step, "peak": peak, "trainable": adapted.parameter_counts()[0] - 768 * 10 - 10}
-        print(name, measured[name], flush=True)
-    full, lora = measured["full"], measured["lora"]
-    return [{"method": f"{name} (ViT-B/16, cost only)", "trainable_params": m["trainable"],
-             "step_time_ratio_vs_full": m["step"] / full["step"], "step_time_ratio_vs_lora": m["step"] / lora["step"],
-             "peak_mem_ratio_vs_full": m["peak"] / full["peak"], "peak_mem_ratio_vs_lora": m["peak"] / lora["peak"]}
-            for name, m in measured.items()]  # fmt: skip
+              "lora": AdaptedModel.create("lora", classes, 224, VIT, "random", {"rank": 3}),
+              "lora (dropout 0.1)": AdaptedModel.create("lora", classes, 224, VIT, "random", {"rank": 3, "dropout": 0.1}),
+              "spt": AdaptedModel.create("spt", classes, 224, VIT, "random", spt, setup=setup),
+              "spt (no structured dropout)": AdaptedModel.create("spt", classes, 224, VIT, "random",
+                                                                 {**spt, **NO_REGULARISATION}, setup=setup)}  # fmt: skip
+    ratios = cost_ratios(interleaved_training_cost(models, images, labels, steps))
+    return [{"method": f"{name} (ViT-B/16, cost only)", "trainable_params": adapted.parameter_counts()[0] - 768 * 10 - 10,
+             **ratios[name]} for name, adapted in models.items()]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--cost-steps", type=int, default=10)
     parser.add_argument("--vit-steps", type=int, default=3)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    budgets = {2: 2 * LORA_PER_RANK, 8: 8 * LORA_PER_RANK}
-    configs = []
-    for rank, budget in budgets.items():
-        configs.append(("lora", budget, TuneJob(method="lora", options={"rank": rank})))
-        for rule in ("exact", "official"):
-            configs.append((f"spt ({rule})", budget, TuneJob(method="spt", options={"budget": budget, "budget_rule": rule})))
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        full = tune(TuneJob(method="full"), TrainConfig(epochs=1), Path(scratch) / "full")
-        full_step, full_peak = mean_step_seconds(full), peak_memory(TuneJob(method="full"))
-        lora_step = {}
-        for method, budget, job in configs:
-            accs, steps, sensitivity = [], [], []
-            for seed in seeds:
-                if method.startswith("spt"):  # the scoring pass that tune runs first, timed on its own
-                    start = time.perf_counter()
-                    task_sensitivity("digits", "tf_efficientnet_lite0", seed=seed)
-                    sensitivity.append(time.perf_counter() - start)
-                result = tune(job, TrainConfig(epochs=args.epochs, seed=seed), Path(scratch) / f"{method}{budget}-{seed}")
-                accs.append(result.test_acc)
-                steps.append(mean_step_seconds(result))
-                print(f"{method} budget {budget} seed {seed}: {result.test_acc:.4f}", flush=True)
-            step = statistics.mean(steps)
-            if method == "lora":
-                lora_step[budget] = step
-            acc_mean, acc_std = mean_std(accs)
-            rows.append({
-                "method": method,
-                "budget": budget,
-                "trainable_params": result.trainable_params - HEAD,
-                "acc_mean": acc_mean,
-                "acc_std": acc_std,
-                "seeds": seeds,
-                "sensitivity_seconds": statistics.mean(sensitivity) if sensitivity else 0.0,
-                "step_time_ratio_vs_full": step / full_step,
-                "step_time_ratio_vs_lora": step / lora_step[budget],
-                "peak_mem_ratio_vs_full": peak_memory(job) / full_peak,
-            })  # fmt: skip
+        for rank in (2, 8):
+            budget = rank * LORA_PER_RANK
+            jobs = {name: (TuneJob(**fields), accuracy) for name, (fields, accuracy) in configs(rank, budget).items()}
+            cost = lite0_cost({name: job for name, (job, _) in jobs.items()}, args.cost_steps)
+            print(f"budget {budget}: cost {cost}", flush=True)
+            for name, (job, accuracy) in jobs.items():
+                accs, sensitivity, trainable = [], [], None
+                for seed in seeds if accuracy else []:
+                    if job.method == "spt":  # the scoring pass that tune runs first, timed on its own
+                        start = time.perf_counter()
+                        task_sensitivity("digits", "tf_efficientnet_lite0", seed=seed)
+                        sensitivity.append(time.perf_counter() - start)
+                    result = tune(job, TrainConfig(epochs=args.epochs, seed=seed), Path(scratch) / f"{name}{budget}-{seed}")
+                    accs.append(result.test_acc)
+                    trainable = result.trainable_params - HEAD
+                    print(f"{name} budget {budget} seed {seed}: {result.test_acc:.4f}", flush=True)
+                acc_mean, acc_std = mean_std(accs) if accs else (None, None)
+                rows.append({"method": name, "budget": budget, "trainable_params": trainable, "acc_mean": acc_mean,
+                             "acc_std": acc_std, "seeds": seeds if accs else [],
+                             "sensitivity_seconds": statistics.mean(sensitivity) if sensitivity else 0.0,
+                             **cost[name]})  # fmt: skip
     vit = vit_cost(args.vit_steps)
 
     setup = {"backbone": "tf_efficientnet_lite0 (embedded)", "data": "digits, 96 px", "epochs": args.epochs,
              "lr": "method default", "spt": "structured = lora rank 8, alpha_threshold 10, sensitivity 16 x 32, "
              "BatchNorm folded", "counts": "backbone-side, head excluded", "vit_rows": vit,
+             "cost": f"batch 32 at 96 px, median of {args.cost_steps} AdamW steps, methods taking turns",
              "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of {args.vit_steps} AdamW steps"}  # fmt: skip
-    lora_peak = {r["budget"]: r["peak_mem_ratio_vs_full"] for r in rows if r["method"] == "lora"}
-    for row in rows:
-        row["peak_mem_ratio_vs_lora"] = row["peak_mem_ratio_vs_full"] / lora_peak[row["budget"]]
-    vit_table = ["| cost only | trainable (backbone) | step time vs full | vs LoRA | peak memory vs full | vs LoRA |",
-                 "|---|---:|---:|---:|---:|---:|"] + [
-        f"| {r['method']} | {r['trainable_params']:,} | {r['step_time_ratio_vs_full']:.2f} | "
-        f"{r['step_time_ratio_vs_lora']:.2f} | {r['peak_mem_ratio_vs_full']:.2f} | {r['peak_mem_ratio_vs_lora']:.2f} |"
+    ratio_columns = [
+        ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
+        ("step time vs LoRA", lambda r: f"{r['step_time_ratio_vs_lora']:.2f}"),
+        ("step time vs LoRA (dropout 0.1)", lambda r: f"{r['step_time_ratio_vs_lora_dropout']:.2f}"),
+        ("peak memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
+        ("peak memory vs LoRA", lambda r: f"{r['peak_mem_ratio_vs_lora']:.2f}"),
+        ("peak memory vs LoRA (dropout 0.1)", lambda r: f"{r['peak_mem_ratio_vs_lora_dropout']:.2f}"),
+    ]  # fmt: skip
+    vit_table = ["| cost only | trainable (backbone) | " + " | ".join(h for h, _ in ratio_columns) + " |",
+                 "|---|---:|" + "---:|" * len(ratio_columns)] + [
+        f"| {r['method']} | {r['trainable_params']:,} | " + " | ".join(cell(r) for _, cell in ratio_columns) + " |"
         for r in vit]  # fmt: skip
     write_report("spt_digits", f"SPT vs LoRA on the embedded default ({args.epochs} epochs, seeds {seeds})", setup,
                  rows, [
         ("method", lambda r: r["method"]),
         ("budget", lambda r: f"{r['budget']:,}"),
-        ("trainable (backbone)", lambda r: f"{r['trainable_params']:,}"),
-        ("test acc (mean ± std)", percent_mean_std("acc_mean", "acc_std")),
+        ("trainable (backbone)", lambda r: f"{r['trainable_params']:,}" if r["trainable_params"] else "-"),
+        ("test acc (mean ± std)", lambda r: percent_mean_std("acc_mean", "acc_std")(r) if r["acc_mean"] else "cost only"),
         ("sensitivity pass", lambda r: f"{r['sensitivity_seconds']:.1f} s"),
-        ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
-        ("step time vs LoRA", lambda r: f"{r['step_time_ratio_vs_lora']:.2f}"),
-        ("peak memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
-        ("peak memory vs LoRA", lambda r: f"{r['peak_mem_ratio_vs_lora']:.2f}"),
+        *ratio_columns,
     ], footer="\n".join(vit_table))  # fmt: skip
 
 

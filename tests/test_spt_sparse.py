@@ -55,7 +55,7 @@ def _check(ours, reference, delta, x):
         assert (ours(x) - reference(x)).abs().max() <= TOLERANCE
     assert (ours.sparse.values.grad - delta.grad).abs().max() <= TOLERANCE * max(1.0, float(delta.grad.abs().max()))
     assert (x1.grad - x2.grad).abs().max() <= TOLERANCE
-    assert ours.weight.grad is None  # nothing weight-sized was formed for the frozen weight
+    assert ours.weight.grad is None  # the frozen weight gets no gradient
 
 
 def test_linear_with_tokens_and_more_entries_than_a_chunk():
@@ -72,8 +72,18 @@ def test_linear_with_tokens_and_more_entries_than_a_chunk():
     nn.Conv2d(6, 8, 3, padding="same"),
     Conv2dSame(6, 8, 3, stride=2, bias=False),  # timm's TF "SAME" padding (the default Lite0's convs)
     Conv2dSame(8, 8, 5, stride=2, groups=8, bias=False),
+    nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=4),  # depthwise, multiplier 2, dilated
+    nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),  # grouped, not depthwise
 ])  # fmt: skip
-def test_conv_kinds(conv):
-    count = min(conv.weight.numel() // 3, CHUNK + 5)
+@pytest.mark.parametrize("share", [1 / 3, 1.0, 0.02])  # a third, every entry, a few (some channels have none)
+def test_conv_kinds(conv, share):
+    count = max(1, round(conv.weight.numel() * share))
     ours, reference, delta = _sparse_pair(conv, count, SparseDeltaConv2d)
     _check(ours, reference, delta, torch.randn(2, conv.in_channels, 11, 13))
+
+
+def test_frozen_input_gets_no_gradient():
+    """The first conv of a network (an image input) needs only the values' gradient."""
+    ours, _, _ = _sparse_pair(nn.Conv2d(3, 8, 3, padding=1, groups=1), 20, SparseDeltaConv2d)
+    ours(torch.randn(2, 3, 9, 9)).sum().backward()
+    assert ours.sparse.values.grad is not None and ours.sparse.values.grad.abs().sum() > 0

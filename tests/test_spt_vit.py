@@ -108,11 +108,11 @@ def test_structured_modules_have_the_papers_regularization_and_adapter(tmp_path)
     adapted = _spt(allocation, tmp_path)
     module = adapted.model.blocks[0].mlp.fc1.structured["all"]
     assert isinstance(module, StructuredDelta)
-    assert module.dropout.p == 0.1 and module.drop_path.drop_prob == 0.1
+    assert adapted.model.blocks[0].mlp.fc1.structured_dropout == 0.1 and module.drop_path.drop_prob == 0.1
     assert isinstance(module.act, torch.nn.GELU) and module.down.bias is not None and module.up.bias is not None
     assert structured_cost((3072, 768), 8, "adapter") == 2 * 3072 * 8 + 8 + 3072  # the paper's formula
     quiet = _spt(allocation, tmp_path, structured_dropout=0.0, structured_drop_path=0.0)
-    assert quiet.model.blocks[0].mlp.fc1.structured["all"].dropout.p == 0.0
+    assert quiet.model.blocks[0].mlp.fc1.structured_dropout == 0.0
 
 
 def test_vit_base_budgets_are_met_exactly():
@@ -124,3 +124,73 @@ def test_vit_base_budgets_are_met_exactly():
         assert allocation.trainable_params() == budget, budget
         assert "cls_token" in allocation.vectors
     assert split_fused({"x.qkv.weight": torch.zeros(6, 2)})["x.qkv.weight#v"].shape == (2, 2)
+
+
+def test_q_k_v_share_one_dropout_mask_the_projection_gets_none_and_backward_recomputes_it_exactly(tmp_path):
+    names = ["blocks.0.attn.qkv.weight#q", "blocks.0.attn.qkv.weight#v", "blocks.0.attn.proj.weight"]
+    allocation = Allocation(budget=10**6, rank=4, structured=names, costs={n: 1 for n in names})
+    adapted = _spt(allocation, tmp_path, structured_drop_path=0.0, structured_dropout=0.5)
+    perturb_trainable(adapted.model, 0.1)
+    attn = adapted.model.blocks[0].attn
+    assert attn.qkv.structured_dropout == 0.5 and attn.proj.structured_dropout == 0.0
+    qkv = attn.qkv.train()
+    x = torch.randn(2, 5, qkv.in_features, requires_grad=True)
+    torch.manual_seed(3)
+    out = qkv(x)
+    weights = torch.randn(out.shape)
+    (out * weights).sum().backward()
+    ours = {k: p.grad.clone() for k, p in qkv.structured.named_parameters()}
+
+    torch.manual_seed(3)  # the reference: one mask for both modules, the dropped input kept by autograd
+    from adapt.methods.spt.structured import dropout
+
+    x2 = x.detach().clone().requires_grad_(True)
+    dropped = dropout(x2, 0.5)
+    dim = qkv.in_features
+    assert 0.4 < float((dropped == 0).float().mean()) < 0.6
+    reference = torch.nn.functional.linear(x2, qkv.weight, qkv.bias)
+    q, v = qkv.structured["0"], qkv.structured["2"]
+    reference = reference + torch.cat([q.up(q.down(dropped)) * q.scaling, torch.zeros(2, 5, dim),
+                                       v.up(v.down(dropped)) * v.scaling], -1)  # fmt: skip
+    qkv.zero_grad()
+    (reference * weights).sum().backward()
+    assert (out - reference).abs().max() <= 1e-5
+    assert (x.grad - x2.grad).abs().max() <= 1e-5
+    for name, parameter in qkv.structured.named_parameters():
+        assert (ours[name] - parameter.grad).abs().max() <= 1e-5, name
+    qkv.eval()
+    assert torch.equal(qkv(x), qkv(x))  # no dropout outside training
+
+
+def test_dropout_drops_its_share_and_keeps_the_mean():
+    from adapt.methods.spt.structured import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000)
+    for p in (0.1, 0.5):
+        y = dropout(x, p)
+        assert abs(float((y == 0).float().mean()) - p) < 0.005
+        assert abs(float(y.mean()) - 1.0) < 0.01
+        assert set(torch.unique(y).tolist()) == {0.0, float(y.max())}
+    torch.manual_seed(1)
+    first = dropout(x, 0.1)
+    torch.manual_seed(1)
+    assert torch.equal(first, dropout(x, 0.1))  # seeded by torch's generator
+
+
+def test_lora_drop_path_on_the_rank_r_input_equals_drop_path_on_the_output(tmp_path):
+    allocation = Allocation(budget=10**6, rank=4, structured=["blocks.0.mlp.fc1.weight"],
+                            costs={"blocks.0.mlp.fc1.weight": 1})  # fmt: skip
+    adapted = _spt(allocation, tmp_path, structured_drop_path=0.5, structured_dropout=0.0)
+    perturb_trainable(adapted.model, 0.1)
+    fc1 = adapted.model.blocks[0].mlp.fc1.train()
+    module = fc1.structured["all"]
+    x = torch.randn(8, 5, fc1.in_features)
+    torch.manual_seed(4)
+    ours = fc1(x)
+    torch.manual_seed(4)
+    reference = torch.nn.functional.linear(x, fc1.weight, fc1.bias) + module.drop_path(
+        module.up(module.down(x)) * module.scaling)  # fmt: skip
+    assert (ours - reference).abs().max() <= 1e-5
+    dropped = (ours - torch.nn.functional.linear(x, fc1.weight, fc1.bias)).flatten(1).abs().amax(1) == 0
+    assert 0 < int(dropped.sum()) < 8  # some samples lost the module's output, not all

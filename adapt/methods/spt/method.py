@@ -35,7 +35,7 @@ from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.methods.spt.allocation import RULES, Allocation, allocate, plot_allocation
 from adapt.methods.spt.ranking import ranked, real_name
 from adapt.methods.spt.sparse import SparseDelta, SparseDeltaConv2d, SparseDeltaLinear
-from adapt.methods.spt.structured import KINDS, StructuredDelta, WithStructured
+from adapt.methods.spt.structured import KINDS, UNDROPPED, StructuredDelta, WithStructured
 
 if TYPE_CHECKING:
     from adapt.data import DataSplits
@@ -216,9 +216,11 @@ class SPT(Method):
             layer.structured = nn.ModuleDict({
                 str(block) if block is not None else "all": StructuredDelta(
                     layer, _block_rows(size, block), self.config.structured_module, self.config.rank, self.config.alpha,
-                    self.config.structured_dropout, self.config.structured_drop_path)
+                    self.config.structured_drop_path)
                 for block in layer_blocks
             })  # fmt: skip
+            undropped = layer_name.endswith(UNDROPPED)
+            layer.structured_dropout = 0.0 if undropped else self.config.structured_dropout
             with_mixin(layer, WithStructured)
         for name in self.config.vectors:
             if real_name(name)[1] is None:
@@ -283,7 +285,7 @@ class SPT(Method):
                 for structured in module.structured.values():
                     structured.fold_into(module.weight)
                 without_mixin(module, WithStructured)
-                del module.structured
+                del module.structured, module.structured_dropout
         return model
 
 

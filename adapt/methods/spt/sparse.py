@@ -1,13 +1,17 @@
 """SPT's unstructured part: a trainable delta on exactly the selected entries of a frozen weight.
 
-The delta (`SparseDelta`: values + flat indices) is never scattered into a weight-sized
-tensor while training. A Linear or Conv2d computes y = layer(x) + S(x), where S is the
-layer's operation with only the selected weight entries, done entry by entry
-(`_SparseLinearTerm`, `_SparseConvTerm`); its backward gives the gradient of exactly the
-selected values (no weight-sized gradient) and their share of the input gradient, and the
-frozen layer keeps its own cheap input-gradient path. Cost grows with the number of
-selected entries, not with the weight. A tensor of another kind of layer (rare) falls back
-to a parametrization W + scatter(values). Merging adds the values into W in place.
+The delta (`SparseDelta`: values + flat indices) never gets a weight-sized gradient, and the
+frozen weight none at all; how the layer runs depends on its kind:
+- Linear: y = linear(x) + x D^T, the sparse term done entry by entry (`_SparseLinearTerm`):
+  a ViT's matrices are large and few of their entries are selected, so the cost follows the
+  selected entries, and W + scatter is never formed.
+- Conv2d: y = conv(x, W + D), one convolution (`_DeltaConv`): a conv kernel is small next to
+  its activations, so forming W + D costs nothing that matters, while an entry-by-entry
+  convolution costs a gather per entry and pixel (it made SPT 1.6-3.5x slower than LoRA on
+  Lite0). Backward takes the input gradient as the frozen layer would and the weight gradient
+  only at the selected entries (for a depthwise conv, only over the channels that have any).
+A tensor of another kind of layer (a norm, a bias) falls back to a parametrization
+W + scatter(values). Merging adds the values into W in place.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from torch import nn
 
-CHUNK = 256  # entries handled at once: bounds the transient (batch x CHUNK x spatial) products
+CHUNK = 256  # entries handled at once: bounds the transient (tokens x CHUNK) products
 
 
 class SparseDelta(nn.Module):
@@ -83,74 +87,63 @@ def conv_padding(layer: nn.Conv2d, height: int, width: int) -> tuple[int, int, i
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
-class _SparseConvTerm(torch.autograd.Function):
-    """x -> conv2d(x, D) for a sparse kernel D: an entry (o, c, i, j) adds value * the input channel c
-    seen through kernel offset (i, j) to output channel o."""
+class _DeltaConv(torch.autograd.Function):
+    """conv2d(x, W + D) for a frozen kernel W and a sparse D, as one convolution; backward gives the
+    input gradient as the frozen layer's would and the gradient of D's values alone.
+
+    The kernel W + D is formed in the forward pass: a conv kernel is small (at most a few hundred
+    thousand entries, well under one activation map), and one convolution with it costs what the
+    frozen layer costs. The values' gradient is the weight gradient at the selected entries: for a
+    depthwise conv, the correlation of each selected channel's input with its output gradient, done
+    as one grouped convolution over those channels only (torch's depthwise weight gradient is a
+    slow loop on CPU); for any other conv, torch's weight gradient, read at the entries (the
+    kernel-sized transient is small next to the activations).
+    """
 
     @staticmethod
-    def forward(ctx, x, values, entries, geometry):
-        out_channels, pads, stride, dilation, kernel = geometry
-        xp = F.pad(x, pads)
-        size = tuple((xp.shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in range(2))
-        out = x.new_zeros(x.shape[0], out_channels, *size)
-        v = values.to(x.dtype)
-        for rows, channels, offset, part in _offsets(entries):
-            view = _strided(xp, offset, stride, dilation, size)
-            out.index_add_(1, rows, view[:, channels] * v[part].view(1, -1, 1, 1))
-        ctx.save_for_backward(x, values, *entries)
-        ctx.geometry = geometry
-        return out
+    def forward(ctx, x, values, weight, indices, geometry):
+        stride, padding, dilation, groups = geometry
+        kernel = weight.flatten().index_add(0, indices, values.to(weight.dtype)).view_as(weight)
+        ctx.save_for_backward(x, kernel, indices)
+        ctx.geometry, ctx.values_dtype = geometry, values.dtype
+        return F.conv2d(x, kernel, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
-        x, values, *entries = ctx.saved_tensors
-        _, pads, stride, dilation, _ = ctx.geometry
-        xp = F.pad(x, pads)
-        size = tuple(grad.shape[-2:])
-        grad_values = torch.empty_like(values)
-        grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
-        v = values.to(grad.dtype)
-        for rows, channels, offset, part in _offsets(entries):
-            g = grad[:, rows]
-            grad_values[part] = (g * _strided(xp, offset, stride, dilation, size)[:, channels]).sum((0, 2, 3)).to(values.dtype)
-            if grad_xp is not None:
-                _strided(grad_xp, offset, stride, dilation, size).index_add_(1, channels, g * v[part].view(1, -1, 1, 1))
-        grad_x = None
-        if grad_xp is not None:
-            left, right, top, bottom = pads
-            grad_x = grad_xp[:, :, top : grad_xp.shape[2] - bottom, left : grad_xp.shape[3] - right]
-        return grad_x, grad_values, None, None
+        x, kernel, indices = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        depthwise = groups > 1 and groups == x.shape[1]
+        grad_x = grad_kernel = None
+        if ctx.needs_input_grad[0] or not depthwise:
+            mask = (ctx.needs_input_grad[0], not depthwise, False)
+            grad_x, grad_kernel, _ = torch.ops.aten.convolution_backward(
+                grad, x, kernel, None, stride, padding, dilation, False, (0, 0), groups, mask)  # fmt: skip
+        if depthwise:
+            grad_values = _depthwise_kernel_grad(x, grad, kernel.shape, indices, ctx.geometry)
+        else:
+            grad_values = grad_kernel.flatten()[indices]
+        return grad_x, grad_values.to(ctx.values_dtype), None, None, None
 
 
-def _strided(xp, offset: tuple[int, int], stride, dilation, size) -> torch.Tensor:
-    """The padded input as kernel offset (i, j) sees it: (B, C, Ho, Wo), a view."""
-    top, left = offset[0] * dilation[0], offset[1] * dilation[1]
-    return xp[:, :, top : top + stride[0] * (size[0] - 1) + 1 : stride[0], left : left + stride[1] * (size[1] - 1) + 1 : stride[1]]
-
-
-def _offsets(entries):
-    """(output rows, input channels, kernel offset (i, j), entry slice) per kernel offset and chunk;
-    entries are sorted by offset (conv_entries)."""
-    rows, channels, ki, kj = entries
-    flat = ki * 1000 + kj
-    bounds = torch.nonzero(torch.diff(flat, prepend=flat[:1] - 1)).flatten().tolist() + [len(flat)]
-    for start, end in zip(bounds, bounds[1:]):
-        offset = (int(ki[start]), int(kj[start]))
-        for part in _chunks(end - start):
-            part = slice(start + part.start, start + part.stop)
-            yield rows[part], channels[part], offset, part
-
-
-def conv_entries(layer: nn.Conv2d, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Flat kernel indices -> (output channel, input channel, i, j) sorted by offset (i, j), and the sort
-    order. The input channel accounts for groups."""
-    out_channels, per_group, kh, kw = layer.weight.shape
-    o = indices // (per_group * kh * kw)
-    rest = indices % (per_group * kh * kw)
-    c = rest // (kh * kw) + (o // (out_channels // layer.groups)) * per_group
-    i, j = (rest % (kh * kw)) // kw, rest % kw
-    order = torch.argsort(i * 1000 + j, stable=True)
-    return o[order], c[order], i[order], j[order], order
+def _depthwise_kernel_grad(x, grad, shape, indices, geometry) -> torch.Tensor:
+    """d loss / d kernel at `indices` of a depthwise conv (out channel o reads input channel
+    o // multiplier): per selected output channel, the correlation of its input with its output
+    gradient (stride as dilation), for all of its taps at once, summed over the batch."""
+    stride, padding, dilation, _ = geometry
+    out_channels, _, kh, kw = shape
+    channels, local = torch.unique(indices // (kh * kw), return_inverse=True)
+    multiplier = out_channels // x.shape[1]
+    if len(channels) * 2 > out_channels or multiplier > 1:  # most channels: all, rather than copy them out
+        channels, local = torch.arange(out_channels, device=indices.device), indices // (kh * kw)
+        inputs, grads = (x if multiplier == 1 else x.repeat_interleave(multiplier, 1)), grad
+    else:
+        inputs, grads = x.index_select(1, channels), grad.index_select(1, channels)
+    batch, count = grad.shape[0], len(channels)
+    taps = F.conv2d(inputs.reshape(1, batch * count, *x.shape[2:]), grads.reshape(batch * count, 1, *grad.shape[2:]),
+                    None, 1, padding, stride, batch * count)  # fmt: skip
+    taps = taps.view(batch, count, *taps.shape[2:]).sum(0)
+    taps = taps[:, : (kh - 1) * dilation[0] + 1 : dilation[0], : (kw - 1) * dilation[1] + 1 : dilation[1]]
+    return taps.reshape(count, kh * kw)[local, indices % (kh * kw)]
 
 
 class SparseDeltaLinear:
@@ -166,13 +159,14 @@ class SparseDeltaLinear:
 
 
 class SparseDeltaConv2d:
-    """Mixin over nn.Conv2d (and timm's Conv2dSame): y = conv(x) + conv(x, D) with D sparse."""
+    """Mixin over nn.Conv2d (and timm's Conv2dSame): y = conv(x, W + D) with D sparse (_DeltaConv)."""
 
     sparse: SparseDelta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *entries, order = conv_entries(self, self.sparse.indices)
-        pads = conv_padding(self, x.shape[-2], x.shape[-1])
-        geometry = (self.out_channels, pads, self.stride, self.dilation, self.kernel_size)
-        term = _SparseConvTerm.apply(x, self.sparse.values[order], tuple(entries), geometry)
-        return super().forward(x) + term  # the frozen layer's own forward
+        left, right, top, bottom = conv_padding(self, x.shape[-2], x.shape[-1])
+        if (left, top) != (right, bottom):  # uneven ("SAME" at stride 2): pad first, as the layer does
+            x, left, top = F.pad(x, (left, right, top, bottom)), 0, 0
+        geometry = (self.stride, (top, left), self.dilation, self.groups)
+        out = _DeltaConv.apply(x, self.sparse.values, self.weight, self.sparse.indices, geometry)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)

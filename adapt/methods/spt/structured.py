@@ -3,9 +3,18 @@ its output rows (q, k or v of a ViT's fused qkv, which the paper treats as three
 
 As in the released code: LoRA is down (kaiming) then up (zeros), no bias; the adapter is
 down -> GELU -> up with biases (up and its bias start at zero), costed 2 * rows * r + r + rows;
-the input goes through Dropout and the output through DropPath (0.1 each by default). Both
-start as the unchanged layer. LoRA folds into the weight (W[rows] += scaling * up @ down);
-the adapter's GELU makes it non-linear, so a model with adapters cannot be merged.
+the output goes through DropPath and the input through Dropout (0.1 each by default), one
+dropout mask per layer shared by its modules (the official code's `x_drop` for q, k and v),
+none on a ViT's attention output projection (the official code gives `proj` none). Both start
+as the unchanged layer. LoRA folds into the weight (W[rows] += scaling * up @ down); the
+adapter's GELU makes it non-linear, so a model with adapters cannot be merged.
+
+Dropout on a CNN's full-resolution maps is what SPT's training time and memory went to
+(benchmarks/results/spt_digits.md), so it is done cheaply and exactly as inverted dropout:
+the mask is drawn as 16 random bits per entry (four per int64 draw: several times faster than
+torch's Bernoulli on CPU), and the dropped input is recomputed in the backward pass from the
+saved RNG state (torch.utils.checkpoint) instead of being kept, so the modules keep no
+activation beyond the layer input the frozen layer keeps anyway.
 """
 
 from __future__ import annotations
@@ -13,19 +22,36 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from adapt.kernels import add_low_rank_
 
 KINDS = ("lora", "adapter")
+UNDROPPED = ("attn.proj",)  # layers whose structured modules see their input undropped (the official ViT)
+MASK_LEVELS = 1 << 16  # dropout's probability is a multiple of 1 / MASK_LEVELS
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout (as nn.Dropout in training) with the mask from 16 random bits per entry;
+    p is rounded to a multiple of 1/65536 (0.1 -> 0.0999985) and the kept entries scaled to match."""
+    if x.device.type != "cpu":  # the bit trick is a CPU speed-up; elsewhere torch's own is fast
+        return F.dropout(x, p, training=True)
+    dropped = round(p * MASK_LEVELS)
+    count = x.numel()
+    bits = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:count]
+    keep = bits.view(x.shape) >= dropped - MASK_LEVELS // 2
+    return torch.where(keep, x, 0.0).mul_(MASK_LEVELS / (MASK_LEVELS - dropped))
 
 
 class StructuredDelta(nn.Module):
-    """The structured module for output rows [start, stop) of `layer` (all rows: the whole layer)."""
+    """The structured module for output rows [start, stop) of `layer` (all rows: the whole layer);
+    its input dropout belongs to the layer (WithStructured), which feeds it `down`'s output."""
 
     def __init__(self, layer: nn.Module, rows: tuple[int, int], kind: str, rank: int, alpha: float,
-                 dropout: float = 0.1, drop_path: float = 0.1):  # fmt: skip
+                 drop_path: float = 0.1):  # fmt: skip
         super().__init__()
         self.rows, self.kind = rows, kind
         adapter = kind == "adapter"
@@ -45,11 +71,15 @@ class StructuredDelta(nn.Module):
             nn.init.zeros_(self.up.bias)
         self.act = nn.GELU() if adapter else nn.Identity()
         self.scaling = 1.0 if adapter else alpha / rank
-        self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop_path(self.up(self.act(self.down(self.dropout(x)))) * self.scaling)
+    def forward(self, down: torch.Tensor) -> torch.Tensor:
+        """The module's output from its down projection's output. LoRA's `up` is linear without a
+        bias, so its scaling and per-sample DropPath go on the rank-r input (the same product,
+        on r channels instead of the output's many)."""
+        if self.kind == "lora":
+            return self.up(self.drop_path(down * self.scaling))
+        return self.drop_path(self.up(self.act(down)))  # an adapter's scaling is 1
 
     def fold_into(self, weight: torch.Tensor) -> None:
         """W[rows] += scaling * up @ down, in place (LoRA only)."""
@@ -60,15 +90,28 @@ class StructuredDelta(nn.Module):
             add_low_rank_(weight[start:stop], self.up.weight.flatten(1), self.down.weight.flatten(1), self.scaling)
 
 
+def _dropped_downs(x: torch.Tensor, p: float, *modules: StructuredDelta) -> tuple[torch.Tensor, ...]:
+    dropped = dropout(x, p)
+    return tuple(module.down(dropped) for module in modules)
+
+
 class WithStructured:
-    """Mixin over a Linear/Conv2d: its output plus each structured module's, in that module's rows."""
+    """Mixin over a Linear/Conv2d: its output plus each structured module's, in that module's rows;
+    the modules share one dropout mask on the input (`structured_dropout`)."""
 
     structured: nn.ModuleDict
+    structured_dropout: float
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
+        modules = list(self.structured.values())
+        if self.training and self.structured_dropout > 0:  # recomputed in backward, not kept (module docstring)
+            downs = checkpoint(_dropped_downs, x, self.structured_dropout, *modules, use_reentrant=False)
+        else:
+            downs = [module.down(x) for module in modules]
         channel = -1 if isinstance(self, nn.Linear) else 1
-        for module in self.structured.values():
+        for module, down in zip(modules, downs):  # in place: the layer's backward does not need `out`
             start, stop = module.rows
-            out.narrow(channel, start, stop - start).add_(module(x))  # the layer's backward does not need `out`
+            rows = out if stop - start == out.shape[channel] else out.narrow(channel, start, stop - start)
+            rows.add_(module(down))  # all rows: no view, so backward does not copy the whole gradient
         return out
