@@ -178,6 +178,7 @@ def test_cli_learner_errors_are_one_line_and_write_nothing(tmp_path, args, messa
                                       "--out", str(out), *args])  # fmt: skip
     assert result.exit_code == 1 and message in result.stderr, result.output
     assert result.stderr.strip().count("\n") == 0
+    assert result.stdout == ""  # not even the run's header line
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -67,8 +67,10 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
                        out, overwrite)  # fmt: skip
     scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
     sizes = ", ".join(str(len(t.class_names)) for t in scenario.tasks)
-    console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
-                  f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
+
+    def print_start() -> None:
+        console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
+                      f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
 
     def print_matrix(task, matrix, model) -> None:
         table = Table(title=f"after task {task.index + 1}: {', '.join(task.class_names)}")
@@ -79,7 +81,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
             table.add_row(f"T{t + 1}", *(f"{a:.1%}" for a in row[: t + 1]), *[""] * (task.index - t), f"{seen:.1%}")
         console.print(table)
 
-    result = run.fit(scenario, on_task_end=print_matrix, record=resolved_record())
+    result = run.fit(scenario, on_task_end=print_matrix, record=resolved_record(), on_start=print_start)
     metrics = result.metrics
     console.print(
         f"average incremental accuracy {metrics.average_incremental_accuracy:.2%}  ·  last accuracy "

@@ -105,22 +105,26 @@ class ContinualRun:
         scenario: Scenario,
         on_task_end: Callable[[Task, Matrix, ContinualModel], None] | None = None,
         record: dict[str, Any] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> ContinualResult:
         """Train on each task in turn; after each, test on all tasks seen. Writes OUT/task_N/ per task
         and OUT/continual.json + accuracy_matrix.png at the end, and `record` (the command's resolved
-        options) as OUT/config.yaml. `on_task_end(task, matrix, model)` runs after each task's row is measured."""
+        options) as OUT/config.yaml. `on_start()` runs once the run has passed every check (so a
+        refused run prints nothing); `on_task_end(task, matrix, model)` after each task's row is measured."""
         out = Path(self.out_dir)
         with exclusive_lock(out):
             check_run_folder(out, RUN_FILES, resume=False, overwrite=self.overwrite, resumable=False)
-            return self._fit(scenario, out, on_task_end, record)
+            return self._fit(scenario, out, on_task_end, record, on_start)
 
-    def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None) -> ContinualResult:
+    def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None, on_start) -> ContinualResult:
         learner = self.create_learner()
         learner.check(scenario)
         model, adapted = self.build(scenario)
         if not learner.trains and count_trainable(model.backbone):
             raise AdaptError(f"the {learner.name} learner trains nothing, so method {self.method}'s parameters would stay "
                              "at their initialisation and only perturb the backbone: use --method linear")  # fmt: skip
+        if on_start is not None:
+            on_start()
         if record is not None:  # once the model is built, so that a refused run leaves nothing
             write_run_config(out, record)
         matrix: Matrix = []

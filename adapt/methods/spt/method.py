@@ -47,7 +47,7 @@ class SPTConfig:
     rank: int = option(8, low=1, high=4096)
     alpha: float = option(8.0, low=0, low_open=True)  # LoRA scaling alpha / rank
     structured_module: str = option("lora", choices=KINDS)  # adapter: non-linear, cannot be merged
-    structured_dropout: float = option(0.1, low=0, high=1, high_open=True)  # on the structured module's input
+    structured_dropout: float = option(0.1, low=0, high=1, high_open=True)  # on the modules' input: a mask per layer, none on attn.proj
     structured_drop_path: float = option(0.1, low=0, high=1, high_open=True)  # on its output, per sample
     # how `prepare` finds the allocation: a budget ("0.4M", "1%") spent on fresh sensitivity scores, or a saved file
     budget: str | int | None = None
@@ -74,7 +74,7 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _sparse_join(module: nn.Module, leaf: str) -> type | None:
-    """The mixin that adds a sparse delta to this layer's `leaf` without a weight-sized tensor, if any."""
+    """The mixin that runs a sparse delta on this layer's `leaf` without a weight-sized gradient, if any."""
     if leaf != "weight":
         return None
     if isinstance(module, nn.Linear):

@@ -36,10 +36,10 @@ MASK_LEVELS = 1 << 16  # dropout's probability is a multiple of 1 / MASK_LEVELS
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout (as nn.Dropout in training) with the mask from 16 random bits per entry;
-    p is rounded to a multiple of 1/65536 (0.1 -> 0.0999985) and the kept entries scaled to match."""
+    p is rounded to a multiple of 1/65536 (0.1 -> 0.100006) and the kept entries scaled to match."""
     if x.device.type != "cpu":  # the bit trick is a CPU speed-up; elsewhere torch's own is fast
         return F.dropout(x, p, training=True)
-    dropped = round(p * MASK_LEVELS)
+    dropped = min(round(p * MASK_LEVELS), MASK_LEVELS - 1)  # p < 1: something is kept
     count = x.numel()
     bits = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:count]
     keep = bits.view(x.shape) >= dropped - MASK_LEVELS // 2
