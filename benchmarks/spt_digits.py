@@ -62,19 +62,22 @@ def configs(rank: int, budget: int) -> dict[str, tuple[dict, bool]]:
     }  # fmt: skip
 
 
+BASES = {"full": ("full", "full"), "lora": ("lora", "LoRA"), "lora_dropout": ("lora (dropout 0.1)", "LoRA (dropout 0.1)")}
+QUANTITIES = ("step_time", "step time"), ("peak_mem", "peak memory")  # (key, label), in the order cost_ratios measures
+
+
 def cost_ratios(measured: dict[str, tuple[float, int]]) -> dict[str, dict[str, float]]:
-    """Each method's step time and peak memory as ratios to full, LoRA and LoRA with dropout."""
-    base = {"full": measured["full"], "lora": measured["lora"], "lora_dropout": measured["lora (dropout 0.1)"]}
-    return {name: {"step_time_ratio_vs_full": step / base["full"][0], "step_time_ratio_vs_lora": step / base["lora"][0],
-                   "step_time_ratio_vs_lora_dropout": step / base["lora_dropout"][0],
-                   "peak_mem_ratio_vs_full": peak / base["full"][1], "peak_mem_ratio_vs_lora": peak / base["lora"][1],
-                   "peak_mem_ratio_vs_lora_dropout": peak / base["lora_dropout"][1]}
-            for name, (step, peak) in measured.items()}  # fmt: skip
+    """Each method's step time and peak memory as ratios to each of BASES (full, LoRA, LoRA with dropout)."""
+    return {name: {f"{key}_ratio_vs_{base}": value / measured[method][i]
+                   for i, ((key, _), value) in enumerate(zip(QUANTITIES, cost))
+                   for base, (method, _) in BASES.items()}
+            for name, cost in measured.items()}  # fmt: skip
 
 
 def lite0_cost(jobs: dict[str, TuneJob], steps: int) -> dict[str, dict[str, float]]:
-    models = {name: prepare(job, "digits", TrainConfig())[0] for name, job in jobs.items()}
-    data = prepare(jobs["full"], "digits", TrainConfig())[1]
+    models = {}
+    for name, job in jobs.items():
+        models[name], data = prepare(job, "digits", TrainConfig())
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
     return cost_ratios(interleaved_training_cost(models, images, labels, steps))
 
@@ -137,14 +140,8 @@ def main() -> None:
              "BatchNorm folded", "counts": "backbone-side, head excluded", "vit_rows": vit,
              "cost": f"batch 32 at 96 px, median of {args.cost_steps} AdamW steps, methods taking turns",
              "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of {args.vit_steps} AdamW steps"}  # fmt: skip
-    ratio_columns = [
-        ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
-        ("step time vs LoRA", lambda r: f"{r['step_time_ratio_vs_lora']:.2f}"),
-        ("step time vs LoRA (dropout 0.1)", lambda r: f"{r['step_time_ratio_vs_lora_dropout']:.2f}"),
-        ("peak memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
-        ("peak memory vs LoRA", lambda r: f"{r['peak_mem_ratio_vs_lora']:.2f}"),
-        ("peak memory vs LoRA (dropout 0.1)", lambda r: f"{r['peak_mem_ratio_vs_lora_dropout']:.2f}"),
-    ]  # fmt: skip
+    ratio_columns = [(f"{label} vs {base_label}", lambda r, k=f"{key}_ratio_vs_{base}": f"{r[k]:.2f}")
+                     for key, label in QUANTITIES for base, (_, base_label) in BASES.items()]  # fmt: skip
     vit_table = ["| cost only | trainable (backbone) | " + " | ".join(h for h, _ in ratio_columns) + " |",
                  "|---|---:|" + "---:|" * len(ratio_columns)] + [
         f"| {r['method']} | {r['trainable_params']:,} | " + " | ".join(cell(r) for _, cell in ratio_columns) + " |"
