@@ -15,7 +15,7 @@ from torch import nn
 
 from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone, preprocessing
 from adapt.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.heads import ContinualModel, head_buffers, head_spec, rebuild_head
 from adapt.methods import Method, count_trainable, create_method
 
@@ -63,7 +63,7 @@ class AdaptedModel:
             return cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, str(path)), meta
         weights = weights or meta.backbone_weights
         if weights not in ("embedded", RANDOM_WEIGHTS) and not Path(weights).exists():
-            raise AdaptError(f"{path} was trained on backbone weights {weights}, which is not there; pass --weights")
+            raise AdaptError(f"{path} was trained on backbone weights {weights}, which is not there; pass {term('weights')}")
         seed = int(meta.training.get("seed", 0))
         if meta.head is None:
             adapted = cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, weights,

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from adapt.errors import AdaptError, compare_tensors, describe_mismatch
+from adapt.config import SAFETENSORS, binary_kind, bounded_image_size
+from adapt.errors import AdaptError, compare_tensors, describe_mismatch, term
 
 EMBEDDED_BACKBONE = "tf_efficientnet_lite0"
 EMBEDDED_WEIGHTS = "embedded"
@@ -75,18 +76,18 @@ def _hub_folder(name: str) -> Path | None:
     if not sep or kind not in ("local-dir", "hf-hub"):
         return None
     if not rest:
-        raise AdaptError(f"--backbone {name}: say which folder or repository after '{kind}:'")
+        raise AdaptError(f"{term('backbone')} {name}: say which folder or repository after '{kind}:'")
     if kind == "local-dir":
         folder = Path(rest).expanduser()
         if not (folder / "config.json").is_file():
-            raise AdaptError(f"--backbone {name}: {folder / 'config.json'} not found (a folder saved by timm's save_for_hf)")
+            raise AdaptError(f"{term('backbone')} {name}: {folder / 'config.json'} not found (a folder saved by timm's save_for_hf)")
         return folder
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, revision = rest.partition("@")
     cached = try_to_load_from_cache(repo, "config.json", revision=revision or None)
     if not isinstance(cached, str):
-        raise AdaptError(f"--backbone {name}: not in the local Hugging Face cache, and adapt never downloads; "
+        raise AdaptError(f"{term('backbone')} {name}: not in the local Hugging Face cache, and adapt never downloads; "
                          f"copy the model folder here and use local-dir:FOLDER")  # fmt: skip
     return Path(cached).parent
 
@@ -105,9 +106,14 @@ def resolve_backbone(name: str) -> BackboneSource:
         architecture = config["architecture"]
         cfg = dict(config.get("pretrained_cfg") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise AdaptError(f"--backbone {name}: {folder / 'config.json'} is not a timm config ({error})") from None
+        raise AdaptError(f"{term('backbone')} {name}: {folder / 'config.json'} is not a timm config ({error})") from None
     if not isinstance(architecture, str) or not timm.is_model(architecture):
-        raise AdaptError(f"--backbone {name}: architecture {architecture!r} is not a timm model")
+        raise AdaptError(f"{term('backbone')} {name}: architecture {architecture!r} is not a timm model")
+    if cfg.get("input_size") is not None:  # timm builds a fixed-size model (a ViT) at this size
+        size = cfg["input_size"]
+        sides = size[1:] if isinstance(size, list) and len(size) == 3 else [size]
+        for side in sides:
+            bounded_image_size(side, f"{folder / 'config.json'} input_size {size}")
     canonical = f"local-dir:{folder.resolve()}" if name.startswith("local-dir:") else name
     return BackboneSource(canonical, architecture, cfg, folder)
 
@@ -147,8 +153,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise AdaptError(f"weights file not found: {path}")
+    kind = binary_kind(path)
+    if kind is None and path.suffix != ".safetensors":
+        raise AdaptError(f"{path} is not a weights file: expected a .safetensors file or a torch state dict "
+                         "(.pth/.pt/.bin), and its first bytes are neither")  # fmt: skip
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or kind == SAFETENSORS:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (a corrupt pickle can fail in any of a dozen ways inside torch)
@@ -222,7 +232,7 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     mismatch = compare_tensors({k: tuple(v.shape) for k, v in own.items()},
                                {k: tuple(v.shape) for k, v in given.items()}, "file", "model")  # fmt: skip
     if any(mismatch):
-        hint = "; if the weights are for another input size, pass --image-size" if mismatch[2] else ""
+        hint = f"; if the weights are for another input size, pass {term('image_size')}" if mismatch[2] else ""
         raise AdaptError(describe_mismatch(f"weights in {source} do not fit {type(model).__name__}", *mismatch) + hint)
     head = {k: v for k, v in full.items() if is_head_key(model, k)}
     if head and all(k in state and state[k].shape == v.shape for k, v in head.items()):
@@ -259,7 +269,7 @@ def _create(source: BackboneSource, num_classes: int, image_size: int | None) ->
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     side = patch[0] if isinstance(patch, (tuple, list)) else patch
     if image_size and isinstance(side, int) and side > 1 and image_size % side:
-        raise AdaptError(f"--image-size {image_size} is not a multiple of {source.name}'s patch size {side}; "
+        raise AdaptError(f"{term('image_size')} {image_size} is not a multiple of {source.name}'s patch size {side}; "
                          f"use e.g. {image_size // side * side or side} or {(image_size // side + 1) * side}")  # fmt: skip
     return model
 
@@ -271,8 +281,8 @@ def default_weights(source: BackboneSource) -> str:
     if source.name == EMBEDDED_BACKBONE:
         return EMBEDDED_WEIGHTS
     raise AdaptError(
-        f"{source.name} has no weights here (nothing is downloaded): pass --weights FILE or a hub FOLDER, "
-        f"or --weights random to train from a random initialisation"
+        f"{source.name} has no weights here (nothing is downloaded): pass {term('weights')} FILE or a hub FOLDER, "
+        f"or {term('weights')} random to train from a random initialisation"
     )
 
 

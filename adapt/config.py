@@ -42,14 +42,30 @@ def option(
     high_open: bool = False,
     choices: tuple | None = None,
     regex: bool = False,
+    takes: str | None = None,
 ) -> Any:
-    """A dataclass field with constraints: [low, high] (open ends with *_open), choices, a regex."""
+    """A dataclass field with constraints: [low, high] (open ends with *_open), choices, a regex.
+
+    takes: what the option takes in a user's words, with an example, where its type says too little
+    (e.g. "a count such as 400000, or text such as 0.4M or 1%")."""
     limits = {"low": low, "high": high, "low_open": low_open, "high_open": high_open, "choices": choices, "regex": regex}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"limits": limits})
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"limits": limits, "takes": takes})
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+_WORDS = {int: "a whole number (e.g. 8)", float: "a number (e.g. 0.5)", str: "text", bool: "true or false"}
+
+
+def type_words(hint: Any) -> str:
+    """A type as a user reads it: `int | None` is "a whole number (e.g. 8)", `list[str]` "a list of strings"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_words(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        item = {str: "strings", int: "whole numbers", float: "numbers"}.get(args[0] if args else Any, "values")
+        return f"a list of {item}"
+    if origin is dict or hint is dict:
+        return "a mapping of name: value"
+    return _WORDS.get(hint, getattr(hint, "__name__", None) or str(hint).replace("typing.", ""))
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -115,8 +131,25 @@ def validate(config: Any, source: str = "options") -> None:
         if not _finite(value):
             raise AdaptError(f"{source}: {item.name} must be finite, got {value}"[:300])
         if not _matches(value, hints[item.name]):
-            raise AdaptError(f"{source}: {item.name} must be {_type_name(hints[item.name])}, got {value!r}"[:300])
+            takes = item.metadata.get("takes") or type_words(hints[item.name])
+            raise AdaptError(f"{source}: {item.name} takes {takes}, got {_shown(value)}")
         _check_limits(item.name, value, item.metadata.get("limits", {}), source)
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """A value as the user wrote it, cut to `width` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def bounded_image_size(value: Any, source: str) -> int:
+    """An image size from anywhere (flag, YAML, checkpoint metadata, a hub folder's config), within
+    MIN_IMAGE_SIZE..MAX_IMAGE_SIZE: a file must not make adapt allocate without bound."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise AdaptError(f"{source}: the image size must be a whole number of pixels, got {_shown(value)}")
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise AdaptError(f"{source}: the image size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px, got {int(value)}")
+    return int(value)
 
 
 def refuse_unknown(keys: Any, known: Any, source: str) -> None:
@@ -140,6 +173,28 @@ def build(cls: type[T], values: Mapping[str, Any], source: str = "options") -> T
         raise AdaptError(f"{source}: {error}") from None
     validate(config, source)
     return config
+
+
+SAFETENSORS = "a safetensors tensor file"
+
+
+def binary_kind(path: Path) -> str | None:
+    """What a tensor file is, by its first bytes: SAFETENSORS (a little-endian header length, then JSON),
+    a torch .pth (a zip archive, or a bare pickle), or None for anything else (text, an image...)."""
+    if not path.is_file():  # a FIFO would block the read; a folder has no bytes
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return None
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return SAFETENSORS
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a torch .pth state dict)"
+    if head[:1] == b"\x80":
+        return "a pickle (a torch .pth state dict)"
+    return None
 
 
 def read_text_file(path: Path) -> str:

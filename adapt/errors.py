@@ -1,5 +1,9 @@
 """The one exception type that the CLI turns into a one-line message and a non-zero exit."""
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 
 class AdaptError(Exception):
     """A problem with the user's input (files, arguments, data) that they can fix."""
@@ -36,3 +40,23 @@ def compare_tensors(
         if given[k] != expected[k]
     )
     return missing, unexpected, wrong
+
+
+
+_SPEAK_FLAGS = contextvars.ContextVar("adapt_speak_flags", default=False)  # True while a CLI command runs
+
+
+@contextlib.contextmanager
+def speaking_flags() -> Iterator[None]:
+    """While the block runs, `term` names options as command-line flags (the CLI wraps each command)."""
+    token = _SPEAK_FLAGS.set(True)
+    try:
+        yield
+    finally:
+        _SPEAK_FLAGS.reset(token)
+
+
+def term(name: str) -> str:
+    """How a message names an option: `--image-size` on the command line, `image_size` through the
+    Python API, so that each audience reads the names it typed."""
+    return f"--{name.replace('_', '-')}" if _SPEAK_FLAGS.get() else name

@@ -11,9 +11,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapt.adapted import AdaptedModel
+from adapt.checkpoint import all_finite
 from adapt.data.images import open_rgb
 from adapt.data.transforms import eval_transform
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
+
+
+class NonFiniteOutput(AdaptError):
+    """A model computed NaN/Inf: its weights are broken (a NaN soup, a negative BatchNorm variance)."""
+
+
+def broken_checkpoint(checkpoint: str | Path) -> AdaptError:
+    """The error for a checkpoint whose model computes NaN/Inf, naming it and where to look."""
+    return AdaptError(f"the model of {checkpoint} computes NaN/Inf outputs, so its weights are broken "
+                      f"(NaN values, or a negative BatchNorm running_var); inspect it with: adapt info {checkpoint}")
 
 
 @torch.no_grad()
@@ -29,6 +40,8 @@ def accuracy(
     correct = total = 0
     for images, labels in loader:
         logits = model(images)
+        if not all_finite(logits):
+            raise NonFiniteOutput("the model's outputs (logits) hold NaN/Inf")
         if columns is not None:
             masked = torch.full_like(logits, float("-inf"))
             masked[:, columns.start : columns.stop] = logits[:, columns.start : columns.stop]
@@ -54,7 +67,10 @@ def predict_files(adapted: AdaptedModel, paths: list[Path], top_k: int = 5) -> l
     k = min(top_k, len(adapted.class_names))
     results = []
     for path in paths:
-        probabilities = adapted.model(transform(open_rgb(path)).unsqueeze(0)).softmax(dim=-1)[0]
+        logits = adapted.model(transform(open_rgb(path)).unsqueeze(0))
+        if not all_finite(logits):
+            raise NonFiniteOutput(f"the model's outputs for {path} hold NaN/Inf")
+        probabilities = logits.softmax(dim=-1)[0]
         values, indices = probabilities.topk(k)
         top = [(adapted.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
         results.append(Prediction(path, top))
@@ -114,23 +130,24 @@ def evaluate_checkpoint(
     """Accuracy of any checkpoint adapt writes (adapter, continual task, merged, soup) on a split.
 
     data None means the data recorded in the checkpoint. A checkpoint that knows only some
-    of the data's classes (a continual task's) is scored on the images of those classes."""
+    of the data's classes (a continual task's) is scored on the images of those classes; outputs and
+    labels are matched by class name (adapt.data.subsets.align_classes)."""
     from adapt.data import load_data
-    from adapt.data.subsets import classes_subset
+    from adapt.data.subsets import align_classes
     from adapt.train import make_accelerator
 
     adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
     spec = data or meta.training.get("data")
     if not spec:
-        raise AdaptError(f"{checkpoint} does not record its data; pass --data")
+        raise AdaptError(f"{checkpoint} does not record its data; pass {term('data')}")
     splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, augment="off")
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{spec} has no {split} split")
     known = adapted.class_names
-    if len(known) < splits.num_classes and set(known) <= set(splits.class_names):
-        dataset = classes_subset(dataset, splits.class_names, known)
-    elif len(known) != splits.num_classes:
-        raise AdaptError(f"{spec} has {splits.num_classes} classes, the checkpoint {len(known)}")
-    acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
+    dataset = align_classes(dataset, splits.class_names, known, str(checkpoint))
+    try:
+        acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
+    except NonFiniteOutput:
+        raise broken_checkpoint(checkpoint) from None
     return EvalResult(acc, len(dataset), splits.name, split, len(known), spec)

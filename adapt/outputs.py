@@ -4,7 +4,7 @@ Rules, the same for every command:
 - an output is never one of the command's inputs (same resolved path or same inode);
 - nothing that adapt did not write is deleted or replaced; what it did write (a run's
   files, an export's files) is replaced only when the user asks (`--overwrite`,
-  `--force`, `--resume`);
+  `--resume`);
 - one writer at a time: an exclusive lock on the output, taken before any work, makes
   a second writer fail at once instead of mixing files.
 Files themselves are written atomically (adapt.checkpoint.atomic_path).
@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -40,11 +40,11 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return ia is not None and ia == _identity(b)
 
 
-def refuse_inputs(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
-    """Refuse an output that is one of the inputs."""
+def refuse_inputs(out: str | Path, inputs: Iterable[str | Path | None], option: str = "out") -> None:
+    """Refuse an output that is one of the inputs (`option`: the output's option name, for the message)."""
     for given in inputs:
         if given is not None and same_path(out, given):
-            raise AdaptError(f"--out {out} is one of the inputs ({given}); choose another output")
+            raise AdaptError(f"{term(option)} {out} is one of the inputs ({given}); choose another output")
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -106,17 +106,17 @@ def check_run_folder(
     processes of a multi-process run); with `resume` they are continued from."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise AdaptError(f"--out {out} is a file, not a folder")
+        raise AdaptError(f"{term('out')} {out} is a file, not a folder")
     if resume and overwrite:
-        raise AdaptError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+        raise AdaptError(f"{term('resume')} continues the run in {term('out')} and {term('overwrite')} replaces it: give one of them")
     found = sorted({path.name for pattern in run_files for path in out.glob(pattern)}) if out.is_dir() else []
     if not found or resume:
         return
     if not overwrite:
-        resume_hint = "--resume to continue it, " if resumable else ""
+        resume_hint = f"{term('resume')} to continue it, " if resumable else ""
         raise AdaptError(
-            f"{out} already holds a run ({', '.join(found)}): pass {resume_hint}--overwrite to replace it, "
-            "or choose another --out"
+            f"{out} already holds a run ({', '.join(found)}): pass {resume_hint}{term('overwrite')} to replace it, "
+            f"or choose another {term('out')}"
         )
     for name in found if remove else ():
         remove_owned(out / name)
@@ -133,9 +133,9 @@ def remove_owned(path: Path) -> None:
 
 
 def check_owned_folder(
-    out: str | Path, owned: Iterable[str], force: bool, flag: str = "--force", inputs: Iterable[str | Path | None] = ()
+    out: str | Path, owned: Iterable[str], overwrite: bool, inputs: Iterable[str | Path | None] = ()
 ) -> None:
-    """An export folder: new, empty, or holding only files that the export writes (with `force`).
+    """An export folder: new, empty, or holding only files that the export writes (with `overwrite`).
 
     Anything else in it is the user's, and a folder with such files is refused; neither the
     folder nor any file it would write may be one of the inputs."""
@@ -151,15 +151,17 @@ def check_owned_folder(
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
         raise AdaptError(f"{out} holds other files ({shown}); export into a new or empty folder")
-    if present and not force:
-        raise AdaptError(f"{out} already holds an export ({', '.join(present)}); pass {flag} to replace it")
+    if present and not overwrite:
+        raise AdaptError(f"{out} already holds an export ({', '.join(present)}); pass {term('overwrite')} to replace it")
 
 
 @contextlib.contextmanager
-def writing_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Iterator[None]:
+def writing_file(
+    out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = (), option: str = "out"
+) -> Iterator[None]:
     """Lock `out`, then check it (not an input; replaced only with `overwrite`) before the block writes it."""
     with exclusive_lock(out):
-        check_output_file(out, overwrite, inputs)
+        check_output_file(out, overwrite, inputs, option)
         yield
 
 
@@ -172,16 +174,20 @@ def check_free_space(out: str | Path, needed_bytes: int) -> None:
                          f"{free / 2**20:,.1f} MiB free")  # fmt: skip
 
 
-def check_output_file(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
-    """A single output file: not an input, not a folder, not an existing file unless `overwrite`."""
+def check_output_file(
+    out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = (), option: str = "out"
+) -> None:
+    """A single output file: not an input, not a folder, not an existing file unless `overwrite`.
+
+    option: the name of the option that gave `out` (--out, --plot), for the messages."""
     out = Path(out).expanduser()
-    refuse_inputs(out, inputs)
+    refuse_inputs(out, inputs, option)
     if out.is_dir():
-        raise AdaptError(f"--out {out} is a folder; give a file name")
+        raise AdaptError(f"{term(option)} {out} is a folder; give a file name")
     if out.exists() and not out.is_file():
-        raise AdaptError(f"--out {out} is not a regular file (a device or FIFO); adapt replaces only files")
+        raise AdaptError(f"{term(option)} {out} is not a regular file (a device or FIFO); adapt replaces only files")
     if out.exists() and not overwrite:
-        raise AdaptError(f"{out} exists; pass --overwrite to replace it")
+        raise AdaptError(f"{out} exists; pass {term('overwrite')} to replace it")
     parent = _existing_ancestor(out)
     if not parent.is_dir():
         raise AdaptError(f"cannot write {out}: {parent} is not a folder")

@@ -10,7 +10,7 @@ the embedded or a local file) goes into `DIR/base/` as a timm hub folder, and
 gives our model's outputs. Our checkpoint metadata goes into `adapt.json` (peft ignores
 it), so that importing needs nothing else; without it, import asks for the backbone.
 
-An export folder is new or holds only an earlier export (replaced with `force`): nothing
+An export folder is new or holds only an earlier export (replaced with `overwrite`): nothing
 else in it is ever touched.
 """
 
@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from adapt.adapted import AdaptedModel
 from adapt.backbones import classifier_prefixes, create_backbone
 from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_atomic
 from adapt.config import read_text_file
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.hub import save_hub_folder
 from adapt.methods.lora import ADAPTER, LoRA
 from adapt.outputs import check_owned_folder, exclusive_lock, remove_owned, writing_file
@@ -64,11 +65,11 @@ def _copy_trainable(peft_model: nn.Module, ours: dict[str, torch.Tensor]) -> Non
                 parameter.copy_(ours[_our_key(key)])
 
 
-def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None, force: bool = False) -> Path:
+def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None, overwrite: bool = False) -> Path:
     """Write a LoRA checkpoint as a peft adapter folder, with its base model in OUT/base/."""
     out_dir = Path(out_dir).expanduser()
     with exclusive_lock(out_dir):
-        check_owned_folder(out_dir, EXPORT_FILES, force, inputs=[checkpoint, weights])
+        check_owned_folder(out_dir, EXPORT_FILES, overwrite, inputs=[checkpoint, weights])
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
         if not isinstance(adapted.method, LoRA):
             raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")
@@ -141,7 +142,7 @@ def _import_peft(folder: Path, out: str | Path, backbone: str | None, weights: s
         class_names, image_size, training = saved.class_names, saved.image_size, saved.training
         weights = weights or saved.backbone_weights
     elif backbone is None:
-        raise AdaptError(f"{folder} does not say which backbone it adapts (no {META_FILE}); pass --backbone")
+        raise AdaptError(f"{folder} does not say which backbone it adapts (no {META_FILE}); pass {term('backbone')}")
     else:
         saved, targets = None, config.target_modules
         # peft matches a list entry as a whole name or a dotted suffix; a string as a full regex
@@ -150,6 +151,7 @@ def _import_peft(folder: Path, out: str | Path, backbone: str | None, weights: s
         head = [v for k, v in tensors.items() if "lora_" not in k and v.ndim == 2]
         class_names = [str(i) for i in range(head[0].shape[0] if head else 1000)]
         image_size, training = None, {}
+    options = {**options, **_rank_and_alpha(config, tensors, folder)}  # adapter_config.json is what peft would use
     adapted = AdaptedModel.create("lora", class_names, image_size, backbone, weights, options)
     if saved is not None and adapted.backbone.sha256 != saved.backbone_sha256:
         raise AdaptError(f"{folder} was trained on other {backbone} weights (sha256 {saved.backbone_sha256[:12]}…)")
@@ -157,3 +159,16 @@ def _import_peft(folder: Path, out: str | Path, backbone: str | None, weights: s
     training = {**training, "imported_from": str(folder)}
     adapted.save(out, training)
     return adapted.meta(training)
+
+
+def _rank_and_alpha(config: Any, tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, Any]:
+    """r and lora_alpha from adapter_config.json, checked against the tensors' rank: peft scales each
+    delta by lora_alpha / r, so a config that disagrees with its tensors would load to another model."""
+    if getattr(config, "rank_pattern", None) or getattr(config, "alpha_pattern", None):
+        raise AdaptError(f"{folder / 'adapter_config.json'} sets per-layer ranks or alphas (rank_pattern/alpha_pattern); "
+                         "adapt's LoRA has one rank and alpha")  # fmt: skip
+    ranks = sorted({int(v.shape[0]) for k, v in tensors.items() if ".lora_A." in k})
+    if ranks and ranks != [config.r]:
+        raise AdaptError(f"{folder / 'adapter_config.json'} says r={config.r}, but its tensors have rank "
+                         f"{', '.join(map(str, ranks))}")  # fmt: skip
+    return {"rank": int(config.r), "alpha": float(config.lora_alpha)}

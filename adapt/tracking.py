@@ -18,7 +18,7 @@ from typing import Any
 from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
 from adapt.checkpoint import atomic_path
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.train_config import TRACKERS
 
 CSV_FILE = "log.csv"
@@ -76,7 +76,7 @@ def create_trackers(names: list[str], out_dir: Path) -> list[Any]:
     trackers: list[Any] = []
     for name in names:
         if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None:
-            raise AdaptError(f"--log-with {name} needs the {PACKAGES[name]} package: pip install {PACKAGES[name]}")
+            raise AdaptError(f"{term('log_with')} {name} needs the {PACKAGES[name]} package: pip install {PACKAGES[name]}")
         if name == "csv":
             trackers.append(CSVTracker(out_dir / CSV_FILE))
         elif name == "tensorboard":

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from adapt.adapted import AdaptedModel
 from adapt.checkpoint import all_finite, read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
 from adapt.data import DataSplits
-from adapt.errors import AdaptError
-from adapt.evaluate import accuracy
+from adapt.errors import AdaptError, term
+from adapt.evaluate import NonFiniteOutput, accuracy
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
 from adapt.train_config import CONFIG_FILE, PRECISIONS, RESULT_FREE, TrainConfig
 
@@ -96,7 +96,7 @@ def precision_accelerator(config: TrainConfig, log_with: list[Any] | None = None
     except (ValueError, KeyError) as error:
         raise AdaptError(f"precision {config.precision or 'from accelerate'} is not available here: {error}") from None
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise AdaptError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
+        raise AdaptError(f"fp16 needs a GPU; on the CPU use {term('precision')} bf16 or fp32")
     return accelerator
 
 
@@ -112,6 +112,17 @@ def first_non_finite(model: torch.nn.Module) -> str | None:
     for name, parameter in model.named_parameters():
         if parameter.requires_grad and not all_finite(parameter):
             return name
+    return None
+
+
+def broken_tensor(model: torch.nn.Module) -> str | None:
+    """What makes a model compute NaN/Inf before any training: the first parameter or buffer holding
+    NaN/Inf, or a BatchNorm running_var with a negative entry (e.g. a task-arithmetic soup's)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not all_finite(tensor):
+            return f"{name} holds NaN/Inf"
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            return f"{name} has negative entries (a variance cannot be)"
     return None
 
 
@@ -250,6 +261,7 @@ class Trainer:
         schedule = warmup_cosine(round(config.warmup * total_steps), total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
+        self._first_epoch = start_epoch + 1  # before its first step, a NaN loss is the weights' (_refuse_non_finite)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         self._start_trackers(start_epoch * len(loader) if resume else None)
 
@@ -259,7 +271,10 @@ class Trainer:
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 order.manual_seed(config.seed * 100_003 + epoch)
                 result = self._epoch(epoch, model, loader, optimizer, scheduler, progress, task)
-                result.eval_acc = accuracy(model, eval_set, accelerator)
+                try:
+                    result.eval_acc = accuracy(model, eval_set, accelerator)
+                except NonFiniteOutput:
+                    raise self._non_finite_outputs(epoch) from None
                 result.eval_split = eval_split
                 history.append(result)
                 accelerator.log({f"epoch/{k}": v for k, v in asdict(result).items() if k not in ("epoch", "eval_split")},
@@ -312,6 +327,22 @@ class Trainer:
             transient=True,
         )
 
+    def _refuse_non_finite(self, loss: torch.Tensor, epoch: int, steps: int) -> None:
+        """The error for a non-finite loss: broken starting weights, or training that diverged."""
+        broken = broken_tensor(self.adapted.model) if epoch == self._first_epoch and steps == 0 else None
+        if broken is not None:
+            raise AdaptError(f"the model computes NaN/Inf before training changes it: {broken}; the backbone weights "
+                             f"({self.adapted.backbone.weights}) are broken, so fix or re-make them")  # fmt: skip
+        raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: the loss is {float(loss)}; "
+                         f"nothing non-finite was saved (try a lower {term('lr')})")  # fmt: skip
+
+    def _non_finite_outputs(self, epoch: int) -> AdaptError:
+        """The error for evaluation outputs that are NaN/Inf after a finite training loss (a BatchNorm
+        whose running variance is negative computes finite batch statistics in training, NaN in eval)."""
+        broken = broken_tensor(self.adapted.model) or "a tensor became NaN/Inf"
+        return AdaptError(f"after epoch {epoch} the model computes NaN/Inf outputs in evaluation: {broken}; nothing "
+                          f"non-finite was saved (check the backbone weights {self.adapted.backbone.weights})")  # fmt: skip
+
     def _epoch(self, epoch, model, loader, optimizer, scheduler, progress, task) -> EpochResult:
         accelerator = self.accelerator
         model.train()  # methods that keep BatchNorm statistics froze them inside the model
@@ -324,8 +355,7 @@ class Trainer:
                 logits = model(images)
                 loss = self.loss(logits, images, labels)
                 if not torch.isfinite(loss):
-                    raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: the loss is {float(loss)}; "
-                                     "nothing non-finite was saved (try a lower --lr)")  # fmt: skip
+                    self._refuse_non_finite(loss, epoch, steps)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
@@ -333,7 +363,7 @@ class Trainer:
                 bad = first_non_finite(model)
                 if bad is not None:
                     raise AdaptError(f"training diverged in epoch {epoch}, step {steps + 1}: parameter {bad} became "
-                                     "NaN/Inf; nothing non-finite was saved (try a lower --lr)")  # fmt: skip
+                                     f"NaN/Inf; nothing non-finite was saved (try a lower {term('lr')})")  # fmt: skip
             step_loss = float(loss.detach())
             loss_sum += step_loss * labels.numel()
             correct += int((logits.argmax(-1) == labels).sum())

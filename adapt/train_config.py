@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapt.config import MAX_SEED, option, validate
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerate's mixed_precision
 TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
@@ -33,7 +33,7 @@ class TrainConfig:
         validate(self, "training options")
         unknown = [n for n in self.trackers() if n not in (*TRACKERS, "all")]
         if unknown:
-            raise AdaptError(f"--log-with {unknown[0]!r} is not a tracker: choose from {', '.join(TRACKERS)} or all")
+            raise AdaptError(f"{term('log_with')} {unknown[0]!r} is not a tracker: choose from {', '.join(TRACKERS)} or all")
 
     def trackers(self) -> list[str]:
         """The names in `log_with`, in order, without repeats."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +12,11 @@ from typing import Any
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
+from adapt.config import bounded_image_size
+from adapt.train_config import CONFIG_FILE
 from adapt.data import DataSplits, default_image_size, load_data
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, is_main_process, write_run_config
+from adapt.train import RUN_FILES, STATE_FILE, EpochResult, FitResult, TrainConfig, Trainer, is_main_process, write_run_config
 
 
 @dataclass
@@ -33,7 +37,8 @@ class TuneJob:
 def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel, DataSplits]:
     """The adapted model and the data of one task (the method sets itself up from the data first)."""
     defaults = preprocessing(job.backbone)
-    size = job.image_size or default_image_size(spec, defaults.image_size)
+    size = bounded_image_size(job.image_size, "image_size") if job.image_size is not None else (
+        default_image_size(spec, defaults.image_size))  # fmt: skip
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
     adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, job.options,
                                   config.seed, setup=(data, config))  # fmt: skip
@@ -50,22 +55,39 @@ def tune(
     on_epoch_end: Callable[[EpochResult], None] | None = None,
     overwrite: bool = False,
     record: dict[str, Any] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train `job.method` on one task (`spec`, default `job.data`) and write its run folder.
 
     A folder that holds an earlier run is refused unless `resume` (continue it) or
     `overwrite` (replace its files; nothing else in the folder is touched). `record`, the options
-    as the user gave them, is kept in OUT/config.yaml (what `adapt tune --resume` reads back)."""
+    as the user gave them, is kept in OUT/config.yaml (what `adapt tune --resume` reads back);
+    without one (a run started from Python), the job's own options are (job_record). A `resume` of a
+    run that stopped before saving its first epoch starts it from the beginning, saying so to `on_note`."""
     out_dir = Path(out_dir)
     main = is_main_process()
     with exclusive_lock(out_dir) if main else contextlib.nullcontext():
         check_run_folder(out_dir, RUN_FILES, resume, overwrite, remove=main)
+        started = (out_dir / CONFIG_FILE).is_file()  # written when a run starts, before any epoch
+        if resume and started and not (out_dir / STATE_FILE).is_file():  # stopped before its first save
+            resume = False
+            if on_note is not None:
+                on_note(f"{out_dir} holds no finished epoch yet (the run stopped before its first save): "
+                        "starting it from the beginning")  # fmt: skip
         adapted, data = prepare(job, spec or job.data, config)
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
-        if record is not None and main and not resume:  # written once the run can start, so a refusal leaves nothing
-            write_run_config(out_dir, record)
+        if main and not resume:  # written once the run can start, so a refusal leaves nothing
+            write_run_config(out_dir, record if record is not None else job_record(job, config, out_dir))
         if main and not resume:
             adapted.method.write_run_files(out_dir)
         if on_start is not None:
             on_start(adapted, data)
         return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)
+
+
+def job_record(job: TuneJob, config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    """A job and its training config as `adapt tune`'s options (what config.yaml holds), so that a run
+    started from Python resumes from the command line with nothing retyped."""
+    options = [f"{key}={json.dumps(value)}" for key, value in (job.options or {}).items()]
+    fields = {k: v for k, v in dataclasses.asdict(job).items() if k != "options"}
+    return {**fields, "method_options": options, **dataclasses.asdict(config), "out": str(out_dir)}

@@ -56,15 +56,18 @@ def test_mismatched_weights_name_keys_and_shapes(tmp_path):
     message = str(error.value)
     assert "missing: cls_token" in message and "unexpected: extra.weight" in message
     assert "wrong shapes: pos_embed: file (1, 2, 3) vs model (1, 101, 64)" in message and "\n" not in message
-    assert "--image-size" in message
+    assert "pass image_size" in message  # the Python API names the parameter
 
 
 def test_unknown_backbone_and_unreadable_weights(tmp_path):
     with pytest.raises(AdaptError, match="unknown backbone 'no_such_net'"):
         create_backbone("no_such_net")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(AdaptError, match="cannot read weights file"):
+    with pytest.raises(AdaptError, match="junk.pth is not a weights file: expected a .safetensors file or a torch"):
         create_backbone("test_vit", tmp_path / "junk.pth")
+    (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 a broken zip")  # looks like a torch file, is not one
+    with pytest.raises(AdaptError, match="cannot read weights file"):
+        create_backbone("test_vit", tmp_path / "corrupt.pth")
     with pytest.raises(AdaptError, match="weights file not found"):
         create_backbone("test_vit", tmp_path / "missing.safetensors")
 

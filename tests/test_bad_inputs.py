@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from adapt.cli import cli
@@ -46,8 +47,6 @@ def build_ok(args: list) -> None:
 
 def rewrite(source: Path, target: Path, metadata: dict | None = None, tensors: dict | None = None) -> None:
     """A copy of a checkpoint with some metadata fields or tensors replaced (None deletes)."""
-    from safetensors import safe_open
-
     with safe_open(str(source), framework="pt") as handle:
         meta = dict(handle.metadata())
     data = load_file(str(source))
@@ -188,6 +187,25 @@ def world(tmp_path_factory) -> Path:
     for name, text in allocations.items():
         (alloc / f"{name}.json").write_text(text)
 
+    (w / "lr_list.yaml").write_text("lr: [1, 2]\n")
+    (w / "seed_map.yaml").write_text("seed: {a: 1}\n")
+    (w / "hugehub").mkdir()
+    (w / "hugehub" / "config.json").write_text(json.dumps({"architecture": "test_vit",
+                                                           "pretrained_cfg": {"input_size": [3, -1, 100000]}}))  # fmt: skip
+    with safe_open(str(ssf), framework="pt") as handle:
+        names = json.loads(handle.metadata()["class_names"])
+    rewrite(ssf, meta / "permuted.safetensors", metadata={"class_names": json.dumps(names[::-1])})
+    merged = load_file(str(w / "merged.safetensors"))
+    variance = next(k for k in merged if k.endswith("running_var"))
+    rewrite(w / "merged.safetensors", meta / "negvar.safetensors", tensors={variance: merged[variance] - 10})
+    build_ok(["export", w / "lora" / "adapter.safetensors", "--out", w / "peft_r"])
+    peft_config = json.loads((w / "peft_r" / "adapter_config.json").read_text())
+    (w / "peft_r" / "adapter_config.json").write_text(json.dumps({**peft_config, "r": 4}))
+    (w / "nights_neg").mkdir()
+    digit_image(0).save(w / "nights_neg" / "r.png")
+    (w / "nights_neg" / "data.csv").write_text("id,left_vote,right_vote,votes,ref_path,left_path,right_path,split\n"
+                                               "0,-1,7,6,r.png,r.png,r.png,train\n")  # fmt: skip
+
     trip = w / "trip"
     trip.mkdir()
     digit_image(0).save(trip / "r.png")
@@ -228,13 +246,13 @@ CASES = [
     C(f"tune --method lora --alpha nan {T}", "alpha must be finite"),
     C(f"tune --method lora --alpha -1 {T}", "alpha must be > 0"),
     C(f"tune --method lora --rank 0 {T}", "method lora: rank must be >= 1, got 0"),
-    C(f"tune --method lora --rank 2.5 {T}", "method lora: rank must be int, got 2.5"),
+    C(f"tune --method lora --rank 2.5 {T}", "method lora: rank takes a whole number (e.g. 8), got 2.5"),
     C(f"tune --method lora --dropout 1 {T}", "method lora: dropout must be < 1"),
     C(f"tune --method lora --targets ( {T}", "not a valid regular expression"),
     C(f"tune --method lora --targets nothing-matches {T}", "match"),
     C(f"tune --option init_std=-1 {T}", "init_std must be >= 0"),
     C(f"tune --option init_std=nan {T}", "init_std must be finite, got nan"),
-    C(f"tune --option init_std=\"big\" {T}", "init_std must be float"),
+    C(f"tune --option init_std=\"big\" {T}", "init_std takes a number (e.g. 0.5)"),
     C(f"tune --option targets=( {T}", "not a valid regular expression"),
     C(f"tune --option targets=nomatch {T}", "match no linear, conv or norm layer"),
     C(f"tune --option rank=4 {T}", "unknown option 'rank'"),
@@ -253,10 +271,10 @@ CASES = [
     C(f"tune --method hst --option heads=2,4 {T}", "hst needs 4 heads"),
     C(f"tune --method hst --option widths=32,50,64,72 {T}", "multiples of their stage's heads"),
     C(f"tune --method hst --option variant=light --option widths=32,50,64,72 {T}", "multiples of 8"),
-    C(f"tune --method spt --budget 1% --option fold_batchnorm=maybe {T}", "fold_batchnorm must be bool"),
+    C(f"tune --method spt --budget 1% --option fold_batchnorm=maybe {T}", "fold_batchnorm takes true or false"),
     C(f"tune --method spt {T}", "needs --budget"),
     C(f"tune --method spt --allocation {W}/alloc/bad_json.json {T}", "cannot read allocation"),
-    C(f"tune --method spt --allocation {W}/alloc/types.json {T}", "budget must be int"),
+    C(f"tune --method spt --allocation {W}/alloc/types.json {T}", "budget takes a whole number"),
     C(f"tune --method spt --allocation {W}/alloc/unknown.json {T}", "SPT allocation names nothing.weight"),
     C(f"tune --method spt --allocation {W}/alloc/negidx.json {T}", "inconsistent"),
     C(f"tune --method spt --allocation {W}/alloc/oob.json {T}", "fall outside"),
@@ -305,8 +323,8 @@ CASES = [
     C(f"tune --backbone local-dir:{W}/badhub {T}", "is not a timm config"),
     C(f"tune --weights {W}/w/text.safetensors {T}", "cannot read weights file"),
     C(f"tune --weights {W}/w/empty.safetensors {T}", "cannot read weights file"),
-    C(f"tune --weights {W}/w/text.pth {T}", "cannot read weights file"),
-    C(f"tune --weights {W}/w/empty.pth {T}", "cannot read weights file"),
+    C(f"tune --weights {W}/w/text.pth {T}", "is not a weights file"),
+    C(f"tune --weights {W}/w/empty.pth {T}", "is not a weights file"),
     C(f"tune --weights {W}/w/list.pth {T}", "does not hold a state dict"),
     C(f"tune --weights {W}/w/dir {T}", "no weights in folder"),
     C(f"tune --weights {W}/w/none.safetensors {T}", "weights file not found"),
@@ -321,12 +339,12 @@ CASES = [
     # checkpoints whose metadata lies or is malformed
     C(f"info {W}/meta/size_huge.safetensors", "image_size must be <= 1024"),
     C(f"predict {W}/meta/size_huge.safetensors {W}/img/good.png", "image_size must be <= 1024"),
-    C(f"info {W}/meta/size_float.safetensors", "image_size must be int"),
+    C(f"info {W}/meta/size_float.safetensors", "image_size takes a whole number"),
     C(f"info {W}/meta/size_neg.safetensors", "image_size must be >= 16"),
-    C(f"info {W}/meta/class_ints.safetensors", "class_names must be"),
-    C(f"info {W}/meta/class_str.safetensors", "class_names must be"),
+    C(f"info {W}/meta/class_ints.safetensors", "class_names takes a list of strings, got [1, 2]"),
+    C(f"info {W}/meta/class_str.safetensors", "class_names takes a list of strings"),
     C(f"info {W}/meta/class_empty.safetensors", "at least one class name"),
-    C(f"eval {W}/meta/opt_type.safetensors", "init_std must be float"),
+    C(f"eval {W}/meta/opt_type.safetensors", "init_std takes a number (e.g. 0.5)"),
     C(f"eval {W}/meta/opt_regex.safetensors", "not a valid regular expression"),
     C(f"eval {W}/meta/opt_unknown.safetensors", "unknown option 'rank'"),
     C(f"info {W}/meta/mean_short.safetensors", "3 means"),
@@ -336,7 +354,7 @@ CASES = [
     C(f"info {W}/meta/no_method.safetensors", "metadata field 'method' is missing"),
     C(f"info {W}/meta/json_bad.safetensors", "is not valid JSON"),
     C(f"info {W}/meta/deep_json.safetensors", "is not valid JSON"),
-    C(f"info {W}/meta/training_list.safetensors", "training must be"),
+    C(f"info {W}/meta/training_list.safetensors", "training takes a mapping"),
     C(f"eval {W}/meta/head_bad.safetensors", "head description is malformed"),
     C(f"eval {W}/meta/seed_text.safetensors", "training seed must be a whole number"),
     C(f"eval {W}/meta/data_int.safetensors", "data a string"),
@@ -354,7 +372,7 @@ CASES = [
     C(f"eval {W}/nope.safetensors", "checkpoint not found"),
     C(f"eval {W}/img", "checkpoint not found"),
     C(f"eval {CKPT} --data mnist", "unknown data spec"),
-    C(f"eval {CKPT} --data folder:{W}/folders/oneclass", "has 1 classes, the checkpoint 10"),
+    C(f"eval {CKPT} --data folder:{W}/folders/oneclass", "10 of them not in the data"),
     C(f"eval {CKPT} --weights {W}/w/vit.safetensors", "do not fit"),
     C(f"eval {CKPT} --split nope", "Invalid value for '--split'", 2),
     # images to predict
@@ -493,6 +511,31 @@ CASES = [
     C(f"allocate {W}/sens.safetensors --budget 1% --out {W}/al.json --plot {W}/sens.safetensors", "is one of the inputs"),
     C(f"sensitivity --image-size 32 --out {CKPT}", "exists; pass --overwrite"),
     C("methods --backbone nope", "unknown backbone"),
+    # no silent wrong number: conflicts, user-worded types, broken weights, class order
+    C(f"tune --method lora --rank 4 --option rank=8 {T}", "given twice with different values: --rank 4 and --option rank=8"),
+    C(f"tune --method lora --option rank=8 --rank 4 {T}", "given twice with different values"),
+    C(f"tune --method spt --budget 0.4 {T}", "budget takes a count such as 400000, or text such as 0.4M"),
+    C(f"tune --config {W}/lr_list.yaml {T}", "lr takes one number, got a list"),
+    C(f"tune --config {W}/seed_map.yaml {T}", "seed takes one whole number, got a mapping"),
+    C(f"continual --config {W}/lr_list.yaml {T}", "lr takes one number, got a list"),
+    C(f"perceptual-init --data triplets:x.csv --config {W}/seed_map.yaml --out {W}/p.safetensors", "seed takes one whole"),
+    C(f"tune --backbone local-dir:{W}/hugehub {T}", "the image size must be 16 to 1024 px"),
+    C(f"tune --method spt --allocation {CKPT} {T}", "is a safetensors tensor file, not an allocation JSON"),
+    C(f"allocate {W}/sens.safetensors --budget 1% --out {W}/al.json --plot {W}/img", "--plot"),
+    C(f"eval {W}/meta/negvar.safetensors --limit 8", "computes NaN/Inf outputs"),
+    C(f"predict {W}/meta/negvar.safetensors {W}/img/good.png", "computes NaN/Inf outputs"),
+    C(f"soup {CKPT} {W}/meta/permuted.safetensors --out {W}/s.safetensors", "the same classes in another order"),
+    C(f"perceptual-init --data nights:{W}/nights_neg --out {W}/p.safetensors", "row 2: votes must be finite and >= 0"),
+    C(f"perceptual-init --out {W}/p.safetensors", "Missing option '--data'", 2),
+    C(f"continual --head linear --precision fp16 {T}", "fp16 needs a GPU"),
+    C(f"continual --head linear --log-with tensorbord {T}", "'tensorbord' is not a tracker"),
+    C(f"continual --head linear --workers -1 {T}", "Invalid value for '--workers'", 2),
+    C(f"export {LORA}", "Missing option '--out'", 2),
+    C(f"export {LORA} {W}/e1 --out {W}/e2", "give the folder once"),
+    C(f"export {LORA} --format hub --out {W}/lora", "holds other files"),
+    C(f"export {LORA} --format zip --out {W}/e", "Invalid value for '--format'", 2),
+    C(f"export {CKPT} --out {W}/exported", "only lora exports"),
+    C(f"import-peft {W}/peft_r --out {W}/x.safetensors", "says r=4, but its tensors have rank 2"),
     C("nothing", "No such command", 2),
 ]
 

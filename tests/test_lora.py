@@ -83,7 +83,7 @@ def test_peft_folder_imports_back(tmp_path):
     assert meta.training["imported_from"] == str(folder)
 
     (folder / "adapt.json").unlink()  # another tool's folder: the backbone must be named
-    with pytest.raises(AdaptError, match="pass --backbone"):
+    with pytest.raises(AdaptError, match="pass backbone"):
         import_peft(folder, tmp_path / "x.safetensors")
     import_peft(folder, tmp_path / "named.safetensors", backbone="test_vit", weights="random")
     named, _ = AdaptedModel.from_checkpoint(tmp_path / "named.safetensors")

@@ -101,14 +101,14 @@ def test_hard_link_to_an_input_is_the_input(workspace):
     assert tree(workspace) == before
 
 
-def test_export_replaces_only_its_own_files_with_force(workspace):
+def test_export_replaces_only_its_own_files_with_overwrite(workspace):
     ckpt = workspace / "run" / "adapter.safetensors"
     out = workspace / "exported"
-    assert run("export", ckpt, out).exit_code == 0
+    assert run("export", ckpt, "--out", out).exit_code == 0
     first = tree(out)
-    assert_refused(run("export", ckpt, out), "pass --force")
+    assert_refused(run("export", ckpt, "--out", out), "pass --overwrite")
     assert tree(out) == first
-    assert run("export", ckpt, out, "--force").exit_code == 0
+    assert run("export", ckpt, "--out", out, "--overwrite").exit_code == 0
     assert set(tree(out)) == set(first)
 
 

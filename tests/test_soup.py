@@ -51,7 +51,7 @@ def test_weighted_and_task_arithmetic_against_hand_values(tmp_path):
     stream_soup(paths, tmp_path / "ta.safetensors", TaskArithmetic(scale=0.5), base=base)
     expected = 1 + 0.5 * ((states[0]["w"] - 1) + (states[1]["w"] - 1))
     assert (load_file(tmp_path / "ta.safetensors")["w"] - expected).abs().max() <= TOLERANCE
-    with pytest.raises(AdaptError, match="needs --base"):
+    with pytest.raises(AdaptError, match="needs base "):
         stream_soup(paths, tmp_path / "x.safetensors", TaskArithmetic())
 
 

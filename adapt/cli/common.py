@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, speaking_flags
 from adapt.train_config import RESULT_FREE
 
 # Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
@@ -66,7 +66,8 @@ class AdaptGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with speaking_flags():  # the library's messages name options as flags
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # usage errors and --help: click's own, handled in main
         except AdaptError as error:
@@ -101,8 +102,17 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
     typed = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     layers = [(path, read_yaml_mapping(Path(path))) for path in (saved, config) if path is not None]
     def cast(name: str, raw: Any, path: str) -> Any:
+        param = params[name]
+        several = param.multiple or param.nargs != 1
+        nested = isinstance(raw, list) and any(isinstance(v, (list, dict)) for v in raw)
+        if isinstance(raw, dict) or nested or (isinstance(raw, list) and not several):
+            takes = f"a list of {_value_words(param.type)}s" if several else f"one {_value_words(param.type)}"
+            raise AdaptError(f"config {path}: {name} takes {takes}, got a {'mapping' if isinstance(raw, dict) else 'list'} "
+                             f"{str(raw)[:60]}")  # fmt: skip
+        if several and not isinstance(raw, list) and raw is not None:
+            raw = [raw]  # one value where several may go (`option: rank=4`)
         try:
-            return params[name].type_cast_value(ctx, tuple(raw) if isinstance(raw, list) else raw)
+            return param.type_cast_value(ctx, tuple(raw) if isinstance(raw, list) else raw)
         except click.BadParameter as error:
             raise AdaptError(f"config {path}: {error.format_message()}") from None
 
@@ -121,6 +131,26 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
     return values
 
 
+class RequiredOption(click.Option):
+    """An option a command needs that may also come from its --config file (click's own `required`
+    would refuse the command before the file is read); config_option checks it once the file is in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["help"] = f"{kwargs.get('help', '')} [required, here or in --config]".strip()
+        super().__init__(*args, **kwargs)
+
+
+def _value_words(kind: click.ParamType) -> str:
+    """A click type in a user's words: a number, a whole number, a choice, a path, a value."""
+    if isinstance(kind, (click.types.IntParamType, click.IntRange)):
+        return "whole number"
+    if isinstance(kind, (click.types.FloatParamType, click.FloatRange)):
+        return "number"
+    if isinstance(kind, click.Choice):
+        return f"choice of {', '.join(map(str, kind.choices))}"
+    return "path" if isinstance(kind, click.Path) else "value"
+
+
 def config_option(command):
     """Give a command `--config FILE`: YAML values under the flags typed on the command line (resolve_config).
     The resolved options, for the run to keep, are then `resolved_record()`."""
@@ -131,6 +161,9 @@ def config_option(command):
     @functools.wraps(command)
     def with_config(ctx: click.Context, **params: Any) -> Any:
         values = resolve_config(ctx, params.get("config"))
+        for param in ctx.command.params:
+            if isinstance(param, RequiredOption) and values.get(param.name) is None:
+                raise click.MissingParameter(ctx=ctx, param=param)
         ctx.meta[_RECORD] = config_record(values)
         values.pop("config", None)
         return command(**values)
@@ -221,4 +254,15 @@ weights_option = click.option(
     "--weights", default=None,
     help="Backbone weights: a .safetensors/.pth file, a hub folder, or 'random'. "
          "Default: embedded for Lite0, a hub folder's own; other names must say.",
+)  # fmt: skip
+precision_option = click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+    help="Default: accelerate's (accelerate config / launch --mixed_precision / ACCELERATE_MIXED_PRECISION), "
+         "else fp32. fp16 needs a GPU.",
+)  # fmt: skip
+workers_option = click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader processes.")
+log_with_option = click.option(
+    "--log-with", default=None, metavar="TRACKERS",
+    help="tensorboard, csv, wandb or all (comma-separated): per-step loss and lr, per-epoch metrics, "
+         "into OUT/tensorboard/, OUT/log.csv, or W&B (per task folder in a continual run).",
 )  # fmt: skip

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from adapt.cli.common import backbone_option, cli, config_option, console, parse_options, resolved_record, weights_option
+from adapt.cli.common import (backbone_option, cli, config_option, console, log_with_option, parse_options,
+                               precision_option, resolved_record, weights_option, workers_option)
 from adapt.continual import LEARNERS
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
 from adapt.methods import METHODS
@@ -36,12 +37,16 @@ from adapt.methods import METHODS
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Class order and training.")
+@precision_option
+@workers_option
+@log_with_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/continual"), show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the continual run already in --out (only its files).")
 @config_option
 def continual(data, initial, increment, task_incremental, head, template, text_model, method, method_options, learner,
-              learner_options, memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, limit, out, overwrite) -> None:  # fmt: skip
+              learner_options, memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, precision, workers,
+              log_with, limit, out, overwrite) -> None:  # fmt: skip
     """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
 
     Writes OUT/task_N/ (the checkpoint after each task, which adapt eval, predict, info and
@@ -62,7 +67,8 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     shortcuts = {"memory": memory, "selection": selection}
     learner_options = {**{k: v for k, v in shortcuts.items() if v is not None}, **parse_options(learner_options, "--learner-option")}
     head_options = {"template": template, "text_model": text_model} if head == "language" else {}
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, precision=precision, workers=workers,
+                        log_with=log_with)
     run = ContinualRun(method, head, learner, learner_options, parse_options(method_options), head_options, weights, train,
                        out, overwrite)  # fmt: skip
     scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
@@ -72,16 +78,16 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
         console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
                       f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
 
-    def print_matrix(task, matrix, model) -> None:
-        table = Table(title=f"after task {task.index + 1}: {', '.join(task.class_names)}")
-        for column in ["trained up to", *(f"T{j + 1}" for j in range(task.index + 1)), "seen"]:
-            table.add_column(column, justify="right")
-        for t, row in enumerate(matrix):
-            seen = sum(row[: t + 1]) / (t + 1)
-            table.add_row(f"T{t + 1}", *(f"{a:.1%}" for a in row[: t + 1]), *[""] * (task.index - t), f"{seen:.1%}")
-        console.print(table)
+    from adapt.continual.metrics import seen_accuracies
 
-    result = run.fit(scenario, on_task_end=print_matrix, record=resolved_record(), on_start=print_start)
+    def print_row(task, matrix, model) -> None:
+        row = matrix[task.index][: task.index + 1]
+        accuracies = "  ".join(f"T{j + 1} {a:.1%}" for j, a in enumerate(row))
+        console.print(f"after task {task.index + 1} ({', '.join(task.class_names)}): {accuracies}  ·  seen "
+                      f"{seen_accuracies(matrix[: task.index + 1])[-1]:.1%}")  # fmt: skip
+
+    result = run.fit(scenario, on_task_end=print_row, record=resolved_record(), on_start=print_start)
+    console.print(_matrix_table(result.matrix))
     metrics = result.metrics
     console.print(
         f"average incremental accuracy {metrics.average_incremental_accuracy:.2%}  ·  last accuracy "
@@ -89,6 +95,18 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
         f"{metrics.backward_transfer:+.2%}  ·  {out}/continual.json, accuracy_matrix.png",
         style="bold green",
     )
+
+
+def _matrix_table(matrix: list[list[float | None]]) -> Table:
+    """The accuracy matrix: row t = after training task t, column j = tested on task j."""
+    from adapt.continual.metrics import seen_accuracies
+
+    table = Table(title="accuracy matrix (rows: trained up to; columns: tested on)")
+    for column in ["trained up to", *(f"T{j + 1}" for j in range(len(matrix))), "seen"]:
+        table.add_column(column, justify="right")
+    for t, (row, seen) in enumerate(zip(matrix, seen_accuracies(matrix))):
+        table.add_row(f"T{t + 1}", *(f"{a:.1%}" for a in row[: t + 1]), *[""] * (len(matrix) - t - 1), f"{seen:.1%}")
+    return table
 
 
 @cli.command()

@@ -54,26 +54,47 @@ def merge(checkpoint, out, fmt, fold_bn, overwrite, weights) -> None:
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
-@click.option("--force", is_flag=True, help="Replace an earlier export in OUT_DIR (only its files).")
+@click.argument("old_out", required=False, type=click.Path(path_type=Path), metavar="")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="The folder to write.  [required]")
+@click.option("--format", "fmt", type=click.Choice(["peft", "hub"]), default="peft", show_default=True,
+              help="peft: adapter_config.json + adapter_model.safetensors, base model in OUT/base/; "
+                   "hub: the merged model as config.json + model.safetensors (as adapt merge --out DIR/).")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out (only its files).")
+@click.option("--force", is_flag=True, hidden=True)  # the old name of --overwrite
 @weights_option
-def export(checkpoint, out_dir, fmt, force, weights) -> None:
-    """Write a LoRA checkpoint in peft's layout, with its base model in OUT_DIR/base/.
+def export(checkpoint, old_out, out, fmt, overwrite, force, weights) -> None:
+    """Write a checkpoint in another tool's layout: peft (LoRA) or a timm hub folder.
 
-    OUT_DIR must be new, empty, or hold an earlier export (then --force); nothing else in
+    --out must be new, empty, or hold an earlier export (then --overwrite); nothing else in
     it is touched.
 
     \b
-    Example:
-      adapt export runs/lora/adapter.safetensors --format peft exported/
-      # then, without adapt:
+    Examples:
+      adapt export runs/lora/adapter.safetensors --format peft --out exported/
+      # then, without adapt's code (import adapt first only where torchvision does not match torch):
       #   base = timm.create_model("local-dir:exported/base", pretrained=True)
       #   model = PeftModel.from_pretrained(base, "exported/")
+      adapt export runs/ssf/adapter.safetensors --format hub --out merged/
     """
+    if old_out is not None:
+        if out is not None:
+            raise AdaptError(f"give the folder once: --out {out} (the second argument {old_out} is its old form)")
+        console.print("note: the folder as a second argument is the old form; use --out DIR")
+        out = old_out
+    if force:
+        console.print("note: --force is now --overwrite")
+    if out is None:
+        raise click.MissingParameter(param_type="option", param_hint="'--out'")
+    overwrite = overwrite or force
+    if fmt == "hub":
+        from adapt.merge.reparam import merge_checkpoint
+
+        result = merge_checkpoint(checkpoint, str(out), "hub", False, overwrite, weights)
+        console.print(f"wrote hub folder {result.out} (timm.create_model('local-dir:{result.out}', pretrained=True))")
+        return
     from adapt.peft_format import export_peft
 
-    folder = export_peft(checkpoint, out_dir, weights, force)
+    folder = export_peft(checkpoint, out, weights, overwrite)
     console.print(f"wrote peft adapter folder {folder} (base model in {folder / 'base'})")
 
 

@@ -9,8 +9,9 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from adapt.cli.common import (backbone_option, cli, config_option, console, method_flag_options, parse_options,
-                               resolved_record, weights_option)  # fmt: skip
+from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, log_with_option,
+                               method_flag_options, parse_options, precision_option, resolved_record, weights_option,
+                               workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
 from adapt.train_config import TrainConfig
 
@@ -35,14 +36,10 @@ from adapt.train_config import TrainConfig
 @click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
               help="Warmup share of all steps.")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-              help="Default: accelerate's (accelerate config / launch --mixed_precision / ACCELERATE_MIXED_PRECISION), "
-                   "else fp32. fp16 needs a GPU.")  # fmt: skip
+@precision_option
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader processes.")
-@click.option("--log-with", default=None, metavar="TRACKERS",
-              help="tensorboard, csv, wandb or all (comma-separated): per-step loss and lr, per-epoch metrics, "
-                   "into OUT/tensorboard/, OUT/log.csv, or W&B.")  # fmt: skip
+@workers_option
+@log_with_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
@@ -99,7 +96,7 @@ def tune(ctx, **_) -> None:
     for spec, task_out in task_outs.items():
         task = task_out.name
         result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch,
-                          overwrite=overwrite, record=config_record(v))  # fmt: skip
+                          overwrite=overwrite, record=config_record(v), on_note=lambda text: console.print(f"note: {text}"))  # fmt: skip
         accuracies[task] = result.test_acc
         share = result.trainable_params / result.total_params
         console.print(
@@ -191,10 +188,14 @@ def predict(checkpoint, images, top_k, weights) -> None:
       adapt predict runs/tune/adapter.safetensors photo1.jpg photo2.png --top-k 3
     """
     from adapt.adapted import AdaptedModel
-    from adapt.evaluate import predict_files
+    from adapt.evaluate import NonFiniteOutput, broken_checkpoint, predict_files
 
     adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
-    for prediction in predict_files(adapted, list(images), top_k):
+    try:
+        predictions = predict_files(adapted, list(images), top_k)
+    except NonFiniteOutput:
+        raise broken_checkpoint(checkpoint) from None
+    for prediction in predictions:
         ranked = "  ".join(f"{name} {p:.1%}" for name, p in prediction.top)
         console.print(f"{prediction.path}: {ranked}")
 
@@ -254,7 +255,7 @@ def info(checkpoint) -> None:
 
 
 @cli.command("perceptual-init")
-@click.option("--data", required=True, help="nights:ROOT (NIGHTS layout) or triplets:CSV (ref,a,b,choice).")
+@click.option("--data", cls=RequiredOption, help="nights:ROOT (NIGHTS layout) or triplets:CSV (ref,a,b,choice).")
 @backbone_option
 @click.option("--from", "source", default="random", show_default=True, metavar="random|embedded|PATH",
               help="Where the backbone starts: random (the paper's perceptual initialization), or pretrained "
@@ -266,7 +267,7 @@ def info(checkpoint) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: the backbone's.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The backbone .safetensors to write.")
+@click.option("--out", cls=RequiredOption, type=click.Path(path_type=Path), help="The backbone .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @config_option
 def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:

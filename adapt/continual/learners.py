@@ -31,7 +31,7 @@ from adapt.continual.losses import icarl_loss, lwf_loss
 from adapt.continual.memory import SELECTIONS, ExemplarMemory
 from adapt.continual.scenario import Scenario, Task
 from adapt.data.subsets import dataset_targets
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.heads import ContinualModel
 from adapt.heads.statistics import FeatureStatistics
 from adapt.train import classification_loss
@@ -144,7 +144,7 @@ class Replay(Learner):
         classes = len(scenario.class_names)
         if self.config.memory < classes:
             raise AdaptError(f"a memory of {self.config.memory} exemplars cannot keep one of each of the {classes} "
-                             f"classes: use --memory {classes} or more")  # fmt: skip
+                             f"classes: use {term('memory')} {classes} or more")  # fmt: skip
 
     def train_data(self, task: Task) -> Dataset:
         return task.train if not self.memory.ranked else ConcatDataset([task.train, self.memory.dataset()])

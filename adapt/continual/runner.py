@@ -28,12 +28,12 @@ from adapt.continual.metrics import ContinualMetrics, Matrix, plot_matrix
 from adapt.continual.scenario import Scenario, Task
 from adapt.data import DataSplits
 from adapt.config import build
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.evaluate import accuracy
 from adapt.heads import ContinualModel, TextEmbedder, create_head
 from adapt.methods import count_trainable, create_method
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, make_accelerator, write_run_config
+from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, make_accelerator, precision_accelerator, write_run_config
 from adapt.train_config import CONFIG_FILE
 
 RESULT_FILE = "continual.json"
@@ -122,7 +122,8 @@ class ContinualRun:
         model, adapted = self.build(scenario)
         if not learner.trains and count_trainable(model.backbone):
             raise AdaptError(f"the {learner.name} learner trains nothing, so method {self.method}'s parameters would stay "
-                             "at their initialisation and only perturb the backbone: use --method linear")  # fmt: skip
+                             f"at their initialisation and only perturb the backbone: use {term('method')} linear")  # fmt: skip
+        precision_accelerator(self.train)  # refuses what it cannot run (fp16 on a CPU) before anything is written
         if on_start is not None:
             on_start()
         if record is not None:  # once the model is built, so that a refused run leaves nothing

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, default_image_size, load_data
 from adapt.data.subsets import RelabeledSubset, dataset_targets
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Scenario:
     ) -> Scenario:
         count = splits.num_classes
         if not 1 <= initial <= count or increment < 1:
-            raise AdaptError(f"{splits.name} has {count} classes: need 1 <= --initial <= {count} and --increment >= 1")
+            raise AdaptError(f"{splits.name} has {count} classes: need 1 <= {term('initial')} <= {count} and {term('increment')} >= 1")
         order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
         relabel = {label: position for position, label in enumerate(order)}
         bounds = [0, *range(initial, count, increment), count]

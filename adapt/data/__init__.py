@@ -12,7 +12,7 @@ from adapt.data.digits import DIGIT_NAMES, digits_splits
 from adapt.data.folder import folder_splits
 from adapt.data.transforms import eval_transform, train_transform
 from adapt.data.vtab import find_vtab_tasks, vtab_splits
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 
 DEFAULT_DATA = "digits"
 DIGITS_IMAGE_SIZE = 96  # the 8x8 digits gain nothing from 224 px, and 96 px is ~5x cheaper
@@ -81,7 +81,7 @@ def load_data(
     auto-augment policy; None means on for folder: data and off for the VTAB-1k protocol and digits."""
     kind, path = parse_spec(spec)
     if augment not in (None, "off") and kind == "digits":
-        raise AdaptError("--augment applies to image files (folder:, vtab:); the digits are 8x8 drawings held in memory")
+        raise AdaptError(f"{term('augment')} applies to image files (folder:, vtab:); the digits are 8x8 drawings held in memory")
     augment = augment or ("on" if kind == "folder" else "off")
     test_name, note = "test", ""
     if kind == "digits":

@@ -27,7 +27,7 @@ def train_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, 
     """The training transform: timm's `create_transform(is_training=True)` (random-resized crop, horizontal
     flip) for augment "on", plus an auto-augment policy when augment is one of timm's policy strings
     ("rand-m9-mstd0.5", "augmix-m5", "trivialaugment", ...); "off" is the eval transform."""
-    from adapt.errors import AdaptError
+    from adapt.errors import AdaptError, term
 
     if augment == "off":
         return eval_transform(image_size, mean, std)
@@ -36,5 +36,5 @@ def train_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, 
         return create_transform(input_size=(3, image_size, image_size), is_training=True, interpolation="bicubic",
                                 mean=tuple(mean), std=tuple(std), auto_augment=policy)  # fmt: skip
     except (AssertionError, ValueError, KeyError, IndexError) as error:
-        raise AdaptError(f"--augment {augment!r} is not on, off or a timm auto-augment policy such as "
+        raise AdaptError(f"{term('augment')} {augment!r} is not on, off or a timm auto-augment policy such as "
                          f"rand-m9-mstd0.5 ({error})") from None

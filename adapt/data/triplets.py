@@ -4,7 +4,8 @@ A triplet is a reference image, two distortions `a` and `b`, and the share of pe
 who judged `a` the closer one (`p_a`; 1 or 0 for a single vote).
 
 - `nights:ROOT`: NIGHTS layout, `ROOT/data.csv` with columns id, left_vote, right_vote,
-  votes, ref_path, left_path, right_path, split, is_imagenet (paths relative to ROOT);
+  votes, ref_path, left_path, right_path, split, is_imagenet (paths relative to ROOT; the
+  left/right votes as counts adding up to votes, or as shares adding up to 1);
   rows with votes >= 6 are kept, as in the NIGHTS paper. Splits: train, val, and test in
   two parts as DreamSim reports it, test_imagenet and test_no_imagenet (by is_imagenet).
 - `triplets:CSV`: columns ref, a, b, choice (a or b), optional split (default train);
@@ -86,22 +87,44 @@ def _split_name(row: dict[str, str], csv_path: Path, number: int) -> str:
     return "test_imagenet" if flag in ("true", "1") else "test_no_imagenet"
 
 
+def _vote_share(row: dict[str, str], csv_path: Path, number: int) -> tuple[float, float]:
+    """(votes, share of them for left) of a NIGHTS row (the share unread when votes < MIN_VOTES).
+
+    left_vote/right_vote are read either as counts that add up to `votes` (whole numbers, `5.0`
+    too) or as vote shares in [0, 1] that add up to 1 (DreamSim reads the right share as its
+    target). Anything else (a negative vote, counts that do not add up) is refused by row."""
+    where = f"{csv_path} row {number}"
+    try:
+        left, right, votes = (float(row[k]) for k in ("left_vote", "right_vote", "votes"))
+    except ValueError:
+        raise AdaptError(f"{where}: left_vote, right_vote and votes must be numbers") from None
+    if not all(np.isfinite(v) and v >= 0 for v in (left, right, votes)):
+        raise AdaptError(f"{where}: votes must be finite and >= 0, got left {left:g}, right {right:g}, votes {votes:g}")
+    if votes != int(votes):
+        raise AdaptError(f"{where}: votes must be a whole number, got {votes:g}")
+    if votes < MIN_VOTES:  # dropped, as the official loader drops it, before its votes are read
+        return votes, 0.5
+    if abs(left + right - votes) < 1e-6 and left == int(left) and right == int(right):
+        share = left / votes  # counts
+    elif left <= 1 and right <= 1 and abs(left + right - 1) < 1e-6:
+        share = left  # vote shares
+    else:
+        raise AdaptError(f"{where}: left_vote {left:g} and right_vote {right:g} are neither counts adding up to votes "
+                         f"({votes:g}) nor shares adding up to 1")  # fmt: skip
+    return votes, share
+
+
 def read_nights(root: Path) -> dict[str, list[Triplet]]:
     csv_path = root / "data.csv"
     columns = {"left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split"}
     splits: dict[str, list[Triplet]] = {}
     for number, row in enumerate(_rows(csv_path, columns), start=2):  # row 1 is the header
-        try:
-            left, right, votes = int(row["left_vote"]), int(row["right_vote"]), int(row["votes"])
-        except ValueError:
-            raise AdaptError(f"{csv_path} row {number}: votes must be whole numbers") from None
+        votes, share = _vote_share(row, csv_path, number)
         if votes < MIN_VOTES:
             continue
-        if left + right == 0:
-            raise AdaptError(f"{csv_path} row {number}: no left or right votes")
         split = _split_name(row, csv_path, number)
         triplet = Triplet(*(_existing(root, row[k], csv_path, number) for k in ("ref_path", "left_path", "right_path")),
-                          p_a=left / (left + right))  # fmt: skip
+                          p_a=share)  # fmt: skip
         splits.setdefault(split, []).append(triplet)
     return splits
 

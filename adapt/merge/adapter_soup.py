@@ -27,7 +27,7 @@ import torch
 
 from adapt.backbones import create_backbone, is_head_key
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe
 from adapt.merge.soup import (GreedyStep, SoupSummary, greedy_soup, guarded_output, held_out_accuracy,
                               open_ingredients, stream_soup)  # fmt: skip
@@ -72,12 +72,12 @@ def make_soup(
         raise AdaptError("a soup needs at least two ingredients")
     kind, meta = soup_kind(paths)
     if meta is not None and base is not None:
-        raise AdaptError("adapter ingredients take the pretrained backbone as the base; --base is for state dicts")
+        raise AdaptError(f"adapter ingredients take the pretrained backbone as the base; {term('base')} is for state dicts")
     if rank is not None:
         if meta is None or meta.method != "lora":
-            raise AdaptError("--rank re-compresses a soup of LoRA adapters; these ingredients are not lora")
+            raise AdaptError(f"{term('rank')} re-compresses a soup of LoRA adapters; these ingredients are not lora")
         if isinstance(recipe, Greedy) or recipe.auto_scale:
-            raise AdaptError("--rank works with uniform, weighted, task-arithmetic, ties and dare at a given --scale")
+            raise AdaptError(f"{term('rank')} works with uniform, weighted, task-arithmetic, ties and dare at a given {term('scale')}")
         with guarded_output(out, overwrite, paths):
             return lora_rank_soup(paths, out, recipe, rank)
     if kind == "side networks" and recipe.needs_base:
@@ -102,8 +102,8 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
     evaluate = None
     if isinstance(recipe, Greedy) or recipe.auto_scale:
         if not data:
-            raise AdaptError(f"{'--recipe greedy' if isinstance(recipe, Greedy) else '--scale auto'} chooses on "
-                             "held-out data: pass --data SPEC (e.g. digits) and --split")  # fmt: skip
+            raise AdaptError(f"{term('recipe') + ' greedy' if isinstance(recipe, Greedy) else term('scale') + ' auto'} chooses on "
+                             f"held-out data: pass {term('data')} SPEC (e.g. digits) and {term('split')}")  # fmt: skip
         evaluate = held_out_accuracy(paths[0], data, split, backbone)
     if isinstance(recipe, Greedy):
         return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes)
@@ -115,7 +115,7 @@ def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[P
     from adapt.adapted import AdaptedModel
     from adapt.merge.reparam import merge_adapted, save_merged
 
-    open_ingredients(paths)  # one method, one backbone, the same tensors (names and shapes)
+    open_ingredients(paths, same_tensors=False)  # one method, backbone and class list; ranks, allocations may differ
     folded = []
     for number, path in enumerate(paths):
         adapted, meta = AdaptedModel.from_checkpoint(path)
@@ -135,16 +135,18 @@ def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[P
 def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe, rank: int) -> SoupSummary:
     """A LoRA soup that is a LoRA adapter of `rank`: the recipe over each layer's dW_i, then a truncated SVD."""
     start = time.perf_counter()
-    files, _ = open_ingredients(paths)
+    files, _ = open_ingredients(paths, same_tensors=False)  # ranks and alphas may differ: each delta is its own
     first = files[0]
     meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
-    scaling = float(meta.method_options["alpha"]) / int(meta.method_options["rank"])
+    metas = [CheckpointMeta.from_metadata(f.metadata, str(f.path)) for f in files]
+    scalings = {f.path: float(m.method_options["alpha"]) / int(m.method_options["rank"]) for f, m in zip(files, metas)}
     layers = sorted(k[: -len(LORA_A)] for k in first.keys if k.endswith(LORA_A))
     others = [k for k in first.keys if not k.endswith((LORA_A, LORA_B))]
+    _check_same_layers(files, layers, others)
 
     def delta(file: TensorFile, layer: str) -> torch.Tensor:
         b, a = file.get(layer + LORA_B).float(), file.get(layer + LORA_A).float()
-        return scaling * (b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1))
+        return scalings[file.path] * (b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1))
 
     def loader(key: str) -> Callable[[int], torch.Tensor]:
         if key in others:
@@ -167,7 +169,7 @@ def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe,
         if b_new.shape[1] < rank:  # a layer with fewer singular directions than the rank: zero padding
             b_new = torch.cat([b_new, torch.zeros(b_new.shape[0], rank - b_new.shape[1])], dim=1)
             a_new = torch.cat([a_new, torch.zeros(rank - a_new.shape[0], a_new.shape[1])])
-        a_shape, b_shape = first.shape(layer + LORA_A), first.shape(layer + LORA_B)
+        a_shape, b_shape = first.shape(layer + LORA_A), first.shape(layer + LORA_B)  # rank is dim 0 of A, dim 1 of B
         tensors[layer + LORA_A] = a_new.reshape(rank, *a_shape[1:]).contiguous()
         tensors[layer + LORA_B] = b_new.reshape(b_shape[0], rank, *b_shape[2:]).contiguous()
     for key in others:
@@ -182,3 +184,17 @@ def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe,
     written = sum(t.numel() * t.element_size() for t in tensors.values())
     return SoupSummary([str(p) for p in paths], recipe.name, len(tensors), written, time.perf_counter() - start, 0,
                        [str(out)], kind="LoRA adapters (re-compressed)", svd_errors={**errors, "overall": overall})  # fmt: skip
+
+
+def _check_same_layers(files: list[TensorFile], layers: list[str], others: list[str]) -> None:
+    """LoRA ingredients of any ranks: the same adapted layers, and the same other tensors (the head)."""
+    first = files[0]
+    for other in files[1:]:
+        theirs = sorted(k[: -len(LORA_A)] for k in other.keys if k.endswith(LORA_A))
+        if theirs != layers:
+            extra = sorted(set(theirs) ^ set(layers))
+            raise AdaptError(f"{first.path} and {other.path} adapt other layers (e.g. {extra[0]}); soup LoRA runs "
+                             "with the same targets, or fold them first (soup without --rank)")  # fmt: skip
+        for key in others:
+            if key not in other.keys or other.shape(key) != first.shape(key):
+                raise AdaptError(f"key '{key}' of {first.path} is missing or shaped otherwise in {other.path}")

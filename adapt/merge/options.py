@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapt.config import build, option, read_yaml_mapping, refuse_unknown
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.merge import RECIPES
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def parse_size(text: str | int | None) -> int | None:
             raise AdaptError(f"cannot read size {text!r}: use e.g. 2GB, 500MB or a byte count")
         size = int(upper)
     if size <= 0:
-        raise AdaptError(f"--max-shard-size must be positive, got {text!r}")
+        raise AdaptError(f"{term('max_shard_size')} must be positive, got {text!r}")
     return size
 
 
@@ -71,9 +71,9 @@ def parse_coeffs(value: Any) -> list[float]:
     try:
         coeffs = [float(v) for v in raw]
     except (TypeError, ValueError):
-        raise AdaptError(f"--coeffs expects numbers separated by commas, got {value!r}") from None
+        raise AdaptError(f"{term('coeffs')} expects numbers separated by commas, got {value!r}") from None
     if not all(math.isfinite(c) for c in coeffs):
-        raise AdaptError(f"--coeffs must be finite numbers, got {value!r}")
+        raise AdaptError(f"{term('coeffs')} must be finite numbers, got {value!r}")
     return coeffs
 
 
@@ -102,7 +102,7 @@ def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[Soup
         raise AdaptError(f"recipe {options.recipe} does not use {flags}")
     recipe = create_recipe(options.recipe, recipe_values)
     if options.base is not None and not recipe.needs_base:
-        raise AdaptError(f"recipe {options.recipe} averages the ingredients; --base is for task-arithmetic, ties and dare")
+        raise AdaptError(f"recipe {options.recipe} averages the ingredients; {term('base')} is for task-arithmetic, ties and dare")
     if options.max_shard_size is not None:
         options.shard_bytes()  # refuse a bad size before any work
     return options, recipe

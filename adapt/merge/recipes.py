@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 
 from adapt.config import MAX_SEED, build, option
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.merge import RECIPES
 
 Loader = Callable[[int], torch.Tensor]
@@ -79,11 +79,11 @@ class Weighted(Recipe):
 
     def __post_init__(self) -> None:
         if not self.coeffs:
-            raise AdaptError("recipe weighted needs --coeffs, one per ingredient")
+            raise AdaptError(f"recipe weighted needs {term('coeffs')}, one per ingredient")
         if not self.allow_negative and (min(self.coeffs) < 0 or sum(self.coeffs) <= 0):
-            raise AdaptError("--coeffs must be >= 0 with a positive sum (--allow-negative to extrapolate)")
+            raise AdaptError(f"{term('coeffs')} must be >= 0 with a positive sum ({term('allow_negative')} to extrapolate)")
         if sum(self.coeffs) == 0:
-            raise AdaptError("--coeffs must not sum to zero: the soup divides by their sum")
+            raise AdaptError(f"{term('coeffs')} must not sum to zero: the soup divides by their sum")
 
     def prepare(self, count, task_vectors):
         if count != len(self.coeffs):
@@ -234,5 +234,5 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
         try:
             options["scale"] = float(options["scale"])
         except ValueError:
-            raise AdaptError(f"--scale is a number or auto, got {options['scale']!r}") from None
+            raise AdaptError(f"{term('scale')} is a number or auto, got {options['scale']!r}") from None
     return build(RECIPES[name], options, f"recipe {name}")

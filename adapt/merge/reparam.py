@@ -175,7 +175,7 @@ def merge_checkpoint(
     inputs = [checkpoint, weights]
     with exclusive_lock(out):
         if hub:
-            check_owned_folder(out, HUB_FILES, overwrite, "--overwrite", inputs)
+            check_owned_folder(out, HUB_FILES, overwrite, inputs)
         else:
             check_output_file(out, overwrite, inputs)
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)

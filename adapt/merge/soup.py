@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite, write_json_atomic
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.merge.recipes import SCALE_GRID, Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
 
 ADAPTER_FIELDS = ("method", "method_options", "backbone", "backbone_sha256", "class_names")
+FOLDED_FIELDS = ("method", "backbone", "backbone_sha256", "class_names")  # folded first: options may differ
 
 
 @dataclass
@@ -61,29 +62,45 @@ class SoupSummary:
     svd_errors: dict[str, float] = field(default_factory=dict)  # LoRA re-compression: relative error per layer
 
 
-def open_ingredients(paths: Sequence[str | Path], base: str | Path | None = None) -> tuple[list[TensorFile], TensorFile | None]:
-    """Open and cross-check every ingredient (and the base); raise naming the key and files."""
+def open_ingredients(
+    paths: Sequence[str | Path], base: str | Path | None = None, same_tensors: bool = True
+) -> tuple[list[TensorFile], TensorFile | None]:
+    """Open and cross-check every ingredient (and the base); raise naming the key and files.
+
+    same_tensors=False: adapters that are folded before the soup (LoRA, SPT) need only one method,
+    backbone and class list; their options (rank, allocation) and so their tensors may differ."""
     if len(paths) < 2 and base is None:
         raise AdaptError("a soup needs at least two ingredients")
     files = [TensorFile(p) for p in paths]
     base_file = TensorFile(base) if base is not None else None
     first = files[0]
     for other in files[1:] + ([base_file] if base_file else []):
-        _check_same_kind(first, other)
-        _check_same_tensors(first, other)
+        _check_same_kind(first, other, ADAPTER_FIELDS if same_tensors else FOLDED_FIELDS)
+        if same_tensors:
+            _check_same_tensors(first, other)
     return files, base_file
 
 
-def _check_same_kind(first: TensorFile, other: TensorFile) -> None:
+def _check_same_kind(first: TensorFile, other: TensorFile, adapter_fields: tuple[str, ...] = ADAPTER_FIELDS) -> None:
     adapters = (FORMAT_KEY in first.metadata, FORMAT_KEY in other.metadata)
     if adapters[0] != adapters[1]:
         kinds = ["an adapter checkpoint" if a else "a plain state dict" for a in adapters]
         raise AdaptError(f"{first.path} is {kinds[0]} but {other.path} is {kinds[1]}; soup one kind")
-    fields = ADAPTER_FIELDS if adapters[0] else ("backbone",)
+    fields = adapter_fields if adapters[0] else ("backbone", "class_names")
     for name in fields:
         a, b = first.metadata.get(name), other.metadata.get(name)
         if a is not None and b is not None and a != b:
-            raise AdaptError(f"{name} differs: {first.path} has {a[:80]}, {other.path} has {b[:80]}")
+            order = " (the same classes in another order: outputs would be averaged across classes)" if (
+                name == "class_names" and _same_set(a, b)) else ""  # fmt: skip
+            raise AdaptError(f"{name} differs{order}: {first.path} has {a[:80]}, {other.path} has {b[:80]}")
+
+
+def _same_set(a: str, b: str) -> bool:
+    """Whether two JSON lists hold the same items in some order."""
+    try:
+        return sorted(json.loads(a)) == sorted(json.loads(b))
+    except (ValueError, TypeError):
+        return False
 
 
 def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
@@ -160,9 +177,9 @@ def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path
 
 def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate) -> SoupSummary:
     if recipe.needs_base and base is None:
-        raise AdaptError(f"recipe {recipe.name} needs --base (the model the ingredients were fine-tuned from)")
+        raise AdaptError(f"recipe {recipe.name} needs {term('base')} (the model the ingredients were fine-tuned from)")
     if recipe.auto_scale and evaluate is None:
-        raise AdaptError("--scale auto picks the scale on held-out data: pass --data (and --split)")
+        raise AdaptError(f"{term('scale')} auto picks the scale on held-out data: pass {term('data')} (and {term('split')})")
     start = time.perf_counter()
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
     first = files[0]
@@ -297,6 +314,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     from adapt.adapted import AdaptedModel
     from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone, preprocessing
     from adapt.data import load_data
+    from adapt.data.subsets import align_classes
     from adapt.evaluate import accuracy
     from adapt.train import make_accelerator
 
@@ -310,7 +328,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     else:
         name = backbone or file.metadata.get("backbone")
         if name is None:
-            raise AdaptError(f"{first} does not record its backbone; pass --backbone")
+            raise AdaptError(f"{first} does not record its backbone; pass {term('backbone')}")
         defaults = preprocessing(name)
         size = int(file.metadata.get("image_size", defaults.image_size))
         mean = tuple(json.loads(file.metadata["mean"])) if "mean" in file.metadata else defaults.mean
@@ -328,6 +346,9 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{data} has no {split} split for the greedy soup")
+    names = adapted.class_names if FORMAT_KEY in file.metadata else _class_names(file)
+    if names is not None:
+        dataset = align_classes(dataset, splits.class_names, names, str(first))
     accelerator = make_accelerator()
 
     def evaluate(state: dict[str, torch.Tensor]) -> float:
@@ -335,3 +356,12 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
         return accuracy(model, dataset, accelerator)
 
     return evaluate
+
+
+def _class_names(file: TensorFile) -> list[str] | None:
+    """The class names a plain state dict records (adapt's merged models and soups do), else None."""
+    try:
+        names = json.loads(file.metadata["class_names"]) if "class_names" in file.metadata else None
+    except ValueError:
+        names = None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None

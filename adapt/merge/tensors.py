@@ -221,12 +221,16 @@ class StreamingWriter:
 
     def __enter__(self) -> StreamingWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for shard, final in zip(self.shards, self.shard_paths()):
-            handle = open(final.with_name(f".{final.name}.tmp"), "wb", buffering=0)  # each tensor is one big write
-            self._files.append((handle, final, {key for key, _, _ in shard}))
-            header = self._header(shard)
-            _reserve(handle, len(header) + sum(nbytes(shape, dtype) for _, shape, dtype in shard))
-            _write_all(handle, header)
+        try:
+            for shard, final in zip(self.shards, self.shard_paths()):
+                handle = open(final.with_name(f".{final.name}.tmp"), "wb", buffering=0)  # each tensor is one big write
+                self._files.append((handle, final, {key for key, _, _ in shard}))
+                header = self._header(shard)
+                _reserve(handle, len(header) + sum(nbytes(shape, dtype) for _, shape, dtype in shard))
+                _write_all(handle, header)
+        except BaseException as error:  # a failed reservation (EFBIG, ENOSPC, EDQUOT): __exit__ will not run
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
         return self
 
     def write(self, key: str, tensor: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.registry import LazyRegistry
 
 if TYPE_CHECKING:
@@ -47,9 +47,15 @@ METHOD_FLAGS = {
 
 
 def method_options(flags: dict[str, Any], pairs: dict[str, Any]) -> dict[str, Any]:
-    """The options from the given flags (None: not given) under `--option` pairs; the method's
-    options dataclass checks them (an option the method lacks is refused by name)."""
-    return {**{name: value for name, value in flags.items() if value is not None}, **pairs}
+    """The options from the given flags (None: not given) and `--option` pairs; the method's options
+    dataclass checks them (an option the method lacks is refused by name). One option given both ways
+    with two different values is refused, naming both: neither silently wins."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    for name, value in pairs.items():
+        if name in given and given[name] != value:
+            raise AdaptError(f"{name} is given twice with different values: {term(name)} {given[name]} and "
+                             f"{term('option')} {name}={value}; give it once")  # fmt: skip
+    return {**given, **pairs}
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:

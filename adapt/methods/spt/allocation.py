@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from adapt.checkpoint import write_json_atomic
-from adapt.config import build, option, read_text_file
+from adapt.config import binary_kind, build, option, read_text_file
 from adapt.errors import AdaptError
 
 VECTOR_SHARE = 0.2
@@ -72,6 +72,10 @@ class Allocation:
 
     @classmethod
     def load(cls, path: str | Path) -> Allocation:
+        kind = binary_kind(Path(path))
+        if kind is not None:
+            raise AdaptError(f"{path} is {kind}, not an allocation JSON (adapt allocate writes one; a tune run keeps "
+                             "its own as OUT/allocation.json)")  # fmt: skip
         try:
             values = json.loads(read_text_file(Path(path)))
         except (json.JSONDecodeError, RecursionError) as error:

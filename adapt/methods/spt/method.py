@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapt.config import option
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, term
 from adapt.kernels import fold_conv_batchnorms_
 from adapt.methods.base import Method
 from adapt.methods.lora import lora_eligible_weights
@@ -50,7 +50,7 @@ class SPTConfig:
     structured_dropout: float = option(0.1, low=0, high=1, high_open=True)  # on the modules' input: a mask per layer, none on attn.proj
     structured_drop_path: float = option(0.1, low=0, high=1, high_open=True)  # on its output, per sample
     # how `prepare` finds the allocation: a budget ("0.4M", "1%") spent on fresh sensitivity scores, or a saved file
-    budget: str | int | None = None
+    budget: str | int | None = option(None, takes="a count such as 400000, or text such as 0.4M, 50k or 1%")
     allocation: str | None = None
     budget_rule: str = option("exact", choices=RULES)  # official: the released code's "closest to the budget"
     alpha_threshold: float = option(10.0, low=0, low_open=True)  # structured where sensitive count >= cost / this
@@ -113,7 +113,7 @@ class SPT(Method):
     def __init__(self, config: SPTConfig | None = None):
         super().__init__(config)
         if self.config.budget is not None and self.config.allocation is not None:
-            raise AdaptError("spt takes --budget (allocated from fresh sensitivity) or --allocation FILE, not both")
+            raise AdaptError(f"spt takes {term('budget')} (allocated from fresh sensitivity) or {term('allocation')} FILE, not both")
         self.allocation: Allocation | None = None  # set by `prepare`; a checkpoint needs only its buffers
 
     @property
@@ -151,7 +151,7 @@ class SPT(Method):
             allocation = allocate(scores, self.config.budget, eligible, self.config.rank, self.config.alpha_threshold,
                                   self.config.structured_module, self.config.budget_rule, always)  # fmt: skip
         elif data is not None:
-            raise AdaptError("--method spt needs --budget (e.g. 0.4M, 1%) or --allocation alloc.json")
+            raise AdaptError(f"{term('method')} spt needs {term('budget')} (e.g. 0.4M, 1%) or {term('allocation')} alloc.json")
         else:
             return
         counts = {n: len(i) for n, i in allocation.unstructured.items()}

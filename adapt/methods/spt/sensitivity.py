@@ -90,7 +90,7 @@ def allocate_file(
     """`adapt allocate`: read scores, allocate the budget, write the allocation (and its heatmap)."""
     from adapt.methods.spt.allocation import plot_allocation
 
-    plot_guard = writing_file(plot, overwrite, [scores_path, out]) if plot else contextlib.nullcontext()
+    plot_guard = writing_file(plot, overwrite, [scores_path, out], "plot") if plot else contextlib.nullcontext()
     with writing_file(out, overwrite, [scores_path, plot]), plot_guard:
         tensors, metadata = read_sensitivity(scores_path)
         eligible = set(json.loads(metadata.get("lora_eligible", "[]")))  # adapters fit the same layers
