@@ -157,13 +157,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if kind is None and path.suffix != ".safetensors":
         raise AdaptError(f"{path} is not a weights file: expected a .safetensors file or a torch state dict "
                          "(.pth/.pt/.bin), and its first bytes are neither")  # fmt: skip
+    safetensors = path.suffix == ".safetensors" or kind == SAFETENSORS
     try:
-        if path.suffix == ".safetensors" or kind == SAFETENSORS:
+        if safetensors:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (a corrupt pickle can fail in any of a dozen ways inside torch)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AdaptError(f"cannot read weights file {path}: {first[:200]}") from None
+        expected = "a safetensors file" if safetensors else "a torch state dict (.pth/.pt/.bin)"
+        raise AdaptError(f"cannot read weights file {path} as {expected}: {first[:200]}") from None
     for wrapper_key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]
@@ -300,6 +302,8 @@ def create_backbone(
     "embedded"; "random" (seeded); or a weights file or hub folder. The head is freshly
     initialised (seeded) for `num_classes` unless the weights hold a head of that size.
     """
+    if image_size is not None:
+        image_size = bounded_image_size(image_size, "image_size")
     source = resolve_backbone(name)
     weights = default_weights(source) if weights is None else str(weights)
     if weights not in (EMBEDDED_WEIGHTS, RANDOM_WEIGHTS):

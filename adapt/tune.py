@@ -12,9 +12,8 @@ from typing import Any
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
-from adapt.config import bounded_image_size
 from adapt.train_config import CONFIG_FILE
-from adapt.data import DataSplits, default_image_size, load_data
+from adapt.data import DataSplits, image_size_for, load_data
 from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import RUN_FILES, STATE_FILE, EpochResult, FitResult, TrainConfig, Trainer, is_main_process, write_run_config
 
@@ -37,8 +36,7 @@ class TuneJob:
 def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel, DataSplits]:
     """The adapted model and the data of one task (the method sets itself up from the data first)."""
     defaults = preprocessing(job.backbone)
-    size = bounded_image_size(job.image_size, "image_size") if job.image_size is not None else (
-        default_image_size(spec, defaults.image_size))  # fmt: skip
+    size = image_size_for(spec, job.image_size, defaults.image_size)
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
     adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, job.options,
                                   config.seed, setup=(data, config))  # fmt: skip

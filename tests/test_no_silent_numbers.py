@@ -295,3 +295,16 @@ def test_export_takes_out_and_overwrite_and_writes_hub_folders(tmp_path, ssf_run
     assert "now --overwrite" in ok("export", lora, "--out", tmp_path / "e2", "--force")
     ok("export", ssf_run / "adapter.safetensors", "--format", "hub", "--out", tmp_path / "hub")
     assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "hub").iterdir()}
+
+
+def test_every_image_size_goes_through_one_bound():
+    from adapt.continual import class_incremental
+    from adapt.train_config import TrainConfig
+    from adapt.tune import TuneJob, prepare
+
+    with pytest.raises(AdaptError, match="image size must be 16 to 1024 px, got 100000"):
+        class_incremental("digits", 2, 2, image_size=100000)
+    with pytest.raises(AdaptError, match="image size must be 16 to 1024 px, got 5000"):
+        prepare(TuneJob(image_size=5000), "digits", TrainConfig())
+    with pytest.raises(AdaptError, match="whole number of pixels"):
+        prepare(TuneJob(image_size=32.5), "digits", TrainConfig())

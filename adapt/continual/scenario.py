@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
-from adapt.data import DataSplits, default_image_size, load_data
+from adapt.data import DataSplits, image_size_for, load_data
 from adapt.data.subsets import RelabeledSubset, dataset_targets
 from adapt.errors import AdaptError, term
 
@@ -83,6 +83,6 @@ def class_incremental(
 ) -> Scenario:
     """Load `data` preprocessed for `backbone` and split its classes into tasks (order from `seed`)."""
     defaults = preprocessing(backbone)
-    size = image_size or default_image_size(data, defaults.image_size)
+    size = image_size_for(data, image_size, defaults.image_size)
     splits = load_data(data, size, defaults.mean, defaults.std, limit=limit, seed=seed)
     return Scenario.from_splits(splits, initial, increment, seed, size, backbone, task_incremental)

@@ -12,6 +12,7 @@ from adapt.data.digits import DIGIT_NAMES, digits_splits
 from adapt.data.folder import folder_splits
 from adapt.data.transforms import eval_transform, train_transform
 from adapt.data.vtab import find_vtab_tasks, vtab_splits
+from adapt.config import bounded_image_size
 from adapt.errors import AdaptError, term
 
 DEFAULT_DATA = "digits"
@@ -53,7 +54,11 @@ def expand_spec(spec: str) -> list[str]:
     return [f"vtab:{task}" for task in find_vtab_tasks(path)]
 
 
-def default_image_size(spec: str, backbone_size: int) -> int:
+def image_size_for(spec: str, given: int | None, backbone_size: int) -> int:
+    """The image size a run uses: the one given (within adapt.config's bound, wherever it came from),
+    else 96 for the digits, else the backbone's."""
+    if given is not None:
+        return bounded_image_size(given, "image_size")
     return DIGITS_IMAGE_SIZE if parse_spec(spec)[0] == "digits" else backbone_size
 
 

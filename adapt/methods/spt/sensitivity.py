@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from adapt.backbones import create_backbone, is_head_key, preprocessing
 from adapt.checkpoint import read_tensors, save_tensors_atomic
-from adapt.data import default_image_size, load_data
+from adapt.data import image_size_for, load_data
 from adapt.errors import AdaptError
 from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.norms import freeze_norm_statistics
@@ -56,7 +56,7 @@ def task_sensitivity(data: str, backbone: str, weights: str | None = None, image
                      batches: int = 16, batch_size: int = 32, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
     """`adapt sensitivity`: scores on a task's training images, and metadata naming the backbone and data."""
     defaults = preprocessing(backbone)
-    size = image_size or default_image_size(data, defaults.image_size)
+    size = image_size_for(data, image_size, defaults.image_size)
     splits = load_data(data, size, defaults.mean, defaults.std, seed=seed)
     model, info = create_backbone(backbone, weights, splits.num_classes, size, seed)
     scores = parameter_sensitivity(model, splits.train, batches, batch_size, seed)
