@@ -134,7 +134,7 @@ def evaluate_checkpoint(
     labels are matched by class name (adapt.data.subsets.align_classes)."""
     from adapt.data import load_data
     from adapt.data.subsets import align_classes
-    from adapt.train import make_accelerator
+    from adapt.devices import make_accelerator
 
     adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
     spec = data or meta.training.get("data")

@@ -1,8 +1,8 @@
 """The Hugging Face / timm hub folder: config.json + model.safetensors.
 
-config.json is timm's own (`timm.models.save_for_hf`), carrying our preprocessing (input
-size, bicubic, crop_pct 1.0, squash, mean, std) and the class names, so that
-`timm.create_model("local-dir:DIR", pretrained=True)` with
+config.json is timm's own (the config writer of `timm.models.save_for_hf`), carrying our
+preprocessing (input size, bicubic, crop_pct 1.0, squash, mean, std) and the class names, so
+that `timm.create_model("local-dir:DIR", pretrained=True)` with
 `timm.data.create_transform(**resolve_data_config(model=m))` reproduces adapt's inputs and
 outputs without adapt. model.safetensors is written by us, with `format: pt` (which the
 Hugging Face loaders require) and our metadata.
@@ -33,15 +33,16 @@ def save_hub_folder(
     metadata: dict[str, str],
 ) -> Path:
     """Write `model` as a hub folder; each file appears whole (written aside, then renamed)."""
-    from timm.models import save_for_hf
+    # the config half of timm's save_for_hf (which would also write the weights, without our metadata)
+    from timm.models._hub import save_config_for_hf
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder))
     try:
-        save_for_hf(model, str(staging), model_config={"label_names": list(class_names)},
-                    data_config=data_config(image_size, mean, std), safe_serialization=True)  # fmt: skip
-        save_tensors_atomic(staging / "model.safetensors", model.state_dict(), metadata)  # replaces timm's copy
+        save_config_for_hf(model, str(staging / "config.json"), model_config={"label_names": list(class_names)},
+                           data_config=data_config(image_size, mean, std))  # fmt: skip
+        save_tensors_atomic(staging / "model.safetensors", model.state_dict(), metadata)  # written once
         for name in HUB_FILES:
             os.chmod(staging / name, umasked(0o666))
             os.replace(staging / name, folder / name)

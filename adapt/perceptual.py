@@ -39,7 +39,9 @@ from adapt.data.triplets import TripletDataset, load_triplets
 from adapt.errors import AdaptError
 from adapt.methods import count_trainable, create_method
 from adapt.outputs import writing_file
-from adapt.train import TrainConfig, make_accelerator, parameter_groups
+from adapt.devices import make_accelerator
+from adapt.optimization import parameter_groups
+from adapt.train import TrainConfig
 
 MARGIN = 0.05
 

@@ -1,11 +1,10 @@
 """One training loop for every method, on accelerate.
 
-AdamW with linear warmup then cosine decay (stepped per optimizer step), weight decay
-only on weight matrices (ndim >= 2: the head's and full-tuned layers'; never on SSF
-scales/shifts, biases or norms), gradient accumulation, mixed precision, evaluation
-each epoch, a JSONL metrics log, and a checkpoint each epoch that `resume=True`
-continues from. The data order of epoch e depends only on (seed, e), so a resumed run
-reaches the same weights as an uninterrupted one.
+AdamW with linear warmup then cosine decay (adapt.optimization), gradient accumulation,
+mixed precision (adapt.devices), evaluation each epoch, a JSONL metrics log, and a
+checkpoint each epoch that `resume=True` continues from (adapt.train_state). The data
+order of epoch e depends only on (seed, e), so a resumed run reaches the same weights as
+an uninterrupted one.
 
 Files in `out_dir`: adapter.safetensors (the checkpoint users keep), train_state.safetensors
 (what resuming needs, self-contained), metrics.jsonl, summary.json, and with `log_with` the
@@ -24,22 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.state import AcceleratorState, GradientState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, RandomSampler
 
 from adapt.adapted import AdaptedModel
-from adapt.checkpoint import all_finite, read_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
+from adapt.checkpoint import all_finite, write_json_atomic, write_text_atomic
 from adapt.data import DataSplits
+from adapt.devices import precision_accelerator
 from adapt.errors import AdaptError, term
 from adapt.evaluate import NonFiniteOutput, accuracy
+from adapt.optimization import optimizer_and_schedule
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
 from adapt.train_config import CONFIG_FILE, PRECISIONS, RESULT_FREE, TrainConfig
+from adapt.train_state import STATE_FILE, restore_train_state, save_train_state
 
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, images, labels) -> loss
 ADAPTER_FILE = "adapter.safetensors"
-STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # everything a tune run may write into its folder (SPT adds its allocation; trackers their logs)
@@ -75,31 +74,6 @@ def classification_loss(logits: torch.Tensor, images: torch.Tensor, labels: torc
     return torch.nn.functional.cross_entropy(logits, labels)
 
 
-def make_accelerator(**settings: Any) -> Accelerator:
-    """A fresh Accelerator. Its settings live in process-wide singletons, which a library that
-    trains several models in one process (sweeps, tests) must reset; the distributed setup
-    stays. Without a GPU it runs on CPUs, which lets torchrun/launch use gloo."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(cpu=not torch.accelerator.is_available(), **settings)
-
-
-def precision_accelerator(config: TrainConfig, log_with: list[Any] | None = None) -> Accelerator:
-    """An Accelerator with the asked precision, or, with none asked, accelerate's own choice
-    (`accelerate config`, `accelerate launch --mixed_precision`, ACCELERATE_MIXED_PRECISION).
-    fp16 needs a GPU: on CPU it would silently train in fp32, so it is refused."""
-    settings: dict[str, Any] = {"gradient_accumulation_steps": config.grad_accum, "log_with": log_with or None}
-    if config.precision is not None:
-        settings["mixed_precision"] = PRECISIONS[config.precision]
-    try:
-        accelerator = make_accelerator(**settings)
-    except (ValueError, KeyError) as error:
-        raise AdaptError(f"precision {config.precision or 'from accelerate'} is not available here: {error}") from None
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise AdaptError(f"fp16 needs a GPU; on the CPU use {term('precision')} bf16 or fp32")
-    return accelerator
-
-
 def write_run_config(out_dir: str | Path, record: dict[str, Any]) -> None:
     """The command's resolved options (CLI values as YAML holds them) as OUT/config.yaml."""
     import yaml
@@ -124,49 +98,6 @@ def broken_tensor(model: torch.nn.Module) -> str | None:
         if name.endswith("running_var") and bool((tensor < 0).any()):
             return f"{name} has negative entries (a variance cannot be)"
     return None
-
-
-def is_main_process() -> bool:
-    """Whether this is the process that writes files (rank 0 under torchrun / accelerate launch)."""
-    return PartialState(cpu=not torch.accelerator.is_available()).is_main_process
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear from 0 to 1 over `warmup_steps`, then cosine down to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay weight matrices only; vectors (biases, norms, SSF scales and shifts) get none."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-
-
-def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (for safetensors) and the JSON rest."""
-    tensors = {}
-    for index, slots in state["state"].items():
-        for slot, value in slots.items():
-            tensors[f"optimizer.{index}.{slot}"] = value
-    return tensors, {"param_groups": state["param_groups"]}
-
-
-def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, index, slot = key.split(".", 2)
-        state.setdefault(int(index), {})[slot] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
 
 
 class Trainer:
@@ -208,17 +139,8 @@ class Trainer:
 
     def _save(self, epoch: int, history: list[EpochResult], optimizer, scheduler) -> None:
         adapted = self.adapted
-        trainable = {f"model.{k}": v for k, v in adapted.method.trainable_state(adapted.model).items()}
-        optimizer_tensors, optimizer_rest = _optimizer_tensors(optimizer.state_dict())
-        metadata = {
-            "run": json.dumps(self.run_identity()),
-            "epoch": str(epoch),
-            "history": json.dumps([asdict(h) for h in history]),
-            "optimizer": json.dumps(optimizer_rest),
-            "scheduler": json.dumps(scheduler.state_dict()),
-        }
-        tensors = {**trainable, **optimizer_tensors, "rng.torch": torch.get_rng_state()}
-        save_tensors_atomic(self.out_dir / STATE_FILE, tensors, metadata)
+        save_train_state(self.out_dir / STATE_FILE, adapted.method.trainable_state(adapted.model), optimizer, scheduler,
+                         self.run_identity(), epoch, [asdict(h) for h in history])  # fmt: skip
         training = {"data": self.data.spec, "epoch": epoch, "epochs": self.config.epochs, "seed": self.config.seed,
                     "eval_acc": history[-1].eval_acc, "eval_split": history[-1].eval_split}  # fmt: skip
         adapted.save(self.out_dir / ADAPTER_FILE, training)
@@ -226,21 +148,9 @@ class Trainer:
 
     def _restore(self, optimizer, scheduler) -> tuple[int, list[EpochResult]]:
         path = self.out_dir / STATE_FILE
-        if not path.is_file():
-            raise AdaptError(f"nothing to resume: {path} does not exist")
-        tensors, metadata = read_tensors(path)
-        saved, current = json.loads(metadata["run"]), self.run_identity()
-        changed = [f"{k} was {saved.get(k)!r}, now {current[k]!r}" for k in current if saved.get(k) != current[k]]
-        if changed:
-            raise AdaptError(f"cannot resume from {path}: " + "; ".join(changed))
-        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.adapted.method.load_trainable_state(self.adapted.model, model_state, source=str(path))
-        optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
-        optimizer.load_state_dict(_optimizer_state(optimizer_tensors, json.loads(metadata["optimizer"])))
-        scheduler.load_state_dict(json.loads(metadata["scheduler"]))
-        torch.set_rng_state(tensors["rng.torch"])
-        history = [EpochResult(**h) for h in json.loads(metadata["history"])]
-        return int(metadata["epoch"]), history
+        trained, epoch, history = restore_train_state(path, optimizer, scheduler, self.run_identity())
+        self.adapted.method.load_trainable_state(self.adapted.model, trained, source=str(path))
+        return epoch, [EpochResult(**h) for h in history]
 
     # -- training ----------------------------------------------------------------------
 
@@ -257,9 +167,7 @@ class Trainer:
         )
         steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
         total_steps = config.epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=self.lr)
-        schedule = warmup_cosine(round(config.warmup * total_steps), total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer, scheduler = optimizer_and_schedule(model, self.lr, config.weight_decay, config.warmup, total_steps)
         start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
         self._first_epoch = start_epoch + 1  # before its first step, a NaN loss is the weights' (_refuse_non_finite)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

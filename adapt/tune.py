@@ -15,7 +15,9 @@ from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.train_config import CONFIG_FILE
 from adapt.data import DataSplits, image_size_for, load_data
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import RUN_FILES, STATE_FILE, EpochResult, FitResult, TrainConfig, Trainer, is_main_process, write_run_config
+from adapt.devices import is_main_process
+from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
+from adapt.train_state import STATE_FILE
 
 
 @dataclass

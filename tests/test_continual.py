@@ -18,7 +18,8 @@ from adapt.data.digits import DIGIT_NAMES
 from adapt.errors import AdaptError
 from adapt.evaluate import accuracy
 from adapt.heads import create_head
-from adapt.train import TrainConfig, make_accelerator
+from adapt.devices import make_accelerator
+from adapt.train import TrainConfig
 
 SIZE = 32  # digits are 8x8; 32 px keeps these runs to seconds
 

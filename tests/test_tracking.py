@@ -9,7 +9,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from adapt.methods import create_method
-from adapt.train import TrainConfig, warmup_cosine
+from adapt.optimization import warmup_cosine
+from adapt.train import TrainConfig
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR
 from adapt.tune import TuneJob, tune
 

@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from adapt import AdaptError
 from adapt.methods import create_method
-from adapt.train import STATE_FILE, TrainConfig, parameter_groups, warmup_cosine
+from adapt.optimization import parameter_groups, warmup_cosine
+from adapt.train import TrainConfig
+from adapt.train_state import STATE_FILE
 from adapt.tune import TuneJob, tune
 
 QUICK = TuneJob(data="digits", method="ssf", image_size=32, limit=48)

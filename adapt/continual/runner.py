@@ -33,7 +33,8 @@ from adapt.evaluate import accuracy
 from adapt.heads import ContinualModel, TextEmbedder, create_head
 from adapt.methods import count_trainable, create_method
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, make_accelerator, precision_accelerator, write_run_config
+from adapt.devices import make_accelerator, precision_accelerator
+from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, write_run_config
 from adapt.train_config import CONFIG_FILE
 
 RESULT_FILE = "continual.json"

@@ -316,7 +316,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     from adapt.data import load_data
     from adapt.data.subsets import align_classes
     from adapt.evaluate import accuracy
-    from adapt.train import make_accelerator
+    from adapt.devices import make_accelerator
 
     file = TensorFile(first)
     if FORMAT_KEY in file.metadata:

@@ -1,0 +1,78 @@
+"""What resuming a run needs, in one self-contained safetensors file (OUT/train_state.safetensors).
+
+The trained tensors, the optimizer's state (its tensors as tensors, the rest as JSON), the
+schedule, the RNG state, the history so far, and the run's identity: what must not change
+between an interrupted run and its resumption (method, options, backbone, data, settings).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapt.checkpoint import read_tensors, save_tensors_atomic
+from adapt.errors import AdaptError
+
+STATE_FILE = "train_state.safetensors"
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and the JSON rest."""
+    tensors = {}
+    for index, slots in state["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optimizer.{index}.{slot}"] = value
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, slot = key.split(".", 2)
+        state.setdefault(int(index), {})[slot] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_train_state(
+    path: Path,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    identity: dict[str, Any],
+    epoch: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """Everything `restore_train_state` needs to continue after `epoch`, written atomically."""
+    optimizer_tensors, optimizer_rest = _optimizer_tensors(optimizer.state_dict())
+    metadata = {
+        "run": json.dumps(identity),
+        "epoch": str(epoch),
+        "history": json.dumps(history),
+        "optimizer": json.dumps(optimizer_rest),
+        "scheduler": json.dumps(scheduler.state_dict()),
+    }
+    tensors = {**{f"model.{k}": v for k, v in trainable.items()}, **optimizer_tensors, "rng.torch": torch.get_rng_state()}
+    save_tensors_atomic(path, tensors, metadata)
+
+
+def restore_train_state(
+    path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, identity: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]]]:
+    """Load the optimizer, schedule and RNG state saved at `path` (refused if the run's identity
+    changed, naming each difference); returns (trained tensors, last finished epoch, history)."""
+    if not path.is_file():
+        raise AdaptError(f"nothing to resume: {path} does not exist")
+    tensors, metadata = read_tensors(path)
+    saved = json.loads(metadata["run"])
+    changed = [f"{k} was {saved.get(k)!r}, now {identity[k]!r}" for k in identity if saved.get(k) != identity[k]]
+    if changed:
+        raise AdaptError(f"cannot resume from {path}: " + "; ".join(changed))
+    optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    optimizer.load_state_dict(_optimizer_state(optimizer_tensors, json.loads(metadata["optimizer"])))
+    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    trained = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    return trained, int(metadata["epoch"]), json.loads(metadata["history"])
