@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from adapt.cli import cli
@@ -69,3 +70,119 @@ def test_a_hub_folder_writes_its_weights_once(tmp_path, monkeypatch):
     assert len(writes) == 1 and writes[0].endswith("model.safetensors")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((folder / "config.json").read_text())["label_names"] == ["a", "b", "c"]
+
+
+def _loss_and_grads(model, x, labels):
+    import torch
+
+    model.zero_grad()
+    torch.manual_seed(1)  # the same dropout masks (SPT's structured dropout) in both passes
+    x = x.clone().requires_grad_(True)  # the input's gradient too: the first norm's grad_x path
+    loss = torch.nn.functional.cross_entropy(model(x), labels)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), {**grads, "input": x.grad}
+
+
+@pytest.mark.parametrize("method_name, options", [("linear", {}), ("bitfit", {}), ("lora", {"rank": 2}), ("ssf", {}),
+                                                   ("spt", {"budget": "2%"})])  # fmt: skip
+def test_lean_frozen_batchnorm_equals_the_plain_layers(method_name, options, monkeypatch):
+    """Forward and every gradient equal the layers' own forward (eval-mode BatchNorm + in-place ReLU6)."""
+    import torch
+
+    import adapt.methods.norms
+    from adapt.adapted import AdaptedModel
+    from adapt.data import load_data
+
+    data = load_data("digits", 32, (0.5,) * 3, (0.5,) * 3, limit=64)
+    setup = (data, __import__("adapt.train_config", fromlist=["TrainConfig"]).TrainConfig(batch_size=16))
+    adapted = AdaptedModel.create(method_name, data.class_names, 32, "tf_efficientnet_lite0", options=options, setup=setup)
+    model = adapted.model.train()
+    with torch.no_grad():  # as if trained: trained affines far from their start, so a wrong gradient shows
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    torch.manual_seed(0)
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    loss, grads = _loss_and_grads(model, x, labels)
+    monkeypatch.setattr(adapt.methods.norms, "lean_activation", lambda norm: None)  # each layer's own forward
+    ref_loss, ref_grads = _loss_and_grads(model, x, labels)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for key, grad in grads.items():  # float32 sums in another order: 1e-6 absolute (1e-5 of a large gradient's scale)
+        error = float((grad - ref_grads[key]).abs().max())
+        assert error <= max(1e-6, 1e-5 * float(ref_grads[key].abs().max())), (key, error)
+
+
+def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input(monkeypatch):
+    import torch
+
+    import adapt.methods.norms
+    from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
+
+    norm = torch.nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2), norm.bias.normal_()
+        norm.weight.normal_()
+        norm.weight[:2] = 0.0
+    x = torch.randn(3, 6, 5, 5)
+    y = frozen_batchnorm_act(x, norm, norm.weight, norm.bias, (0.0, 6.0))
+    y.square().sum().backward()
+    grads = norm.weight.grad.clone(), norm.bias.grad.clone()
+    norm.zero_grad()
+    torch.nn.functional.relu6(norm(x)).square().sum().backward()
+    torch.testing.assert_close(y, torch.nn.functional.relu6(norm(x)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads[0], norm.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], norm.bias.grad, rtol=1e-5, atol=1e-6)
+    del monkeypatch, adapt
+
+
+def _saved_bytes(model, x) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward, parameters and buffers excluded."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    import torch
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    return sum(size for pointer, size in storages.items() if pointer not in own)
+
+
+@pytest.mark.parametrize("method_name", ["bitfit", "lora"])  # linear: nothing below the head keeps anything
+def test_lean_frozen_batchnorm_keeps_far_less_for_backward(method_name, monkeypatch):
+    """Frozen BatchNorm + ReLU6 keep only their output: well under the plain layers' saved maps."""
+    import torch
+
+    import adapt.methods.norms
+    from adapt.backbones import create_backbone
+    from adapt.methods import create_method
+
+    model, _ = create_backbone(num_classes=5)
+    create_method(method_name).apply(model)
+    model.train()
+    x = torch.randn(4, 3, 64, 64)
+    lean = _saved_bytes(model, x)
+    monkeypatch.setattr(adapt.methods.norms, "lean_activation", lambda norm: None)
+    plain = _saved_bytes(model, x)
+    assert lean <= 0.6 * plain, (lean, plain)
+
+
+def test_merged_files_stay_plain_timm_state_dicts():
+    import timm
+
+    from adapt.backbones import create_backbone
+    from adapt.methods import create_method
+
+    for name in ("bitfit", "lora", "linear"):
+        model, _ = create_backbone(num_classes=4)
+        method = create_method(name)
+        method.apply(model)
+        merged = method.merge(model)
+        fresh = timm.create_model("tf_efficientnet_lite0", num_classes=4)
+        fresh.load_state_dict(merged.state_dict(), strict=True)  # num_batches_tracked included
+        assert [type(m) for m in merged.modules()] == [type(m) for m in fresh.modules()]

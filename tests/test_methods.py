@@ -24,7 +24,7 @@ def test_ssf_on_lite0_goes_between_norm_and_activation():
     model, _ = create_backbone(num_classes=10)
     method = create_method("ssf")
     method.apply(model)
-    assert set(method.wrapped.values()) == {"BatchNormAct2d (fused with it and its activation)"}
+    assert set(method.wrapped.values()) == {"BatchNormAct2d (in its affine, one node with its frozen statistics and activation)"}
     assert isinstance(model.bn1.ssf, ScaleShift)
     # the SSF really runs before ReLU6: set it so that everything becomes negative
     with torch.no_grad():

@@ -12,10 +12,10 @@ from adapt.methods import create_method
 from adapt.methods.mixins import without_mixin
 from adapt.methods.norms import FrozenStatistics
 from adapt.methods.ssf import has_fused_activation
-from adapt.methods.ssf_layers import ScaledAffine, ScaleShiftBatchNormAct, ScaleShiftLinear
+from adapt.methods.ssf_layers import ScaledAffine, ScaleShiftLinear
 
 TOLERANCE = 1e-5
-JOINS = (ScaledAffine, ScaleShiftBatchNormAct, ScaleShiftLinear)
+JOINS = (ScaledAffine, ScaleShiftLinear)
 
 
 def _hooked_reference(model, method):
@@ -121,11 +121,12 @@ def _saved_activation_bytes(method_name: str, backbone: str, x: torch.Tensor) ->
     return sum(size for pointer, size in storages.items() if pointer not in own)
 
 
-@pytest.mark.parametrize("backbone,size,share", [("tf_efficientnet_lite0", 64, 0.8), ("test_vit", 160, 1.02)])
+@pytest.mark.parametrize("backbone,size,share", [("tf_efficientnet_lite0", 64, 1.02), ("test_vit", 160, 1.02)])
 def test_ssf_keeps_no_more_than_bitfit_keeps_for_backward(backbone, size, share):
-    """SSF trains more than BitFit (scales too) from no more saved activations: on Lite0 its fused
-    norm+activation keeps only outputs the next layer keeps anyway (at most 80% of BitFit's); on a ViT
-    within 2% of BitFit's (the small re-parameterized affines). Both well below full fine-tuning's."""
+    """SSF trains more than BitFit (scales too) from about the same saved activations: on Lite0 both run
+    every frozen norm+activation as one node that keeps only its output (adapt.kernels.frozen_batchnorm);
+    on a ViT SSF keeps within 2% of BitFit's (the small re-parameterized affines). Both well below full
+    fine-tuning's."""
     x = torch.randn(4, 3, size, size)
     ssf, bitfit, full = (_saved_activation_bytes(m, backbone, x) for m in ("ssf", "bitfit", "full"))
     assert ssf <= share * bitfit, (ssf, bitfit)

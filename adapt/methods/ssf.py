@@ -31,11 +31,9 @@ from adapt.errors import AdaptError
 from adapt.kernels import scale_shift_
 from adapt.methods.base import Method
 from adapt.methods.mixins import with_mixin, without_mixin
-from adapt.methods.ssf_layers import (CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift,
-                                     ScaleShiftBatchNormAct, ScaleShiftLinear, fuses_with_activation)  # fmt: skip
-
-# how `adapt methods`/`tune` describe a layer that runs with its SSF as one op
-JOIN_LABELS = {ScaledAffine: " (in its affine)", ScaleShiftBatchNormAct: " (fused with it and its activation)"}
+from adapt.kernels.frozen_batchnorm import lean_activation
+from adapt.methods.norms import FrozenStatistics
+from adapt.methods.ssf_layers import CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift, ScaleShiftLinear
 
 
 def ssf_site(module: nn.Module) -> tuple[int, int] | None:
@@ -67,12 +65,19 @@ def fused_join(layer: nn.Module) -> type | None:
     """The mixin that runs `layer` and its SSF as one op (ssf_layers), or None for a hook."""
     if isinstance(layer, nn.Linear):
         return ScaleShiftLinear
-    if fuses_with_activation(layer):
-        return ScaleShiftBatchNormAct
     has_affine = getattr(layer, "weight", None) is not None and getattr(layer, "bias", None) is not None
     if has_affine and not isinstance(layer, nn.modules.conv._ConvNd):
         return ScaledAffine
     return None
+
+
+def _join_label(layer: nn.Module, join: type) -> str:
+    """How `adapt tune` describes a layer that runs with its SSF as one op."""
+    if join is not ScaledAffine:
+        return ""
+    if isinstance(layer, FrozenStatistics) and lean_activation(layer) is not None:
+        return " (in its affine, one node with its frozen statistics and activation)"
+    return " (in its affine)"
 
 
 def fold_ssf_(layer: nn.Module, name: str) -> None:
@@ -118,7 +123,7 @@ class SSF(Method):
             if join is not None:
                 with_mixin(layer, join)
                 self._detach[layer_name] = functools.partial(without_mixin, layer, join)
-                self.wrapped[layer_name] = type(layer).plain_class.__name__ + JOIN_LABELS.get(join, "")
+                self.wrapped[layer_name] = type(layer).plain_class.__name__ + _join_label(layer, join)
             elif has_fused_activation(layer):
                 self._detach[layer_name] = layer.act.register_forward_pre_hook(layer.ssf.before_input).remove
                 self.wrapped[layer_name] = f"{type(layer).__name__} (before its activation)"

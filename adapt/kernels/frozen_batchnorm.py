@@ -1,0 +1,82 @@
+"""BatchNorm under frozen statistics, with its ReLU/ReLU6 (or no) activation, as one autograd node
+that keeps only its output.
+
+With running statistics, BatchNorm is a per-channel affine: y = act(w * (x - mean) / sigma + b).
+Its input gradient needs only the constant w / sigma and where the activation clipped; b's
+gradient needs nothing; w's needs (x - mean) / sigma, which the output still holds wherever the
+activation did not clip (y = w * x_hat + b there; where it clipped the gradient is zero anyway),
+as in-place activated BatchNorm recovers it. So the node saves y, which the next layer keeps
+anyway, instead of torch's input copy for the norm plus the activation's own tensor: about two
+activation maps per BatchNorm on a gradient path. While w has an exact zero and trains, y
+forgets x_hat there, so the node keeps x instead.
+
+Works for any w and b, trained or not, and for affines computed from other parameters (SSF's
+re-parameterized affine: its gradients flow on through autograd).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIPS = {nn.ReLU: (0.0, float("inf")), nn.ReLU6: (0.0, 6.0), nn.Identity: (None, None)}  # activation -> clamp range
+
+
+def _channels(t: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, 1, 1)
+
+
+class _FrozenBatchNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps, low, high):
+        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        if low is not None:
+            y.clamp_(low, high)
+        ctx.from_output = not ctx.needs_input_grad[3] or bool((weight != 0).all())
+        ctx.eps, ctx.low, ctx.high = eps, low, high
+        ctx.save_for_backward(y if ctx.from_output else x, mean, var, weight, bias)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved, mean, var, weight, bias = ctx.saved_tensors
+        y = saved if ctx.from_output else F.batch_norm(saved, mean, var, weight, bias, False, 0.0, ctx.eps)
+        # no gradient where the activation clipped (torch's own ReLU/ReLU6 backward kernels, which read the
+        # output as well); elsewhere y is still the pre-activation value
+        if ctx.high == float("inf"):
+            grad = torch.ops.aten.threshold_backward(grad, y, ctx.low)
+        elif ctx.low is not None:
+            grad = torch.ops.aten.hardtanh_backward(grad, y, ctx.low, ctx.high)
+        invstd = torch.rsqrt(var + ctx.eps)
+        grad_x = grad * _channels((weight * invstd).to(grad.dtype)) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[3] or ctx.needs_input_grad[4] else None
+        grad_weight = None
+        if ctx.needs_input_grad[3]:
+            if ctx.from_output:  # sum(g * x_hat) with x_hat = (y - b) / w
+                grad_weight = ((grad * y).sum((0, 2, 3)) - bias * grad_bias) / weight
+            else:
+                grad_weight = (grad * (saved - _channels(mean)) * _channels(invstd)).sum((0, 2, 3))
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[4] else None
+        return grad_x, None, None, grad_weight, grad_bias, None, None, None
+
+
+def lean_activation(norm: nn.Module) -> tuple[float | None, float | None] | None:
+    """The clamp range of the activation a frozen BatchNorm2d (or timm's BatchNormAct2d) runs, when
+    frozen_batchnorm_act can run it: running statistics, an affine, and no activation, a ReLU or a
+    ReLU6 without dropout or hooks on it; else None (the layer's own forward then runs)."""
+    if not isinstance(norm, nn.BatchNorm2d) or norm.running_mean is None or not norm.affine:
+        return None
+    act, drop = getattr(norm, "act", nn.Identity()), getattr(norm, "drop", nn.Identity())
+    if not isinstance(drop, nn.Identity) or act._forward_hooks or act._forward_pre_hooks:  # hooks must still run
+        return None
+    return CLIPS.get(type(act))
+
+
+def frozen_batchnorm_act(
+    x: torch.Tensor, norm: nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor, clip: tuple[float | None, float | None]
+) -> torch.Tensor:
+    """clamp(batchnorm(x) with `norm`'s running statistics and the affine (weight, bias), *clip)."""
+    return _FrozenBatchNormAct.apply(x, norm.running_mean, norm.running_var, weight, bias, norm.eps, *clip)
