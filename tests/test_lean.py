@@ -86,12 +86,12 @@ def _loss_and_grads(model, x, labels):
 
 @pytest.mark.parametrize("method_name, options", [("linear", {}), ("bitfit", {}), ("lora", {"rank": 2}), ("ssf", {}),
                                                    ("spt", {"budget": "2%"})])  # fmt: skip
-def test_lean_frozen_batchnorm_equals_the_plain_layers(method_name, options, monkeypatch):
+def test_lean_frozen_layers_equal_the_plain_layers(method_name, options):
     """Forward and every gradient equal the layers' own forward (eval-mode BatchNorm + in-place ReLU6)."""
     import torch
 
-    import adapt.methods.norms
     from adapt.adapted import AdaptedModel
+    from adapt.methods.lean import without_lean_layers
     from adapt.data import load_data
 
     data = load_data("digits", 32, (0.5,) * 3, (0.5,) * 3, limit=64)
@@ -105,7 +105,7 @@ def test_lean_frozen_batchnorm_equals_the_plain_layers(method_name, options, mon
     torch.manual_seed(0)
     x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
     loss, grads = _loss_and_grads(model, x, labels)
-    monkeypatch.setattr(adapt.methods.norms, "lean_activation", lambda norm: None)  # each layer's own forward
+    without_lean_layers(model)  # each layer's own forward (SPT's parametrized norms keep theirs)
     ref_loss, ref_grads = _loss_and_grads(model, x, labels)
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
     assert grads.keys() == ref_grads.keys()
@@ -114,10 +114,9 @@ def test_lean_frozen_batchnorm_equals_the_plain_layers(method_name, options, mon
         assert error <= max(1e-6, 1e-5 * float(ref_grads[key].abs().max())), (key, error)
 
 
-def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input(monkeypatch):
+def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input():
     import torch
 
-    import adapt.methods.norms
     from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
 
     norm = torch.nn.BatchNorm2d(6).eval()
@@ -134,7 +133,6 @@ def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input(monkeypatch):
     torch.testing.assert_close(y, torch.nn.functional.relu6(norm(x)), rtol=0, atol=1e-6)
     torch.testing.assert_close(grads[0], norm.weight.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[1], norm.bias.grad, rtol=1e-5, atol=1e-6)
-    del monkeypatch, adapt
 
 
 def _saved_bytes(model, x) -> int:
@@ -154,20 +152,20 @@ def _saved_bytes(model, x) -> int:
 
 
 @pytest.mark.parametrize("method_name", ["bitfit", "lora"])  # linear: nothing below the head keeps anything
-def test_lean_frozen_batchnorm_keeps_far_less_for_backward(method_name, monkeypatch):
-    """Frozen BatchNorm + ReLU6 keep only their output: well under the plain layers' saved maps."""
+def test_lean_frozen_layers_keep_far_less_for_backward(method_name):
+    """Frozen BatchNorm + ReLU6 keep only their output, frozen convs nothing: well under the plain layers'."""
     import torch
 
-    import adapt.methods.norms
     from adapt.backbones import create_backbone
     from adapt.methods import create_method
+    from adapt.methods.lean import without_lean_layers
 
     model, _ = create_backbone(num_classes=5)
     create_method(method_name).apply(model)
     model.train()
     x = torch.randn(4, 3, 64, 64)
     lean = _saved_bytes(model, x)
-    monkeypatch.setattr(adapt.methods.norms, "lean_activation", lambda norm: None)
+    without_lean_layers(model)
     plain = _saved_bytes(model, x)
     assert lean <= 0.6 * plain, (lean, plain)
 

@@ -121,16 +121,18 @@ def _saved_activation_bytes(method_name: str, backbone: str, x: torch.Tensor) ->
     return sum(size for pointer, size in storages.items() if pointer not in own)
 
 
-@pytest.mark.parametrize("backbone,size,share", [("tf_efficientnet_lite0", 64, 1.02), ("test_vit", 160, 1.02)])
-def test_ssf_keeps_no_more_than_bitfit_keeps_for_backward(backbone, size, share):
+@pytest.mark.parametrize("backbone,size,share,of_full", [("tf_efficientnet_lite0", 64, 1.15, 0.4),
+                                                          ("test_vit", 160, 1.02, 0.75)])  # fmt: skip
+def test_ssf_keeps_little_more_than_bitfit_keeps_for_backward(backbone, size, share, of_full):
     """SSF trains more than BitFit (scales too) from about the same saved activations: on Lite0 both run
-    every frozen norm+activation as one node that keeps only its output (adapt.kernels.frozen_batchnorm);
-    on a ViT SSF keeps within 2% of BitFit's (the small re-parameterized affines). Both well below full
-    fine-tuning's."""
+    every frozen norm+activation as one node that keeps only its output, and frozen convs keep nothing
+    (adapt.kernels); SSF's scales also need the outputs of the norms without an activation, which BitFit's
+    do not (at most 15% more). On a ViT SSF keeps within 2% of BitFit's (the small re-parameterized
+    affines). Both far below full fine-tuning's."""
     x = torch.randn(4, 3, size, size)
     ssf, bitfit, full = (_saved_activation_bytes(m, backbone, x) for m in ("ssf", "bitfit", "full"))
     assert ssf <= share * bitfit, (ssf, bitfit)
-    assert ssf < full
+    assert ssf <= of_full * full, (ssf, full)
 
 
 @pytest.mark.parametrize("method_name", ["ssf", "bitfit", "linear", "lora"])

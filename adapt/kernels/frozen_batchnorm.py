@@ -8,7 +8,8 @@ activation did not clip (y = w * x_hat + b there; where it clipped the gradient 
 as in-place activated BatchNorm recovers it. So the node saves y, which the next layer keeps
 anyway, instead of torch's input copy for the norm plus the activation's own tensor: about two
 activation maps per BatchNorm on a gradient path. While w has an exact zero and trains, y
-forgets x_hat there, so the node keeps x instead.
+forgets x_hat there, so the node keeps x instead; with w frozen and no activation it keeps
+nothing.
 
 Works for any w and b, trained or not, and for affines computed from other parameters (SSF's
 re-parameterized affine: its gradients flow on through autograd).
@@ -27,21 +28,32 @@ def _channels(t: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, 1, 1)
 
 
+def _kept(weight_trains: bool, clips: bool, weight: torch.Tensor) -> str | None:
+    """What backward needs: the output (where the activation clipped, and x_hat = (y - b) / w when w
+    trains), the input (w trains and has an exact zero, where y forgets x_hat), or nothing (w frozen,
+    no activation: the input's gradient is a per-channel constant times the output's). A one-byte mask
+    of where the activation passed measured no leaner than the output, which the next layer's
+    backward often needs anyway, and no faster."""
+    if weight_trains and not bool((weight != 0).all()):
+        return "input"
+    return "output" if weight_trains or clips else None
+
+
 class _FrozenBatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, eps, low, high):
         y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
         if low is not None:
             y.clamp_(low, high)
-        ctx.from_output = not ctx.needs_input_grad[3] or bool((weight != 0).all())
         ctx.eps, ctx.low, ctx.high = eps, low, high
-        ctx.save_for_backward(y if ctx.from_output else x, mean, var, weight, bias)
+        ctx.kept = _kept(ctx.needs_input_grad[3], low is not None, weight)
+        ctx.save_for_backward({"output": y, "input": x}.get(ctx.kept), mean, var, weight, bias)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        saved, mean, var, weight, bias = ctx.saved_tensors
-        y = saved if ctx.from_output else F.batch_norm(saved, mean, var, weight, bias, False, 0.0, ctx.eps)
+        kept, mean, var, weight, bias = ctx.saved_tensors
+        y = F.batch_norm(kept, mean, var, weight, bias, False, 0.0, ctx.eps) if ctx.kept == "input" else kept
         # no gradient where the activation clipped (torch's own ReLU/ReLU6 backward kernels, which read the
         # output as well); elsewhere y is still the pre-activation value
         if ctx.high == float("inf"):
@@ -53,10 +65,10 @@ class _FrozenBatchNormAct(torch.autograd.Function):
         grad_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[3] or ctx.needs_input_grad[4] else None
         grad_weight = None
         if ctx.needs_input_grad[3]:
-            if ctx.from_output:  # sum(g * x_hat) with x_hat = (y - b) / w
+            if ctx.kept == "output":  # sum(g * x_hat) with x_hat = (y - b) / w
                 grad_weight = ((grad * y).sum((0, 2, 3)) - bias * grad_bias) / weight
             else:
-                grad_weight = (grad * (saved - _channels(mean)) * _channels(invstd)).sum((0, 2, 3))
+                grad_weight = (grad * (kept - _channels(mean)) * _channels(invstd)).sum((0, 2, 3))
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[4] else None

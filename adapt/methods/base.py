@@ -21,6 +21,7 @@ from torch import nn
 from adapt.backbones import is_head_key
 from adapt.config import NoOptions, build, validate
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
+from adapt.methods.lean import keep_frozen_layers_lean
 from adapt.methods.mixins import restore_plain_classes
 from adapt.methods.norms import freeze_norm_statistics
 
@@ -55,12 +56,14 @@ class Method:
         return dataclasses.asdict(self.config)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Freeze everything, let the method add/unfreeze its parameters, unfreeze the head.
+        """Freeze everything (frozen BatchNorms and convs keep no activation they do not need:
+        adapt.methods.lean), let the method add/unfreeze its parameters, unfreeze the head.
 
         Returns the adapted model: `model` itself, or a wrapper around it (HST)."""
         model.requires_grad_(False)
         if not self.trains_norm_statistics:
             freeze_norm_statistics(model)
+        keep_frozen_layers_lean(model)
         self.add_trainable(model)
         for key, parameter in model.named_parameters():
             if is_head_key(model, key):

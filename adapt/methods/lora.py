@@ -17,7 +17,6 @@ import re
 
 from typing import TYPE_CHECKING
 
-from timm.layers import Conv2dSame
 from torch import nn
 
 from adapt.backbones import is_head_key
@@ -25,6 +24,7 @@ from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.kernels import add_low_rank_
 from adapt.methods.base import Method
+from adapt.methods.mixins import plain_class
 
 if TYPE_CHECKING:  # peft takes seconds to import; only LoRA runs need it
     from peft import LoraConfig
@@ -39,7 +39,7 @@ def default_target(name: str, module: nn.Module, is_vit: bool) -> bool:
         return isinstance(module, nn.Linear) and re.search(VIT_TARGETS, name) is not None
     if isinstance(module, nn.Linear):
         return True
-    return type(module) is nn.Conv2d and module.groups == 1 and not isinstance(module, Conv2dSame)
+    return plain_class(module) is nn.Conv2d and module.groups == 1  # not timm's Conv2dSame, under any mixin
 
 
 def lora_eligible_weights(model: nn.Module) -> set[str]:

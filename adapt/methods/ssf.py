@@ -32,7 +32,7 @@ from adapt.kernels import scale_shift_
 from adapt.methods.base import Method
 from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.kernels.frozen_batchnorm import lean_activation
-from adapt.methods.norms import FrozenStatistics
+from adapt.methods.lean import LeanBatchNorm
 from adapt.methods.ssf_layers import CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift, ScaleShiftLinear
 
 
@@ -75,7 +75,7 @@ def _join_label(layer: nn.Module, join: type) -> str:
     """How `adapt tune` describes a layer that runs with its SSF as one op."""
     if join is not ScaledAffine:
         return ""
-    if isinstance(layer, FrozenStatistics) and lean_activation(layer) is not None:
+    if isinstance(layer, LeanBatchNorm) and lean_activation(layer) is not None:
         return " (in its affine, one node with its frozen statistics and activation)"
     return " (in its affine)"
 

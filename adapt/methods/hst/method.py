@@ -33,6 +33,7 @@ from adapt.methods.base import Method
 from adapt.methods.hst.light import HEAD_DIM, LightSideNetwork
 from adapt.methods.hst.paper import PAPER_HEADS, PAPER_MLP_RATIO, PaperSideNetwork
 from adapt.methods.hst.taps import FeatureMapTap, OneWayViTTap, PromptedViTTap
+from adapt.methods.lean import keep_frozen_layers_lean
 from adapt.methods.norms import freeze_norm_statistics
 
 VARIANTS = ("paper", "light")
@@ -132,6 +133,7 @@ class HST(Method):
         num_classes = model.num_classes
         model.requires_grad_(False)
         freeze_norm_statistics(model)
+        keep_frozen_layers_lean(model)
         model.reset_classifier(0)
         return HSTModel(model, self.config, num_classes)
 

@@ -91,6 +91,8 @@ class _DeltaConv(torch.autograd.Function):
     """conv2d(x, W + D) for a frozen kernel W and a sparse D, as one convolution; backward gives the
     input gradient as the frozen layer's would and the gradient of D's values alone.
 
+    An uneven ("SAME" at stride 2) padding is applied inside, in forward and again in backward, so
+    that the node keeps the unpadded input, which the layer before keeps anyway, not a padded copy.
     The kernel W + D is formed in the forward pass: a conv kernel is small (at most a few hundred
     thousand entries, well under one activation map), and one convolution with it costs what the
     frozen layer costs. The values' gradient is the weight gradient at the selected entries: for a
@@ -101,28 +103,32 @@ class _DeltaConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, values, weight, indices, geometry):
+    def forward(ctx, x, values, weight, indices, geometry, pads):
         stride, padding, dilation, groups = geometry
         kernel = weight.flatten().index_add(0, indices, values.to(weight.dtype)).view_as(weight)
-        ctx.save_for_backward(x, kernel, indices)
-        ctx.geometry, ctx.values_dtype = geometry, values.dtype
-        return F.conv2d(x, kernel, None, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, kernel, indices)  # unpadded: the previous layer's output, which it keeps too
+        ctx.geometry, ctx.pads, ctx.values_dtype = geometry, pads, values.dtype
+        return F.conv2d(F.pad(x, pads) if pads else x, kernel, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
         x, kernel, indices = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
+        padded = F.pad(x, ctx.pads) if ctx.pads else x  # again, for the backward only
         depthwise = groups > 1 and groups == x.shape[1]
         grad_x = grad_kernel = None
         if ctx.needs_input_grad[0] or not depthwise:
             mask = (ctx.needs_input_grad[0], not depthwise, False)
             grad_x, grad_kernel, _ = torch.ops.aten.convolution_backward(
-                grad, x, kernel, None, stride, padding, dilation, False, (0, 0), groups, mask)  # fmt: skip
+                grad, padded, kernel, None, stride, padding, dilation, False, (0, 0), groups, mask)  # fmt: skip
+        if grad_x is not None and ctx.pads:
+            left, _, top, _ = ctx.pads
+            grad_x = grad_x[..., top : top + x.shape[-2], left : left + x.shape[-1]]
         if depthwise:
-            grad_values = _depthwise_kernel_grad(x, grad, kernel.shape, indices, ctx.geometry)
+            grad_values = _depthwise_kernel_grad(padded, grad, kernel.shape, indices, ctx.geometry)
         else:
             grad_values = grad_kernel.flatten()[indices]
-        return grad_x, grad_values.to(ctx.values_dtype), None, None, None
+        return grad_x, grad_values.to(ctx.values_dtype), None, None, None, None
 
 
 def _depthwise_kernel_grad(x, grad, shape, indices, geometry) -> torch.Tensor:
@@ -165,8 +171,9 @@ class SparseDeltaConv2d:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         left, right, top, bottom = conv_padding(self, x.shape[-2], x.shape[-1])
+        pads = None
         if (left, top) != (right, bottom):  # uneven ("SAME" at stride 2): pad first, as the layer does
-            x, left, top = F.pad(x, (left, right, top, bottom)), 0, 0
+            pads, left, top = (left, right, top, bottom), 0, 0
         geometry = (self.stride, (top, left), self.dilation, self.groups)
-        out = _DeltaConv.apply(x, self.sparse.values, self.weight, self.sparse.indices, geometry)
+        out = _DeltaConv.apply(x, self.sparse.values, self.weight, self.sparse.indices, geometry, pads)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
