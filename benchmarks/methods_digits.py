@@ -1,16 +1,19 @@
-"""full vs linear vs bitfit vs ssf on the embedded default (Lite0, digits at 96 px), 3 seeds.
+"""Every method on the embedded default (Lite0, digits at 96 px): accuracy, step time, peak memory.
 
-Accuracy is the test accuracy after the default `adapt tune` recipe. Step time is the mean
-wall time of a training step (data loading included) and is reported as a ratio to full
-fine-tuning measured in the same run. Peak memory is the peak of tensor bytes that a few
-training steps keep alive beyond the model and data (activations saved for backward,
-gradients, optimizer state), counted op by op with adapt.merge.reparam.AllocationTracker,
-again as a ratio to full fine-tuning.
+Accuracy is the test accuracy after the default `adapt tune` recipe, 3 seeds. Step time and peak
+training memory are measured in one run with the methods taking turns (benchmarks/measure.py:
+median of a few AdamW steps on one batch of 32; the peak of tensor bytes the steps keep alive
+beyond the model and data, counted op by op), as ratios to full fine-tuning. Beside each, the
+same method as it ran before the lean frozen layers (adapt.methods.lean stripped; SSF keeps its
+norms' lean node, which it had before), in the same turns: "step time vs before".
+
+SPT runs at LoRA's default backbone count (rank 8: 182,272 entries; it has no default budget),
+HST in its paper variant.
 
 A second table measures cost only, on a random-weight ViT-B/16 (batch 8 at 224 px): step time
 and peak training memory of SSF and BitFit vs full fine-tuning, median of a few AdamW steps.
 
-    python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2] [--vit-steps 4]
+    python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2] [--steps 9] [--vit-steps 4]
 
 Writes benchmarks/results/methods_digits.json and methods_digits.md.
 """
@@ -18,31 +21,48 @@ Writes benchmarks/results/methods_digits.json and methods_digits.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 
 import adapt  # noqa: F401  (first: torchvision compat)
 import torch
 
 from adapt.adapted import AdaptedModel
+from adapt.methods.lean import LeanBatchNorm, without_lean_layers
+from adapt.methods.mixins import with_mixin
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, prepare, tune
-from measure import mean_std, mean_step_seconds, training_cost
+from measure import interleaved_training_cost, mean_std, training_cost
 from report import percent_mean_std, write_report
 
-METHODS = ["full", "linear", "bitfit", "ssf"]
-MEMORY_STEPS = 10
+SPT_BUDGET = 182_272  # LoRA rank 8's trainable backbone count on Lite0
+METHODS = {"full": {}, "linear": {}, "bitfit": {}, "ssf": {}, "lora": {}, "spt": {"budget": SPT_BUDGET},
+           "hst": {"variant": "paper"}}  # fmt: skip
 VIT = "vit_base_patch16_224"
 VIT_METHODS = ["full", "bitfit", "ssf"]
 
 
-def peak_training_memory(method: str) -> int:
-    """Peak bytes of tensors alive during MEMORY_STEPS training steps beyond those that existed
-    before (activations, gradients, optimizer state), counted op by op."""
+def as_before(adapted: AdaptedModel) -> AdaptedModel:
+    """The method as it ran before the lean frozen layers: plain frozen convs and BatchNorms, except
+    SSF's norms, which had the lean node already."""
+    without_lean_layers(adapted.model)
+    if adapted.method.name == "ssf":
+        for module in adapted.model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d) and hasattr(module, "ssf"):
+                with_mixin(module, LeanBatchNorm)
+    return adapted
+
+
+def costs(steps: int) -> dict[str, tuple[float, int, float, int]]:
+    """(step seconds, peak bytes, step seconds before, peak bytes before) per method, all taking turns."""
     config = TrainConfig()
-    adapted, data = prepare(TuneJob(method=method), "digits", config)
+    models, before = {}, {}
+    for method, options in METHODS.items():
+        models[method], data = prepare(TuneJob(method=method, options=options), "digits", config)
+        before[method] = as_before(prepare(TuneJob(method=method, options=options), "digits", config)[0])
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=config.batch_size)))
-    return training_cost(adapted, images, labels, MEMORY_STEPS)[1]
+    measured = interleaved_training_cost({**models, **{f"{m} (before)": a for m, a in before.items()}}, images, labels,
+                                         steps)  # fmt: skip
+    return {m: (*measured[m], *measured[f"{m} (before)"]) for m in METHODS}
 
 
 def vit_cost(steps: int) -> list[dict]:
@@ -65,56 +85,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=9, help="timed training steps per method (cost)")
     parser.add_argument("--vit-steps", type=int, default=4)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    measured = {}
+    cost = costs(args.steps)
+    print(cost, flush=True)
+    accuracy = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for method in METHODS:
-            accs, step_times = [], []
+        for method, options in METHODS.items():
+            accs = []
             for seed in seeds:
-                result = tune(TuneJob(method=method), TrainConfig(epochs=args.epochs, seed=seed), f"{scratch}/{method}{seed}")
-                step_times.append(mean_step_seconds(result))
+                job = TuneJob(method=method, options=options)
+                result = tune(job, TrainConfig(epochs=args.epochs, seed=seed), f"{scratch}/{method}{seed}")
                 accs.append(result.test_acc)
                 print(f"{method} seed {seed}: test acc {result.test_acc:.4f}", flush=True)
-            measured[method] = {
-                "acc": mean_std(accs),
-                "step_time": statistics.mean(step_times),
-                "peak_mem": peak_training_memory(method),
-                "trainable": result.trainable_params,
-                "total": result.total_params,
-            }
+            accuracy[method] = (mean_std(accs), result.trainable_params, result.total_params)
 
-    full = measured["full"]
-    rows = [
-        {
-            "method": method,
-            "trainable_params": m["trainable"],
-            "trainable_pct": 100 * m["trainable"] / m["total"],
-            "acc_mean": m["acc"][0],
-            "acc_std": m["acc"][1],
-            "seeds": seeds,
-            "step_time_ratio_vs_full": m["step_time"] / full["step_time"],
-            "peak_mem_ratio_vs_full": m["peak_mem"] / full["peak_mem"],
-        }
-        for method, m in measured.items()
-    ]
+    full_step, full_peak = cost["full"][:2]
+    rows = []
+    for method in METHODS:
+        (acc, std), trainable, total = accuracy[method]
+        step, peak, step_before, peak_before = cost[method]
+        rows.append({"method": method, "options": METHODS[method], "trainable_params": trainable,
+                     "trainable_pct": 100 * trainable / total, "acc_mean": acc, "acc_std": std, "seeds": seeds,
+                     "step_time_ratio_vs_full": step / full_step, "peak_mem_ratio_vs_full": peak / full_peak,
+                     "peak_mem_ratio_vs_lora": peak / cost["lora"][1], "step_time_ratio_vs_before": step / step_before,
+                     "peak_mem_ratio_vs_before": peak / peak_before, "step_seconds": step, "peak_bytes": peak})  # fmt: skip
     vit = vit_cost(args.vit_steps)
     setup = {"backbone": "tf_efficientnet_lite0 (embedded ImageNet weights)", "data": "digits, 96 px",
              "epochs": args.epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU",
-             "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of {args.vit_steps} AdamW steps",
-             "vit_rows": vit}  # fmt: skip
+             "cost": f"batch 32 at 96 px, median of {args.steps} AdamW steps, methods taking turns",
+             "spt_budget": SPT_BUDGET, "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of "
+             f"{args.vit_steps} AdamW steps", "vit_rows": vit}  # fmt: skip
     vit_table = ["| method on ViT-B/16 (cost only) | trainable params | step time vs full | peak train memory vs full |",
                  "|---|---:|---:|---:|"] + [
         f"| {r['method']} | {r['trainable_params']:,} | {r['step_time_ratio_vs_full']:.2f} | {r['peak_mem_ratio_vs_full']:.2f} |"
         for r in vit]  # fmt: skip
     write_report("methods_digits", f"Methods on the embedded default ({args.epochs} epochs, seeds {seeds})", setup, rows, [
-        ("method", lambda r: r["method"]),
+        ("method", lambda r: r["method"] + (" (budget 182,272)" if r["method"] == "spt" else "")),
         ("trainable params", lambda r: f"{r['trainable_params']:,}"),
         ("trainable %", lambda r: f"{r['trainable_pct']:.2f}%"),
         ("test acc (mean ± std)", percent_mean_std("acc_mean", "acc_std")),
         ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
         ("peak train memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
+        ("peak memory vs LoRA", lambda r: f"{r['peak_mem_ratio_vs_lora']:.2f}"),
+        ("step time vs before", lambda r: f"{r['step_time_ratio_vs_before']:.2f}"),
+        ("peak memory vs before", lambda r: f"{r['peak_mem_ratio_vs_before']:.2f}"),
     ], footer="\n".join(vit_table))  # fmt: skip
 
 

@@ -29,8 +29,8 @@ from adapt.backbones import create_backbone, is_head_key
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint
 from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe
-from adapt.merge.soup import (GreedyStep, SoupSummary, greedy_soup, guarded_output, held_out_accuracy,
-                              open_ingredients, stream_soup)  # fmt: skip
+from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
+                              held_out_accuracy, open_ingredients, stream_soup)  # fmt: skip
 from adapt.outputs import check_output_file
 from adapt.merge.tensors import TensorFile
 from adapt.methods import METHODS
@@ -182,7 +182,8 @@ def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe,
                              "svd_relative_error": overall, "svd_relative_error_per_layer": errors}  # fmt: skip
     save_checkpoint(out, tensors, meta)
     written = sum(t.numel() * t.element_size() for t in tensors.values())
-    return SoupSummary([str(p) for p in paths], recipe.name, len(tensors), written, time.perf_counter() - start, 0,
+    return SoupSummary([str(p) for p in paths], recipe.name, len(tensors), written, time.perf_counter() - start,
+                       anonymous_bytes(),
                        [str(out)], kind="LoRA adapters (re-compressed)", svd_errors={**errors, "overall": overall})  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Merge recipes: small interchangeable classes in a registry, each with its options as dataclass fields.
 
 A recipe combines one key's tensors across ingredients, loading them one at a time
-through `load(i)` (fp32) and accumulating, so memory holds a few tensors of one key no
+through `load(i)` (fp32; possibly a view of its file, so never changed in place) and accumulating, so memory holds a few tensors of one key no
 matter how many ingredients there are. Recipes that need facts about whole task vectors
 (TIES's global trim threshold and majority sign) gather them first in `prepare`, which
 streams over the ingredients key by key too.
@@ -65,10 +65,10 @@ class Uniform(Recipe):
     name: ClassVar[str] = "uniform"
 
     def merge(self, key, load, count, base):
-        total = load(0).clone()
+        total = load(0).clone()  # load(i) may be a view of its file: sums go into a tensor of our own
         for i in range(1, count):
             total += load(i)
-        return total / count
+        return total.div_(count)
 
 
 @dataclasses.dataclass
@@ -93,7 +93,7 @@ class Weighted(Recipe):
         total = load(0) * self.coeffs[0]
         for i in range(1, count):
             total.add_(load(i), alpha=self.coeffs[i])
-        return total / sum(self.coeffs)
+        return total.div_(sum(self.coeffs))
 
 
 @dataclasses.dataclass

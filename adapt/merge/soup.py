@@ -53,7 +53,7 @@ class SoupSummary:
     tensors: int
     bytes_written: int
     seconds: float
-    peak_rss_bytes: int
+    peak_anon_bytes: int  # the largest anonymous memory seen as each tensor was written (anonymous_bytes)
     outputs: list[str]
     greedy_steps: list[GreedyStep] = field(default_factory=list)
     scale_table: list[tuple[float, float]] = field(default_factory=list)  # (scale, held-out accuracy) with scale=auto
@@ -142,8 +142,14 @@ def finite_output(
     return out
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def anonymous_bytes() -> int:
+    """The process's own (anonymous) memory now: what a soup holds, without the inputs' mapped pages, which
+    belong to the page cache (Linux; elsewhere the peak resident size)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return int(next(line for line in status if line.startswith("RssAnon:")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 Evaluator = Callable[[dict[str, torch.Tensor]], float]
@@ -205,16 +211,17 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
     else:
         recipe.prepare(len(files), _task_vectors(files, base_file, floats))
     metadata = _output_metadata(first, recipe.name, paths, scale)
-    written = 0
+    written, peak = 0, anonymous_bytes()
     with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
             tensor = finite_output(key, produce(key), out_dtype, culprit)
+            peak = max(peak, anonymous_bytes())  # with the key's merge alive
             writer.write(key, tensor)
             written += tensor.numel() * tensor.element_size()
             if on_tensor is not None:
                 on_tensor(key)
     return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
-                       _peak_rss(), [str(p) for p in writer.shard_paths()], scale_table=table,
+                       peak, [str(p) for p in writer.shard_paths()], scale_table=table,
                        scale=scale if isinstance(scale, float) else None)  # fmt: skip
 
 
@@ -276,7 +283,7 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
     for file in files:  # one ingredient in memory at a time
         own.append(accuracy(load(file)))
     ranked = sorted(range(len(files)), key=lambda i: -own[i])
-    total = load(files[ranked[0]])  # the running sum
+    total = {k: v.clone() for k, v in load(files[ranked[0]]).items()}  # the running sum (not a view of the file)
     count, best = 1, own[ranked[0]]
     steps = [GreedyStep(str(paths[ranked[0]]), own[ranked[0]], best, True)]
     if on_step is not None:
@@ -304,7 +311,7 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
         for key, _, out_dtype in order:
             writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
     summary = SoupSummary([str(p) for p in paths], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
-                          time.perf_counter() - start, _peak_rss(), [str(p) for p in writer.shard_paths()], steps)  # fmt: skip
+                          time.perf_counter() - start, anonymous_bytes(), [str(p) for p in writer.shard_paths()], steps)  # fmt: skip
     write_json_atomic(Path(out).with_suffix(".greedy.json"), asdict(summary))
     return summary
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterable
@@ -36,13 +37,17 @@ class TensorFile:
     """One input file: its header now, its tensors one by one.
 
     A safetensors file is validated once by the safetensors library (a corrupt or lying
-    header is refused), then each tensor is read with positioned reads (`os.preadv`) into
-    its own buffer: no mapping whose pages pile up, one tensor in memory at a time, and
-    the file stays open for the whole merge instead of being reopened per tensor."""
+    header is refused), then mapped once (a private, copy-on-write mapping) and each tensor
+    is a view of its bytes: reading costs no copy and no anonymous memory (the pages are
+    the page cache's, which the kernel can reclaim), so a soup holds in its own memory only
+    what it computes. A view must not be changed in place (that would copy its pages into
+    anonymous memory and change what later reads see): recipes compute new tensors from it.
+    A tensor whose offset does not fit its dtype's alignment is read with positioned reads."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         if not self.path.is_file():
             raise AdaptError(f"file not found: {self.path}")
         self._state: dict[str, torch.Tensor] | None = None
@@ -78,16 +83,21 @@ class TensorFile:
                          f"(they take {', '.join(sorted(set(SAFETENSORS_DTYPES.values())))})")  # fmt: skip
 
     def get(self, key: str) -> torch.Tensor:
-        """The tensor, read now (finiteness is checked on what a merge produces, not here)."""
+        """The tensor (a view of the file's mapping: never change it in place; finiteness is checked on
+        what a merge produces, not here)."""
         if self._state is not None:
             return self._state[key]
         entry = self._header[key]
         start, end = entry["data_offsets"]
         shape, dtype = tuple(entry["shape"]), self.dtype(key)
+        offset = self._header_bytes + start
+        if end > start and offset % dtype.itemsize == 0:
+            raw = torch.frombuffer(self._mapping(), dtype=torch.uint8, count=end - start, offset=offset)
+            return raw.view(dtype).reshape(shape)
         raw = torch.empty(end - start, dtype=torch.uint8)  # not zero-filled: the read fills it
         if end == start:
             return raw.view(dtype).reshape(shape)
-        view, offset, done = memoryview(raw.numpy()), self._header_bytes + start, 0
+        view, done = memoryview(raw.numpy()), 0
         while done < len(view):
             read = os.preadv(self._file(), [view[done:]], offset + done)
             if read == 0:
@@ -100,11 +110,31 @@ class TensorFile:
             self._fd = os.open(self.path, os.O_RDONLY)
         return self._fd
 
+    def _mapping(self) -> mmap.mmap:
+        """The whole file, mapped once: private and writable (torch takes only writable buffers without a
+        warning), its pages populated in one call, and nothing is ever written to it."""
+        if self._map is None:
+            if os.fstat(self._file()).st_size < self._header_bytes + self._data_bytes:
+                raise AdaptError(f"{self.path} is shorter than its header says (truncated while being read?)")
+            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(self._file(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return self._map
+
     @property
     def _header_bytes(self) -> int:
         return self._header["__size__"]
 
+    @property
+    def _data_bytes(self) -> int:
+        return max((entry["data_offsets"][1] for k, entry in self._header.items() if k != "__size__"), default=0)
+
     def close(self) -> None:
+        if getattr(self, "_map", None) is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a tensor still views it: the mapping goes with the last view
+                pass
+            self._map = None
         if getattr(self, "_fd", None) is not None:  # also when __init__ failed before opening anything
             os.close(self._fd)
             self._fd = None
