@@ -2,7 +2,7 @@
 
 Part 1, in one run on N = 2, 4, 8 checkpoints of ViT-B/16's size (random weights, fp32,
 ~344 MB each), each approach in its own child process, timed after its imports:
-- adapt: `stream_soup` (positioned reads, one tensor of every file at a time);
+- adapt: `stream_soup` (one read-only mapping per file, one tensor of every file at a time);
 - reference: load each whole file, keep a running sum (the model-soups code);
 - naive: load every file, then average.
 Beside each: the time to read every file once (same run, page cache warm), and the peak

@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import struct
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,12 +38,12 @@ class TensorFile:
     """One input file: its header now, its tensors one by one.
 
     A safetensors file is validated once by the safetensors library (a corrupt or lying
-    header is refused), then mapped once (a private, copy-on-write mapping) and each tensor
-    is a view of its bytes: reading costs no copy and no anonymous memory (the pages are
-    the page cache's, which the kernel can reclaim), so a soup holds in its own memory only
-    what it computes. A view must not be changed in place (that would copy its pages into
-    anonymous memory and change what later reads see): recipes compute new tensors from it.
-    A tensor whose offset does not fit its dtype's alignment is read with positioned reads."""
+    header is refused), then mapped once, read-only, and each tensor is a view of its bytes:
+    reading costs no copy and no anonymous memory (the pages are the page cache's, which the
+    kernel can reclaim), so a soup holds in its own memory only what it computes. A view
+    cannot be changed in place (the mapping is read-only: recipes compute new tensors from
+    it). A tensor whose offset does not fit its dtype's alignment is read with positioned
+    reads into a buffer of its own."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -92,7 +93,9 @@ class TensorFile:
         shape, dtype = tuple(entry["shape"]), self.dtype(key)
         offset = self._header_bytes + start
         if end > start and offset % dtype.itemsize == 0:
-            raw = torch.frombuffer(self._mapping(), dtype=torch.uint8, count=end - start, offset=offset)
+            with warnings.catch_warnings():  # torch warns that the buffer is read-only: it is, by design
+                warnings.simplefilter("ignore", UserWarning)
+                raw = torch.frombuffer(self._mapping(), dtype=torch.uint8, count=end - start, offset=offset)
             return raw.view(dtype).reshape(shape)
         raw = torch.empty(end - start, dtype=torch.uint8)  # not zero-filled: the read fills it
         if end == start:
@@ -111,13 +114,13 @@ class TensorFile:
         return self._fd
 
     def _mapping(self) -> mmap.mmap:
-        """The whole file, mapped once: private and writable (torch takes only writable buffers without a
-        warning), its pages populated in one call, and nothing is ever written to it."""
+        """The whole file, mapped once, read-only (a writable private mapping would copy every page it
+        populates into anonymous memory), its page table filled in one call."""
         if self._map is None:
             if os.fstat(self._file()).st_size < self._header_bytes + self._data_bytes:
                 raise AdaptError(f"{self.path} is shorter than its header says (truncated while being read?)")
-            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(self._file(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(self._file(), 0, flags=flags, prot=mmap.PROT_READ)
         return self._map
 
     @property
