@@ -29,6 +29,20 @@ def perturb_trainable(model: torch.nn.Module, scale: float) -> None:
                 p.add_(scale * torch.randn_like(p))
 
 
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward in a forward pass, parameters and buffers excluded."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    return sum(size for pointer, size in storages.items() if pointer not in own)
+
+
 def _write_images(folder: Path, indices: list[int]) -> list[tuple[str, int]]:
     targets = load_digits().target
     folder.mkdir(parents=True, exist_ok=True)

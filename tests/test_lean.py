@@ -1,4 +1,5 @@
-"""Lean and fast: the shipped `adapt methods` table, the module layering, hub folders written once."""
+"""Lean and fast: frozen layers that keep nothing they do not need, the shipped `adapt methods` table,
+the module layering, hub folders written once."""
 
 from __future__ import annotations
 
@@ -8,15 +9,26 @@ import subprocess
 import sys
 
 import pytest
+import safetensors.torch
+import timm
+import torch
 from click.testing import CliRunner
+from conftest import saved_bytes
 
+import adapt.hub
+from adapt.adapted import AdaptedModel
+from adapt.backbones import create_backbone
 from adapt.cli import cli
+from adapt.data import load_data
+from adapt.hub import save_hub_folder
+from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
+from adapt.methods import METHODS, create_method, method_rows
+from adapt.methods.lean import without_lean_layers
+from adapt.methods.rows_cache import SHIPPED, SHIPPED_FOR
+from adapt.train_config import TrainConfig
 
 
 def test_the_shipped_methods_table_is_what_the_methods_count():
-    from adapt.methods import METHODS, method_rows
-    from adapt.methods.rows_cache import SHIPPED, SHIPPED_FOR
-
     shipped = json.loads(SHIPPED.read_text())
     fresh = [dataclasses.asdict(row) for row in method_rows(list(METHODS), **SHIPPED_FOR)]
     assert shipped == fresh, (
@@ -50,12 +62,6 @@ def test_evaluation_does_not_import_the_training_loop():
 
 
 def test_a_hub_folder_writes_its_weights_once(tmp_path, monkeypatch):
-    import safetensors.torch
-
-    import adapt.hub
-    from adapt.backbones import create_backbone
-    from adapt.hub import save_hub_folder
-
     writes = []
     original = adapt.hub.save_tensors_atomic
 
@@ -73,8 +79,6 @@ def test_a_hub_folder_writes_its_weights_once(tmp_path, monkeypatch):
 
 
 def _loss_and_grads(model, x, labels):
-    import torch
-
     model.zero_grad()
     torch.manual_seed(1)  # the same dropout masks (SPT's structured dropout) in both passes
     x = x.clone().requires_grad_(True)  # the input's gradient too: the first norm's grad_x path
@@ -88,14 +92,9 @@ def _loss_and_grads(model, x, labels):
                                                    ("spt", {"budget": "2%"})])  # fmt: skip
 def test_lean_frozen_layers_equal_the_plain_layers(method_name, options):
     """Forward and every gradient equal the layers' own forward (eval-mode BatchNorm + in-place ReLU6)."""
-    import torch
-
-    from adapt.adapted import AdaptedModel
-    from adapt.methods.lean import without_lean_layers
-    from adapt.data import load_data
 
     data = load_data("digits", 32, (0.5,) * 3, (0.5,) * 3, limit=64)
-    setup = (data, __import__("adapt.train_config", fromlist=["TrainConfig"]).TrainConfig(batch_size=16))
+    setup = (data, TrainConfig(batch_size=16))
     adapted = AdaptedModel.create(method_name, data.class_names, 32, "tf_efficientnet_lite0", options=options, setup=setup)
     model = adapted.model.train()
     with torch.no_grad():  # as if trained: trained affines far from their start, so a wrong gradient shows
@@ -115,10 +114,6 @@ def test_lean_frozen_layers_equal_the_plain_layers(method_name, options):
 
 
 def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input():
-    import torch
-
-    from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
-
     norm = torch.nn.BatchNorm2d(6).eval()
     with torch.no_grad():
         norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2), norm.bias.normal_()
@@ -135,47 +130,21 @@ def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input():
     torch.testing.assert_close(grads[1], norm.bias.grad, rtol=1e-5, atol=1e-6)
 
 
-def _saved_bytes(model, x) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward, parameters and buffers excluded."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    import torch
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(x)
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    return sum(size for pointer, size in storages.items() if pointer not in own)
-
-
 @pytest.mark.parametrize("method_name", ["bitfit", "lora"])  # linear: nothing below the head keeps anything
 def test_lean_frozen_layers_keep_far_less_for_backward(method_name):
     """Frozen BatchNorm + ReLU6 keep only their output, frozen convs nothing: well under the plain layers'."""
-    import torch
-
-    from adapt.backbones import create_backbone
-    from adapt.methods import create_method
-    from adapt.methods.lean import without_lean_layers
 
     model, _ = create_backbone(num_classes=5)
     create_method(method_name).apply(model)
     model.train()
     x = torch.randn(4, 3, 64, 64)
-    lean = _saved_bytes(model, x)
+    lean = saved_bytes(model, x)
     without_lean_layers(model)
-    plain = _saved_bytes(model, x)
+    plain = saved_bytes(model, x)
     assert lean <= 0.6 * plain, (lean, plain)
 
 
 def test_merged_files_stay_plain_timm_state_dicts():
-    import timm
-
-    from adapt.backbones import create_backbone
-    from adapt.methods import create_method
-
     for name in ("bitfit", "lora", "linear"):
         model, _ = create_backbone(num_classes=4)
         method = create_method(name)

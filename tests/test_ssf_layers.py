@@ -13,6 +13,7 @@ from adapt.methods.mixins import without_mixin
 from adapt.methods.norms import FrozenStatistics
 from adapt.methods.ssf import has_fused_activation
 from adapt.methods.ssf_layers import ScaledAffine, ScaleShiftLinear
+from conftest import saved_bytes
 
 TOLERANCE = 1e-5
 JOINS = (ScaledAffine, ScaleShiftLinear)
@@ -108,17 +109,7 @@ def _saved_activation_bytes(method_name: str, backbone: str, x: torch.Tensor) ->
     """Bytes of the distinct tensors autograd keeps for backward, parameters and buffers excluded."""
     model, _ = create_backbone(backbone, None if backbone == "tf_efficientnet_lite0" else RANDOM_WEIGHTS, num_classes=5)
     create_method(method_name).apply(model)
-    model.train()
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(x)
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    return sum(size for pointer, size in storages.items() if pointer not in own)
+    return saved_bytes(model.train(), x)
 
 
 @pytest.mark.parametrize("backbone,size,share,of_full", [("tf_efficientnet_lite0", 64, 1.15, 0.4),
