@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adapt.kernels import add_low_rank_
+from adapt.methods.mixins import plain_class
 
 KINDS = ("lora", "adapter")
 UNDROPPED = ("attn.proj",)  # layers whose structured modules see their input undropped (the official ViT)
@@ -60,8 +61,8 @@ class StructuredDelta(nn.Module):
             self.down = nn.Linear(layer.in_features, rank, bias=adapter)
             self.up = nn.Linear(rank, outputs, bias=adapter)
         elif isinstance(layer, nn.Conv2d) and layer.groups == 1:  # down sees the input as the layer does
-            self.down = type(layer)(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
-                                    layer.dilation, bias=adapter)  # fmt: skip
+            self.down = plain_class(layer)(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
+                                           layer.dilation, bias=adapter)  # fmt: skip
             self.up = nn.Conv2d(rank, outputs, 1, bias=adapter)
         else:
             raise TypeError(f"no structured module for {type(layer).__name__}")
