@@ -7,7 +7,7 @@ Part 1, in one run on N = 2, 4, 8 checkpoints of ViT-B/16's size (random weights
 - naive: load every file, then average.
 Beside each: the time to read every file once (same run, page cache warm), and the peak
 anonymous and total resident memory over the child's baseline, sampled from /proc. The
-approaches take turns, 3 times, each after a sync; times are medians.
+approaches take turns, 5 times, each after a sync; times are medians.
 
 Part 2, on digits (embedded Lite0, 96 px): 3 SSF and 3 LoRA fine-tunings (seed 0, three
 learning rates, so that they share the head's initialisation as the soups paper's runs
@@ -85,7 +85,7 @@ peak[0], peak[1] = max(peak[0], anon), max(peak[1], rss)
 print(json.dumps({"seconds": seconds, "peak_anon": peak[0] - base_anon, "peak_rss": peak[1] - base_rss}))
 """
 APPROACHES = ("adapt", "reference", "naive")
-REPEATS = 3  # medians of time, maxima of memory
+REPEATS = 5  # medians of time, maxima of memory
 
 
 def make_checkpoints(folder: Path, count: int) -> list[Path]:
@@ -176,7 +176,7 @@ def main() -> None:
          ("peak anon / ckpt", lambda r: f"{r['peak_anon_bytes_over_baseline'] / r['ckpt_bytes']:.2f}"),
          ("peak RSS / ckpt", lambda r: f"{r['peak_rss_bytes_over_baseline'] / r['ckpt_bytes']:.2f}"),
          ("peak anon GiB", lambda r: f"{r['peak_anon_bytes_over_baseline'] / gib:.2f}")],  # fmt: skip
-        footer="One checkpoint = 346 MB. Each approach runs in its own process, 3 times in turn with the others, after "
+        footer="One checkpoint = 346 MB. Each approach runs in its own process, 5 times in turn with the others, after "
                "a sync; seconds are medians (writing the new output included; reading does not write), memory the "
                "largest peak, sampled every 2 ms from /proc/self/status after the imports.",
     )  # fmt: skip
