@@ -12,11 +12,11 @@ from typing import Any
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
-from adapt.train_config import CONFIG_FILE
 from adapt.data import DataSplits, image_size_for, load_data
-from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.devices import is_main_process
+from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
+from adapt.train_config import CONFIG_FILE
 from adapt.train_state import STATE_FILE
 
 
@@ -78,7 +78,6 @@ def tune(
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
         if main and not resume:  # written once the run can start, so a refusal leaves nothing
             write_run_config(out_dir, record if record is not None else job_record(job, config, out_dir))
-        if main and not resume:
             adapted.method.write_run_files(out_dir)
         if on_start is not None:
             on_start(adapted, data)

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+from adapt.config import bounded_image_size
 from adapt.data.digits import DIGIT_NAMES, digits_splits
 from adapt.data.folder import folder_splits
 from adapt.data.transforms import eval_transform, train_transform
 from adapt.data.vtab import find_vtab_tasks, vtab_splits
-from adapt.config import bounded_image_size
 from adapt.errors import AdaptError, term
 
 DEFAULT_DATA = "digits"
