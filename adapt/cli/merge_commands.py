@@ -210,8 +210,8 @@ def soup(ctx, **values) -> None:
         ("tensors", f"{summary.tensors:,}"),
         ("written", f"{summary.bytes_written / 2**20:.1f} MiB"),
         ("time", f"{summary.seconds:.2f} s"),
-        ("memory (own, anonymous, at the end)" if summary.greedy_steps or summary.svd_errors
-         else "peak memory (own, anonymous)", f"{summary.peak_anon_bytes / 2**20:.0f} MiB"),
+        ("process memory (anonymous, at the end)" if summary.greedy_steps or summary.svd_errors
+         else "process memory (anonymous, peak)", f"{summary.peak_anon_bytes / 2**20:.0f} MiB"),
         ("output", ", ".join(summary.outputs)),
     ]
     summary_table = Table(show_header=False, title="soup")
