@@ -221,7 +221,7 @@ def test_end_to_end_soups_merge_and_evaluate(ssf_runs, tmp_path):
     uniform = tmp_path / "uniform.safetensors"
     result = runner.invoke(cli, ["soup", *map(str, ssf_runs), "--out", str(uniform)])
     assert result.exit_code == 0, result.output
-    assert "ingredients" in result.output and "peak memory" in result.output
+    assert "ingredients" in result.output and "process memory (anonymous, peak)" in result.output
     config = tmp_path / "soup.yaml"
     config.write_text(f"ingredients: {json.dumps(list(map(str, ssf_runs)))}\nout: {tmp_path / 'greedy.safetensors'}\n"
                       "recipe: greedy\ndata: digits\nsplit: val\n")  # fmt: skip
