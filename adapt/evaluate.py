@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,14 @@ class NonFiniteOutput(AdaptError):
     """A model computed NaN/Inf: its weights are broken (a NaN soup, a negative BatchNorm variance)."""
 
 
-def broken_checkpoint(checkpoint: str | Path) -> AdaptError:
-    """The error for a checkpoint whose model computes NaN/Inf, naming it and where to look."""
-    return AdaptError(f"the model of {checkpoint} computes NaN/Inf outputs, so its weights are broken "
-                      f"(NaN values, or a negative BatchNorm running_var); inspect it with: adapt info {checkpoint}")
+@contextlib.contextmanager
+def naming_broken(checkpoint: str | Path) -> Iterator[None]:
+    """Turn NaN/Inf outputs met in the block into an error naming the checkpoint and where to look."""
+    try:
+        yield
+    except NonFiniteOutput:
+        raise AdaptError(f"the model of {checkpoint} computes NaN/Inf outputs, so its weights are broken (NaN values, "
+                         f"or a negative BatchNorm running_var); inspect it with: adapt info {checkpoint}") from None
 
 
 @torch.no_grad()
@@ -75,6 +81,13 @@ def predict_files(adapted: AdaptedModel, paths: list[Path], top_k: int = 5) -> l
         top = [(adapted.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
         results.append(Prediction(path, top))
     return results
+
+
+def predict_checkpoint(checkpoint: str | Path, paths: list[Path], top_k: int = 5, weights: str | None = None) -> list[Prediction]:
+    """predict_files with the model of any checkpoint adapt writes (`adapt predict`)."""
+    adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
+    with naming_broken(checkpoint):
+        return predict_files(adapted, paths, top_k)
 
 
 @dataclass
@@ -146,8 +159,6 @@ def evaluate_checkpoint(
         raise AdaptError(f"{spec} has no {split} split")
     known = adapted.class_names
     dataset = align_classes(dataset, splits.class_names, known, str(checkpoint))
-    try:
+    with naming_broken(checkpoint):
         acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
-    except NonFiniteOutput:
-        raise broken_checkpoint(checkpoint) from None
     return EvalResult(acc, len(dataset), splits.name, split, len(known), spec)

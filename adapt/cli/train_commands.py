@@ -187,15 +187,9 @@ def predict(checkpoint, images, top_k, weights) -> None:
     Example:
       adapt predict runs/tune/adapter.safetensors photo1.jpg photo2.png --top-k 3
     """
-    from adapt.adapted import AdaptedModel
-    from adapt.evaluate import NonFiniteOutput, broken_checkpoint, predict_files
+    from adapt.evaluate import predict_checkpoint
 
-    adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
-    try:
-        predictions = predict_files(adapted, list(images), top_k)
-    except NonFiniteOutput:
-        raise broken_checkpoint(checkpoint) from None
-    for prediction in predictions:
+    for prediction in predict_checkpoint(checkpoint, list(images), top_k, weights):
         ranked = "  ".join(f"{name} {p:.1%}" for name, p in prediction.top)
         console.print(f"{prediction.path}: {ranked}")
 

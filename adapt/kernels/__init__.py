@@ -1,6 +1,8 @@
-"""Low-level in-place folding ops (SSF scale/shift, LoRA low-rank update, BatchNorm fold into convs).
+"""Low-level in-place folding ops (SSF scale/shift, LoRA low-rank update, BatchNorm fold into convs),
+and the lean autograd nodes of frozen layers (frozen_batchnorm, frozen_conv).
 
-Methods import these to merge themselves; reparameterization and soups build on them.
+Methods import these to merge themselves and to train without keeping what backward does not
+need; reparameterization and soups build on them.
 Nothing here imports the rest of adapt.
 """
 

@@ -3,8 +3,8 @@
 torch's convolution keeps its input for backward even when its weight does not train, but the
 input's gradient needs only the weight: this node keeps the weight and the input's shape, and
 computes the input gradient as the transposed convolution of the output's gradient (what
-torch's convolution backward computes for it; on CPU as fast or faster, and equal in tests). timm's Conv2dSame pads first, as its forward does
-(the padding keeps nothing either).
+torch's convolution backward computes for it; on CPU as fast or faster, and equal in tests).
+timm's Conv2dSame pads first, as its forward does (the padding keeps nothing either).
 """
 
 from __future__ import annotations

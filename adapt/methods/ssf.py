@@ -29,10 +29,10 @@ from adapt.backbones import is_head_key
 from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.kernels import scale_shift_
-from adapt.methods.base import Method
-from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.kernels.frozen_batchnorm import lean_activation
+from adapt.methods.base import Method
 from adapt.methods.lean import LeanBatchNorm
+from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.methods.ssf_layers import CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift, ScaleShiftLinear
 
 
