@@ -459,6 +459,13 @@ CASES = [
       f"--out {W}/s.safetensors", "is a number or auto"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe ties --base {SOUP}/base.safetensors --scale auto "
       f"--out {W}/s.safetensors", "chooses on held-out data"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe ties --base {SOUP}/base.safetensors --scale-grid 1,x "
+      f"--data digits --out {W}/s.safetensors", "--scale-grid expects numbers"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe ties --base {SOUP}/base.safetensors --scale-grid 1,1 "
+      f"--data digits --out {W}/s.safetensors", "distinct numbers"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe ties --base {SOUP}/base.safetensors --scale-grid 1,2 "
+      f"--scale 0.5 --data digits --out {W}/s.safetensors", "drop the fixed scale"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --scale-grid 1,2 --out {W}/s.safetensors", "does not use --scale-grid"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --rank 4 --out {W}/s.safetensors", "are not lora"),
     C(f"soup {CKPT} {CKPT} --rank 4 --out {W}/s.safetensors", "are not lora"),
     C(f"soup {CKPT} {CKPT} --recipe ties --base {SOUP}/base.safetensors --out {W}/s.safetensors",

@@ -123,6 +123,15 @@ def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
             if name != "config" and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}  # fmt: skip
 
 
+def _averaged_words(keys: list[str]) -> str:
+    """'12 BatchNorm statistics, head.weight, head.bias': what a soup averaged instead of merging."""
+    statistics = [k for k in keys if k.endswith(("running_mean", "running_var"))]
+    others = [k for k in keys if k not in statistics]
+    words = [f"{len(statistics)} BatchNorm statistics"] if statistics else []
+    words += others[:3] + ([f"{len(others) - 3} more"] if len(others) > 3 else [])
+    return ", ".join(words)
+
+
 @cli.command()
 @click.argument("ingredients", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output .safetensors (required here or in --config).")
@@ -132,6 +141,9 @@ def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="The model the state dicts were fine-tuned from (task-arithmetic, ties, dare).")  # fmt: skip
 @click.option("--scale", default=None, help="Task-vector scale lambda (default 1), or 'auto': chosen on --data.")
+@click.option("--scale-grid", default=None,
+              help="The scales --scale auto tries, e.g. 0.5,1,1.5 (default: the recipe paper's grid: TIES 0.8..2.5, "
+                   "task arithmetic 0.1..1.0, DARE 0.1,0.3,0.5,0.7,0.9,1).")  # fmt: skip
 @click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=None, help="TIES: share kept (0.2).")
 @click.option("--trim", type=click.Choice(["global", "per-tensor"]), default=None,
               help="TIES: trim over the whole task vector (paper, default) or per tensor.")  # fmt: skip
@@ -207,6 +219,7 @@ def soup(ctx, **values) -> None:
     rows = [
         ("ingredients", f"{len(summary.ingredients)} {summary.kind}"),
         ("recipe", summary.recipe + (f", scale {summary.scale:g}" if summary.scale is not None else "")),
+        *([("averaged, not merged", _averaged_words(summary.averaged))] if summary.averaged else []),
         ("tensors", f"{summary.tensors:,}"),
         ("written", f"{summary.bytes_written / 2**20:.1f} MiB"),
         ("time", f"{summary.seconds:.2f} s"),

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from adapt.backbones import create_backbone, is_head_key
-from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint
+from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint, save_tensors_atomic
 from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe
 from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
@@ -111,9 +111,9 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
 
 
 def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:
-    """Each adapter folded into its backbone (a merged model file), and the base: the backbone, head zero."""
+    """Each adapter folded into its backbone (a merged model file), and the base: the backbone without a head."""
     from adapt.adapted import AdaptedModel
-    from adapt.merge.reparam import merge_adapted, save_merged
+    from adapt.merge.reparam import merge_adapted, merged_metadata, save_merged
 
     open_ingredients(paths, same_tensors=False)  # one method, backbone and class list; ranks, allocations may differ
     folded = []
@@ -124,11 +124,8 @@ def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[P
         save_merged(folded[-1], model, adapted, {"data": meta.training.get("data", ""), "merged_from": str(path)})
     base_model, _ = create_backbone(meta.backbone, meta.backbone_weights, len(meta.class_names), meta.image_size,
                                     int(meta.training.get("seed", 0)))  # fmt: skip
-    with torch.no_grad():
-        for key, tensor in base_model.state_dict().items():
-            if is_head_key(base_model, key):
-                tensor.zero_()
-    save_merged(scratch / "base.safetensors", base_model, adapted, {"data": meta.training.get("data", "")})
+    trunk = {k: v for k, v in base_model.state_dict().items() if not is_head_key(base_model, k)}
+    save_tensors_atomic(scratch / "base.safetensors", trunk, merged_metadata(adapted, {"data": meta.training.get("data", "")}))
     return folded, scratch / "base.safetensors"
 
 
@@ -153,8 +150,8 @@ def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe,
             return lambda i: files[i].get(key).float()
         return lambda i: delta(files[i], key)
 
-    def vectors():
-        for key in [*layers, *others]:
+    def vectors():  # the task vectors: the heads (others) are averaged
+        for key in layers:
             yield key, loader(key)
 
     recipe.prepare(len(files), vectors)
@@ -173,8 +170,7 @@ def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe,
         tensors[layer + LORA_A] = a_new.reshape(rank, *a_shape[1:]).contiguous()
         tensors[layer + LORA_B] = b_new.reshape(b_shape[0], rank, *b_shape[2:]).contiguous()
     for key in others:
-        zero = torch.zeros(first.shape(key))
-        tensors[key] = recipe.merge(key, loader(key), len(files), zero) if first.dtype(key).is_floating_point else first.get(key)
+        tensors[key] = recipe.average(key, loader(key), len(files)) if first.dtype(key).is_floating_point else first.get(key)
     overall = math.sqrt(residual / energy) if energy > 0 else 0.0
     meta.method_options = {**meta.method_options, "rank": rank, "alpha": float(rank)}
     meta.training = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}

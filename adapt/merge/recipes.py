@@ -19,13 +19,20 @@ Formulas (task vector tau_i = theta_i - base):
 - greedy (Wortsman et al. 2022): a uniform soup of the ingredients chosen on held-out data
   (run by adapt.merge.soup.greedy_soup; `accept` ge as in the paper, or gt)
 
-`scale` may be "auto": the soup then picks it from SCALE_GRID on held-out data.
+Tensors that are not task vectors are averaged, never scaled, trimmed, elected or dropped
+(`Recipe.average`): BatchNorm running statistics (a mean and a variance: a scaled or
+summed variance can go negative) and tensors the base lacks (a head trained for new
+classes). The average is uniform, or the soup's coefficients when they are convex.
+
+`scale` may be "auto": the soup then picks it on held-out data from `scale_grid`, by
+default the grid of the recipe's paper (`default_grid`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -38,8 +45,14 @@ from adapt.merge import RECIPES
 Loader = Callable[[int], torch.Tensor]
 # a key's loader for each key of the task vectors: (key, load(i) -> tau_i of that key)
 TaskVectors = Callable[[], Iterable[tuple[str, Loader]]]
-SCALE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0)
 HISTOGRAM_BINS = 4096
+# task arithmetic: prateeky2806/ties-merging README, `task-vector_linear+0.1+1.01+0.1`
+TASK_ARITHMETIC_GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))
+# TIES: prateeky2806/ties-merging README `$scale = linear+0.8+2.51+0.1` (np.arange, rounded to 1 decimal in
+# src/ties_merging.py)
+TIES_GRID = tuple(round(0.8 + 0.1 * i, 1) for i in range(18))
+# DARE: yule-BUAA/MergeLM merge_plms_glue.py, scaling_coefficient_range of the task arithmetic DARE runs on
+DARE_GRID = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 
 class Recipe:
@@ -48,6 +61,7 @@ class Recipe:
     name: ClassVar[str] = ""
     needs_base: ClassVar[bool] = False  # combines task vectors (theta_i - base)
     uses_data: ClassVar[bool] = False  # chooses on held-out data
+    default_grid: ClassVar[tuple[float, ...]] = ()  # the scales that scale="auto" tries, from the recipe's paper
 
     def prepare(self, count: int, task_vectors: TaskVectors) -> None:
         """Called once before merging, for recipes that need passes over the whole task vectors."""
@@ -55,9 +69,20 @@ class Recipe:
     def merge(self, key: str, load: Loader, count: int, base: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def average(self, key: str, load: Loader, count: int) -> torch.Tensor:
+        """A tensor that is not a task vector (BatchNorm statistics, a tensor the base lacks): the uniform mean."""
+        total = load(0).clone()  # load(i) may be a view of its file: sums go into a tensor of our own
+        for i in range(1, count):
+            total += load(i)
+        return total.div_(count)
+
     @property
     def auto_scale(self) -> bool:
         return getattr(self, "scale", None) == "auto"
+
+    def grid(self) -> tuple[float, ...]:
+        """The scales that `scale="auto"` tries: the user's, else the recipe paper's."""
+        return tuple(getattr(self, "scale_grid", None) or self.default_grid)
 
 
 @dataclasses.dataclass
@@ -65,10 +90,7 @@ class Uniform(Recipe):
     name: ClassVar[str] = "uniform"
 
     def merge(self, key, load, count, base):
-        total = load(0).clone()  # load(i) may be a view of its file: sums go into a tensor of our own
-        for i in range(1, count):
-            total += load(i)
-        return total.div_(count)
+        return self.average(key, load, count)
 
 
 @dataclasses.dataclass
@@ -95,12 +117,18 @@ class Weighted(Recipe):
             total.add_(load(i), alpha=self.coeffs[i])
         return total.div_(sum(self.coeffs))
 
+    def average(self, key, load, count):
+        """The coefficients when they are convex (all >= 0), else the uniform mean: never an extrapolated statistic."""
+        return self.merge(key, load, count, None) if min(self.coeffs) >= 0 else super().average(key, load, count)
+
 
 @dataclasses.dataclass
 class TaskArithmetic(Recipe):
     scale: float | str = option(1.0, low=-100, high=100)
+    scale_grid: list[float] | None = None  # the scales that scale="auto" tries (default: default_grid)
     name: ClassVar[str] = "task-arithmetic"
     needs_base: ClassVar[bool] = True
+    default_grid: ClassVar[tuple[float, ...]] = TASK_ARITHMETIC_GRID
 
     def task_vector(self, key: str, load: Loader, i: int, base: torch.Tensor) -> torch.Tensor:
         return load(i) - base
@@ -117,6 +145,7 @@ class Dare(TaskArithmetic):
     drop: float = option(0.5, low=0, high=1, high_open=True)
     seed: int = option(0, low=0, high=MAX_SEED)
     name: ClassVar[str] = "dare"
+    default_grid: ClassVar[tuple[float, ...]] = DARE_GRID
 
     def task_vector(self, key, load, i, base):
         digest = hashlib.sha256(f"{self.seed}|{key}|{i}".encode()).digest()
@@ -138,7 +167,10 @@ def trim_to_density(tau: torch.Tensor, density: float) -> torch.Tensor:
 def global_threshold(tensors: Callable[[], Iterable[torch.Tensor]], density: float) -> float:
     """The magnitude of the k-th largest entry over all tensors (k = density share), exactly,
     in three streaming passes (max; a histogram of magnitudes; the entries of the bin that
-    holds the k-th), so memory never holds more than one tensor and one bin."""
+    holds the k-th), so memory never holds more than one tensor and one bin.
+
+    Every pass puts an entry in its bin by the same computation (`_bins`), so an entry on a
+    bin edge is counted and gathered in one bin only, and ties are exact."""
     total = largest = 0
     for tensor in tensors():
         total += tensor.numel()
@@ -148,18 +180,19 @@ def global_threshold(tensors: Callable[[], Iterable[torch.Tensor]], density: flo
         return 0.0
     counts = torch.zeros(HISTOGRAM_BINS, dtype=torch.long)
     for tensor in tensors():
-        counts += torch.histc(tensor.abs().flatten().double(), HISTOGRAM_BINS, 0, largest).long()
+        counts += torch.bincount(_bins(tensor, largest), minlength=HISTOGRAM_BINS)
     above = counts.flip(0).cumsum(0).flip(0)  # entries in this bin or above
     index = int((above >= keep).nonzero().max())
     rank_in_bin = keep - (int(above[index + 1]) if index + 1 < HISTOGRAM_BINS else 0)  # k-th largest within the bin
-    low, high = index * largest / HISTOGRAM_BINS, (index + 1) * largest / HISTOGRAM_BINS
-    inside = []
-    for tensor in tensors():
-        magnitudes = tensor.abs().flatten().double()
-        upper = magnitudes <= high if index + 1 < HISTOGRAM_BINS else torch.ones_like(magnitudes, dtype=torch.bool)
-        inside.append(magnitudes[(magnitudes >= low) & upper])
+    inside = [tensor.abs().flatten()[_bins(tensor, largest) == index] for tensor in tensors()]
     values = torch.cat(inside).sort(descending=True).values
-    return float(values[min(rank_in_bin, len(values)) - 1])
+    return float(values[rank_in_bin - 1])
+
+
+def _bins(tensor: torch.Tensor, largest: float) -> torch.Tensor:
+    """The histogram bin of each entry's magnitude: floor(|x| / largest * bins), the largest in the last bin."""
+    scaled = tensor.abs().flatten().double() * (HISTOGRAM_BINS / largest)
+    return scaled.long().clamp_(max=HISTOGRAM_BINS - 1)
 
 
 @dataclasses.dataclass
@@ -167,8 +200,10 @@ class Ties(Recipe):
     density: float = option(0.2, low=0, low_open=True, high=1)
     scale: float | str = option(1.0, low=-100, high=100)
     trim: str = option("global", choices=("global", "per-tensor"))
+    scale_grid: list[float] | None = None  # the scales that scale="auto" tries (default: default_grid)
     name: ClassVar[str] = "ties"
     needs_base: ClassVar[bool] = True
+    default_grid: ClassVar[tuple[float, ...]] = TIES_GRID
 
     def __post_init__(self) -> None:
         self.thresholds: list[float] | None = None  # per ingredient, over its whole task vector (trim="global")
@@ -235,4 +270,20 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
             options["scale"] = float(options["scale"])
         except ValueError:
             raise AdaptError(f"{term('scale')} is a number or auto, got {options['scale']!r}") from None
+    if options.get("scale_grid") is not None:
+        options["scale_grid"] = parse_grid(options["scale_grid"])
+        if options.setdefault("scale", "auto") != "auto":
+            raise AdaptError(f"{term('scale_grid')} is the grid that {term('scale')} auto searches; drop the fixed scale")
     return build(RECIPES[name], options, f"recipe {name}")
+
+
+def parse_grid(value: Any) -> list[float]:
+    """'0.5,1,1.5' (or a YAML list) as a list of distinct finite scales."""
+    raw = value.split(",") if isinstance(value, str) else value
+    try:
+        grid = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise AdaptError(f"{term('scale_grid')} expects numbers separated by commas, got {value!r}") from None
+    if not grid or not all(math.isfinite(g) and abs(g) <= 100 for g in grid) or len(set(grid)) != len(grid):
+        raise AdaptError(f"{term('scale_grid')} expects distinct numbers within [-100, 100], got {value!r}")
+    return grid

@@ -6,7 +6,10 @@ adapt.merge.adapter_soup routes the other adapters (LoRA, SPT) through their fol
 weights first. Everything is validated before the output is opened. Then each key is
 combined by a recipe (adapt.merge.recipes) from tensors read one at a time in fp32 and
 written straight to the output, so memory does not grow with the number of ingredients.
-Non-float tensors (e.g. BatchNorm's num_batches_tracked) are taken from the first one.
+BatchNorm running statistics, and tensors that the base lacks (a head for new classes),
+are averaged whatever the recipe (`Recipe.average`), and a running variance below zero is
+never written. BatchNorm's num_batches_tracked takes the largest count; other non-float
+tensors are taken from the first ingredient.
 
 Greedy soups (Wortsman et al. 2022) rank the ingredients by held-out accuracy and add
 each next one if the soup's held-out accuracy does not drop (`accept="ge"`, the paper's
@@ -30,12 +33,14 @@ import torch
 
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite, write_json_atomic
 from adapt.errors import AdaptError, term
-from adapt.merge.recipes import SCALE_GRID, Greedy, Recipe, Uniform
+from adapt.merge.recipes import Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
 
 ADAPTER_FIELDS = ("method", "method_options", "backbone", "backbone_sha256", "class_names")
 FOLDED_FIELDS = ("method", "backbone", "backbone_sha256", "class_names")  # folded first: options may differ
+STATISTICS = ("running_mean", "running_var")  # BatchNorm's: averaged, never task vectors
+COUNTER = "num_batches_tracked"  # BatchNorm's: the largest count
 
 
 @dataclass
@@ -60,6 +65,7 @@ class SoupSummary:
     scale: float | None = None  # the scale used, when the recipe has one
     kind: str = "state dicts"  # what was souped: state dicts, adapters, side networks, folded adapters
     svd_errors: dict[str, float] = field(default_factory=dict)  # LoRA re-compression: relative error per layer
+    averaged: list[str] = field(default_factory=list)  # float tensors averaged rather than merged as task vectors
 
 
 def open_ingredients(
@@ -76,9 +82,25 @@ def open_ingredients(
     first = files[0]
     for other in files[1:] + ([base_file] if base_file else []):
         _check_same_kind(first, other, ADAPTER_FIELDS if same_tensors else FOLDED_FIELDS)
-        if same_tensors:
+        if same_tensors and other is not base_file:
             _check_same_tensors(first, other)
+    if base_file is not None:
+        _check_base(first, base_file)
     return files, base_file
+
+
+def in_base(first: TensorFile, base: TensorFile, key: str) -> bool:
+    """Whether the base holds `key` in the ingredients' shape (a head for other classes does not)."""
+    return key in base.keys and base.shape(key) == first.shape(key)
+
+
+def _check_base(first: TensorFile, base: TensorFile) -> None:
+    """The base may lack a few tensors (they are averaged), not most: then it is not these ingredients' base."""
+    floats = [k for k in first.keys if first.dtype(k).is_floating_point]
+    lacking = [k for k in floats if not in_base(first, base, k)]
+    if len(lacking) * 2 > len(floats):
+        raise AdaptError(f"the base {base.path} lacks {len(lacking)} of the {len(floats)} tensors of {first.path} "
+                         f"(e.g. '{lacking[0]}'): it is not the model these were fine-tuned from")  # fmt: skip
 
 
 def _check_same_kind(first: TensorFile, other: TensorFile, adapter_fields: tuple[str, ...] = ADAPTER_FIELDS) -> None:
@@ -117,8 +139,11 @@ def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
             raise AdaptError(f"key '{key}' has dtype {first.dtype(key)} in {first.path} but {other.dtype(key)} in {other.path}")
 
 
-def _output_metadata(first: TensorFile, recipe: str, paths: Sequence[str | Path], scale: object = None) -> dict[str, str]:
-    soup = {"recipe": recipe, "ingredients": [str(p) for p in paths], **({"scale": scale} if scale is not None else {})}
+def _output_metadata(first: TensorFile, recipe: Recipe, paths: Sequence[str | Path], scale: object = None,
+                     scale_table: Sequence[tuple[float, float]] = ()) -> dict[str, str]:
+    soup = {"recipe": recipe.name, "options": dataclasses.asdict(recipe), "ingredients": [str(p) for p in paths],
+            **({"scale": scale} if scale is not None else {}),
+            **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {})}  # fmt: skip
     if FORMAT_KEY in first.metadata:
         meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
         kept = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}  # what eval/merge need
@@ -132,14 +157,38 @@ def finite_output(
 ) -> torch.Tensor:
     """`merged` in the output dtype, refused (nothing is written) if it is or becomes NaN/Inf.
 
-    Finiteness is checked once, on what is written; `culprit(key)` may then name the input."""
+    Finiteness is checked once, on what is written; `culprit(key)` may then name the input. A BatchNorm
+    running variance with a negative entry is refused too: it turns the model's outputs into NaN."""
     out = merged.to(dtype)
     if not all_finite(out):
         if culprit is not None:
             culprit(key)
         cause = f"overflows {dtype} (largest magnitude {merged.abs().max().item():.3g})" if all_finite(merged) else "is NaN/Inf"
         raise AdaptError(f"the merged tensor '{key}' {cause}; nothing was written")
+    if key.endswith(".running_var") and out.numel() and float(out.min()) < 0:
+        raise AdaptError(f"the merged BatchNorm variance '{key}' has negative entries (min {float(out.min()):.4g}); "
+                         "nothing was written")  # fmt: skip
     return out
+
+
+def key_roles(first: TensorFile, base_file: TensorFile | None) -> dict[str, str]:
+    """How each key is combined: "merge" (by the recipe), "average" (BatchNorm statistics; with a base,
+    tensors that it lacks), "count" (num_batches_tracked: the largest) or "first" (other non-float tensors)."""
+    roles = {}
+    for key in first.keys:
+        if not first.dtype(key).is_floating_point:
+            roles[key] = "count" if key.endswith(COUNTER) else "first"
+        elif key.rsplit(".", 1)[-1] in STATISTICS or (base_file is not None and not in_base(first, base_file, key)):
+            roles[key] = "average"
+        else:
+            roles[key] = "merge"
+    return roles
+
+
+def largest_count(key: str, files: Sequence[TensorFile]) -> torch.Tensor:
+    """The largest of the ingredients' counts (BatchNorm's num_batches_tracked)."""
+    counts = [file.get(key) for file in files]
+    return torch.stack(counts).amax(0) if counts[0].numel() else counts[0]
 
 
 def anonymous_bytes() -> int:
@@ -189,28 +238,33 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
     start = time.perf_counter()
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
     first = files[0]
-    floats = [k for k in first.keys if first.dtype(k).is_floating_point]
+    roles = key_roles(first, base_file)
+    floats = [k for k in first.keys if roles[k] in ("merge", "average")]
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
 
     def merged(key: str) -> torch.Tensor:
-        if key not in floats:
-            return first.get(key)
-        base_tensor = base_file.get(key).float() if base_file is not None else None
-        return recipe.merge(key, lambda i: files[i].get(key).float(), len(files), base_tensor)
+        load = lambda i: files[i].get(key).float()  # noqa: E731
+        if roles[key] == "merge":
+            base_tensor = base_file.get(key).float() if base_file is not None else None
+            return recipe.merge(key, load, len(files), base_tensor)
+        if roles[key] == "average":
+            return recipe.average(key, load, len(files))
+        return largest_count(key, files) if roles[key] == "count" else first.get(key)
 
     def culprit(key: str) -> None:
         """After a non-finite result: name the input that holds NaN/Inf, if one does."""
         for file in [*files, *([base_file] if base_file is not None else [])]:
-            if key in floats and not all_finite(file.get(key).float()):
+            if key in floats and key in file.keys and not all_finite(file.get(key).float()):
                 raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
 
+    task_keys = [k for k in first.keys if roles[k] == "merge"]
     table, scale, produce = [], getattr(recipe, "scale", None), merged
     if recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
-        scale, table, produce = _auto_scale(recipe, files, base_file, floats, evaluate)
+        scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
     else:
-        recipe.prepare(len(files), _task_vectors(files, base_file, floats))
-    metadata = _output_metadata(first, recipe.name, paths, scale)
+        recipe.prepare(len(files), _task_vectors(files, base_file, task_keys))
+    metadata = _output_metadata(first, recipe, paths, scale, table)
     written, peak = 0, anonymous_bytes()
     with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
@@ -222,14 +276,15 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
                 on_tensor(key)
     return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
                        peak, [str(p) for p in writer.shard_paths()], scale_table=table,
-                       scale=scale if isinstance(scale, float) else None)  # fmt: skip
+                       scale=scale if isinstance(scale, float) else None,
+                       averaged=[k for k in first.keys if roles[k] == "average"])  # fmt: skip
 
 
-def _task_vectors(files: list[TensorFile], base_file: TensorFile | None, floats: list[str]):
-    """For recipes' `prepare`: each float key with its loader of tau_i (theta_i - base, or theta_i)."""
+def _task_vectors(files: list[TensorFile], base_file: TensorFile | None, keys: list[str]):
+    """For recipes' `prepare`: each task-vector key with its loader of tau_i (theta_i - base, or theta_i)."""
 
     def vectors():
-        for key in floats:
+        for key in keys:
             base = base_file.get(key).float() if base_file is not None else None
             yield key, (lambda i, key=key, base=base: files[i].get(key).float() - base if base is not None
                         else files[i].get(key).float())  # fmt: skip
@@ -237,21 +292,24 @@ def _task_vectors(files: list[TensorFile], base_file: TensorFile | None, floats:
     return vectors
 
 
-def _auto_scale(recipe: Recipe, files, base_file, floats, evaluate: Evaluator):
-    """Merge once at scale 1, then score base + s * (merged - base) for each s of the grid on held-out data.
+def _auto_scale(recipe: Recipe, files, base_file, task_keys: list[str], merged: Callable[[str], torch.Tensor],
+                evaluate: Evaluator):  # fmt: skip
+    """Merge once at scale 1, then score base + s * (merged - base) for each s of the recipe's grid on held-out
+    data; the tensors that are not task vectors (`merged` averages them) do not scale.
 
     Holds the base and the merged task vector (two checkpoints), whatever the number of ingredients."""
     unit = dataclasses.replace(recipe, scale=1.0)
-    unit.prepare(len(files), _task_vectors(files, base_file, floats))
+    unit.prepare(len(files), _task_vectors(files, base_file, task_keys))
     first = files[0]
-    base = {k: base_file.get(k).float() if k in floats else first.get(k) for k in first.keys}
-    delta = {k: unit.merge(k, lambda i, k=k: files[i].get(k).float(), len(files), base[k]) - base[k] for k in floats}
+    base = {k: base_file.get(k).float() for k in task_keys}
+    delta = {k: unit.merge(k, lambda i, k=k: files[i].get(k).float(), len(files), base[k]) - base[k] for k in task_keys}
+    fixed = {k: merged(k) for k in first.keys if k not in delta}
     table = []
-    for scale in SCALE_GRID:
-        state = {k: base[k] + scale * delta[k] if k in floats else base[k] for k in first.keys}
+    for scale in recipe.grid():
+        state = {k: base[k] + scale * delta[k] if k in delta else fixed[k] for k in first.keys}
         table.append((scale, evaluate(state)))
     best = max(table, key=lambda row: (row[1], -row[0]))[0]  # the smallest scale among the most accurate
-    return best, table, lambda key: base[key] + best * delta[key] if key in floats else base[key]
+    return best, table, lambda key: base[key] + best * delta[key] if key in delta else fixed[key]
 
 
 def greedy_soup(
@@ -275,6 +333,8 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
     files, _ = open_ingredients(paths)
     first = files[0]
     floats = [k for k in first.keys if first.dtype(k).is_floating_point]
+
+    counters = [k for k, role in key_roles(first, None).items() if role == "count"]
 
     def load(file: TensorFile) -> dict[str, torch.Tensor]:
         return {k: file.get(k).float() if k in floats else file.get(k) for k in file.keys}
@@ -300,6 +360,8 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
         if added:
             for k in floats:
                 total[k] += files[i].get(k).float()
+            for k in counters:
+                total[k] = torch.maximum(total[k], files[i].get(k))
             count, best = count + 1, soup_accuracy
         steps.append(GreedyStep(str(paths[i]), own[i], soup_accuracy, added))
         if on_step is not None:
@@ -307,7 +369,7 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     chosen = [s.ingredient for s in steps if s.added]
     check_free_space(out, sum(nbytes(s, d) for _, s, d in order))
-    with StreamingWriter(out, order, _output_metadata(first, "greedy", chosen), max_shard_bytes) as writer:
+    with StreamingWriter(out, order, _output_metadata(first, recipe, chosen), max_shard_bytes) as writer:
         for key, _, out_dtype in order:
             writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
     summary = SoupSummary([str(p) for p in paths], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
