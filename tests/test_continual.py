@@ -9,10 +9,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import ConcatDataset, TensorDataset
 
 from adapt.cli import cli
 from adapt.continual import ContinualMetrics, ContinualRun, ExemplarMemory, class_incremental, herding_order
+from adapt.continual.metrics import seen_accuracies
 from adapt.data import load_data
 from adapt.data.digits import DIGIT_NAMES
 from adapt.errors import AdaptError
@@ -51,6 +52,12 @@ def test_metrics_match_hand_values():
     metrics = ContinualMetrics.from_matrix(matrix)
     assert metrics.average_incremental_accuracy == pytest.approx((0.9 + 0.7 + 0.7) / 3)
     assert metrics.last_accuracy == pytest.approx(0.7)
+    assert metrics.average_incremental_accuracy_task_mean == metrics.average_incremental_accuracy
+    # PyCIL pools the seen tasks' test samples: with 10, 30 and 60 of them, correct counts 9 | 6+24 | 5+21+54
+    pooled = ContinualMetrics.from_matrix(matrix, sizes=[10, 30, 60])
+    assert pooled.average_incremental_accuracy == pytest.approx((9 / 10 + 30 / 40 + 80 / 100) / 3)
+    assert pooled.last_accuracy == pytest.approx(0.80) and pooled.last_accuracy_task_mean == pytest.approx(0.7)
+    assert pooled.average_incremental_accuracy_task_mean == pytest.approx((0.9 + 0.7 + 0.7) / 3)
     assert metrics.forgetting == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
     assert metrics.backward_transfer == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
     single = ContinualMetrics.from_matrix([[0.8]])
@@ -121,9 +128,14 @@ def test_a_run_carries_state_across_tasks_and_never_predicts_unseen_classes(tmp_
     run = ContinualRun(method="ssf", head="language", learner="replay", learner_options={"memory": 20},
                        train=TrainConfig(epochs=1), out_dir=tmp_path)  # fmt: skip
     seen_rows: list = []
+    sizes = [len(t.test) for t in scenario.tasks]
+    assert len(set(sizes)) > 1  # tasks of 2, 4 and 4 classes: the pooled and per-task means differ
 
     def after_task(task, matrix, model) -> None:
         seen_rows.append(model.head.targets.clone())
+        pooled = ConcatDataset([t.test for t in scenario.tasks[: task.index + 1]])
+        assert seen_accuracies(matrix[: task.index + 1], sizes)[-1] == pytest.approx(
+            accuracy(model, pooled, make_accelerator()), abs=1e-9)  # top-1 over every seen test sample, as PyCIL
         with torch.no_grad():
             images = torch.stack([scenario.tasks[-1].test[i][0] for i in range(8)])
             assert model.eval()(images).shape[1] == task.classes.stop  # outputs for the classes seen, no more
@@ -145,7 +157,7 @@ def test_cli_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert "after task 2" in result.output and "average incremental accuracy" in result.output
     saved = json.loads((out / "continual.json").read_text())
-    expected = ContinualMetrics.from_matrix(saved["matrix"])
+    expected = ContinualMetrics.from_matrix(saved["matrix"], saved["test_sizes"])
     assert saved["average_incremental_accuracy"] == pytest.approx(expected.average_incremental_accuracy)
     assert saved["forgetting"] == pytest.approx(expected.forgetting)
     assert saved["setup"]["learner"] == "replay" and saved["setup"]["learner_options"]["memory"] == 20
@@ -160,3 +172,48 @@ def test_cli_missing_text_model_is_one_line(tmp_path):
     assert "no sentence-transformers text model at" in result.output
     assert result.output.strip().count("\n") == 0
     assert not (tmp_path / "cl" / "continual.json").exists()
+
+
+def test_naive_is_pycil_finetune_cross_entropy_on_the_new_classes_only():
+    """PyCIL models/finetune.py: F.cross_entropy(logits[:, known:], targets - known) after the first task."""
+    from adapt.continual import create_learner
+
+    scenario = class_incremental("digits", initial=4, increment=3, seed=0, image_size=SIZE, limit=60)
+    logits = torch.randn(6, 7, requires_grad=True)
+    labels = torch.tensor([4, 5, 6, 4, 5, 6])
+    naive = create_learner("naive")
+    naive.begin_task(None, scenario.tasks[1])
+    loss = naive.loss(logits, None, labels)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:, 4:], labels - 4).item())
+    loss.backward()
+    assert logits.grad[:, :4].abs().max() == 0  # the old classes' logits get no gradient
+    every = create_learner("naive", {"loss": "all-seen"})
+    every.begin_task(None, scenario.tasks[1])
+    assert every.loss(logits, None, labels).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item())
+
+
+def test_herding_and_class_means_see_unaugmented_images(folder_root):
+    """As PyCIL (mode="test"): exemplars are chosen, and NME means taken, on the test transform's images."""
+    scenario = class_incremental(f"folder:{folder_root}", initial=2, increment=1, seed=0, image_size=SIZE)
+    task = scenario.tasks[0]
+    first = [task.train[i][0] for i in range(len(task.train))]
+    again = [task.train[i][0] for i in range(len(task.train))]
+    assert any(not torch.equal(a, b) for a, b in zip(first, again))  # training images are augmented
+    plain = [task.train_plain[i][0] for i in range(len(task.train_plain))]
+    assert all(torch.equal(a, task.train_plain[i][0]) for i, a in enumerate(plain))  # the test transform
+    assert [task.train[i][1] for i in range(len(task.train))] == [task.train_plain[i][1] for i in range(len(plain))]
+    seen = []
+
+    def features(images):
+        batch = torch.stack([images[i][0] for i in range(len(images))])
+        seen.append(batch)
+        return batch.flatten(1)
+
+    memory = ExemplarMemory(size=4, selection="herding")
+    memory.add_task(task.train, features, task.train_plain)
+    for batch in seen:  # every image herding saw is an unaugmented one
+        assert all(any(torch.equal(image, p) for p in plain) for image in batch)
+    label = next(iter(memory.ranked))
+    exemplars = memory.exemplars(label, plain=True)
+    assert all(any(torch.equal(exemplars[i][0], p) for p in plain) for i in range(len(exemplars)))

@@ -80,31 +80,35 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
 
     from adapt.continual.metrics import seen_accuracies
 
+    test_sizes = [len(t.test) for t in scenario.tasks]
+
     def print_row(task, matrix, model) -> None:
         row = matrix[task.index][: task.index + 1]
         accuracies = "  ".join(f"T{j + 1} {a:.1%}" for j, a in enumerate(row))
         console.print(f"after task {task.index + 1} ({', '.join(task.class_names)}): {accuracies}  ·  seen "
-                      f"{seen_accuracies(matrix[: task.index + 1])[-1]:.1%}")  # fmt: skip
+                      f"{seen_accuracies(matrix[: task.index + 1], test_sizes)[-1]:.1%}")  # fmt: skip
 
     result = run.fit(scenario, on_task_end=print_row, record=resolved_record(), on_start=print_start)
-    console.print(_matrix_table(result.matrix))
+    console.print(_matrix_table(result.matrix, test_sizes))
     metrics = result.metrics
     console.print(
-        f"average incremental accuracy {metrics.average_incremental_accuracy:.2%}  ·  last accuracy "
+        f"average incremental accuracy {metrics.average_incremental_accuracy:.2%} (seen test samples pooled; "
+        f"mean of tasks {metrics.average_incremental_accuracy_task_mean:.2%})  ·  last accuracy "
         f"{metrics.last_accuracy:.2%}  ·  forgetting {metrics.forgetting:.2%}  ·  backward transfer "
         f"{metrics.backward_transfer:+.2%}  ·  {out}/continual.json, accuracy_matrix.png",
         style="bold green",
     )
 
 
-def _matrix_table(matrix: list[list[float | None]]) -> Table:
-    """The accuracy matrix: row t = after training task t, column j = tested on task j."""
+def _matrix_table(matrix: list[list[float | None]], test_sizes: list[int]) -> Table:
+    """The accuracy matrix: row t = after training task t, column j = tested on task j; "seen" pools the
+    seen tasks' test samples."""
     from adapt.continual.metrics import seen_accuracies
 
     table = Table(title="accuracy matrix (rows: trained up to; columns: tested on)")
     for column in ["trained up to", *(f"T{j + 1}" for j in range(len(matrix))), "seen"]:
         table.add_column(column, justify="right")
-    for t, (row, seen) in enumerate(zip(matrix, seen_accuracies(matrix))):
+    for t, (row, seen) in enumerate(zip(matrix, seen_accuracies(matrix, test_sizes))):
         table.add_row(f"T{t + 1}", *(f"{a:.1%}" for a in row[: t + 1]), *[""] * (len(matrix) - t - 1), f"{seen:.1%}")
     return table
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from adapt.continual.learners import Learner
 
 LEARNERS = LazyRegistry({
-    "naive": "adapt.continual.learners:Learner",
+    "naive": "adapt.continual.learners:Naive",
     "replay": "adapt.continual.learners:Replay",
     "lwf": "adapt.continual.learners:LwF",
     "icarl": "adapt.continual.learners:ICaRL",

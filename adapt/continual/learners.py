@@ -3,12 +3,13 @@
 A learner sees the run at four points: `begin_task` (before the head grows; LwF and iCaRL
 keep a frozen copy of the model here), `train_data` (the task's images, plus exemplars for
 replay and iCaRL), `loss` (the objective the Trainer minimizes) and `end_task` (after
-training: the exemplar memory, iCaRL's class means, the prototypes). `scorer` is the model
-that is tested. Every learner works with every head (adapt.heads).
+training: the exemplar memory, iCaRL's class means, the prototypes; these see the task's
+images through the test transform, as PyCIL's do). `scorer` is the model that is tested.
+Every learner works with every head (adapt.heads).
 
 | learner | trains | keeps | objective | reference |
 |---|---|---|---|---|
-| naive | yes | nothing | cross-entropy | fine-tuning |
+| naive | yes | nothing | cross-entropy on the task's classes (or all seen: loss=all-seen) | PyCIL's finetune |
 | replay | yes | exemplars | cross-entropy on task + exemplars | experience replay |
 | lwf | yes | the old model | CE on the task's classes + distillation on old logits | Li & Hoiem 2017 |
 | icarl | yes | exemplars, old model | CE on all + distillation; head or NME classifier | Rebuffi et al. 2017 |
@@ -74,6 +75,12 @@ class NearestMeanOfExemplars(nn.Module):
 
 
 @dataclasses.dataclass
+class NaiveOptions:
+    # new-classes: CE over the task's own logits (PyCIL's finetune, models/finetune.py); all-seen: CE over every seen class
+    loss: str = option("new-classes", choices=("new-classes", "all-seen"))
+
+
+@dataclasses.dataclass
 class ReplayOptions:
     memory: int = option(200, low=1, high=10_000_000)  # exemplars kept in total, balanced over classes
     selection: str = option("herding", choices=SELECTIONS)
@@ -92,10 +99,11 @@ class ICaRLOptions(ReplayOptions, LwFOptions):
 
 
 class Learner:
-    """Fine-tuning on each task's images with cross-entropy (`naive`): the reference point."""
+    """The contract, and what most learners share: training on a task's images with cross-entropy
+    over every class seen so far."""
 
-    name: ClassVar[str] = "naive"
-    summary: ClassVar[str] = "fine-tunes on each task in turn; keeps nothing (the lower bound)"
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
     config_class: ClassVar[type] = NoOptions
     trains: ClassVar[bool] = True  # False: the head is set in end_task and no gradient step is taken
 
@@ -131,6 +139,26 @@ class Learner:
         return model
 
 
+class Naive(Learner):
+    """Fine-tuning on each task's images (`naive`), as PyCIL's finetune: the reference point."""
+
+    name = "naive"
+    summary = "fine-tunes on each task in turn with CE on its own classes (PyCIL's finetune); keeps nothing"
+    config_class = NaiveOptions
+
+    def __init__(self, config: Any | None = None, seed: int = 0):
+        super().__init__(config, seed)
+        self.known = 0  # classes learned before the current task
+
+    def begin_task(self, model: ContinualModel, task: Task) -> None:
+        self.known = task.classes.start
+
+    def loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.loss == "all-seen":
+            return super().loss(logits, images, labels)
+        return F.cross_entropy(logits[:, self.known:], labels - self.known)
+
+
 class Replay(Learner):
     name = "replay"
     summary = "trains on each task plus a balanced memory of exemplars from the classes seen (herding or random)"
@@ -150,7 +178,7 @@ class Replay(Learner):
         return task.train if not self.memory.ranked else ConcatDataset([task.train, self.memory.dataset()])
 
     def end_task(self, model: ContinualModel, task: Task) -> None:
-        self.memory.add_task(task.train, lambda images: features(model, images))
+        self.memory.add_task(task.train, lambda images: features(model, images), task.train_plain)
 
 
 class LwF(Learner):
@@ -189,7 +217,8 @@ class ICaRL(Replay, LwF):
         super().end_task(model, task)
         if self.config.classifier == "nme":
             labels = sorted(self.memory.ranked)
-            self.means = torch.stack([F.normalize(features(model, self.memory.exemplars(c)), dim=-1).mean(0) for c in labels])
+            self.means = torch.stack([F.normalize(features(model, self.memory.exemplars(c, plain=True)), dim=-1).mean(0)
+                                      for c in labels])  # fmt: skip
 
     def scorer(self, model: ContinualModel) -> nn.Module:
         if self.config.classifier == "nme" and self.means is not None:
@@ -211,5 +240,5 @@ class Prototype(Learner):
     def end_task(self, model: ContinualModel, task: Task) -> None:
         if self.statistics is None:
             self.statistics = FeatureStatistics(model.head.feature_dim)
-        self.statistics.add(features(model, task.train), torch.tensor(dataset_targets(task.train)))
+        self.statistics.add(features(model, task.train_plain), torch.tensor(dataset_targets(task.train_plain)))
         model.head.fit_prototypes(self.statistics)

@@ -4,7 +4,9 @@ After each task the memory holds size // seen_classes exemplars per class (old c
 up their last-chosen ones). Exemplars are chosen once per class, in a ranked order:
 `herding` (iCaRL, Rebuffi et al. 2017) picks one at a time the image that brings the mean
 of the chosen L2-normalized features closest to the class mean, with the features of the
-model that has just learned the class; `random` is a seeded shuffle.
+model that has just learned the class; `random` is a seeded shuffle. As in PyCIL, herding and the class means see the images
+through the test transform (`plain`); replay trains on the exemplars through the training
+transform.
 """
 
 from __future__ import annotations
@@ -45,34 +47,37 @@ class ExemplarMemory:
         if selection not in SELECTIONS:
             raise AdaptError(f"unknown exemplar selection {selection!r} (choose from {', '.join(SELECTIONS)})")
         self.size, self.selection, self.seed = size, selection, seed
-        self.ranked: dict[int, tuple[Dataset, list[int]]] = {}  # class -> (dataset, its images best first)
+        # class -> (training dataset, the same images unaugmented, its images best first)
+        self.ranked: dict[int, tuple[Dataset, Dataset, list[int]]] = {}
 
     def per_class(self) -> int:
         return self.size // max(len(self.ranked), 1)
 
-    def add_task(self, train: Dataset, features: Callable[[Dataset], torch.Tensor]) -> None:
-        """Rank the exemplars of each class in `train`; `features(subset)` embeds images in order."""
+    def add_task(self, train: Dataset, features: Callable[[Dataset], torch.Tensor], plain: Dataset | None = None) -> None:
+        """Rank the exemplars of each class in `train`; `features(subset)` embeds images in order, taken from
+        `plain` (the same images through the test transform) when given."""
+        plain = plain if plain is not None else train
         targets = dataset_targets(train)
         classes = sorted(set(targets))
         keep = self.size // (len(self.ranked) + len(classes))
         for label in classes:
             indices = [i for i, t in enumerate(targets) if t == label]
             if self.selection == "herding":
-                order = herding_order(features(Subset(train, indices)), keep)
+                order = herding_order(features(Subset(plain, indices)), keep)
             else:
                 generator = torch.Generator().manual_seed(self.seed * 1_000 + label)
                 order = torch.randperm(len(indices), generator=generator)[:keep].tolist()
-            self.ranked[label] = (train, [indices[i] for i in order])
+            self.ranked[label] = (train, plain, [indices[i] for i in order])
 
     def dataset(self) -> Dataset:
         """The current exemplars: the first per_class() of each class's ranking."""
         return ConcatDataset([self.exemplars(label) for label in self.ranked])
 
-    def exemplars(self, label: int) -> Dataset:
-        """The current exemplars of one class."""
-        dataset, ranked = self.ranked[label]
-        return Subset(dataset, ranked[: self.per_class()])
+    def exemplars(self, label: int, plain: bool = False) -> Dataset:
+        """The current exemplars of one class (`plain`: through the test transform)."""
+        train, unaugmented, ranked = self.ranked[label]
+        return Subset(unaugmented if plain else train, ranked[: self.per_class()])
 
     def counts(self) -> dict[int, int]:
         keep = self.per_class()
-        return {label: min(keep, len(ranked)) for label, (_, ranked) in self.ranked.items()}
+        return {label: min(keep, len(ranked)) for label, (_, _, ranked) in self.ranked.items()}

@@ -49,10 +49,11 @@ class ContinualResult:
     tasks: list[list[str]]  # class names of each task
     checkpoints: list[Path]  # the adapter checkpoint after each task
     setup: dict[str, Any] = field(default_factory=dict)
+    test_sizes: list[int] = field(default_factory=list)  # each task's test samples: the pooled metrics' weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"setup": self.setup, "tasks": self.tasks, "matrix": self.matrix, **dataclasses.asdict(self.metrics),
-                "checkpoints": [str(p) for p in self.checkpoints]}  # fmt: skip
+        return {"setup": self.setup, "tasks": self.tasks, "test_sizes": self.test_sizes, "matrix": self.matrix,
+                **dataclasses.asdict(self.metrics), "checkpoints": [str(p) for p in self.checkpoints]}  # fmt: skip
 
     def save(self, out_dir: str | Path) -> None:
         """OUT/continual.json and OUT/accuracy_matrix.png."""
@@ -157,7 +158,8 @@ class ContinualRun:
                  **{k: v for k, v in dataclasses.asdict(self).items() if k not in ("out_dir", "overwrite")},
                  "learner_options": learner.options()}  # fmt: skip
         tasks = [t.class_names for t in scenario.tasks]
-        result = ContinualResult(matrix, ContinualMetrics.from_matrix(matrix), tasks, checkpoints, setup)
+        sizes = [len(t.test) for t in scenario.tasks]
+        result = ContinualResult(matrix, ContinualMetrics.from_matrix(matrix, sizes), tasks, checkpoints, setup, sizes)
         result.save(out)
         return result
 

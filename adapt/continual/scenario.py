@@ -27,6 +27,7 @@ class Task:
     train: Dataset
     val: Dataset | None
     test: Dataset
+    train_plain: Dataset  # train's images through the test transform: herding, class means, prototypes (as PyCIL)
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Scenario:
                 return RelabeledSubset(dataset, [i for i, t in enumerate(dataset_targets(dataset)) if t in chosen], relabel)
 
             names = [splits.class_names[label] for label in order[start:stop]]
-            tasks.append(Task(index, range(start, stop), names, part(splits.train), part(splits.val), part(splits.test)))
+            tasks.append(Task(index, range(start, stop), names, part(splits.train), part(splits.val), part(splits.test),
+                              part(splits.unaugmented_train)))  # fmt: skip
         names = [splits.class_names[label] for label in order]
         return cls(splits.name, names, tasks, image_size, backbone, task_incremental, splits.spec)
 

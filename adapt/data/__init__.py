@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,12 @@ class DataSplits:
     test: Dataset
     test_name: str = "test"
     note: str = ""  # how the splits were made, when not as found on disk
+    train_plain: Dataset | None = None  # train's images through the test transform, when train augments
+
+    @property
+    def unaugmented_train(self) -> Dataset:
+        """The training images as the test transform gives them (for class means, herding, sensitivity)."""
+        return self.train_plain if self.train_plain is not None else self.train
 
     @property
     def num_classes(self) -> int:
@@ -102,7 +109,9 @@ def load_data(
         class_names, splits = vtab_splits(tasks[0], split_protocol, eval_transform(image_size, mean, std))
         name = tasks[0].name
         test_name = "test" if split_protocol == "final" else "val200"
+    plain = None
     if augment != "off":
+        plain = copy.copy(splits["train"])  # the same images, still with the test transform
         splits["train"].transform = train_transform(image_size, mean, std, augment)
     val = splits.get("val")
     return DataSplits(
@@ -114,4 +123,5 @@ def load_data(
         test=_limited(splits["test"], limit, seed),
         test_name=test_name,
         note=note,
+        train_plain=_limited(plain, limit, seed) if plain is not None else None,  # the same seeded choice as train
     )
