@@ -10,9 +10,12 @@ The backbone embeds a reference and two distortions (pooled features, no head); 
 cosine distances d_a = d(ref, a), d_b = d(ref, b), a hinge loss with margin 0.05 pushes
 the difference towards the human choice: relu(margin - y (d_b - d_a)), y = +1 when people
 chose a, -1 when they chose b (0 on a tie). Agreement is reported per split (NIGHTS' test in
-two parts, test_imagenet and test_no_imagenet, as DreamSim does) two ways: 2AFC accuracy,
-DreamSim's score (1 when the model picks the majority's image, 0.5 on a tie), and the
-agreement share (the share of voters who agree with the model's pick). Any tune method can
+two parts, test_imagenet and test_no_imagenet, as DreamSim does) two ways: the 2AFC score,
+exactly DreamSim's (evaluation/score.py: (d0<d1)(1-p) + (d1<d0)p + (d0==d1)0.5 with p the
+share of voters who chose the right image, i.e. the share of voters who agree with the
+model's pick), the headline; and the majority accuracy (1 when the model picks the
+majority's image, 0.5 when the model or the vote is tied). On unanimous triplets, which
+is all DreamSim keeps, the two are equal. Any tune method can
 do the training (full by default); what it learned is merged, so the output is a plain
 backbone state dict that every command accepts as --weights.
 """
@@ -57,13 +60,14 @@ def hinge_loss(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor, margin: 
 
 
 def two_afc(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
-    """Per-triplet share of people agreeing with the model's choice (0.5 when it cannot choose)."""
+    """Per triplet, DreamSim's 2AFC score: the share of voters agreeing with the model's choice
+    (0.5 when it cannot choose). p_a is the share who chose a, the left image."""
     return torch.where(d_a < d_b, p_a, torch.where(d_a > d_b, 1.0 - p_a, torch.full_like(p_a, 0.5)))
 
 
-def two_afc_accuracy(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
-    """Per triplet, DreamSim's 2AFC score: 1 if the model picks the majority's image, 0 if not,
-    0.5 when the model or the vote is tied."""
+def majority_accuracy(d_a: torch.Tensor, d_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
+    """Per triplet: 1 if the model picks the majority's image, 0 if not, 0.5 when the model or the vote is tied
+    (DreamSim's training accuracy, not its evaluation score)."""
     majority = torch.where(p_a > 0.5, 1.0, torch.where(p_a < 0.5, 0.0, 0.5)).to(p_a.dtype)
     return two_afc(d_a, d_b, majority)
 
@@ -76,24 +80,24 @@ def distances(model: nn.Module, ref: torch.Tensor, a: torch.Tensor, b: torch.Ten
 
 @dataclass(frozen=True)
 class TwoAFC:
-    accuracy: float  # DreamSim's 2AFC score against the majority vote
-    agreement: float  # mean share of voters agreeing with the model
+    score: float  # DreamSim's 2AFC score: the mean share of voters agreeing with the model's pick
+    majority_accuracy: float  # how often the model picks the majority's image
     triplets: int
 
 
 @torch.no_grad()
 def evaluate_two_afc(model: nn.Module, dataset: TripletDataset, accelerator: Accelerator, batch_size: int = 32) -> TwoAFC:
-    """2AFC accuracy and agreement share over a split."""
+    """DreamSim's 2AFC score and the majority accuracy over a split."""
     was_training = model.training
     model.eval()
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size))
-    accuracies, shares = [], []
+    scores, majorities = [], []
     for ref, a, b, p_a in loader:
         d_a, d_b = distances(model, ref, a, b)
-        accuracies.append(accelerator.gather_for_metrics(two_afc_accuracy(d_a, d_b, p_a.float())))
-        shares.append(accelerator.gather_for_metrics(two_afc(d_a, d_b, p_a.float())))
+        scores.append(accelerator.gather_for_metrics(two_afc(d_a, d_b, p_a.float())))
+        majorities.append(accelerator.gather_for_metrics(majority_accuracy(d_a, d_b, p_a.float())))
     model.train(was_training)
-    return TwoAFC(float(torch.cat(accuracies).mean()), float(torch.cat(shares).mean()), len(dataset))
+    return TwoAFC(float(torch.cat(scores).mean()), float(torch.cat(majorities).mean()), len(dataset))
 
 
 def evaluated_splits(names: list[str]) -> list[str]:

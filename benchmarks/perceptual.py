@@ -70,7 +70,7 @@ def main() -> None:
                     weights = str(Path(scratch) / f"{name}-{seed}.safetensors")
                     init = perceptual_init(f"nights:{root}", weights, BACKBONE, source, epochs=args.init_epochs,
                                            image_size=args.image_size, seed=seed)  # fmt: skip
-                    twoafc = {s: (init.before[s].accuracy, init.after[s].accuracy) for s in TEST_SPLITS}
+                    twoafc = {s: (init.before[s].score, init.after[s].score) for s in TEST_SPLITS}
                 job = TuneJob(method="full", weights=weights, image_size=args.image_size)
                 result = tune(job, TrainConfig(epochs=args.epochs, lr=DOWNSTREAM_LR, seed=seed), Path(scratch) / f"{name}-{seed}")
                 runs[name].append({"test_acc": result.test_acc, "epoch_at_target": first_epoch_at(result.history, TARGET),

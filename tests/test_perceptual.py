@@ -13,7 +13,7 @@ from adapt import AdaptError
 from adapt.checkpoint import read_checkpoint
 from adapt.cli import cli
 from adapt.data.triplets import load_triplets, make_fixture
-from adapt.perceptual import evaluated_splits, hinge_loss, perceptual_init, two_afc, two_afc_accuracy
+from adapt.perceptual import evaluated_splits, hinge_loss, perceptual_init, majority_accuracy, two_afc
 
 
 def test_hinge_loss_and_two_afc_by_hand():
@@ -25,12 +25,27 @@ def test_hinge_loss_and_two_afc_by_hand():
     # model picks a, b, a, neither -> agreement p_a, 1 - p_a, p_a, 0.5
     assert two_afc(d_a, d_b, p_a).tolist() == [1.0, 0.0, 0.0, 0.5]
     assert two_afc(torch.tensor([0.1]), torch.tensor([0.2]), torch.tensor([5 / 6])).item() == pytest.approx(5 / 6)
-    # DreamSim's score against the majority: picks a (majority a), b (majority a), a (majority b), tie
-    assert two_afc_accuracy(d_a, d_b, p_a).tolist() == [1.0, 0.0, 0.0, 0.5]
+    # against the majority: picks a (majority a), b (majority a), a (majority b), tie
+    assert majority_accuracy(d_a, d_b, p_a).tolist() == [1.0, 0.0, 0.0, 0.5]
     shares = torch.tensor([0.8, 0.3, 0.5])
     picks_a = (torch.zeros(3), torch.ones(3))  # d_a < d_b: the model picks a every time
-    assert two_afc_accuracy(*picks_a, shares).tolist() == [1.0, 0.0, 0.5]
+    assert majority_accuracy(*picks_a, shares).tolist() == [1.0, 0.0, 0.5]
     assert two_afc(*picks_a, shares).tolist() == pytest.approx([0.8, 0.3, 0.5])
+
+
+def dreamsim_score(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """ssundaram21/dreamsim evaluation/score.py, score_nights_dataset, written out: p is the share of voters who
+    chose img_1 (the right image), d0/d1 the distances to img_0/img_1."""
+    return (d0 < d1) * (1 - p) + (d1 < d0) * p + (d0 == d1) * 0.5
+
+
+def test_the_two_afc_score_is_dreamsims_formula():
+    g = torch.Generator().manual_seed(0)
+    d_a, d_b = torch.rand(200, generator=g), torch.rand(200, generator=g)
+    d_b[:20] = d_a[:20]  # ties
+    right_share = torch.randint(0, 7, (200,), generator=g) / 6  # vote shares of 6 voters, not only unanimous
+    ours = two_afc(d_a, d_b, 1 - right_share)  # ours takes the share who chose the left image
+    assert torch.allclose(ours, dreamsim_score(d_a, d_b, right_share).float(), atol=1e-7)
 
 
 def test_the_evaluated_splits_are_val_and_each_test_part():
@@ -99,11 +114,11 @@ def test_perceptual_fine_tuning_raises_agreement_and_feeds_tune(fixture_root, tm
     out = tmp_path / "init.safetensors"
     result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", "embedded", epochs=4, image_size=48)
     assert set(result.before) == {"val", "test_imagenet", "test_no_imagenet"}
-    total = lambda scores: sum(s.accuracy * s.triplets for s in scores.values())  # noqa: E731
+    total = lambda scores: sum(s.score * s.triplets for s in scores.values())  # noqa: E731
     assert total(result.after) > total(result.before), result
     with safe_open(str(out), "pt") as handle:
         record = json.loads(handle.metadata()["perceptual_init"])
-        assert record["twoafc_after"]["val"]["accuracy"] == result.after["val"].accuracy
+        assert record["twoafc_after"]["val"]["score"] == result.after["val"].score
         assert record["source_weights"] == "embedded" and "classifier.weight" not in handle.keys()
     runner = CliRunner()
     tuned = runner.invoke(cli, ["tune", "--weights", str(out), "--image-size", "32", "--epochs", "1", "--limit", "32",
@@ -134,9 +149,34 @@ def test_cli_prints_the_agreement_table(fixture_root, tmp_path):
                                       "--epochs", "1", "--image-size", "32", "--out", str(tmp_path / "i.safetensors")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "perceptual initialization (random start)" in result.output
-    assert all(name in result.output for name in ("val", "test_imagenet", "test_no_imagenet", "agreement share"))
+    assert all(name in result.output for name in ("val", "test_imagenet", "test_no_imagenet", "2AFC (DreamSim)", "majority accuracy"))
     with safe_open(tmp_path / "i.safetensors", "pt") as file:  # the resolved options travel with the weights
         options = yaml.safe_load(file.metadata()["config"])
     assert options["method"] == "bitfit" and options["epochs"] == 1 and options["image_size"] == 32
     bad = CliRunner().invoke(cli, ["perceptual-init", "--data", "nights:/nowhere", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "triplet file not found" in bad.output
+
+
+def test_nights_rows_as_dreamsims_loader_reads_them(tmp_path):
+    """DreamSim's TwoAFCDataset (dataset/dataset.py) reads data.csv by position: column 2 (right_vote) is the
+    target p, a float share in [0, 1] (0 or 1 on the unanimous rows it keeps, votes >= 6), columns 4-6 the
+    ref/left/right paths, and filters on `votes`, `split` and `is_imagenet` (True/False)."""
+    from PIL import Image
+
+    header = "id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet,prompt"
+    rows = [(0, 1.0, 0.0, 6, "train", True), (1, 0.0, 1.0, 7, "train", False), (2, 1.0, 0.0, 5, "train", True),
+            (3, 0.0, 1.0, 6, "val", True), (4, 1.0, 0.0, 6, "test", True), (5, 0.0, 1.0, 8, "test", False)]  # fmt: skip
+    lines = [header]
+    for i, left, right, votes, split, imagenet in rows:
+        for part in ("ref", "distort"):
+            (tmp_path / part / "000").mkdir(parents=True, exist_ok=True)
+        paths = [f"ref/000/{i:03d}.png", f"distort/000/{i:03d}_0.png", f"distort/000/{i:03d}_1.png"]
+        for n, path in enumerate(paths):
+            Image.new("RGB", (16, 16), (40 * n, 10 * i, 0)).save(tmp_path / path)
+        lines.append(f"{i},{left},{right},{votes},{','.join(paths)},{split},{imagenet},a photo")
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    splits = load_triplets(f"nights:{tmp_path}")
+    assert {name: len(items) for name, items in splits.items()} == {"train": 2, "val": 1, "test_imagenet": 1,
+                                                                      "test_no_imagenet": 1}  # fmt: skip
+    assert [t.p_a for t in splits["train"]] == [1.0, 0.0]  # p_a = 1 - right_vote: the left image's share
+    assert splits["test_no_imagenet"][0].p_a == 0.0 and splits["test_imagenet"][0].p_a == 1.0

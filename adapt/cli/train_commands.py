@@ -275,8 +275,9 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
     random init -> this command -> adapt tune --method full --weights OUT. With --from
     embedded or a weights file it is perceptual fine-tuning of a pretrained backbone instead.
     Writes a plain backbone state dict that adapt tune --weights takes (its metadata keeps
-    the options, as `config`). Prints the 2AFC accuracy (DreamSim's score) and the share of
-    voters who agree, per split (NIGHTS test as test_imagenet and test_no_imagenet), before and after.
+    the options, as `config`). Prints the 2AFC score (DreamSim's: the share of voters who agree
+    with the model's pick) and the majority accuracy, per split (NIGHTS test as test_imagenet and
+    test_no_imagenet), before and after.
 
     \b
     Examples:
@@ -290,12 +291,12 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
                       overwrite, record=resolved_record())  # fmt: skip
     kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
     table = Table(title=f"2AFC on the human votes, before → after: {kind}, {method}, {result.trainable_params:,} trained parameters")
-    for column in ("split", "triplets", "2AFC accuracy", "agreement share"):
+    for column in ("split", "triplets", "2AFC (DreamSim)", "majority accuracy"):
         table.add_column(column, justify="left" if column == "split" else "right", no_wrap=True)
     for split, before in result.before.items():
         after = result.after[split]
-        table.add_row(split, str(before.triplets), f"{before.accuracy:.1%} → {after.accuracy:.1%}",
-                      f"{before.agreement:.1%} → {after.agreement:.1%}")  # fmt: skip
+        table.add_row(split, str(before.triplets), f"{before.score:.1%} → {after.score:.1%}",
+                      f"{before.majority_accuracy:.1%} → {after.majority_accuracy:.1%}")  # fmt: skip
     console.print(table)
     console.print(f"wrote {out}; use it with: adapt tune --method full --weights {out}")
 
