@@ -11,7 +11,8 @@ from adapt.adapted import AdaptedModel
 from adapt.backbones import RANDOM_WEIGHTS, create_backbone
 from adapt.merge.reparam import merge_adapted
 from adapt.methods.lora import lora_eligible_weights
-from adapt.methods.spt.allocation import Allocation, allocate, structured_cost
+from adapt.methods.spt.allocation import Allocation, allocate
+from adapt.methods.spt.structured import structured_cost
 from adapt.methods.spt.ranking import ranked, split_fused
 from adapt.methods.spt.structured import StructuredDelta
 from conftest import perturb_trainable

@@ -1,8 +1,9 @@
 """SPT's allocation of a parameter budget from sensitivity scores (He et al., ICCV 2023).
 
 Take the globally most sensitive k entries. A weight matrix whose count of selected
-entries reaches (its structured cost / alpha_threshold) gets a structured module (LoRA of
-rank r costs r * (rows + cols); an adapter, by the paper's formula, 2 * rows * r + r + rows);
+entries reaches (its structured cost / alpha_threshold) gets a structured module, costed as
+built (spt.structured.structured_cost: LoRA of rank r costs r * (rows + cols); the official
+sequential adapter 2 * rows * r + r + rows, the paper's formula);
 a bias/norm vector trains whole when at least 20% of it is selected; every other tensor
 with selected entries gets a sparse delta on exactly those. Tensors in `always` (a ViT's
 cls_token) train whole and count. Two rules pick k:
@@ -15,7 +16,6 @@ cls_token) train whole and count. Two rules pick k:
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ import torch
 from adapt.checkpoint import write_json_atomic
 from adapt.config import binary_kind, build, option, read_text_file
 from adapt.errors import AdaptError
+from adapt.methods.spt.ranking import real_name
+from adapt.methods.spt.structured import ADAPTER_FORMS, is_sequential, structured_cost
 
 VECTOR_SHARE = 0.2
 OFFICIAL_GRID = [round(0.02 * i * 1e6) for i in range(1, 80)]  # the released code's sweep of k
@@ -59,6 +61,7 @@ class Allocation:
     selected: dict[str, int] = field(default_factory=dict)  # sensitive count per parameter (for plots)
     structured_module: str = option("lora", choices=("lora", "adapter"))  # costs: structured_cost
     rule: str = option("exact", choices=RULES)  # how k was chosen (module docstring)
+    adapter_form: str = option("sequential", choices=ADAPTER_FORMS)  # where adapters act (spt.structured)
 
     def trainable_params(self) -> int:
         return (
@@ -89,10 +92,10 @@ class Allocation:
         return allocation
 
 
-def structured_cost(shape: tuple[int, ...], rank: int, module: str) -> int:
-    """Parameters of the structured module on a weight of this shape (rows = outputs)."""
-    rows, cols = shape[0], math.prod(shape[1:])
-    return rank * (rows + cols) if module == "lora" else 2 * rows * rank + rank + rows
+def module_cost(name: str, shape: tuple[int, ...], rank: int, module: str, adapter_form: str) -> int:
+    """The structured cost of the tensor SPT calls `name` (a ViT's proj takes its adapter in parallel)."""
+    layer = real_name(name)[0].rpartition(".")[0]
+    return structured_cost(shape, rank, module, is_sequential(layer, module, adapter_form))
 
 
 def allocate(
@@ -104,6 +107,7 @@ def allocate(
     structured_module: str = "lora",
     rule: str = "exact",
     always: dict[str, int] | None = None,
+    adapter_form: str = "sequential",
 ) -> Allocation:
     """Allocate `budget` parameters (a count, or text for parse_budget against the ranked entries) over
     `scores` (see the module docstring).
@@ -118,7 +122,8 @@ def allocate(
     owner = torch.cat([torch.full((scores[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
     offsets = dict(zip(names, torch.tensor([0] + [scores[n].numel() for n in names]).cumsum(0).tolist()))
     order = torch.argsort(flat, descending=True, stable=True)  # ties broken by position: deterministic
-    costs = {n: structured_cost(tuple(scores[n].shape), rank, structured_module) for n in names if n in structured_eligible}
+    costs = {n: module_cost(n, tuple(scores[n].shape), rank, structured_module, adapter_form)
+             for n in names if n in structured_eligible}  # fmt: skip
     sizes = {**{n: scores[n].numel() for n in names if scores[n].ndim == 1}, **always}
     fixed = sum(always.values())
 
@@ -157,7 +162,7 @@ def allocate(
             unstructured[n] = sorted((mine - offsets[n]).tolist())
     selected = dict(zip(names, torch.bincount(owner[order[:low]], minlength=len(names)).tolist()))
     return Allocation(budget, rank, structured, unstructured, [*always, *vectors], costs, sizes, selected,
-                      structured_module, rule)  # fmt: skip
+                      structured_module, rule, adapter_form)  # fmt: skip
 
 
 def _block_and_kind(name: str) -> tuple[str, str]:

@@ -35,7 +35,7 @@ from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.methods.spt.allocation import RULES, Allocation, allocate, plot_allocation
 from adapt.methods.spt.ranking import ranked, real_name
 from adapt.methods.spt.sparse import SparseDelta, SparseDeltaConv2d, SparseDeltaLinear
-from adapt.methods.spt.structured import KINDS, UNDROPPED, StructuredDelta, WithStructured
+from adapt.methods.spt.structured import ADAPTER_FORMS, KINDS, UNDROPPED, StructuredDelta, WithStructured, is_sequential
 
 if TYPE_CHECKING:
     from adapt.data import DataSplits
@@ -45,10 +45,15 @@ if TYPE_CHECKING:
 @dataclasses.dataclass
 class SPTConfig:
     rank: int = option(8, low=1, high=4096)
-    alpha: float = option(8.0, low=0, low_open=True)  # LoRA scaling alpha / rank
+    alpha: float | None = option(None, low=0, low_open=True)  # LoRA scaling alpha / rank; None: 1, as the official code
     structured_module: str = option("lora", choices=KINDS)  # adapter: non-linear, cannot be merged
+    # the adapter on each layer's output (the official BlockSPTSeq) or on its input (ours before; spt.structured)
+    adapter_form: str = option("sequential", choices=ADAPTER_FORMS)
     structured_dropout: float = option(0.1, low=0, high=1, high_open=True)  # on the modules' input: a mask per layer, none on attn.proj
     structured_drop_path: float = option(0.1, low=0, high=1, high_open=True)  # on its output, per sample
+    # stochastic depth on a frozen ViT's blocks (timm's linear rule up to this rate) in the sensitivity pass and
+    # in training, as the official runs (train_spt.py --drop-path 0.1); 0 leaves the model's own
+    backbone_drop_path: float = option(0.1, low=0, high=1, high_open=True)
     # how `prepare` finds the allocation: a budget ("0.4M", "1%") spent on fresh sensitivity scores, or a saved file
     budget: str | int | None = option(None, takes="a count such as 400000, or text such as 0.4M, 50k or 1%")
     allocation: str | None = None
@@ -56,6 +61,9 @@ class SPTConfig:
     alpha_threshold: float = option(10.0, low=0, low_open=True)  # structured where sensitive count >= cost / this
     sensitivity_batches: int = option(16, low=1, high=100_000)
     sensitivity_batch_size: int = option(32, low=1, high=65_536)
+    # first: the first batches x batch_size training images in order, unaugmented (the official SequentialSampler
+    # with --no_aug); random: a seeded draw with replacement (unaugmented too)
+    sensitivity_sample: str = option("first", choices=("first", "random"))
     # on BatchNorm networks, score, allocate and train on the weights with each frozen BatchNorm folded into
     # the conv before it: a delta on a raw conv weight would be amplified by the norm's 1/sigma
     fold_batchnorm: bool = True
@@ -128,6 +136,8 @@ class SPT(Method):
         allocated = any(options.get(k) for k in ("structured", "unstructured", "vectors"))
         if allocated and "fold_batchnorm" not in options:
             options = {**options, "fold_batchnorm": False}
+        if allocated and "adapter_form" not in options:  # written before the sequential adapter: parallel
+            options = {**options, "adapter_form": "parallel"}
         return super().from_options(options)
 
     # -- setting up from the task --------------------------------------------------------
@@ -145,19 +155,22 @@ class SPT(Method):
 
             scored = copy.deepcopy(model)
             self._fold_batchnorms(scored)
-            scores = parameter_sensitivity(scored, data.train, self.config.sensitivity_batches,
-                                           self.config.sensitivity_batch_size, config.seed if config else 0)  # fmt: skip
+            set_vit_drop_path(scored, self.config.backbone_drop_path)
+            scores = parameter_sensitivity(scored, data.unaugmented_train, self.config.sensitivity_batches,
+                                           self.config.sensitivity_batch_size, config.seed if config else 0,
+                                           self.config.sensitivity_sample)  # fmt: skip
             scores, eligible, always = ranked(scored, scores, lora_eligible_weights(scored))
             allocation = allocate(scores, self.config.budget, eligible, self.config.rank, self.config.alpha_threshold,
-                                  self.config.structured_module, self.config.budget_rule, always)  # fmt: skip
+                                  self.config.structured_module, self.config.budget_rule, always,
+                                  self.config.adapter_form)  # fmt: skip
         elif data is not None:
             raise AdaptError(f"{term('method')} spt needs {term('budget')} (e.g. 0.4M, 1%) or {term('allocation')} alloc.json")
         else:
             return
         counts = {n: len(i) for n, i in allocation.unstructured.items()}
         self.config = dataclasses.replace(self.config, rank=allocation.rank, structured_module=allocation.structured_module,
-                                          structured=list(allocation.structured), unstructured=counts,
-                                          vectors=list(allocation.vectors))  # fmt: skip
+                                          adapter_form=allocation.adapter_form, structured=list(allocation.structured),
+                                          unstructured=counts, vectors=list(allocation.vectors))  # fmt: skip
         self.allocation = allocation
 
     def write_run_files(self, out_dir: Path) -> None:
@@ -206,6 +219,7 @@ class SPT(Method):
         for name in [*self.config.structured, *self.config.unstructured, *self.config.vectors]:
             _parameter(model, real_name(name)[0])  # each named tensor exists, or one line naming it
         self._fold_batchnorms(model)
+        set_vit_drop_path(model, self.config.backbone_drop_path)
         blocks: dict[str, list[int | None]] = defaultdict(list)
         for name in self.config.structured:
             real, block = real_name(name)
@@ -213,10 +227,11 @@ class SPT(Method):
         for layer_name, layer_blocks in blocks.items():
             layer = model.get_submodule(layer_name)
             size = layer.weight.shape[0]
+            sequential = is_sequential(layer_name, self.config.structured_module, self.config.adapter_form)
             layer.structured = nn.ModuleDict({
                 str(block) if block is not None else "all": StructuredDelta(
                     layer, _block_rows(size, block), self.config.structured_module, self.config.rank, self.config.alpha,
-                    self.config.structured_drop_path)
+                    self.config.structured_drop_path, sequential)
                 for block in layer_blocks
             })  # fmt: skip
             undropped = layer_name.endswith(UNDROPPED)
@@ -287,6 +302,22 @@ class SPT(Method):
                 without_mixin(module, WithStructured)
                 del module.structured, module.structured_dropout
         return model
+
+
+def set_vit_drop_path(model: nn.Module, rate: float) -> None:
+    """Stochastic depth on a timm ViT's blocks, rising linearly from 0 to `rate` (timm's and the official
+    code's rule); other models, or rate 0, are left as they are. Only active in training mode."""
+    from timm.layers import DropPath
+    from timm.models.vision_transformer import VisionTransformer
+
+    if rate <= 0 or not isinstance(model, VisionTransformer):
+        return
+    depth = len(model.blocks)
+    for i, block in enumerate(model.blocks):
+        block_rate = rate * i / max(depth - 1, 1)
+        for name in ("drop_path1", "drop_path2"):
+            if hasattr(block, name):
+                setattr(block, name, DropPath(block_rate) if block_rate > 0 else nn.Identity())
 
 
 def _on_layer(model: nn.Module, name: str) -> bool:

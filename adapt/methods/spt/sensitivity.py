@@ -1,9 +1,11 @@
 """Parameter sensitivity for SPT: how much the task loss cares about each backbone weight.
 
 The score of a weight is the sum over a few batches of its squared gradient of the task
-loss, with a freshly initialised head (as SPT's official code: 16 batches of 32 training
-images). BatchNorm statistics stay frozen, as in every PEFT run. The result has one
-score tensor per backbone parameter, with that parameter's name and shape.
+loss, with a freshly initialised head, in training mode (as SPT's official code: the first
+16 batches of 32 training images in order, unaugmented: SequentialSampler with --no_aug;
+`sample="random"` draws them with replacement instead). BatchNorm statistics stay frozen,
+as in every PEFT run. The result has one score tensor per backbone parameter, with that
+parameter's name and shape.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from adapt.backbones import create_backbone, is_head_key, preprocessing
 from adapt.checkpoint import read_tensors, save_tensors_atomic
@@ -30,19 +32,25 @@ from adapt.outputs import writing_file
 
 
 def parameter_sensitivity(model: nn.Module, images: Dataset, batches: int = 16, batch_size: int = 32,
-                          seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Scores per backbone parameter of `model` (a backbone with its head), from `images`.
-    The model itself is left as it was: the pass runs on a copy."""
+                          seed: int = 0, sample: str = "first") -> dict[str, torch.Tensor]:  # fmt: skip
+    """Scores per backbone parameter of `model` (a backbone with its head), from `images` (give them
+    unaugmented). The model itself is left as it was: the pass runs on a copy; its random layers
+    (drop-path, dropout) draw from `seed`."""
     model = copy.deepcopy(model)
     freeze_norm_statistics(model)
     model.train()
     model.requires_grad_(True)  # gradients for every backbone weight; nothing is stepped
     scores = {k: torch.zeros_like(p) for k, p in model.named_parameters() if not is_head_key(model, k)}
-    generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(images, replacement=True, num_samples=batches * batch_size, generator=generator)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("sensitivity", total=batches)
-        for batch, labels in DataLoader(images, batch_size=batch_size, sampler=sampler):
+    if sample == "first":
+        loader = DataLoader(Subset(images, range(min(len(images), batches * batch_size))), batch_size=batch_size)
+    else:
+        sampler = RandomSampler(images, replacement=True, num_samples=batches * batch_size,
+                                generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        loader = DataLoader(images, batch_size=batch_size, sampler=sampler)
+    with Progress(transient=True) as progress, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        task = progress.add_task("sensitivity", total=len(loader))
+        for batch, labels in loader:
             model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(batch), labels).backward()
             for key, parameter in model.named_parameters():
@@ -53,18 +61,24 @@ def parameter_sensitivity(model: nn.Module, images: Dataset, batches: int = 16, 
 
 
 def task_sensitivity(data: str, backbone: str, weights: str | None = None, image_size: int | None = None,
-                     batches: int = 16, batch_size: int = 32, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
-    """`adapt sensitivity`: scores on a task's training images, and metadata naming the backbone and data."""
+                     batches: int = 16, batch_size: int = 32, seed: int = 0, sample: str = "first",
+                     drop_path: float = 0.1) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
+    """`adapt sensitivity`: scores on a task's training images (unaugmented; a ViT with SPT's drop-path),
+    and metadata naming the backbone and data."""
+    from adapt.methods.spt.method import set_vit_drop_path
+
     defaults = preprocessing(backbone)
     size = image_size_for(data, image_size, defaults.image_size)
     splits = load_data(data, size, defaults.mean, defaults.std, seed=seed)
     model, info = create_backbone(backbone, weights, splits.num_classes, size, seed)
-    scores = parameter_sensitivity(model, splits.train, batches, batch_size, seed)
+    set_vit_drop_path(model, drop_path)
+    scores = parameter_sensitivity(model, splits.unaugmented_train, batches, batch_size, seed, sample)
     scores, eligible, always = ranked(model, scores, lora_eligible_weights(model))
     scores = {name: score.contiguous() for name, score in scores.items()}  # row blocks of a fused qkv are views
     metadata = {"backbone": info.name, "lora_eligible": json.dumps(sorted(eligible)), "always": json.dumps(always),
                 "backbone_sha256": info.sha256, "backbone_weights": info.weights, "data": data, "image_size": str(size),
-                "batches": str(batches), "batch_size": str(batch_size), "seed": str(seed),
+                "batches": str(batches), "batch_size": str(batch_size), "seed": str(seed), "sample": sample,
+                "drop_path": str(drop_path),
                 "class_names": json.dumps(splits.class_names)}  # fmt: skip
     return scores, metadata
 
@@ -86,6 +100,7 @@ def allocate_file(
     plot: str | Path | None = None,
     overwrite: bool = False,
     rule: str = "exact",
+    adapter_form: str = "sequential",
 ) -> Allocation:
     """`adapt allocate`: read scores, allocate the budget, write the allocation (and its heatmap)."""
     from adapt.methods.spt.allocation import plot_allocation
@@ -95,7 +110,8 @@ def allocate_file(
         tensors, metadata = read_sensitivity(scores_path)
         eligible = set(json.loads(metadata.get("lora_eligible", "[]")))  # adapters fit the same layers
         always = json.loads(metadata.get("always", "{}"))
-        allocation = allocate(tensors, budget, eligible, rank, alpha_threshold, structured_module, rule, always)
+        allocation = allocate(tensors, budget, eligible, rank, alpha_threshold, structured_module, rule, always,
+                              adapter_form)  # fmt: skip
         allocation.save(out)
         if plot is not None:
             plot_allocation(allocation, plot)

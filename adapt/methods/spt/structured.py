@@ -1,13 +1,23 @@
-"""SPT's structured part: a LoRA or an adapter beside a frozen Linear/Conv2d, or beside a block of
-its output rows (q, k or v of a ViT's fused qkv, which the paper treats as three matrices).
+"""SPT's structured part: a LoRA or an adapter on a frozen Linear/Conv2d, or on a block of its
+output rows (q, k or v of a ViT's fused qkv, which the paper treats as three matrices).
 
-As in the released code: LoRA is down (kaiming) then up (zeros), no bias; the adapter is
-down -> GELU -> up with biases (up and its bias start at zero), costed 2 * rows * r + r + rows;
-the output goes through DropPath and the input through Dropout (0.1 each by default), one
-dropout mask per layer shared by its modules (the official code's `x_drop` for q, k and v),
-none on a ViT's attention output projection (the official code gives `proj` none). Both start
-as the unchanged layer. LoRA folds into the weight (W[rows] += scaling * up @ down); the
-adapter's GELU makes it non-linear, so a model with adapters cannot be merged.
+As in the released code (ziplab/SPT model/vision_transformer_timm.py): LoRA is down (kaiming)
+then up (zeros), no bias, **parallel**: it sees the layer's input and adds to its output
+(BlockSPTParallel). The adapter is down -> GELU -> up with biases (up and its bias start at
+zero) and, by default, **sequential** (BlockSPTSeq): it acts on the layer's output rows,
+x -> x + up(GELU(down(x))), so on fc1 it maps fc1's 3072-wide output before the GELU; its
+cost is then exactly the paper's formula 2 * rows * r + r + rows. On a CNN the sequential
+adapter's down and up are 1x1 convs on the conv's output. `parallel` (our earlier form: the
+adapter on the layer's input) is kept as a named option, costed as built,
+r * (rows + cols) + r + rows. A ViT's attention output projection is parallel in both forms
+and sees its input undropped, as the official `proj` does.
+
+The module's output goes through DropPath and its input through Dropout (0.1 each by
+default). Parallel modules of one layer share one dropout mask on its input (the official
+`x_drop` for q, k and v); a sequential module drops its own rows (the official code calls
+`structured_drop` on q, k and v separately). Both start as the unchanged layer. LoRA folds
+into the weight (W[rows] += scaling * up @ down); the adapter's GELU makes it non-linear,
+so a model with adapters cannot be merged.
 
 Dropout on a CNN's full-resolution maps is what SPT's training time and memory went to
 (benchmarks/results/spt_digits.md), so it is done cheaply and exactly as inverted dropout:
@@ -31,7 +41,8 @@ from adapt.kernels import add_low_rank_
 from adapt.methods.mixins import plain_class
 
 KINDS = ("lora", "adapter")
-UNDROPPED = ("attn.proj",)  # layers whose structured modules see their input undropped (the official ViT)
+ADAPTER_FORMS = ("sequential", "parallel")  # sequential: the official BlockSPTSeq
+UNDROPPED = ("attn.proj",)  # parallel in every form, input undropped (the official ViT's proj)
 MASK_LEVELS = 1 << 16  # dropout's probability is a multiple of 1 / MASK_LEVELS
 
 
@@ -47,17 +58,35 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(keep, x, 0.0).mul_(MASK_LEVELS / (MASK_LEVELS - dropped))
 
 
+def is_sequential(layer_name: str, kind: str, adapter_form: str) -> bool:
+    """Whether the structured module on this layer acts on its output (module docstring)."""
+    return kind == "adapter" and adapter_form == "sequential" and not layer_name.endswith(UNDROPPED)
+
+
+def structured_cost(shape: tuple[int, ...], rank: int, kind: str, sequential: bool = True) -> int:
+    """Parameters of the structured module on a weight of this shape (rows = outputs), as built."""
+    rows, cols = shape[0], math.prod(shape[1:])
+    if kind == "lora":
+        return rank * (rows + cols)
+    return 2 * rows * rank + rank + rows if sequential else rank * (rows + cols) + rank + rows
+
+
 class StructuredDelta(nn.Module):
     """The structured module for output rows [start, stop) of `layer` (all rows: the whole layer);
-    its input dropout belongs to the layer (WithStructured), which feeds it `down`'s output."""
+    its input dropout belongs to the layer (WithStructured), which feeds it `down`'s output.
+    sequential (adapters): it maps those output rows rather than the layer's input."""
 
-    def __init__(self, layer: nn.Module, rows: tuple[int, int], kind: str, rank: int, alpha: float,
-                 drop_path: float = 0.1):  # fmt: skip
+    def __init__(self, layer: nn.Module, rows: tuple[int, int], kind: str, rank: int, alpha: float | None,
+                 drop_path: float = 0.1, sequential: bool = False):  # fmt: skip
         super().__init__()
-        self.rows, self.kind = rows, kind
+        self.rows, self.kind, self.sequential = rows, kind, sequential
         adapter = kind == "adapter"
         outputs = rows[1] - rows[0]
-        if isinstance(layer, nn.Linear):
+        if sequential and isinstance(layer, (nn.Linear, nn.Conv2d)):  # on the output: rows -> r -> rows
+            linear = isinstance(layer, nn.Linear)
+            self.down = nn.Linear(outputs, rank) if linear else nn.Conv2d(outputs, rank, 1)
+            self.up = nn.Linear(rank, outputs) if linear else nn.Conv2d(rank, outputs, 1)
+        elif isinstance(layer, nn.Linear):
             self.down = nn.Linear(layer.in_features, rank, bias=adapter)
             self.up = nn.Linear(rank, outputs, bias=adapter)
         elif isinstance(layer, nn.Conv2d) and layer.groups == 1:  # down sees the input as the layer does
@@ -71,7 +100,7 @@ class StructuredDelta(nn.Module):
         if adapter:
             nn.init.zeros_(self.up.bias)
         self.act = nn.GELU() if adapter else nn.Identity()
-        self.scaling = 1.0 if adapter else alpha / rank
+        self.scaling = 1.0 if adapter or alpha is None else alpha / rank  # None: unscaled, as the official LoRA
         self.drop_path = DropPath(drop_path)
 
     def forward(self, down: torch.Tensor) -> torch.Tensor:
@@ -97,8 +126,9 @@ def _dropped_downs(x: torch.Tensor, p: float, *modules: StructuredDelta) -> tupl
 
 
 class WithStructured:
-    """Mixin over a Linear/Conv2d: its output plus each structured module's, in that module's rows;
-    the modules share one dropout mask on the input (`structured_dropout`)."""
+    """Mixin over a Linear/Conv2d: its output plus each structured module's, in that module's rows.
+    Parallel modules share one dropout mask on the input (`structured_dropout`); sequential ones each
+    drop their own rows of the output."""
 
     structured: nn.ModuleDict
     structured_dropout: float
@@ -106,6 +136,8 @@ class WithStructured:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
         modules = list(self.structured.values())
+        if modules[0].sequential:  # a layer's modules share one form (SPT.add_trainable)
+            return self._add_sequential(out, modules)
         if self.training and self.structured_dropout > 0:  # recomputed in backward, not kept (module docstring)
             downs = checkpoint(_dropped_downs, x, self.structured_dropout, *modules, use_reentrant=False)
         else:
@@ -116,3 +148,23 @@ class WithStructured:
             rows = out if stop - start == out.shape[channel] else out.narrow(channel, start, stop - start)
             rows.add_(module(down))  # all rows: no view, so backward does not copy the whole gradient
         return out
+
+    def _add_sequential(self, out: torch.Tensor, modules: list[StructuredDelta]) -> torch.Tensor:
+        """out + each module's map of its own rows of `out` (a new tensor: `out` is the modules' input)."""
+        channel = -1 if isinstance(self, nn.Linear) else 1
+        deltas = []
+        for module in modules:
+            start, stop = module.rows
+            rows = out if stop - start == out.shape[channel] else out.narrow(channel, start, stop - start)
+            if self.training and self.structured_dropout > 0:
+                (down,) = checkpoint(_dropped_downs, rows, self.structured_dropout, module, use_reentrant=False)
+            else:
+                down = module.down(rows)
+            deltas.append(module(down))
+        if len(modules) == 1 and modules[0].rows[1] - modules[0].rows[0] == out.shape[channel]:
+            return out + deltas[0]
+        result = out.clone()
+        for module, delta in zip(modules, deltas):
+            start, stop = module.rows
+            result.narrow(channel, start, stop - start).add_(delta)
+        return result
