@@ -14,10 +14,12 @@ from adapt.adapted import AdaptedModel
 from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, image_size_for, load_data
 from adapt.devices import is_main_process
+from adapt.errors import AdaptError, term
 from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
 from adapt.train_config import CONFIG_FILE
 from adapt.train_state import STATE_FILE
+from adapt.warm_start import read_start, start_options, warm_start
 
 
 @dataclass
@@ -33,15 +35,25 @@ class TuneJob:
     split_protocol: str = "final"
     limit: int | None = None
     augment: str | None = None  # "on", "off" or a timm auto-augment policy; None: on for folder:, else off
+    init_from: str | None = None  # a checkpoint whose head (and adapter, same method) the run starts from
 
 
-def prepare(job: TuneJob, spec: str, config: TrainConfig) -> tuple[AdaptedModel, DataSplits]:
-    """The adapted model and the data of one task (the method sets itself up from the data first)."""
+def prepare(job: TuneJob, spec: str, config: TrainConfig,
+            on_note: Callable[[str], None] | None = None) -> tuple[AdaptedModel, DataSplits]:  # fmt: skip
+    """The adapted model and the data of one task (the method sets itself up from the data first), started
+    from `job.init_from` when given (adapt.warm_start; `on_note` hears what was taken)."""
     defaults = preprocessing(job.backbone)
     size = image_size_for(spec, job.image_size, defaults.image_size)
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
-    adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, job.options,
+    options = job.options
+    if job.init_from is not None:
+        options = start_options(read_start(job.init_from)[1], job.method, options)
+    adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options,
                                   config.seed, setup=(data, config))  # fmt: skip
+    if job.init_from is not None:
+        start = warm_start(adapted, job.init_from)
+        if on_note is not None:
+            on_note(start.describe())
     return adapted, data
 
 
@@ -66,6 +78,11 @@ def tune(
     run that stopped before saving its first epoch starts it from the beginning, saying so to `on_note`."""
     out_dir = Path(out_dir)
     main = is_main_process()
+    if job.init_from is not None:  # checked before anything in out_dir is replaced
+        read_start(job.init_from)
+        if overwrite and Path(job.init_from).resolve().parent == out_dir.resolve():
+            raise AdaptError(f"{term('init_from')} {job.init_from} is a file of the run in {out_dir}, which "
+                             f"{term('overwrite')} would replace: start from a copy, or write elsewhere")  # fmt: skip
     with exclusive_lock(out_dir) if main else contextlib.nullcontext():
         check_run_folder(out_dir, RUN_FILES, resume, overwrite, remove=main)
         started = (out_dir / CONFIG_FILE).is_file()  # written when a run starts, before any epoch
@@ -74,7 +91,7 @@ def tune(
             if on_note is not None:
                 on_note(f"{out_dir} holds no finished epoch yet (the run stopped before its first save): "
                         "starting it from the beginning")  # fmt: skip
-        adapted, data = prepare(job, spec or job.data, config)
+        adapted, data = prepare(job, spec or job.data, config, None if resume else on_note)
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
         if main and not resume:  # written once the run can start, so a refusal leaves nothing
             write_run_config(out_dir, record if record is not None else job_record(job, config, out_dir))

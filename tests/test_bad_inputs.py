@@ -227,6 +227,9 @@ SOUP = f"{W}/soup"
 CASES = [
     # training hyperparameters: finite, in range, of the right type
     C(f"tune --lr inf {T}", "lr must be finite"),
+    C(f"tune --init-from {W}/nowhere.safetensors {T}", "nowhere.safetensors"),
+    C(f"tune --init-from {SOUP}/a.safetensors {T}", "not an adapt checkpoint"),
+    C(f"tune --method lora --init-from {CKPT} --backbone test_vit --weights random {T}", "was trained on"),
     C(f"tune --lr nan {T}", "lr must be finite"),
     C(f"tune --lr 0 {T}", "Invalid value for '--lr'", 2),
     C(f"tune --lr 1e6 {T}", "lr must be <= 10"),

@@ -28,6 +28,8 @@ from adapt.train_config import TrainConfig
                    "Default: on for folder:, off for vtab: (the VTAB-1k protocol) and digits.")  # fmt: skip
 @backbone_option
 @weights_option
+@click.option("--init-from", type=click.Path(dir_okay=False), default=None, metavar="CKPT",
+              help="Start from a trained checkpoint's head (and its adapter, if the same method): LP-FT, soup ingredients.")
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
 @click.option("--epochs", type=click.IntRange(1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
@@ -61,6 +63,7 @@ def tune(ctx, **_) -> None:
       adapt tune --out runs/pets --resume          # continue with the saved options
       adapt tune --log-with tensorboard            # then: tensorboard --logdir runs/tune/tensorboard
       adapt tune --method spt --budget 0.4M --rank 8    # sensitivity, allocation, then training
+      adapt tune --method linear --out lp && adapt tune --init-from lp/adapter.safetensors   # LP-FT
       adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224 --weights random
       adapt tune --backbone local-dir:merged/ --data folder:pets --out runs/pets-2   # a hub folder as the backbone
       adapt tune --data vtab:~/vtab-1k/dtd --backbone vit_base_patch16_224 --weights vit.safetensors
@@ -84,7 +87,8 @@ def tune(ctx, **_) -> None:
             v = resolve_config(ctx, ctx.params["config"], str(found))
     options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
-                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"])  # fmt: skip
+                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
+                  init_from=v["init_from"])  # fmt: skip
     config = TrainConfig(v["epochs"], v["batch_size"], v["lr"], v["weight_decay"], v["warmup"], v["grad_accum"],
                          v["precision"], v["seed"], v["workers"], v["log_with"])  # fmt: skip
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
