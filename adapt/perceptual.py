@@ -18,6 +18,12 @@ majority's image, 0.5 when the model or the vote is tied). On unanimous triplets
 is all DreamSim keeps, the two are equal. Any tune method can
 do the training (full by default); what it learned is merged, so the output is a plain
 backbone state dict that every command accepts as --weights.
+
+The recipe (`AlignmentConfig`) is DreamSim's by default: Adam with betas (0.5, 0.999),
+lr 3e-4, no weight decay, batch 32, 8 epochs, margin 0.05 (ssundaram21/dreamsim
+training/train.py `configure_optimizers`, configs/train_single_model_lora.yaml). After
+every epoch the val split is scored, and the epoch with the best val 2AFC is what is
+written (early stopping: `patience` epochs without a better one end the run).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from adapt.backbones import EMBEDDED_WEIGHTS, RANDOM_WEIGHTS, create_backbone, preprocessing
 from adapt.checkpoint import save_tensors_atomic
+from adapt.config import MAX_SEED, build, option
 from adapt.data.transforms import eval_transform
 from adapt.data.triplets import TripletDataset, load_triplets
 from adapt.errors import AdaptError
@@ -44,9 +51,31 @@ from adapt.methods import count_trainable, create_method
 from adapt.outputs import writing_file
 from adapt.devices import make_accelerator
 from adapt.optimization import parameter_groups
-from adapt.train import TrainConfig
 
 MARGIN = 0.05
+
+
+@dataclass
+class AlignmentConfig:
+    """How the alignment trains; the defaults are DreamSim's single-backbone recipe (module docstring)."""
+
+    epochs: int = option(8, low=1, high=100_000)
+    lr: float = option(3e-4, low=0, low_open=True, high=10)
+    weight_decay: float = option(0.0, low=0, high=10)
+    batch_size: int = option(32, low=1, high=65_536)
+    optimizer: str = option("adam", choices=("adam", "adamw"))  # adam: DreamSim's; adamw: decoupled decay
+    betas: tuple[float, float] = (0.5, 0.999)
+    margin: float = option(MARGIN, low=0, high=2)
+    patience: int | None = option(None, low=1, high=100_000)  # epochs without a better val 2AFC before stopping
+    seed: int = option(0, low=0, high=MAX_SEED)
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise AdaptError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        kind = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
+        return kind(parameter_groups(model, self.weight_decay), lr=self.lr, betas=tuple(self.betas))
 
 
 def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,6 +142,8 @@ class PerceptualResult:
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     trainable_params: int = 0
     source: str = RANDOM_WEIGHTS  # where the backbone started: random, embedded or a weights file
+    val_scores: list[float] = field(default_factory=list)  # the val 2AFC after each epoch
+    best_epoch: int = 0  # the epoch that was written (1-based)
 
 
 def perceptual_init(
@@ -121,36 +152,32 @@ def perceptual_init(
     backbone: str,
     source: str = RANDOM_WEIGHTS,
     method: str = "full",
-    epochs: int = 5,
-    lr: float = 5e-4,
-    weight_decay: float = 0.1,
-    batch_size: int = 16,
+    config: AlignmentConfig | dict[str, Any] | None = None,
     image_size: int | None = None,
-    seed: int = 0,
     overwrite: bool = False,
     record: dict[str, Any] | None = None,
 ) -> PerceptualResult:
     """Train `backbone`, starting from `source` ("random", the paper's setting; "embedded"; or a
-    weights file: perceptual fine-tuning), on the triplets of `data`, and write it, merged, to `out`.
+    weights file: perceptual fine-tuning), on the triplets of `data` by `config` (DreamSim's recipe
+    by default, or a mapping of its fields), and write the best epoch on val, merged, to `out`.
 
     An existing `out` is replaced only with `overwrite`, and never when it is the input weights.
     `record` (the command's resolved options) goes into the file's metadata as `config` (YAML)."""
-    TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)  # checks them
+    if not isinstance(config, AlignmentConfig):
+        config = build(AlignmentConfig, dict(config or {}), "alignment options")
     inputs = [] if source in (RANDOM_WEIGHTS, EMBEDDED_WEIGHTS) else [source]
     with writing_file(out, overwrite, inputs=inputs):
-        return _perceptual_init(data, out, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size,
-                                seed, record)  # fmt: skip
+        return _perceptual_init(data, out, backbone, source, method, config, image_size, record)
 
 
-def _perceptual_init(data, out, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed,
-                     record) -> PerceptualResult:  # fmt: skip
+def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfig, image_size, record) -> PerceptualResult:
     splits = load_triplets(data)
     if not splits.get("train"):
         raise AdaptError(f"{data} has no train triplets")
     adapter = create_method(method)
     if not adapter.mergeable:
         raise AdaptError(f"method {method} cannot be merged into a plain backbone; choose a mergeable one")
-    model, info = create_backbone(backbone, source, num_classes=0, image_size=image_size, seed=seed)
+    model, info = create_backbone(backbone, source, num_classes=0, image_size=image_size, seed=config.seed)
     model = adapter.apply(model)
     if count_trainable(model) == 0:
         raise AdaptError(f"method {method} trains nothing without a classifier head; choose another")
@@ -158,32 +185,49 @@ def _perceptual_init(data, out, backbone, source, method, epochs, lr, weight_dec
     transform = eval_transform(image_size or defaults.image_size, defaults.mean, defaults.std)
     datasets = {name: TripletDataset(triplets, transform) for name, triplets in splits.items()}
     evaluated = evaluated_splits(list(datasets))
+    chooser = "val" if "val" in datasets else None  # the split the best epoch is chosen on
 
     accelerator = make_accelerator()
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(datasets["train"], batch_size=batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(datasets["train"], batch_size=config.batch_size, shuffle=True, generator=generator)
+    optimizer = config.make_optimizer(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     result = PerceptualResult({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}, {},
                               trainable_params=count_trainable(model), source=info.weights)  # fmt: skip
+    best, best_state, waited = float("-inf"), None, 0
     with Progress(disable=not accelerator.is_main_process, transient=True) as progress:
-        task = progress.add_task("perceptual alignment", total=epochs * len(loader))
-        for _ in range(epochs):
+        task = progress.add_task("perceptual alignment", total=config.epochs * len(loader))
+        for epoch in range(1, config.epochs + 1):
             model.train()
             total = 0.0
             for ref, a, b, p_a in loader:
-                loss = hinge_loss(*distances(model, ref, a, b), p_a.float())
+                loss = hinge_loss(*distances(model, ref, a, b), p_a.float(), config.margin)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
                 total += float(loss.detach())
                 progress.advance(task)
             result.losses.append(total / len(loader))
+            if chooser is None:  # nothing to choose on: the last epoch
+                result.best_epoch = epoch
+                continue
+            result.val_scores.append(evaluate_two_afc(model, datasets[chooser], accelerator).score)
+            if result.val_scores[-1] > best:
+                best, result.best_epoch, waited = result.val_scores[-1], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            else:
+                waited += 1
+                if config.patience is not None and waited >= config.patience:
+                    break
+    if best_state is not None:
+        accelerator.unwrap_model(model).load_state_dict(best_state)
     result.after = {s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}
 
     plain = adapter.merge(accelerator.unwrap_model(model))
     summary = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
-               "epochs": epochs, "twoafc_before": {s: asdict(v) for s, v in result.before.items()},
+               "recipe": asdict(config), "epochs_run": len(result.losses), "best_epoch": result.best_epoch,
+               "val_twoafc_by_epoch": result.val_scores,
+               "twoafc_before": {s: asdict(v) for s, v in result.before.items()},
                "twoafc_after": {s: asdict(v) for s, v in result.after.items()}}  # fmt: skip
     if accelerator.is_main_process:
         metadata = {"backbone": backbone, "perceptual_init": json.dumps(summary)}

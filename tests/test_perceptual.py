@@ -112,7 +112,8 @@ def test_loader_errors_name_the_row(fixture_root, tmp_path):
 
 def test_perceptual_fine_tuning_raises_agreement_and_feeds_tune(fixture_root, tmp_path):
     out = tmp_path / "init.safetensors"
-    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", "embedded", epochs=4, image_size=48)
+    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", "embedded",
+                             config={"epochs": 4, "batch_size": 16}, image_size=48)  # fmt: skip
     assert set(result.before) == {"val", "test_imagenet", "test_no_imagenet"}
     total = lambda scores: sum(s.score * s.triplets for s in scores.values())  # noqa: E731
     assert total(result.after) > total(result.before), result
@@ -130,7 +131,8 @@ def test_perceptual_fine_tuning_raises_agreement_and_feeds_tune(fixture_root, tm
 
 def test_the_default_starts_from_a_random_initialisation(fixture_root, tmp_path):
     out = tmp_path / "init.safetensors"
-    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", epochs=3, image_size=32, seed=1)
+    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", config={"epochs": 3, "seed": 1},
+                             image_size=32)  # fmt: skip
     assert result.source == "random" and result.losses[-1] < result.losses[0]
     from adapt.backbones import create_backbone
 
@@ -180,3 +182,41 @@ def test_nights_rows_as_dreamsims_loader_reads_them(tmp_path):
                                                                       "test_no_imagenet": 1}  # fmt: skip
     assert [t.p_a for t in splits["train"]] == [1.0, 0.0]  # p_a = 1 - right_vote: the left image's share
     assert splits["test_no_imagenet"][0].p_a == 0.0 and splits["test_imagenet"][0].p_a == 1.0
+
+
+def test_the_default_recipe_is_dreamsims():
+    """ssundaram21/dreamsim: Adam(betas=(0.5, 0.999)), lr 3e-4, weight decay 0, batch 32, 8 epochs, margin 0.05."""
+    from adapt.perceptual import AlignmentConfig
+
+    recipe = AlignmentConfig()
+    assert (recipe.lr, recipe.weight_decay, recipe.batch_size, recipe.epochs, recipe.margin) == (3e-4, 0.0, 32, 8, 0.05)
+    optimizer = recipe.make_optimizer(torch.nn.Linear(2, 2))
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["betas"] == (0.5, 0.999)
+    assert type(AlignmentConfig(optimizer="adamw").make_optimizer(torch.nn.Linear(2, 2))) is torch.optim.AdamW
+    with pytest.raises(AdaptError, match="betas"):
+        AlignmentConfig(betas=(0.5, 1.5))
+
+
+def test_alignment_writes_the_epoch_with_the_best_val_score_and_stops_on_patience(fixture_root, tmp_path):
+    out = tmp_path / "init.safetensors"
+    result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", "embedded",
+                             config={"epochs": 4, "batch_size": 8, "lr": 1e-3, "patience": 1}, image_size=32)  # fmt: skip
+    scores = result.val_scores
+    assert 1 <= len(scores) == len(result.losses) <= 4
+    assert scores.index(max(scores)) + 1 == result.best_epoch
+    assert all(b > a for a, b in zip(scores[:-2], scores[1:-1]))  # it ran on while val improved ...
+    assert len(scores) == 4 or scores[-1] <= max(scores[:-1])  # ... and stopped at the first epoch that did not
+    assert result.after["val"].score == pytest.approx(max(scores), abs=1e-6)  # the file holds the best epoch
+    with safe_open(str(out), "pt") as handle:
+        record = json.loads(handle.metadata()["perceptual_init"])
+    assert record["best_epoch"] == result.best_epoch and record["recipe"]["optimizer"] == "adam"
+
+
+def test_the_fixture_draws_on_every_source_and_distortion_family(tmp_path):
+    from adapt.data.triplets import DISTORTIONS
+
+    root = make_fixture(tmp_path / "f", count=90, size=32, seed=1)
+    rows = (root / "data.csv").read_text().splitlines()[1:]
+    assert len(rows) == 90 and len(DISTORTIONS) >= 11
+    natural = [r.endswith("True") for r in rows]
+    assert 0.4 < sum(natural) / len(natural) < 0.9  # photo crops, and digits, maps, an illustration, gratings

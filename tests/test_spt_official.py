@@ -36,6 +36,16 @@ def _allocated(backbone: str, folder, budget: int, **options) -> tuple[Allocatio
     return allocation, adapted
 
 
+def _adapters(names: list[str], folder, **options) -> AdaptedModel:
+    """SPT adapters (the default form) on the named matrices of a tiny ViT, perturbed off their zero start."""
+    allocation = Allocation(budget=10**6, rank=4, structured=names, costs={n: 1 for n in names}, structured_module="adapter")
+    allocation.save(folder / "allocation.json")
+    adapted = AdaptedModel.create("spt", CLASSES, 160, "test_vit", RANDOM_WEIGHTS,
+                                  {"allocation": str(folder / "allocation.json"), **options})  # fmt: skip
+    perturb_trainable(adapted.model, 0.1)
+    return adapted
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("form", [{"structured_module": "lora"}, {"structured_module": "adapter"},
                                   {"structured_module": "adapter", "adapter_form": "parallel"}],
@@ -53,12 +63,7 @@ def test_the_sequential_adapter_maps_each_layers_output_as_block_spt_seq(tmp_pat
     proj: proj(x) + adapter(x), in parallel."""
     names = ["blocks.0.attn.qkv.weight#q", "blocks.0.attn.qkv.weight#v", "blocks.0.attn.proj.weight",
              "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight"]  # fmt: skip
-    allocation = Allocation(budget=10**6, rank=4, structured=names, costs={n: 1 for n in names}, structured_module="adapter")
-    allocation.save(tmp_path / "allocation.json")
-    adapted = AdaptedModel.create("spt", CLASSES, 160, "test_vit", RANDOM_WEIGHTS,
-                                  {"allocation": str(tmp_path / "allocation.json"), "structured_dropout": 0.0,
-                                   "structured_drop_path": 0.0})  # fmt: skip
-    perturb_trainable(adapted.model, 0.1)
+    adapted = _adapters(names, tmp_path, structured_dropout=0.0, structured_drop_path=0.0)
     block = adapted.model.blocks[0].eval()
 
     def adapter(module, x):
@@ -85,13 +90,8 @@ def test_the_sequential_adapter_maps_each_layers_output_as_block_spt_seq(tmp_pat
 
 
 def test_sequential_adapters_train_with_dropout_recomputed_exactly(tmp_path):
-    names = ["blocks.0.attn.qkv.weight#k", "blocks.0.mlp.fc1.weight"]
-    allocation = Allocation(budget=10**6, rank=4, structured=names, costs={n: 1 for n in names}, structured_module="adapter")
-    allocation.save(tmp_path / "allocation.json")
-    adapted = AdaptedModel.create("spt", CLASSES, 160, "test_vit", RANDOM_WEIGHTS,
-                                  {"allocation": str(tmp_path / "allocation.json"), "structured_dropout": 0.5,
-                                   "structured_drop_path": 0.0})  # fmt: skip
-    perturb_trainable(adapted.model, 0.1)
+    adapted = _adapters(["blocks.0.attn.qkv.weight#k", "blocks.0.mlp.fc1.weight"], tmp_path, structured_dropout=0.5,
+                        structured_drop_path=0.0)  # fmt: skip
     qkv = adapted.model.blocks[0].attn.qkv.train()
     x = torch.randn(2, 5, qkv.in_features)
     torch.manual_seed(3)

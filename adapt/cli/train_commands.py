@@ -263,25 +263,33 @@ def info(checkpoint) -> None:
               help="Where the backbone starts: random (the paper's perceptual initialization), or pretrained "
                    "weights, embedded or a file/hub folder (perceptual fine-tuning).")  # fmt: skip
 @click.option("--method", type=click.Choice(list(METHODS)), default="full", show_default=True, help="What trains.")
-@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(0), default=0.1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-4, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True,
+              help="adam with betas (0.5, 0.999), DreamSim's; adamw decouples the weight decay.")
+@click.option("--margin", type=click.FloatRange(0, 2), default=0.05, show_default=True, help="The hinge loss's margin.")
+@click.option("--patience", type=click.IntRange(1), default=None,
+              help="Stop after this many epochs without a better val 2AFC (default: run every epoch; the best is kept).")
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: the backbone's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", cls=RequiredOption, type=click.Path(path_type=Path), help="The backbone .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @config_option
-def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed, out, overwrite) -> None:
+def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, optimizer, margin, patience,
+                    image_size, seed, out, overwrite) -> None:  # fmt: skip
     """Align a backbone with human similarity triplets before any other training.
 
     As in the paper, it starts from a random initialisation by default; the pipeline is
     random init -> this command -> adapt tune --method full --weights OUT. With --from
     embedded or a weights file it is perceptual fine-tuning of a pretrained backbone instead.
-    Writes a plain backbone state dict that adapt tune --weights takes (its metadata keeps
-    the options, as `config`). Prints the 2AFC score (DreamSim's: the share of voters who agree
-    with the model's pick) and the majority accuracy, per split (NIGHTS test as test_imagenet and
-    test_no_imagenet), before and after.
+    Trains by DreamSim's recipe (Adam, betas 0.5/0.999, lr 3e-4, no weight decay, batch 32,
+    8 epochs, margin 0.05) and writes the epoch with the best val 2AFC, as a plain backbone
+    state dict that adapt tune --weights takes (its metadata keeps the options, as `config`).
+    Prints the 2AFC score (DreamSim's: the share of voters who agree with the model's pick)
+    and the majority accuracy, per split (NIGHTS test as test_imagenet and test_no_imagenet),
+    before and after.
 
     \b
     Examples:
@@ -291,8 +299,9 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
     """
     from adapt.perceptual import perceptual_init as run_init
 
-    result = run_init(data, out, backbone, source, method, epochs, lr, weight_decay, batch_size, image_size, seed,
-                      overwrite, record=resolved_record())  # fmt: skip
+    recipe = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer,
+              "margin": margin, "patience": patience, "seed": seed}  # fmt: skip
+    result = run_init(data, out, backbone, source, method, recipe, image_size, overwrite, record=resolved_record())
     kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
     table = Table(title=f"2AFC on the human votes, before → after: {kind}, {method}, {result.trainable_params:,} trained parameters")
     for column in ("split", "triplets", "2AFC (DreamSim)", "majority accuracy"):
@@ -302,7 +311,9 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
         table.add_row(split, str(before.triplets), f"{before.score:.1%} → {after.score:.1%}",
                       f"{before.majority_accuracy:.1%} → {after.majority_accuracy:.1%}")  # fmt: skip
     console.print(table)
-    console.print(f"wrote {out}; use it with: adapt tune --method full --weights {out}")
+    chosen = (f"the best val 2AFC at epoch {result.best_epoch} of {len(result.losses)}" if result.val_scores
+              else f"the last epoch ({result.best_epoch})")  # fmt: skip
+    console.print(f"wrote {out} ({chosen}); use it with: adapt tune --method full --weights {out}")
 
 
 def _head_line(meta) -> str:

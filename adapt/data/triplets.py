@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from adapt.data.images import open_rgb
@@ -152,7 +152,8 @@ def load_triplets(spec: str) -> dict[str, list[Triplet]]:
 
 # -- the offline fixture ------------------------------------------------------------------
 
-DISTORTIONS = ("blur", "noise", "colour", "jpeg", "contrast", "pixelate")
+DISTORTIONS = ("blur", "noise", "colour", "jpeg", "contrast", "pixelate", "sharpen", "posterize", "saturation",
+               "shift", "rotate")  # fmt: skip
 
 
 def _distort(image: Image.Image, kind: str, strength: float, rng: np.random.Generator) -> Image.Image:
@@ -166,49 +167,95 @@ def _distort(image: Image.Image, kind: str, strength: float, rng: np.random.Gene
     if kind == "pixelate":
         side = max(2, int(image.width / (1.5 + 10 * strength)))
         return image.resize((side, side), Image.BILINEAR).resize(image.size, Image.NEAREST)
+    if kind == "sharpen":
+        return image.filter(ImageFilter.UnsharpMask(radius=1 + 3 * strength, percent=int(80 + 400 * strength), threshold=0))
+    if kind == "posterize":
+        return ImageOps.posterize(image, max(1, 6 - round(5 * strength)))
+    if kind == "saturation":
+        return ImageEnhance.Color(image).enhance(1 + (3 * strength if rng.integers(2) else -0.95 * strength))
+    if kind == "rotate":
+        return image.rotate(float(rng.choice([-1, 1])) * (3 + 40 * strength), resample=Image.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
     if kind == "noise":
         array = array + rng.normal(0, 10 + 90 * strength, array.shape)
     elif kind == "colour":
         array = array + np.array([1, -1, 0.5]) * (15 + 120 * strength)
+    elif kind == "shift":
+        step = max(1, round(image.width * (0.03 + 0.3 * strength)))
+        array = np.roll(array, (step, -step // 2), axis=(0, 1))
     else:  # contrast: towards the mean grey
         array = array.mean() + (array - array.mean()) * (0.85 - 0.75 * strength)
     return Image.fromarray(array.clip(0, 255).astype(np.uint8))
 
 
-def _reference(i: int, size: int, photos: list[Image.Image], digits: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, bool]:
-    """A crop of one of sklearn's two sample photos (is_imagenet: natural images), or every
-    third time an upsampled digit (not natural)."""
-    if i % 3 == 2:
-        pixels = (digits[rng.integers(len(digits))] * 255 / 16).astype(np.uint8)
-        return Image.fromarray(pixels).resize((size, size), Image.BILINEAR).convert("RGB"), False
-    photo = photos[i % 2]
-    side = int(rng.integers(size, min(photo.size) // 2))
-    x, y = int(rng.integers(photo.size[0] - side)), int(rng.integers(photo.size[1] - side))
-    return photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC), True
+class _Sources:
+    """Reference images from what installed packages ship. Natural photos (is_imagenet): sklearn's two
+    sample photos and matplotlib's Grace Hopper portrait, as random crops. Others: sklearn's digits,
+    matplotlib's terrain elevation maps through a colour map, its sample illustration, and gratings."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        import matplotlib
+        from matplotlib import cbook
+        from sklearn.datasets import load_digits, load_sample_images
+
+        self.size, self.rng = size, rng
+        sample = lambda name: cbook.get_sample_data(name, asfileobj=False)  # noqa: E731
+        self.photos = [Image.fromarray(p) for p in load_sample_images().images]
+        self.photos.append(Image.open(sample("grace_hopper.jpg")).convert("RGB"))
+        self.digits = load_digits().images
+        colours = matplotlib.colormaps["terrain"]
+        maps = [np.load(sample("jacksboro_fault_dem.npz"))["elevation"], np.load(sample("topobathy.npz"))["topo"]]
+        self.maps = [Image.fromarray((colours((m - m.min()) / np.ptp(m))[..., :3] * 255).astype(np.uint8)) for m in maps]
+        self.maps.append(Image.open(sample("Minduka_Present_Blue_Pack.png")).convert("RGB"))
+
+    def _crop(self, image: Image.Image) -> Image.Image:
+        low = min(self.size, min(image.size) // 2)
+        side = int(self.rng.integers(low, min(image.size) // 2 + 1))
+        x, y = int(self.rng.integers(image.size[0] - side + 1)), int(self.rng.integers(image.size[1] - side + 1))
+        return image.crop((x, y, x + side, y + side)).resize((self.size, self.size), Image.BICUBIC)
+
+    def _grating(self) -> Image.Image:
+        axis = np.linspace(0, 1, self.size)
+        x, y = np.meshgrid(axis, axis)
+        angle, frequency = self.rng.uniform(0, np.pi), self.rng.uniform(2, 12)
+        wave = np.sin(2 * np.pi * frequency * (x * np.cos(angle) + y * np.sin(angle)))
+        colour_a, colour_b = self.rng.uniform(0, 255, 3), self.rng.uniform(0, 255, 3)
+        mix = (wave[..., None] + 1) / 2
+        return Image.fromarray((colour_a * mix + colour_b * (1 - mix)).astype(np.uint8))
+
+    def reference(self) -> tuple[Image.Image, bool]:
+        """(image, is_natural): a photo crop two times in three, else one of the others."""
+        pick = int(self.rng.integers(6))
+        if pick < 4:
+            return self._crop(self.photos[pick % len(self.photos)]), True
+        kind = int(self.rng.integers(3))
+        if kind == 0:
+            pixels = (self.digits[self.rng.integers(len(self.digits))] * 255 / 16).astype(np.uint8)
+            return Image.fromarray(pixels).resize((self.size, self.size), Image.BILINEAR).convert("RGB"), False
+        if kind == 1:
+            return self._crop(self.maps[int(self.rng.integers(len(self.maps)))]), False
+        return self._grating(), False
 
 
 def make_fixture(root: str | Path, count: int = 120, size: int = 64, seed: int = 0) -> Path:
-    """Write a NIGHTS-layout set built from sklearn's sample photos and digits.
+    """Write a NIGHTS-layout set built from the images installed packages ship (`_Sources`).
 
-    Each reference is a crop of a real photo (or an upsampled digit); `a` and `b` are two
-    different distortion families (DISTORTIONS), one weak and one strong, in random order.
+    Each reference is a crop of a real photo (or a digit, a terrain map, an illustration or a
+    grating); `a` and `b` are two different distortion families (DISTORTIONS, eleven), one weak
+    and one strong, in random order.
     Six to ten simulated voters each pick the weaker one with a probability that grows with
     the gap in strength (0.6 to 1), so most but not all votes are unanimous; rows with a tie
     are dropped. Splits 60/20/20 (train/val/test), test marked is_imagenet for photo crops.
     It exercises the mechanics of perceptual initialization on real image statistics; it
     says nothing about human perception.
     """
-    from sklearn.datasets import load_digits, load_sample_images
-
     root = Path(root)
     rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(p) for p in load_sample_images().images]
-    digits = load_digits().images
+    sources = _Sources(size, rng)
     rows = []
     i = 0
     while len(rows) < count:
-        ref, natural = _reference(i, size, photos, digits, rng)
+        ref, natural = sources.reference()
         weak_kind, strong_kind = rng.choice(DISTORTIONS, size=2, replace=False)  # no shortcut by family alone
         weak, strong = rng.uniform(0.0, 0.4), rng.uniform(0.6, 1.0)
         votes = int(rng.integers(6, 11))
@@ -219,7 +266,7 @@ def make_fixture(root: str | Path, count: int = 120, size: int = 64, seed: int =
         number = len(rows)
         left_is_weak = bool(rng.integers(2))
         left, right = ((weak_kind, weak), (strong_kind, strong)) if left_is_weak else ((strong_kind, strong), (weak_kind, weak))
-        folder = f"{number // 100:03d}"
+        folder = f"{number // 100:03d}"  # NIGHTS keeps 100 per folder
         names = {"ref": f"ref/{folder}/{number:03d}.png", "left": f"distort/{folder}/{number:03d}_0.png",
                  "right": f"distort/{folder}/{number:03d}_1.png"}  # fmt: skip
         for key, image in (("ref", ref), ("left", _distort(ref, *left, rng)), ("right", _distort(ref, *right, rng))):

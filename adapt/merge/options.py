@@ -66,12 +66,17 @@ def parse_size(text: str | int | None) -> int | None:
     return size
 
 
-def parse_coeffs(value: Any) -> list[float]:
+def number_list(value: Any, name: str) -> list[float]:
+    """'0.2,0.5' (or a YAML list) as numbers; `name` is the option, for the error."""
     raw = value.split(",") if isinstance(value, str) else value
     try:
-        coeffs = [float(v) for v in raw]
+        return [float(v) for v in raw]
     except (TypeError, ValueError):
-        raise AdaptError(f"{term('coeffs')} expects numbers separated by commas, got {value!r}") from None
+        raise AdaptError(f"{term(name)} expects numbers separated by commas, got {value!r}") from None
+
+
+def parse_coeffs(value: Any) -> list[float]:
+    coeffs = number_list(value, "coeffs")
     if not all(math.isfinite(c) for c in coeffs):
         raise AdaptError(f"{term('coeffs')} must be finite numbers, got {value!r}")
     return coeffs

@@ -279,11 +279,9 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
 
 def parse_grid(value: Any) -> list[float]:
     """'0.5,1,1.5' (or a YAML list) as a list of distinct finite scales."""
-    raw = value.split(",") if isinstance(value, str) else value
-    try:
-        grid = [float(v) for v in raw]
-    except (TypeError, ValueError):
-        raise AdaptError(f"{term('scale_grid')} expects numbers separated by commas, got {value!r}") from None
+    from adapt.merge.options import number_list
+
+    grid = number_list(value, "scale_grid")
     if not grid or not all(math.isfinite(g) and abs(g) <= 100 for g in grid) or len(set(grid)) != len(grid):
         raise AdaptError(f"{term('scale_grid')} expects distinct numbers within [-100, 100], got {value!r}")
     return grid
