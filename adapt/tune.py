@@ -45,15 +45,14 @@ def prepare(job: TuneJob, spec: str, config: TrainConfig,
     defaults = preprocessing(job.backbone)
     size = image_size_for(spec, job.image_size, defaults.image_size)
     data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
-    options = job.options
-    if job.init_from is not None:
-        options = start_options(read_start(job.init_from)[1], job.method, options)
+    start = read_start(job.init_from) if job.init_from is not None else None
+    options = start_options(start[1], job.method, job.options) if start is not None else job.options
     adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options,
                                   config.seed, setup=(data, config))  # fmt: skip
-    if job.init_from is not None:
-        start = warm_start(adapted, job.init_from)
+    if start is not None:
+        taken = warm_start(adapted, job.init_from, *start)
         if on_note is not None:
-            on_note(start.describe())
+            on_note(taken.describe())
     return adapted, data
 
 

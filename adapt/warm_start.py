@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class WarmStart:
     path: str
-    head: int  # tensors taken for the head
-    adapter: int  # tensors taken for the adapter (0 from another method's checkpoint)
+    adapter: int  # tensors taken for the adapter besides the head (0 from another method's checkpoint)
 
     def describe(self) -> str:
         taken = f"the head and {self.adapter} adapter tensors" if self.adapter else "the head"
@@ -54,9 +53,11 @@ def start_options(meta: CheckpointMeta, method: str, options: dict[str, Any] | N
     return {**meta.method_options, **(options or {})}
 
 
-def warm_start(adapted: AdaptedModel, path: str | Path) -> WarmStart:
-    """Copy the head (and, from the same method, the adapter) of checkpoint `path` into `adapted`."""
-    tensors, meta = read_start(path)
+def warm_start(
+    adapted: AdaptedModel, path: str | Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta
+) -> WarmStart:
+    """Copy the head (and, from the same method, the adapter) of checkpoint `path`, as `read_start` read it,
+    into `adapted`."""
     if (meta.backbone, meta.backbone_sha256) != (adapted.backbone.name, adapted.backbone.sha256):
         raise AdaptError(f"{path} was trained on {meta.backbone} ({meta.backbone_weights} weights), this run uses "
                          f"{adapted.backbone.name} ({adapted.backbone.weights}): start from a checkpoint of the same backbone")  # fmt: skip
@@ -68,8 +69,7 @@ def warm_start(adapted: AdaptedModel, path: str | Path) -> WarmStart:
     if meta.method == method.name:
         method.load_trainable_state(model, tensors, source=f"{term('init_from')} {path}")
         own = method.trainable_state(model)
-        heads = [k for k in own if is_head_key(model, k)]
-        return WarmStart(str(path), len(heads), len(own) - len(heads))
+        return WarmStart(str(path), sum(not is_head_key(model, k) for k in own))
     heads = {k: v for k, v in model.state_dict().items() if is_head_key(model, k)}
     missing = [k for k in heads if k not in tensors or tuple(tensors[k].shape) != tuple(heads[k].shape)]
     if missing:
@@ -77,4 +77,4 @@ def warm_start(adapted: AdaptedModel, path: str | Path) -> WarmStart:
     with torch.no_grad():
         for key, tensor in heads.items():
             tensor.copy_(tensors[key])
-    return WarmStart(str(path), len(heads), 0)
+    return WarmStart(str(path), 0)

@@ -239,7 +239,7 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
     first = files[0]
     roles = key_roles(first, base_file)
-    floats = [k for k in first.keys if roles[k] in ("merge", "average")]
+    floats = [k for k in first.keys if first.dtype(k).is_floating_point]
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
 
