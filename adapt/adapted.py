@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone, preprocessing
-from adapt.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from adapt.checkpoint import CheckpointMeta, checkpoint_file, read_checkpoint, save_checkpoint
 from adapt.errors import AdaptError, term
 from adapt.heads import ContinualModel, head_buffers, head_spec, rebuild_head
 from adapt.methods import Method, count_trainable, create_method
@@ -57,7 +57,9 @@ class AdaptedModel:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, weights: str | None = None) -> tuple[AdaptedModel, CheckpointMeta]:
-        """Rebuild the model of a checkpoint; refuse other backbone weights than it was trained on."""
+        """Rebuild the model of a checkpoint (a file, or a hub or run folder); refuse other backbone weights
+        than it was trained on."""
+        path = checkpoint_file(path)
         tensors, meta = read_checkpoint(path)
         if meta.merged:  # the file is the whole network: its weights are the backbone weights
             return cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, str(path)), meta

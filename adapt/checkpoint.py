@@ -182,8 +182,29 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: Ch
     save_tensors_atomic(path, tensors, meta.to_metadata())
 
 
+# the checkpoint a folder stands for: a hub folder's weights (adapt merge --out DIR/), a run folder's adapter
+FOLDER_CHECKPOINTS = ("model.safetensors", "adapter.safetensors")
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: the file itself, a hub folder's model.safetensors, or a
+    run folder's adapter.safetensors, so that every command takes what another one wrote."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = next((path / name for name in FOLDER_CHECKPOINTS if (path / name).is_file()), None)
+        if found is None:
+            raise AdaptError(f"{path} is a folder without model.safetensors (a hub folder) or adapter.safetensors "
+                             "(a run folder)")  # fmt: skip
+        return found
+    if not path.exists():
+        raise AdaptError(f"checkpoint not found: {path}")
+    return path
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Read and validate an adapter checkpoint or a merged model (format, metadata, finite values)."""
+    """Read and validate an adapter checkpoint or a merged model (format, metadata, finite values);
+    `path` may be a hub or run folder (checkpoint_file)."""
+    path = checkpoint_file(path)
     tensors, metadata = read_tensors(path)
     if FORMAT_KEY not in metadata and MERGED_KEY in metadata:
         meta = CheckpointMeta.from_merged_metadata(metadata, str(path))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapt.adapted import AdaptedModel
-from adapt.checkpoint import all_finite
+from adapt.checkpoint import all_finite, checkpoint_file
 from adapt.data.images import open_rgb
 from adapt.data.transforms import eval_transform
 from adapt.errors import AdaptError, term
@@ -33,17 +33,37 @@ def naming_broken(checkpoint: str | Path) -> Iterator[None]:
                          f"or a negative BatchNorm running_var); inspect it with: adapt info {checkpoint}") from None
 
 
+@dataclass
+class Scores:
+    """What one pass over a labelled dataset measures: the confusion matrix (rows: true class, columns:
+    predicted output), the mean cross-entropy, and top-5 hits where there are more than 5 outputs."""
+
+    confusion: torch.Tensor
+    loss: float
+    top5: float | None
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.confusion.diagonal().sum()) / max(int(self.confusion.sum()), 1)
+
+    def per_class(self) -> list[float | None]:
+        """Top-1 accuracy of each true class (None for a class without images)."""
+        counts = self.confusion.sum(dim=1)
+        return [float(hit) / int(n) if n else None for hit, n in zip(self.confusion.diagonal().tolist(), counts.tolist())]
+
+
 @torch.no_grad()
-def accuracy(
+def scores(
     model: nn.Module, dataset: Dataset, accelerator: Accelerator, batch_size: int = 128, columns: range | None = None
-) -> float:
-    """Top-1 accuracy over the whole dataset (gathered across processes).
+) -> Scores:
+    """Scores over the whole dataset (gathered across processes).
 
     columns: predict among these outputs only (task-incremental evaluation)."""
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False))
     was_training = model.training
     model.eval()
-    correct = total = 0
+    confusion: torch.Tensor | None = None
+    loss_sum, top5_hits = 0.0, 0
     for images, labels in loader:
         logits = model(images)
         if not all_finite(logits):
@@ -52,12 +72,27 @@ def accuracy(
             masked = torch.full_like(logits, float("-inf"))
             masked[:, columns.start : columns.stop] = logits[:, columns.start : columns.stop]
             logits = masked
-        predictions = logits.argmax(dim=-1)
-        predictions, labels = accelerator.gather_for_metrics((predictions, labels))
-        correct += int((predictions == labels).sum())
-        total += labels.numel()
+        outputs = logits.shape[-1]
+        losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        top5 = (logits.topk(min(5, outputs), dim=-1).indices == labels[:, None]).any(dim=-1)
+        predictions, labels, losses, top5 = accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses, top5))
+        if confusion is None:
+            confusion = torch.zeros(outputs, outputs, dtype=torch.int64)
+        confusion += torch.bincount(labels.cpu() * outputs + predictions.cpu(), minlength=outputs * outputs).view(outputs, outputs)
+        loss_sum += float(losses.sum())
+        top5_hits += int(top5.sum())
     model.train(was_training)
-    return correct / max(total, 1)
+    if confusion is None:
+        return Scores(torch.zeros(0, 0, dtype=torch.int64), 0.0, None)
+    total = max(int(confusion.sum()), 1)
+    return Scores(confusion, loss_sum / total, top5_hits / total if confusion.shape[0] > 5 else None)
+
+
+def accuracy(
+    model: nn.Module, dataset: Dataset, accelerator: Accelerator, batch_size: int = 128, columns: range | None = None
+) -> float:
+    """Top-1 accuracy over the whole dataset (gathered across processes); see `scores`."""
+    return scores(model, dataset, accelerator, batch_size, columns).accuracy
 
 
 @dataclass
@@ -66,28 +101,102 @@ class Prediction:
     top: list[tuple[str, float]]  # (class name, probability), best first
 
 
+@dataclass
+class PredictionRun:
+    """Predictions for the images that could be read, and why each other one was skipped."""
+
+    predictions: list[Prediction]
+    skipped: list[tuple[Path, str]]  # (path, the one-line reason)
+
+
+def image_paths(inputs: list[Path]) -> list[Path]:
+    """The image files that `adapt predict` inputs name: files as given, a folder's images (recursively,
+    sorted), and glob patterns expanded. A name that matches nothing stays, to be reported as skipped."""
+    import glob
+
+    from adapt.data.folder import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for given in inputs:
+        if Path(given).is_dir():
+            paths += sorted(p for p in Path(given).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif not Path(given).exists() and glob.has_magic(str(given)):
+            paths += [Path(p) for p in sorted(glob.glob(str(given), recursive=True)) if Path(p).is_file()]
+        else:
+            paths.append(Path(given))
+    return paths
+
+
 @torch.no_grad()
-def predict_files(adapted: AdaptedModel, paths: list[Path], top_k: int = 5) -> list[Prediction]:
+def predict_files(adapted: AdaptedModel, paths: list[Path], top_k: int = 5, batch_size: int = 32) -> PredictionRun:
+    """Top-k classes of each image, `batch_size` images per forward pass; an unreadable image is skipped."""
     transform = eval_transform(adapted.image_size, adapted.mean, adapted.std)
     adapted.model.eval()
     k = min(top_k, len(adapted.class_names))
-    results = []
-    for path in paths:
-        logits = adapted.model(transform(open_rgb(path)).unsqueeze(0))
+    run = PredictionRun([], [])
+    for start in range(0, len(paths), batch_size):
+        batch, inputs = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                inputs.append(transform(open_rgb(path)))
+                batch.append(path)
+            except AdaptError as error:
+                run.skipped.append((path, str(error)))
+        if not batch:
+            continue
+        logits = adapted.model(torch.stack(inputs))
         if not all_finite(logits):
-            raise NonFiniteOutput(f"the model's outputs for {path} hold NaN/Inf")
-        probabilities = logits.softmax(dim=-1)[0]
-        values, indices = probabilities.topk(k)
-        top = [(adapted.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
-        results.append(Prediction(path, top))
-    return results
+            raise NonFiniteOutput(f"the model's outputs for {batch[0]}… hold NaN/Inf")
+        values, indices = logits.softmax(dim=-1).topk(k)
+        for path, row_values, row_indices in zip(batch, values.tolist(), indices.tolist()):
+            run.predictions.append(Prediction(path, [(adapted.class_names[i], v) for v, i in zip(row_values, row_indices)]))
+    return run
 
 
-def predict_checkpoint(checkpoint: str | Path, paths: list[Path], top_k: int = 5, weights: str | None = None) -> list[Prediction]:
-    """predict_files with the model of any checkpoint adapt writes (`adapt predict`)."""
-    adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
-    with naming_broken(checkpoint):
-        return predict_files(adapted, paths, top_k)
+def predict_checkpoint(
+    checkpoint: str | Path,
+    inputs: list[Path],
+    top_k: int = 5,
+    weights: str | None = None,
+    batch_size: int = 32,
+    out: str | Path | None = None,
+    format: str = "csv",
+    overwrite: bool = False,
+) -> PredictionRun:
+    """predict_files with the model of any checkpoint adapt writes (`adapt predict`), over files, folders
+    and globs; `out` also writes them there (predictions_text), checked before any work."""
+    from adapt.checkpoint import write_text_atomic
+    from adapt.outputs import writing_file
+
+    paths = image_paths(inputs)
+    if not paths:
+        raise AdaptError(f"no images in {', '.join(map(str, inputs))}")
+    with writing_file(out, overwrite, [checkpoint, *paths]) if out is not None else contextlib.nullcontext():
+        adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
+        with naming_broken(checkpoint):
+            run = predict_files(adapted, paths, top_k, batch_size)
+        if out is not None:
+            write_text_atomic(out, predictions_text(run, format))
+    return run
+
+
+def predictions_text(run: PredictionRun, format: str) -> str:
+    """CSV (path, then class and probability per rank, as timm's inference.py writes them) or JSON
+    (a list of {path, top: [{class, probability}]})."""
+    import csv
+    import io
+    import json
+
+    if format == "json":
+        rows = [{"path": str(p.path), "top": [{"class": c, "probability": v} for c, v in p.top]} for p in run.predictions]
+        return json.dumps(rows, indent=2) + "\n"
+    k = max((len(p.top) for p in run.predictions), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", *[f"{column}_{r}" for r in range(1, k + 1) for column in ("class", "probability")]])
+    for p in run.predictions:
+        writer.writerow([str(p.path), *[x for c, v in p.top for x in (c, f"{v:.6f}")]])
+    return buffer.getvalue()
 
 
 @dataclass
@@ -98,17 +207,35 @@ class EvalResult:
     split: str
     classes: int  # the classes scored: all of the data's, or the checkpoint's subset of them
     spec: str = ""  # the data spec scored
+    top5: float | None = None  # where there are more than 5 classes
+    loss: float = 0.0  # mean cross-entropy
+    per_class: dict[str, float | None] = field(default_factory=dict)  # top-1 per class name (None: no images)
+    limit: int | None = None  # at most this many images per split were scored
 
 
-EVAL_FILE = "eval.json"
+def eval_file(checkpoint: str | Path) -> Path | None:
+    """Where `adapt eval` keeps a checkpoint's results unasked: NAME.eval.json beside it (one file per
+    checkpoint, so evaluating two in one folder keeps both). None in the working folder, where nothing
+    is written unasked, and in a folder that cannot be written."""
+    import os
+
+    path = checkpoint_file(checkpoint)
+    folder = path.parent
+    if folder.resolve() == Path.cwd().resolve() or not os.access(folder, os.W_OK):
+        return None
+    target = folder / f"{path.stem}.eval.json"
+    return None if target.exists() and not target.is_file() else target
+
+
+def eval_key(result: EvalResult) -> str:
+    """One entry per data, split and limit: a --limit run never replaces the whole split's result."""
+    return f"{result.spec}:{result.split}" + (f":limit={result.limit}" if result.limit is not None else "")
 
 
 def save_eval(result: EvalResult, checkpoint: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path | None:
-    """The result as JSON: at `out`, or in eval.json beside the checkpoint (one entry per data and split,
-    updated, when that folder is writable; None when it is not)."""
+    """The result as JSON: at `out`, or added to the checkpoint's eval_file (None when there is none)."""
     import dataclasses
     import json
-    import os
 
     from adapt.checkpoint import write_json_atomic
     from adapt.outputs import writing_file
@@ -118,17 +245,51 @@ def save_eval(result: EvalResult, checkpoint: str | Path, out: str | Path | None
         with writing_file(out, overwrite, [checkpoint]):
             write_json_atomic(out, record)
         return Path(out)
-    path = Path(checkpoint).parent / EVAL_FILE
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not path.is_file()):
+    path = eval_file(checkpoint)
+    if path is None:
         return None
     try:
         entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError):
         entries = {}
     entries = entries if isinstance(entries, dict) else {}
-    entries[f"{result.spec}:{result.split}"] = record
+    entries[eval_key(result)] = record
     write_json_atomic(path, entries)
     return path
+
+
+def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | Path, title: str = "") -> None:
+    """The confusion matrix as a PNG, each row as shares (%) of the true class's images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adapt.checkpoint import atomic_path
+
+    counts = confusion.double()
+    shares = 100 * counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    size = min(4 + 0.35 * len(class_names), 30)
+    figure, axes = plt.subplots(figsize=(size + 1.2, size))
+    image = axes.imshow(shares.numpy(), cmap="viridis", vmin=0, vmax=100)
+    if len(class_names) <= 30:  # beyond that, names and numbers would not be readable
+        ticks = range(len(class_names))
+        axes.set_xticks(ticks, class_names, rotation=90)
+        axes.set_yticks(ticks, class_names)
+        for i in ticks:
+            for j in ticks:
+                if counts[i, j]:
+                    value = float(shares[i, j])
+                    axes.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                              color="white" if value < 60 else "black")  # fmt: skip
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title or "confusion matrix (% of each true class)")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    plt.close(figure)
 
 
 def evaluate_checkpoint(
@@ -139,8 +300,11 @@ def evaluate_checkpoint(
     weights: str | None = None,
     batch_size: int = 128,
     limit: int | None = None,
+    plot: str | Path | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
-    """Accuracy of any checkpoint adapt writes (adapter, continual task, merged, soup) on a split.
+    """Top-1, top-5, loss and per-class accuracy of any checkpoint adapt writes (adapter, continual task,
+    merged, soup; a file or a hub/run folder) on a split; `plot` draws the confusion matrix there.
 
     data None means the data recorded in the checkpoint. A checkpoint that knows only some
     of the data's classes (a continual task's) is scored on the images of those classes; outputs and
@@ -148,7 +312,10 @@ def evaluate_checkpoint(
     from adapt.data import load_data
     from adapt.data.subsets import align_classes
     from adapt.devices import make_accelerator
+    from adapt.outputs import check_output_file
 
+    if plot is not None:
+        check_output_file(plot, overwrite, [checkpoint], "plot")
     adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
     spec = data or meta.training.get("data")
     if not spec:
@@ -160,5 +327,9 @@ def evaluate_checkpoint(
     known = adapted.class_names
     dataset = align_classes(dataset, splits.class_names, known, str(checkpoint))
     with naming_broken(checkpoint):
-        acc = accuracy(adapted.model, dataset, make_accelerator(), batch_size)
-    return EvalResult(acc, len(dataset), splits.name, split, len(known), spec)
+        result = scores(adapted.model, dataset, make_accelerator(), batch_size)
+    if plot is not None:
+        plot_confusion(result.confusion, known, plot, f"{Path(checkpoint).name} on {splits.name} {split}")
+    per_class = dict(zip(known, result.per_class()))
+    return EvalResult(result.accuracy, len(dataset), splits.name, split, len(known), spec, result.top5, result.loss,
+                      per_class, limit)  # fmt: skip

@@ -40,20 +40,40 @@ def test_tune_writes_a_run_folder_and_reports(folder_run):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_eval_predict_info(folder_run, folder_root):
+def test_eval_predict_info(folder_run, folder_root, tmp_path):
     out, _ = folder_run
     checkpoint = out / "adapter.safetensors"
-    result = run("eval", checkpoint, "--split", "val")
+    result = run("eval", checkpoint, "--split", "val", "--plot", tmp_path / "confusion.png")
     assert result.exit_code == 0 and "val accuracy" in result.output and "18 images" in result.output
-    saved = json.loads((out / "eval.json").read_text())
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    saved = json.loads((out / "adapter.eval.json").read_text())
     entry = next(v for k, v in saved.items() if k.endswith(":val"))
     assert entry["images"] == 18 and f"{entry['accuracy']:.2%}" in result.output
+    assert entry["top5"] is None and entry["loss"] > 0 and set(entry["per_class"]) == {"zero", "one", "two"}
+    # the per-class accuracies are the top-1 accuracy's parts (6 val images per class)
+    assert sum(entry["per_class"].values()) / 3 == pytest.approx(entry["accuracy"])
     image = next((folder_root / "test" / "two").iterdir())
     result = run("predict", checkpoint, image, "--top-k", "2")
     assert result.exit_code == 0
     assert result.output.count("%") == 2 and any(name in result.output for name in ("zero", "one", "two"))
     result = run("info", checkpoint)
     assert result.exit_code == 0 and "bitfit" in result.output and "tf_efficientnet_lite0" in result.output
+
+
+def test_eval_keeps_one_result_per_checkpoint_and_limit(folder_run, tmp_path, monkeypatch):
+    out, _ = folder_run
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.safetensors").write_bytes((out / "adapter.safetensors").read_bytes())
+    assert run("eval", tmp_path / "a.safetensors", "--split", "val").exit_code == 0
+    assert run("eval", tmp_path / "a.safetensors", "--split", "val", "--limit", "5").exit_code == 0
+    assert run("eval", tmp_path / "b.safetensors", "--split", "val").exit_code == 0
+    first = json.loads((tmp_path / "a.eval.json").read_text())
+    assert sorted(e["images"] for e in first.values()) == [5, 18]  # the --limit run is kept beside the whole split's
+    assert [e["images"] for e in json.loads((tmp_path / "b.eval.json").read_text()).values()] == [18]
+    monkeypatch.chdir(tmp_path)  # in the working folder, nothing is written unasked
+    result = run("eval", "a.safetensors", "--split", "val", "--limit", "3")
+    assert result.exit_code == 0 and "--out FILE keeps it" in result.output
+    assert not (tmp_path / "eval.json").exists() and len(json.loads((tmp_path / "a.eval.json").read_text())) == 2
 
 
 def test_methods_table_lists_the_registry_and_is_kept_for_the_next_call(tmp_path, monkeypatch):

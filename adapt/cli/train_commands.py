@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, log_with_option,
+from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, fail, log_with_option,
                                method_flag_options, parse_options, precision_option, resolved_record, weights_option,
                                workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
@@ -158,44 +158,73 @@ def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) ->
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the result as JSON. Default: eval.json beside the checkpoint (one entry per split "
-                   "and data), when that folder is writable.")  # fmt: skip
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit, out, overwrite) -> None:
-    """Accuracy of a checkpoint on a split: adapter, continual task, merged or soup.
+              help="Where to write the result as JSON. Default: NAME.eval.json beside the checkpoint (one entry per "
+                   "data, split and limit), unless that is the working folder.")  # fmt: skip
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also draw the confusion matrix (PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace --out and --plot if they exist.")
+def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit, out, plot, overwrite) -> None:
+    """Top-1, top-5, loss and per-class accuracy of a checkpoint on a split: adapter, continual task,
+    merged or soup; a file, a hub folder (adapt merge --out DIR/) or a run folder.
 
     \b
     Example:
       adapt eval runs/tune/adapter.safetensors --split test
-      adapt eval merged.safetensors                # merged models record their data too
+      adapt eval merged/ --plot confusion.png      # merged models record their data too
     """
     from adapt.evaluate import evaluate_checkpoint, save_eval
 
-    result = evaluate_checkpoint(checkpoint, data, split, split_protocol, weights, batch_size, limit)
-    console.print(f"{split} accuracy {result.accuracy:.2%} on {result.images} images of {result.data} "
-                  f"({result.classes} classes)")  # fmt: skip
+    result = evaluate_checkpoint(checkpoint, data, split, split_protocol, weights, batch_size, limit, plot, overwrite)
+    top5 = f", top-5 {result.top5:.2%}" if result.top5 is not None else ""
+    console.print(f"{split} accuracy {result.accuracy:.2%}{top5}, loss {result.loss:.4f} on {result.images} images "
+                  f"of {result.data} ({result.classes} classes)")  # fmt: skip
+    scored = {name: acc for name, acc in result.per_class.items() if acc is not None}
+    if len(scored) > 1:
+        worst = sorted(scored.items(), key=lambda item: item[1])[:3]
+        console.print("lowest per-class accuracy: " + ", ".join(f"{name} {acc:.1%}" for name, acc in worst))
     written = save_eval(result, checkpoint, out, overwrite)
-    if written is not None:
-        console.print(f"wrote {written}")
+    for path in (written, plot):
+        if path is not None:
+            console.print(f"wrote {path}")
+    if written is None:
+        console.print("not kept (the checkpoint is in the working folder or a read-only one); --out FILE keeps it")
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the predictions to this file.")
+@click.option("--format", "format_", type=click.Choice(["csv", "json"]), default=None,
+              help="Of --out. Default: from its suffix, else csv.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @weights_option
-def predict(checkpoint, images, top_k, weights) -> None:
-    """Top-k classes (with names) for image files.
+def predict(checkpoint, images, top_k, batch_size, out, format_, overwrite, weights) -> None:
+    """Top-k classes (with names) for image files, folders (every image in them) and globs.
+
+    An unreadable image is reported on stderr and skipped; the others are still predicted, and
+    the exit status is then 1.
 
     \b
     Example:
       adapt predict runs/tune/adapter.safetensors photo1.jpg photo2.png --top-k 3
+      adapt predict merged/ photos/ 'more/*.jpg' --out predictions.csv
     """
+    from adapt.cli.common import errors
     from adapt.evaluate import predict_checkpoint
 
-    for prediction in predict_checkpoint(checkpoint, list(images), top_k, weights):
+    if format_ is None:
+        format_ = "json" if out is not None and out.suffix.lower() == ".json" else "csv"
+    run = predict_checkpoint(checkpoint, list(images), top_k, weights, batch_size, out, format_, overwrite)
+    for prediction in run.predictions:
         ranked = "  ".join(f"{name} {p:.1%}" for name, p in prediction.top)
         console.print(f"{prediction.path}: {ranked}")
+    if out is not None:
+        console.print(f"wrote {out} ({len(run.predictions)} images, {format_})")
+    for _, reason in run.skipped:
+        errors.print(f"skipped: {reason}")
+    if run.skipped:
+        fail(f"{len(run.skipped)} of {len(run.skipped) + len(run.predictions)} images could not be read (listed above)")
 
 
 @cli.command()
