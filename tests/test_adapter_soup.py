@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -43,6 +45,10 @@ def test_a_lora_soup_is_the_mean_of_the_merged_models(loras, tmp_path):
     summary = make_soup(loras, tmp_path / "soup.safetensors", Uniform())
     soup, states = load_file(tmp_path / "soup.safetensors"), [merged_state(p) for p in loras]
     assert summary.kind == "folded adapters" and set(soup) == set(states[0])
+    from adapt.merge.tensors import TensorFile
+
+    record = json.loads(TensorFile(tmp_path / "soup.safetensors").metadata["soup"])  # the user's files, not the folded ones
+    assert [i["path"] for i in record["ingredients"]] == [str(p) for p in loras] and "base" not in record
     for key, value in soup.items():
         if value.is_floating_point():
             assert (value - sum(s[key] for s in states) / 3).abs().max() <= TOLERANCE, key

@@ -209,10 +209,13 @@ def test_greedy_soup_is_never_worse_than_its_best_ingredient(ssf_runs, tmp_path)
     assert summary.greedy_steps[0].own_accuracy == best_single
     final = max(step.soup_accuracy for step in summary.greedy_steps if step.added)
     assert final >= best_single
-    assert (tmp_path / "greedy.greedy.json").is_file()
     from adapt.checkpoint import read_checkpoint
 
-    tensors, _ = read_checkpoint(tmp_path / "greedy.safetensors")
+    tensors, meta = read_checkpoint(tmp_path / "greedy.safetensors")
+    record = meta.training["soup"]  # the steps live in the soup itself: no side file
+    assert [s["soup_accuracy"] for s in record["greedy_steps"]] == [s.soup_accuracy for s in summary.greedy_steps]
+    assert [i["path"] for i in record["ingredients"]] == [s.ingredient for s in summary.greedy_steps if s.added]
+    assert not list(tmp_path.glob("*.json"))
     assert accuracy({k: v.float() for k, v in tensors.items()}) == pytest.approx(final)
 
 

@@ -178,6 +178,10 @@ def test_scale_auto_records_every_scale_and_the_default_grid_is_the_papers(bn_mo
     record = json.loads(TensorFile(out).metadata["soup"])
     assert record["scale"] == 1.5 and record["options"]["density"] == 0.2
     assert record["held_out_accuracy_by_scale"] == [list(row) for row in summary.scale_table]
+    import hashlib
+
+    assert record["ingredients"] == [{"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths]
+    assert record["base"] == {"path": str(base), "sha256": hashlib.sha256(base.read_bytes()).hexdigest()}
     statistics = load_file(out)["bn1.running_var"]
     assert (statistics - sum(load_file(p)["bn1.running_var"] for p in paths) / 3).abs().max() <= TOLERANCE
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -29,7 +30,7 @@ from adapt.backbones import create_backbone, is_head_key
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint, save_tensors_atomic
 from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe
-from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
+from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, file_records, greedy_soup, guarded_output,
                               held_out_accuracy, open_ingredients, stream_soup)  # fmt: skip
 from adapt.outputs import check_output_file
 from adapt.merge.tensors import TensorFile
@@ -90,7 +91,7 @@ def make_soup(
         with tempfile.TemporaryDirectory(prefix=".soup.", dir=folder) as scratch:
             folded, base = fold_ingredients(paths, Path(scratch))
             summary = _run(folded, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone,
-                           on_tensor, on_step)  # fmt: skip
+                           on_tensor, on_step, sources=paths)  # fmt: skip
         summary.ingredients, summary.kind = [str(p) for p in paths], "folded adapters"
         return summary
     summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step)
@@ -98,7 +99,8 @@ def make_soup(
     return summary
 
 
-def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step) -> SoupSummary:
+def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step,
+         sources=None) -> SoupSummary:  # fmt: skip
     evaluate = None
     if isinstance(recipe, Greedy) or recipe.auto_scale:
         if not data:
@@ -106,8 +108,8 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
                              f"held-out data: pass {term('data')} SPEC (e.g. digits) and {term('split')}")  # fmt: skip
         evaluate = held_out_accuracy(paths[0], data, split, backbone)
     if isinstance(recipe, Greedy):
-        return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes)
-    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, on_tensor, overwrite, evaluate)
+        return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes, sources)
+    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, on_tensor, overwrite, evaluate, sources)
 
 
 def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:
@@ -174,7 +176,7 @@ def lora_rank_soup(paths: Sequence[str | Path], out: str | Path, recipe: Recipe,
     overall = math.sqrt(residual / energy) if energy > 0 else 0.0
     meta.method_options = {**meta.method_options, "rank": rank, "alpha": float(rank)}
     meta.training = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}
-    meta.training["soup"] = {"recipe": recipe.name, "ingredients": [str(p) for p in paths], "svd_rank": rank,
+    meta.training["soup"] = {"recipe": recipe.name, "options": dataclasses.asdict(recipe), "ingredients": file_records(paths), "svd_rank": rank,
                              "svd_relative_error": overall, "svd_relative_error_per_layer": errors}  # fmt: skip
     save_checkpoint(out, tensors, meta)
     written = sum(t.numel() * t.element_size() for t in tensors.values())

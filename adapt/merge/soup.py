@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import resource
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite, write_json_atomic
+from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite
 from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
@@ -139,11 +140,25 @@ def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
             raise AdaptError(f"key '{key}' has dtype {first.dtype(key)} in {first.path} but {other.dtype(key)} in {other.path}")
 
 
-def _output_metadata(first: TensorFile, recipe: Recipe, paths: Sequence[str | Path], scale: object = None,
-                     scale_table: Sequence[tuple[float, float]] = ()) -> dict[str, str]:
-    soup = {"recipe": recipe.name, "options": dataclasses.asdict(recipe), "ingredients": [str(p) for p in paths],
+def file_records(paths: Sequence[str | Path]) -> list[dict[str, str]]:
+    """Each input file as a soup records it: the path the user gave and the sha256 of its bytes."""
+    records = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            records.append({"path": str(path), "sha256": hashlib.file_digest(handle, "sha256").hexdigest()})
+    return records
+
+
+def _output_metadata(first: TensorFile, recipe: Recipe, sources: Sequence[str | Path], base: str | Path | None = None,
+                     scale: object = None, scale_table: Sequence[tuple[float, float]] = (),
+                     steps: Sequence[GreedyStep] = ()) -> dict[str, str]:  # fmt: skip
+    """What the soup says about itself: the recipe and its options, every ingredient and the base (path and
+    sha256 of the user's files), the scale and the held-out scores that chose it (--scale auto, greedy)."""
+    soup = {"recipe": recipe.name, "options": dataclasses.asdict(recipe),
+            "ingredients": file_records(sources), **({"base": file_records([base])[0]} if base is not None else {}),
             **({"scale": scale} if scale is not None else {}),
-            **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {})}  # fmt: skip
+            **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {}),
+            **({"greedy_steps": [asdict(step) for step in steps]} if steps else {})}  # fmt: skip
     if FORMAT_KEY in first.metadata:
         meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
         kept = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}  # what eval/merge need
@@ -214,12 +229,15 @@ def stream_soup(
     on_tensor: Callable[[str], None] | None = None,
     overwrite: bool = False,
     evaluate: Evaluator | None = None,
+    sources: Sequence[str | Path] | None = None,
 ) -> SoupSummary:
     """Merge `paths` key by key with `recipe` (uniform by default) into `out`.
 
-    evaluate: held-out accuracy of a state dict, needed when the recipe's scale is "auto"."""
+    evaluate: held-out accuracy of a state dict, needed when the recipe's scale is "auto".
+    sources: the files the user gave, recorded in the output, when `paths` were made from them (folded adapters)."""
     with guarded_output(out, overwrite, [*paths, base]):
-        return _stream_soup(paths, out, recipe or Uniform(), base, dtype, max_shard_bytes, on_tensor, evaluate)
+        return _stream_soup(paths, out, recipe or Uniform(), base, dtype, max_shard_bytes, on_tensor, evaluate,
+                            sources or paths)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -230,7 +248,7 @@ def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path
         yield
 
 
-def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate) -> SoupSummary:
+def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate, sources) -> SoupSummary:
     if recipe.needs_base and base is None:
         raise AdaptError(f"recipe {recipe.name} needs {term('base')} (the model the ingredients were fine-tuned from)")
     if recipe.auto_scale and evaluate is None:
@@ -264,7 +282,8 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
         scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
     else:
         recipe.prepare(len(files), _task_vectors(files, base_file, task_keys))
-    metadata = _output_metadata(first, recipe, paths, scale, table)
+    user_base = base if recipe.needs_base and sources is paths else None  # a folded soup's base is the backbone
+    metadata = _output_metadata(first, recipe, sources, user_base, scale, table)
     written, peak = 0, anonymous_bytes()
     with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
@@ -321,14 +340,17 @@ def greedy_soup(
     overwrite: bool = False,
     recipe: Greedy | None = None,
     max_shard_bytes: int | None = None,
+    sources: Sequence[str | Path] | None = None,
 ) -> SoupSummary:
     """Rank by held-out accuracy; add each next ingredient if the soup's accuracy does not drop
-    (recipe.accept "ge", the paper's rule) or rises ("gt")."""
+    (recipe.accept "ge", the paper's rule) or rises ("gt"). The steps go into the output's metadata.
+
+    sources: the files the user gave, recorded in the output, when `paths` were made from them."""
     with guarded_output(out, overwrite, paths):
-        return _greedy_soup(paths, out, accuracy, dtype, on_step, recipe or Greedy(), max_shard_bytes)
+        return _greedy_soup(paths, out, accuracy, dtype, on_step, recipe or Greedy(), max_shard_bytes, sources or paths)
 
 
-def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard_bytes) -> SoupSummary:
+def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard_bytes, sources) -> SoupSummary:
     start = time.perf_counter()
     files, _ = open_ingredients(paths)
     first = files[0]
@@ -345,7 +367,7 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
     ranked = sorted(range(len(files)), key=lambda i: -own[i])
     total = {k: v.clone() for k, v in load(files[ranked[0]]).items()}  # the running sum (not a view of the file)
     count, best = 1, own[ranked[0]]
-    steps = [GreedyStep(str(paths[ranked[0]]), own[ranked[0]], best, True)]
+    steps = [GreedyStep(str(sources[ranked[0]]), own[ranked[0]], best, True)]
     if on_step is not None:
         on_step(steps[0])
     candidate: dict[str, torch.Tensor] = {}  # the candidate soup, rebuilt in place for each ingredient
@@ -363,19 +385,17 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
             for k in counters:
                 total[k] = torch.maximum(total[k], files[i].get(k))
             count, best = count + 1, soup_accuracy
-        steps.append(GreedyStep(str(paths[i]), own[i], soup_accuracy, added))
+        steps.append(GreedyStep(str(sources[i]), own[i], soup_accuracy, added))
         if on_step is not None:
             on_step(steps[-1])
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     chosen = [s.ingredient for s in steps if s.added]
     check_free_space(out, sum(nbytes(s, d) for _, s, d in order))
-    with StreamingWriter(out, order, _output_metadata(first, recipe, chosen), max_shard_bytes) as writer:
+    with StreamingWriter(out, order, _output_metadata(first, recipe, chosen, steps=steps), max_shard_bytes) as writer:
         for key, _, out_dtype in order:
             writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
-    summary = SoupSummary([str(p) for p in paths], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
-                          time.perf_counter() - start, anonymous_bytes(), [str(p) for p in writer.shard_paths()], steps)  # fmt: skip
-    write_json_atomic(Path(out).with_suffix(".greedy.json"), asdict(summary))
-    return summary
+    return SoupSummary([str(p) for p in sources], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
+                       time.perf_counter() - start, anonymous_bytes(), [str(p) for p in writer.shard_paths()], steps)  # fmt: skip
 
 
 def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone: str | None = None) -> Callable[[dict[str, torch.Tensor]], float]:
