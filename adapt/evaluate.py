@@ -175,6 +175,9 @@ def predict_checkpoint(
         adapted, _ = AdaptedModel.from_checkpoint(checkpoint, weights)
         with naming_broken(checkpoint):
             run = predict_files(adapted, paths, top_k, batch_size)
+        if not run.predictions:
+            first = run.skipped[0][1]
+            raise AdaptError(first if len(paths) == 1 else f"none of the {len(paths)} images could be read; the first: {first}")
         if out is not None:
             write_text_atomic(out, predictions_text(run, format))
     return run

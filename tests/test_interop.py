@@ -115,7 +115,7 @@ print(json.dumps(out))
 
 def test_a_hub_folder_predicts_in_plain_timm_as_adapt_does(runs, images):
     adapted, _ = AdaptedModel.from_checkpoint(runs / "ssf" / "adapter.safetensors")
-    ours = predict_files(adapted, images, top_k=10)
+    ours = predict_files(adapted, images, top_k=10).predictions
     command = [sys.executable, "-c", PLAIN_TIMM_PREDICT, str(runs / "hub"), *map(str, images)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -194,6 +194,7 @@ def test_perceptual_init_takes_data_and_out_from_its_config(tmp_path):
                                       "image_size": 32, "backbone": "test_vit", "batch_size": 4}))  # fmt: skip
     ok("perceptual-init", "--config", config)
     assert (tmp_path / "p.safetensors").is_file()
+    assert ok("info", tmp_path / "p.safetensors").startswith(f"{tmp_path / 'p.safetensors'}: perceptual-init backbone")
     result = run("perceptual-init", "--out", tmp_path / "q.safetensors")
     assert result.exit_code == 2 and "Missing option '--data'" in result.stderr
 

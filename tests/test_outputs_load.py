@@ -90,3 +90,40 @@ def test_predict_bad_input_is_one_line_and_changes_nothing(trained, folder_root,
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.stderr
     assert photo.read_bytes() == before and existing.read_text() == "keep"
+
+
+def test_info_reads_every_kind_of_output_and_prints_json(trained, tmp_path):
+    run_folder = trained.parent
+    copies = []
+    for i in range(3):
+        copies.append(tmp_path / f"ingredient{i}.safetensors")
+        copies[-1].write_bytes(trained.read_bytes())
+    assert run("soup", *copies, "--out", tmp_path / "soup.safetensors").exit_code == 0
+    assert run("merge", trained, "--out", tmp_path / "merged.safetensors").exit_code == 0
+    assert run("eval", trained, "--split", "val").exit_code == 0
+    kinds = {
+        trained: "adapter checkpoint",
+        run_folder: "run folder: adapter checkpoint",
+        run_folder / "train_state.safetensors": "training state after epoch 1",
+        run_folder / "summary.json": "a finished run's summary",
+        run_folder / "config.yaml": "the resolved options of a run",
+        run_folder / "metrics.jsonl": "per-epoch metrics",
+        run_folder / "adapter.eval.json": "evaluation results",
+        tmp_path / "soup.safetensors": "soup of adapters",
+        tmp_path / "merged.safetensors": "merged model: a plain timm state dict",
+    }
+    for path, kind in kinds.items():
+        result = run("info", path)
+        assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith(f"{path}: {kind}"), (path, result.output)
+        record = json.loads(run("info", path, "--json").stdout)
+        assert record["path"] == str(path) and kind in record["kind"]
+    soup = json.loads(run("info", tmp_path / "soup.safetensors", "--json").stdout)["training"]["soup"]
+    assert [i["path"] for i in soup["ingredients"]] == [str(p) for p in copies] and soup["recipe"] == "uniform"
+    text = run("info", tmp_path / "soup.safetensors").stdout
+    assert all(str(p) in text for p in copies)  # every ingredient, not only the first
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "other.json").write_text("[1, 2]")
+    for path, message in ((tmp_path / "notes.txt", "not a file adapt writes"), (tmp_path / "other.json", "JSON that adapt did not write"),
+                          (tmp_path / "missing.safetensors", "not found")):  # fmt: skip
+        result = run("info", path)
+        assert result.exit_code == 1 and message in result.stderr and len(result.stderr.splitlines()) == 1

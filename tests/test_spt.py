@@ -152,6 +152,12 @@ def test_cli_sensitivity_allocate_and_tune_from_allocation(tmp_path):
     assert result.exit_code == 0, result.output
     info = runner.invoke(cli, ["info", str(tmp_path / "run" / "adapter.safetensors")])
     assert "SPT: LoRA rank 8" in info.output
+    trained = json.loads((tmp_path / "run" / "summary.json").read_text())["trainable_params"]
+    record = json.loads(runner.invoke(cli, ["info", str(tmp_path / "run" / "adapter.safetensors"), "--json"]).stdout)
+    assert record["values"] == trained and record["index entries"] > 0  # SPT's sparse indices are not trained values
+    assert f"{trained:,} values (+ {record['index entries']:,} index/buffer entries)" in info.output
+    assert runner.invoke(cli, ["info", str(sens)]).stdout.startswith(f"{sens}: SPT sensitivity scores")
+    assert runner.invoke(cli, ["info", str(alloc)]).stdout.startswith(f"{alloc}: SPT allocation")
     bad = runner.invoke(cli, ["allocate", str(sens), "--budget", "10M", "--out", str(alloc), "--overwrite"])
     assert bad.exit_code == 1 and "larger than the" in bad.output
     bad = runner.invoke(cli, ["tune", "--method", "spt", "--limit", "8"])

@@ -258,31 +258,42 @@ def methods(backbone, num_classes, image_size) -> None:
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-def info(checkpoint) -> None:
-    """What an adapter checkpoint holds: method, backbone, classes, tensors, training.
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+def info(path, as_json) -> None:
+    """What a file or folder adapt wrote is and holds: adapter, merged model, soup (recipe, ingredients,
+    held-out scores), hub, run or peft folder, sensitivity scores, allocation, perceptual-init backbone,
+    training state, run summary, evaluation or continual results.
 
     \b
     Example:
       adapt info runs/tune/adapter.safetensors
+      adapt info soup.safetensors --json
     """
-    from adapt.checkpoint import read_checkpoint
+    from adapt.describe import describe
 
-    tensors, meta = read_checkpoint(checkpoint)
-    table = Table(title=Text(str(checkpoint)), show_header=False)
-    rows = {
-        "method": _method_line(meta),
-        "backbone": f"{meta.backbone} ({meta.backbone_weights})",
-        "backbone sha256": meta.backbone_sha256,
-        "classes": f"{len(meta.class_names)}: {', '.join(meta.class_names[:10])}{' …' if len(meta.class_names) > 10 else ''}",
-        "image size": f"{meta.image_size}px, mean {meta.mean}, std {meta.std}",
-        "head": _head_line(meta),
-        "tensors": f"{len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values",
-        "training": json.dumps(meta.training),
-    }
-    for key, value in rows.items():
-        table.add_row(key, Text(value))
-    console.print(table)
+    description = describe(path)
+    if as_json:
+        console.print(json.dumps(description.to_dict(), indent=2), soft_wrap=True)
+        return
+    console.print(f"{description.path}: {description.kind}", style="bold")
+    for key, value in description.fields.items():
+        if key in ("values", "index entries"):
+            continue  # said in the tensors line
+        for label, text in _info_lines(key, value):
+            console.print(f"  {label:<22} {text}")
+
+
+def _info_lines(key: str, value) -> list[tuple[str, str]]:
+    """A field as readable lines: mappings one line per entry (nested keys joined by '.'), long lists shortened."""
+    if isinstance(value, dict) and value:
+        return [line for k, v in value.items() for line in _info_lines(f"{key}.{k}", v)]
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) for v in value):
+            return [line for i, v in enumerate(value) for line in _info_lines(f"{key}[{i}]", v)]
+        shown = ", ".join(str(v) for v in value[:10])
+        return [(key, f"{len(value)}: {shown}{' …' if len(value) > 10 else ''}")]
+    return [(key, f"{value:.4g}" if isinstance(value, float) else str(value))]
 
 
 @cli.command("perceptual-init")
@@ -343,19 +354,3 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
     chosen = (f"the best val 2AFC at epoch {result.best_epoch} of {len(result.losses)}" if result.val_scores
               else f"the last epoch ({result.best_epoch})")  # fmt: skip
     console.print(f"wrote {out} ({chosen}); use it with: adapt tune --method full --weights {out}")
-
-
-def _head_line(meta) -> str:
-    if meta.head is None:
-        return "the backbone's timm classifier"
-    sizes = ", ".join(str(n) for n in meta.head["task_sizes"])
-    return f"{meta.head['kind']} (incremental: tasks of {sizes} classes) {json.dumps(meta.head['options'])}"
-
-
-def _method_line(meta) -> str:
-    """The method and its options, as the method describes them (Method.options_line)."""
-    from adapt.methods import create_method
-
-    if meta.merged:
-        return f"merged model (folded from {meta.training.get('merged_method', 'an adapter')}): a plain timm network"
-    return create_method(meta.method, meta.method_options).options_line()
