@@ -93,11 +93,18 @@ def tune(
         adapted, data = prepare(job, spec or job.data, config, None if resume else on_note)
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
         if main and not resume:  # written once the run can start, so a refusal leaves nothing
-            write_run_config(out_dir, record if record is not None else job_record(job, config, out_dir))
+            given = record if record is not None else job_record(job, config, out_dir)
+            write_run_config(out_dir, {**given, **resolved_values(adapted, data, trainer)})
             adapted.method.write_run_files(out_dir)
         if on_start is not None:
             on_start(adapted, data)
         return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)
+
+
+def resolved_values(adapted: AdaptedModel, data: DataSplits, trainer: Trainer) -> dict[str, Any]:
+    """The values a run used where its options said "the default": config.yaml holds what was used."""
+    return {"weights": adapted.backbone.weights, "image_size": adapted.image_size, "augment": data.augment,
+            "lr": trainer.lr, "precision": trainer.precision}  # fmt: skip
 
 
 def job_record(job: TuneJob, config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -37,6 +37,13 @@ def test_tune_writes_a_run_folder_and_reports(folder_run):
     }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["method"] == "bitfit" and 0 <= summary["test_acc"] <= 1
+    import yaml
+
+    from adapt.methods import create_method
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # the values used, not "the default"
+    assert saved["lr"] == create_method("bitfit").default_lr and saved["image_size"] == 32
+    assert (saved["precision"], saved["weights"], saved["augment"]) == ("fp32", "embedded", "on")
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -33,6 +33,7 @@ class DataSplits:
     test_name: str = "test"
     note: str = ""  # how the splits were made, when not as found on disk
     train_plain: Dataset | None = None  # train's images through the test transform, when train augments
+    augment: str = "off"  # the training transform used: "off", "on" or an auto-augment policy
 
     @property
     def unaugmented_train(self) -> Dataset:
@@ -124,4 +125,5 @@ def load_data(
         test_name=test_name,
         note=note,
         train_plain=_limited(plain, limit, seed) if plain is not None else None,  # the same seeded choice as train
+        augment=augment,
     )
