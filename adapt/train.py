@@ -68,6 +68,15 @@ class FitResult:
     total_params: int
     out_dir: Path
 
+    @classmethod
+    def load(cls, out_dir: str | Path) -> FitResult:
+        """The result of a finished run, from its summary.json."""
+        from adapt.config import read_text_file
+
+        summary = json.loads(read_text_file(Path(out_dir) / SUMMARY_FILE))
+        return cls([EpochResult(**h) for h in summary["history"]], summary["test_acc"], summary["test_split"],
+                   summary["trainable_params"], summary["total_params"], Path(out_dir))  # fmt: skip
+
 
 def classification_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The default objective: cross-entropy."""

@@ -58,21 +58,47 @@ def save_train_state(
     save_tensors_atomic(path, tensors, metadata)
 
 
+EXTENDABLE = ("epochs",)  # settings of `train` a resumed run may raise (adapt tune --resume --epochs MORE)
+
+
+def _fixed(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity without what a resumption may change."""
+    train = {k: v for k, v in identity.get("train", {}).items() if k not in EXTENDABLE}
+    return {**identity, "train": train}
+
+
+def saved_epochs(path: Path) -> tuple[int, int | None]:
+    """(epochs finished, epochs planned) of a saved train state, from its metadata alone; (0, None) when
+    there is none or it cannot be read (restore_train_state then says why)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        planned = json.loads(metadata.get("run", "{}")).get("train", {}).get("epochs")
+        return int(metadata.get("epoch", 0)), planned if isinstance(planned, int) else None
+    except (SafetensorError, OSError, ValueError, AttributeError):
+        return 0, None
+
+
 def restore_train_state(
     path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, identity: dict[str, Any]
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]]]:
     """Load the optimizer, schedule and RNG state saved at `path` (refused if the run's identity
-    changed, naming each difference); returns (trained tensors, last finished epoch, history)."""
+    changed, naming each difference; the number of epochs may grow, and `scheduler`, planned for the new
+    number, then continues from the saved step); returns (trained tensors, last finished epoch, history)."""
     if not path.is_file():
         raise AdaptError(f"nothing to resume: {path} does not exist")
     tensors, metadata = read_tensors(path)
-    saved = json.loads(metadata["run"])
-    changed = [f"{k} was {saved.get(k)!r}, now {identity[k]!r}" for k in identity if saved.get(k) != identity[k]]
+    saved, now = _fixed(json.loads(metadata["run"])), _fixed(identity)
+    changed = [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
     if changed:
         raise AdaptError(f"cannot resume from {path}: " + "; ".join(changed))
     optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
     optimizer.load_state_dict(_optimizer_state(optimizer_tensors, json.loads(metadata["optimizer"])))
     scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)  # the schedule at the saved step, as planned now
     torch.set_rng_state(tensors["rng.torch"])
     trained = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     return trained, int(metadata["epoch"]), json.loads(metadata["history"])

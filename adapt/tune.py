@@ -16,9 +16,9 @@ from adapt.data import DataSplits, image_size_for, load_data
 from adapt.devices import is_main_process
 from adapt.errors import AdaptError, term
 from adapt.outputs import check_run_folder, exclusive_lock
-from adapt.train import RUN_FILES, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
+from adapt.train import RUN_FILES, SUMMARY_FILE, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
 from adapt.train_config import CONFIG_FILE
-from adapt.train_state import STATE_FILE
+from adapt.train_state import STATE_FILE, saved_epochs
 from adapt.warm_start import read_start, start_options, warm_start
 
 
@@ -85,17 +85,27 @@ def tune(
     with exclusive_lock(out_dir) if main else contextlib.nullcontext():
         check_run_folder(out_dir, RUN_FILES, resume, overwrite, remove=main)
         started = (out_dir / CONFIG_FILE).is_file()  # written when a run starts, before any epoch
+        note = on_note or (lambda text: None)
         if resume and started and not (out_dir / STATE_FILE).is_file():  # stopped before its first save
             resume = False
-            if on_note is not None:
-                on_note(f"{out_dir} holds no finished epoch yet (the run stopped before its first save): "
-                        "starting it from the beginning")  # fmt: skip
+            note(f"{out_dir} holds no finished epoch yet (the run stopped before its first save): starting it from the beginning")
+        finished, planned = saved_epochs(out_dir / STATE_FILE) if resume else (0, None)
+        if resume and finished >= config.epochs and (out_dir / SUMMARY_FILE).is_file():
+            note(f"{out_dir} has finished its {finished} epochs: nothing to do ({term('resume')} {term('epochs')} MORE "
+                 "extends it)")  # fmt: skip
+            return FitResult.load(out_dir)
         adapted, data = prepare(job, spec or job.data, config, None if resume else on_note)
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
-        if main and not resume:  # written once the run can start, so a refusal leaves nothing
-            given = record if record is not None else job_record(job, config, out_dir)
+        given = record if record is not None else job_record(job, config, out_dir)
+        extended = resume and planned is not None and config.epochs != planned
+        if main and (not resume or extended):  # written once the run can start, so a refusal leaves nothing
             write_run_config(out_dir, {**given, **resolved_values(adapted, data, trainer)})
+        if main and not resume:
             adapted.method.write_run_files(out_dir)
+        if resume:
+            change = (f", extended from {planned}: the learning-rate schedule is re-planned for {config.epochs} epochs "
+                      f"and continues from the saved step" if extended else "")  # fmt: skip
+            note(f"resuming at epoch {finished + 1} of {config.epochs}{change}")
         if on_start is not None:
             on_start(adapted, data)
         return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)

@@ -373,7 +373,7 @@ CASES = [
     C(f"eval {W}/meta/truncated.safetensors", "truncated or not a safetensors file"),
     C(f"eval {SOUP}/a.safetensors", "not an adapt checkpoint"),
     C(f"eval {W}/nope.safetensors", "checkpoint not found"),
-    C(f"eval {W}/img", "checkpoint not found"),
+    C(f"eval {W}/img", "is a folder without model.safetensors (a hub folder) or adapter.safetensors"),
     C(f"eval {CKPT} --data mnist", "unknown data spec"),
     C(f"eval {CKPT} --data folder:{W}/folders/oneclass", "10 of them not in the data"),
     C(f"eval {CKPT} --weights {W}/w/vit.safetensors", "do not fit"),
@@ -381,7 +381,7 @@ CASES = [
     # images to predict
     C(f"predict {CKPT} {W}/img/text.png", "unreadable image"),
     C(f"predict {CKPT} {W}/img/empty.png", "unreadable image"),
-    C(f"predict {CKPT} {W}/img/dir.png", "not a regular file"),
+    C(f"predict {CKPT} {W}/img/dir.png", "no images in"),  # a folder: its images, and it has none
     C(f"predict {CKPT} {W}/img/none.png", "image not found"),
     C(f"predict {CKPT} {W}/img/good.png --top-k 0", "Invalid value for '--top-k'", 2),
     C(f"predict {CKPT}", "Missing argument", 2),
@@ -676,8 +676,19 @@ def test_the_top_level_handler_turns_situations_into_one_line(error, code, phras
         raise error
 
     result = CliRunner().invoke(group, ["boom"])
-    assert result.exit_code == code and result.stderr.startswith("error: ")
+    interrupted = isinstance(error, KeyboardInterrupt)  # the user's own doing, not an error
+    assert result.exit_code == code and result.stderr.startswith("interrupted" if interrupted else "error: ")
     assert phrase in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_ctrl_c_in_tune_says_how_to_continue(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("adapt.tune.tune", interrupted)
+    result = invoke(["tune", *QUICK, "--out", tmp_path / "my run"])
+    assert result.exit_code == 130 and result.stderr.count("\n") == 1
+    assert result.stderr.strip().endswith(f"Continue with: adapt tune --out '{tmp_path / 'my run'}' --resume")
 
 
 def test_a_bug_keeps_its_traceback_and_asks_to_be_reported():

@@ -198,11 +198,38 @@ def test_config_file_flags_win_and_resume_takes_the_saved_options(tmp_path):
     resumed = run("tune", "--out", out, "--resume", "--workers", "1")  # everything else from config.yaml
     assert resumed.exit_code == 0 and "test accuracy" in resumed.output, resumed.output
     assert_one_line_error(run("tune", "--out", out, "--resume", "--lr", "0.5", "--epochs", "3"),
-                          "--epochs (was 1, now 3), --lr (was 0.02, now 0.5)")  # fmt: skip
+                          "cannot resume with other settings: --lr (was 0.02, now 0.5); drop them")  # more epochs may be asked
+    assert_one_line_error(run("tune", "--out", out, "--resume", "--batch-size", "8"), "--batch-size (was 16, now 8)")
     config.write_text("methd: ssf\n")
     assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "other"), "did you mean 'method'")
     config.write_text("epochs: 0\n")
     assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "other"), "Invalid value for '--epochs': 0 is not in the range")
+
+
+def test_resume_says_where_it_is_and_extends_a_finished_run(tmp_path):
+    import csv
+
+    import yaml
+
+    out = tmp_path / "run"
+    assert run("tune", "--method", "bitfit", *QUICK, "--limit", "32", "--log-with", "csv", "--out", out).exit_code == 0
+    before = (out / "adapter.safetensors").read_bytes()
+    result = run("tune", "--out", out, "--resume")
+    assert result.exit_code == 0 and "has finished its 1 epochs: nothing to do" in result.output
+    assert (out / "adapter.safetensors").read_bytes() == before and "test accuracy" in result.output
+    result = run("tune", "--out", out, "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch 2 of 2, extended from 1" in result.output and "epoch 2:" in result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2  # a later --resume knows the new plan
+    summary = json.loads((out / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    lrs = [float(r["value"]) for r in csv.DictReader((out / "log.csv").open()) if r["name"] == "train/lr"]
+    from adapt.optimization import warmup_cosine
+
+    # 2 steps an epoch, no warmup step: the first plan would give lr 0 from step 2 on; the new one continues its cosine
+    first, extended = warmup_cosine(0, 2), warmup_cosine(0, 4)
+    assert lrs == pytest.approx([lrs[0] * f for f in (first(0), first(1), extended(2), extended(3))], rel=1e-6)
+    assert "nothing to do" in run("tune", "--out", out, "--resume").output
 
 
 def test_continual_and_perceptual_init_take_a_config_file(tmp_path):

@@ -81,10 +81,21 @@ class AdaptGroup(click.Group):
         except MemoryError:
             fail("out of memory: try a smaller --batch-size, --image-size or model")
         except KeyboardInterrupt:
-            fail("interrupted; files are written whole or not at all, and tune --resume continues a run", 130)
+            command = ctx.meta.get(RESUME_COMMAND)
+            errors.print(f"interrupted; files are written whole or not at all. Continue with: {command}" if command
+                         else "interrupted; files are written whole or not at all")  # fmt: skip
+            sys.exit(130)
         except Exception:
             errors.print(REPORT)
             raise
+
+
+RESUME_COMMAND = "adapt.resume_command"  # ctx.meta: how to continue the running command after Ctrl-C
+
+
+def resume_command(command: str) -> None:
+    """Say, for Ctrl-C, how to continue the running command (AdaptGroup.invoke prints it)."""
+    click.get_current_context().meta[RESUME_COMMAND] = command
 
 
 RESUME_FREE = {*RESULT_FREE, "out", "resume", "overwrite", "config"}  # may differ on --resume: they change no result
@@ -125,10 +136,15 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
         before = {name: cast(name, raw, saved) for name, raw in layers[0][1].items()}
         asked = typed | {name for _, layer in layers[1:] for name in layer}  # on the command line or in --config
         changed = [f"--{n.replace('_', '-')} (was {before[n]!r}, now {values[n]!r})" for n in sorted(asked)
-                   if n not in RESUME_FREE and n in before and before[n] != values[n]]  # fmt: skip
+                   if n not in RESUME_FREE and n in before and before[n] != values[n] and not _extends(n, before, values)]  # fmt: skip
         if changed:
             raise AdaptError(f"cannot resume with other settings: {', '.join(changed)}; drop them, or start a new run")
     return values
+
+
+def _extends(name: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """More epochs than the saved run planned: a resumption may extend a run (its schedule is re-planned)."""
+    return name == "epochs" and isinstance(before[name], int) and isinstance(now[name], int) and now[name] > before[name]
 
 
 class RequiredOption(click.Option):

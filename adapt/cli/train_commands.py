@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -10,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, fail, log_with_option,
-                               method_flag_options, parse_options, precision_option, resolved_record, weights_option,
-                               workers_option)  # fmt: skip
+                               method_flag_options, parse_options, precision_option, resolved_record, resume_command,
+                               weights_option, workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
 from adapt.train_config import TrainConfig
 
@@ -92,6 +93,7 @@ def tune(ctx, **_) -> None:
     config = TrainConfig(v["epochs"], v["batch_size"], v["lr"], v["weight_decay"], v["warmup"], v["grad_accum"],
                          v["precision"], v["seed"], v["workers"], v["log_with"])  # fmt: skip
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
+    resume_command(f"adapt tune --out {shlex.quote(str(out))} --resume")
     specs = expand_spec(job.data)  # several when data is a VTAB root holding many tasks
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
     for task_out in task_outs.values():  # before any training: every task folder must be free
