@@ -123,6 +123,17 @@ class CheckpointMeta:
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()},
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """The metadata as plain JSON values (what a JSON file beside an export holds)."""
+        return {FORMAT_KEY: FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any], source: str) -> CheckpointMeta:
+        """Read to_json's values (or, from older exports, the string metadata)."""
+        if not isinstance(values, dict):
+            raise AdaptError(f"{source} is not adapt's JSON metadata")
+        return cls.from_metadata({k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}, source)
+
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], source: str) -> CheckpointMeta:
         if metadata.get(FORMAT_KEY) is None:

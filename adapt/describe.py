@@ -74,9 +74,8 @@ def _describe_peft(folder: Path) -> Description:
     if (folder / "adapt.json").is_file():
         from adapt.checkpoint import CheckpointMeta
 
-        meta = json.loads(read_text_file(folder / "adapt.json"))
-        raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}  # older exports: JSON strings
-        fields.update(_checkpoint_fields(CheckpointMeta.from_metadata(raw, str(folder / "adapt.json"))))
+        meta = CheckpointMeta.from_json(json.loads(read_text_file(folder / "adapt.json")), str(folder / "adapt.json"))
+        fields.update(_checkpoint_fields(meta))
     return Description(str(folder), "peft LoRA adapter folder (PeftModel.from_pretrained loads it)", fields)
 
 

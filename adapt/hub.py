@@ -20,7 +20,7 @@ from torch import nn
 from adapt.checkpoint import save_tensors_atomic, umasked
 from adapt.data.transforms import data_config
 
-HUB_FILES = ("config.json", "model.safetensors")
+HUB_FILES = ("config.json", "model.safetensors", "README.md")  # README.md: the model card, when there is one
 
 
 def save_hub_folder(
@@ -31,8 +31,10 @@ def save_hub_folder(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     metadata: dict[str, str],
+    card: str | None = None,
 ) -> Path:
-    """Write `model` as a hub folder; each file appears whole (written aside, then renamed)."""
+    """Write `model` as a hub folder, with `card` as its README.md; each file appears whole (written aside,
+    then renamed)."""
     # the config half of timm's save_for_hf (which would also write the weights, without our metadata)
     from timm.models._hub import save_config_for_hf
 
@@ -43,7 +45,9 @@ def save_hub_folder(
         save_config_for_hf(model, str(staging / "config.json"), model_config={"label_names": list(class_names)},
                            data_config=data_config(image_size, mean, std))  # fmt: skip
         save_tensors_atomic(staging / "model.safetensors", model.state_dict(), metadata)  # written once
-        for name in HUB_FILES:
+        if card is not None:
+            (staging / "README.md").write_text(card, encoding="utf-8")
+        for name in (name for name in HUB_FILES if (staging / name).exists()):
             os.chmod(staging / name, umasked(0o666))
             os.replace(staging / name, folder / name)
     finally:

@@ -34,10 +34,18 @@ from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_a
 from adapt.config import read_text_file
 from adapt.errors import AdaptError, term
 from adapt.hub import save_hub_folder
+from adapt.model_card import model_card
 from adapt.methods.lora import ADAPTER, LoRA
 from adapt.outputs import check_owned_folder, exclusive_lock, remove_owned, writing_file
 
 META_FILE = "adapt.json"
+PEFT_LOADER = """import adapt  # first: it makes timm importable beside a CPU-only torch (not needed otherwise)
+import timm
+from peft import PeftModel
+
+base = timm.create_model("local-dir:{folder}/base", pretrained=True)
+model = PeftModel.from_pretrained(base, "{folder}")
+"""
 BASE_FOLDER = "base"
 PEFT_PREFIX = "base_model.model."
 # everything an export writes (peft adds a model card, README.md)
@@ -65,8 +73,10 @@ def _copy_trainable(peft_model: nn.Module, ours: dict[str, torch.Tensor]) -> Non
                 parameter.copy_(ours[_our_key(key)])
 
 
-def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None, overwrite: bool = False) -> Path:
-    """Write a LoRA checkpoint as a peft adapter folder, with its base model in OUT/base/."""
+def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None, overwrite: bool = False,
+                command: str | None = None) -> Path:  # fmt: skip
+    """Write a LoRA checkpoint as a peft adapter folder, with its base model in OUT/base/ and a model card
+    (README.md, naming `command`) in place of peft's empty template."""
     out_dir = Path(out_dir).expanduser()
     with exclusive_lock(out_dir):
         check_owned_folder(out_dir, EXPORT_FILES, overwrite, inputs=[checkpoint, weights])
@@ -83,11 +93,14 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
                             adapted.std, {"base_of": str(checkpoint), "backbone": meta.backbone})  # fmt: skip
             peft_model = _peft_model(backbone, adapted.method)
             _copy_trainable(peft_model, adapted.method.trainable_state(adapted.model))
-            peft_model.peft_config[ADAPTER].base_model_name_or_path = str((out_dir / BASE_FOLDER).resolve())
+            # relative to the folder, so that it still names the base once the folder is moved or uploaded
+            peft_model.peft_config[ADAPTER].base_model_name_or_path = BASE_FOLDER
             with warnings.catch_warnings():  # peft looks for the base's config; it is still in staging
                 warnings.filterwarnings("ignore", message="Could not find a config file")
                 peft_model.save_pretrained(staging)
-            write_json_atomic(staging / META_FILE, meta.to_metadata())
+            write_json_atomic(staging / META_FILE, meta.to_json())
+            trained = sum(t.numel() for t in adapted.method.trainable_state(adapted.model).values())
+            (staging / "README.md").write_text(model_card(meta, trained, PEFT_LOADER.format(folder=out_dir), "peft", command))
             for child in staging.iterdir():
                 if (out_dir / child.name).exists():
                     remove_owned(out_dir / child.name)  # an earlier export's (checked above)
@@ -135,8 +148,8 @@ def _import_peft(folder: Path, out: str | Path, backbone: str | None, weights: s
     meta_file = folder / META_FILE
     if meta_file.is_file():
         try:
-            saved = CheckpointMeta.from_metadata(json.loads(read_text_file(meta_file)), str(meta_file))
-        except (json.JSONDecodeError, RecursionError, AttributeError):
+            saved = CheckpointMeta.from_json(json.loads(read_text_file(meta_file)), str(meta_file))
+        except (json.JSONDecodeError, RecursionError):
             raise AdaptError(f"{meta_file} is not adapt's JSON metadata") from None
         backbone, options = backbone or saved.backbone, saved.method_options
         class_names, image_size, training = saved.class_names, saved.image_size, saved.training

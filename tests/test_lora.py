@@ -58,14 +58,22 @@ def test_peft_export_loads_in_peft_with_identical_outputs(tmp_path):
     from peft import PeftModel
 
     adapted, path = _trained_lora_checkpoint(tmp_path)
-    folder = export_peft(path, tmp_path / "peft")
-    assert {"adapter_config.json", "adapter_model.safetensors", "base"} <= {p.name for p in folder.iterdir()}
+    exported = export_peft(path, tmp_path / "peft", command="adapt export-peft lora.safetensors --out peft")
+    folder = tmp_path / "moved"
+    exported.rename(folder)  # an export still works once moved (or uploaded)
+    assert {"adapter_config.json", "adapter_model.safetensors", "base", "README.md"} <= {p.name for p in folder.iterdir()}
     config = json.loads((folder / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str((folder / "base").resolve())
+    assert config["base_model_name_or_path"] == "base"  # relative to the folder
+    card = (folder / "README.md").read_text()
+    assert "More Information Needed" not in card and "adapt export-peft lora.safetensors --out peft" in card
+    trained = sum(t.numel() for t in adapted.method.trainable_state(adapted.model).values())
+    assert f"| trained values | {trained:,} |" in card and "| method | lora" in card
+    meta = json.loads((folder / "adapt.json").read_text())
+    assert isinstance(meta["class_names"], list) and isinstance(meta["method_options"], dict)  # plain JSON values
     for file in (folder / "adapter_model.safetensors", folder / "base" / "model.safetensors"):
         assert file.stat().st_mode & 0o777 == 0o666 & ~_umask(), file  # not mkstemp's 0600
     # the documented recipe, with timm alone building the base from the exported hub folder
-    base = timm.create_model(f"local-dir:{config['base_model_name_or_path']}", pretrained=True)
+    base = timm.create_model(f"local-dir:{folder / config['base_model_name_or_path']}", pretrained=True)
     peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():

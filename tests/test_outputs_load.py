@@ -107,7 +107,7 @@ def test_info_reads_every_kind_of_output_and_prints_json(trained, tmp_path):
         run_folder / "train_state.safetensors": "training state after epoch 1",
         run_folder / "summary.json": "a finished run's summary",
         run_folder / "config.yaml": "the resolved options of a run",
-        run_folder / "metrics.jsonl": "per-epoch metrics",
+        run_folder / "metrics.jsonl": "a run's per-epoch metrics",
         run_folder / "adapter.eval.json": "evaluation results",
         tmp_path / "soup.safetensors": "soup of adapters",
         tmp_path / "merged.safetensors": "merged model: a plain timm state dict",
@@ -127,3 +127,13 @@ def test_info_reads_every_kind_of_output_and_prints_json(trained, tmp_path):
                           (tmp_path / "missing.safetensors", "not found")):  # fmt: skip
         result = run("info", path)
         assert result.exit_code == 1 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_merged_hub_folder_carries_a_model_card(trained, tmp_path):
+    out = tmp_path / "card"
+    assert run("merge", trained, "--out", f"{out}/").exit_code == 0
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm\n") and "# tf_efficientnet_lite0 adapted with bitfit" in card
+    trained_values = json.loads(run("info", trained, "--json").stdout)["values"]
+    assert f"| trained values | {trained_values:,} |" in card and "| classes | 3: one, two, zero |" in card
+    assert f"`adapt merge {trained} --out {out}/`" in card and "val (epoch 1 of 1)" in card

@@ -93,6 +93,27 @@ class AdaptGroup(click.Group):
 RESUME_COMMAND = "adapt.resume_command"  # ctx.meta: how to continue the running command after Ctrl-C
 
 
+def typed_command() -> str:
+    """The running command as the user typed it (arguments and options given on the command line), for the
+    records an output keeps of how it was made (model cards)."""
+    import shlex
+
+    ctx = click.get_current_context()
+    words = ["adapt", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        values = list(value) if isinstance(value, (tuple, list)) else [value]
+        if isinstance(param, click.Argument):
+            words += [str(v) for v in values]
+        elif isinstance(param, click.Option) and param.is_flag:
+            words.append(param.opts[0])
+        else:
+            words += [str(x) for v in values for x in (param.opts[0], v)]
+    return shlex.join(words)
+
+
 def resume_command(command: str) -> None:
     """Say, for Ctrl-C, how to continue the running command (AdaptGroup.invoke prints it)."""
     click.get_current_context().meta[RESUME_COMMAND] = command

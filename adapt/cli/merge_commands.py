@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from adapt.cli.common import cli, console, plain_value, weights_option
+from adapt.cli.common import cli, console, plain_value, typed_command, weights_option
 from adapt.errors import AdaptError
 from adapt.merge import RECIPES
 from adapt.merge.options import DTYPES
@@ -40,7 +40,7 @@ def merge(checkpoint, out, fmt, fold_bn, overwrite, weights) -> None:
     """
     from adapt.merge.reparam import merge_checkpoint
 
-    result = merge_checkpoint(checkpoint, out, fmt, fold_bn, overwrite, weights)
+    result = merge_checkpoint(checkpoint, out, fmt, fold_bn, overwrite, weights, typed_command())
     report = result.report
     folded = f", {report.batchnorms_folded} BatchNorms folded into convs" if fold_bn else ""
     console.print(
@@ -89,12 +89,12 @@ def export(checkpoint, old_out, out, fmt, overwrite, force, weights) -> None:
     if fmt == "hub":
         from adapt.merge.reparam import merge_checkpoint
 
-        result = merge_checkpoint(checkpoint, str(out), "hub", False, overwrite, weights)
+        result = merge_checkpoint(checkpoint, str(out), "hub", False, overwrite, weights, typed_command())
         console.print(f"wrote hub folder {result.out} (timm.create_model('local-dir:{result.out}', pretrained=True))")
         return
     from adapt.peft_format import export_peft
 
-    folder = export_peft(checkpoint, out, weights, overwrite)
+    folder = export_peft(checkpoint, out, weights, overwrite, typed_command())
     console.print(f"wrote peft adapter folder {folder} (base model in {folder / 'base'})")
 
 

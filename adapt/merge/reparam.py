@@ -25,6 +25,7 @@ from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone
 from adapt.checkpoint import MERGED_KEY, save_tensors_atomic
 from adapt.heads import ContinualModel
 from adapt.hub import HUB_FILES, save_hub_folder
+from adapt.model_card import model_card
 from adapt.outputs import check_free_space, check_output_file, check_owned_folder, exclusive_lock
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch
 from adapt.kernels import conv_batchnorm_pairs, fold_batchnorm_
@@ -144,10 +145,11 @@ def save_merged(path: str | Path, model: nn.Module, adapted: AdaptedModel, train
     save_tensors_atomic(path, model.state_dict(), merged_metadata(adapted, training))
 
 
-def save_merged_hub(folder: str | Path, model: nn.Module, adapted: AdaptedModel, training: dict | None = None) -> Path:
+def save_merged_hub(folder: str | Path, model: nn.Module, adapted: AdaptedModel, training: dict | None = None,
+                    card: str | None = None) -> Path:  # fmt: skip
     """The hub layout (adapt.hub): `timm.create_model("local-dir:DIR", pretrained=True)` loads it."""
     return save_hub_folder(folder, model, adapted.class_names, adapted.image_size, adapted.mean, adapted.std,
-                           merged_metadata(adapted, training))  # fmt: skip
+                           merged_metadata(adapted, training), card)  # fmt: skip
 
 
 @dataclass
@@ -165,8 +167,10 @@ def merge_checkpoint(
     fold_bn: bool = False,
     overwrite: bool = False,
     weights: str | None = None,
+    command: str | None = None,
 ) -> MergeResult:
-    """`adapt merge`: fold a checkpoint and write it as one file or as a hub folder.
+    """`adapt merge`: fold a checkpoint and write it as one file or as a hub folder (with a model card
+    naming `command`, the command line that made it).
 
     layout "auto" writes a hub folder when `out` ends with a separator or is a folder. An
     existing output is replaced only with `overwrite`; an input never is."""
@@ -179,12 +183,16 @@ def merge_checkpoint(
         else:
             check_output_file(out, overwrite, inputs)
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
+        trained = sum(t.numel() for t in adapted.method.trainable_state(adapted.model).values())
         model, report = merge_adapted(adapted, fold_bn)
         training = {k: v for k, v in meta.training.items() if k in ("data", "seed")}
         training["merged_from"] = str(checkpoint)
         check_free_space(out / HUB_FILES[1] if hub else out, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
         if hub:
-            save_merged_hub(out, model, adapted, training)
+            loader = (f'import adapt  # first: it makes timm importable beside a CPU-only torch (not needed otherwise)\n'
+                      f'import timm\n\nmodel = timm.create_model("local-dir:{out}", pretrained=True)')  # fmt: skip
+            card = model_card(meta, trained, loader, "timm", command, merged=True)
+            save_merged_hub(out, model, adapted, training, card)
         else:
             save_merged(out, model, adapted, training)
     return MergeResult(out, "hub" if hub else "file", adapted.backbone.name, report)
