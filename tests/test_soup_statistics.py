@@ -194,3 +194,33 @@ def test_scale_grid_is_checked(tmp_path):
             create_recipe("ties", {"scale_grid": grid})
     with pytest.raises(AdaptError, match="drop the fixed scale"):
         create_recipe("ties", {"scale_grid": "1,2", "scale": 0.5})
+
+
+def test_the_base_can_be_the_embedded_or_a_named_pretrained_backbone(tmp_path):
+    from adapt.backbones import create_backbone
+
+    trunk, _ = create_backbone("tf_efficientnet_lite0", "embedded", 0)
+    pretrained = {k: v.clone() for k, v in trunk.state_dict().items()}
+    save_file(pretrained, tmp_path / "pretrained.safetensors")
+    paths = []
+    for i in range(2):  # fine-tunes with a 4-class head, which the base does not have
+        generator = torch.Generator().manual_seed(i)
+        state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) if "running" not in k and v.is_floating_point()
+                 else v for k, v in pretrained.items()}  # fmt: skip
+        state |= {"classifier.weight": torch.randn(4, 1280, generator=generator), "classifier.bias": torch.zeros(4)}
+        paths.append(tmp_path / f"ft{i}.safetensors")
+        save_file(state, paths[-1])
+    runner = CliRunner()
+    for base, out in ((tmp_path / "pretrained.safetensors", "file.safetensors"), ("embedded", "embedded.safetensors")):
+        result = runner.invoke(cli, ["soup", *map(str, paths), "--recipe", "task-arithmetic", "--scale", "0.5",
+                                     "--base", str(base), "--out", str(tmp_path / out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    from_file, embedded = load_file(tmp_path / "file.safetensors"), load_file(tmp_path / "embedded.safetensors")
+    assert from_file.keys() == embedded.keys() and all(torch.equal(from_file[k], embedded[k]) for k in embedded)
+    from adapt.merge.tensors import TensorFile
+
+    assert json.loads(TensorFile(tmp_path / "embedded.safetensors").metadata["soup"])["base"]["path"] == "embedded"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".soup.")]  # the built base is gone
+    result = runner.invoke(cli, ["soup", *map(str, paths), "--recipe", "ties", "--base", "no/such.safetensors",
+                                 "--out", str(tmp_path / "x.safetensors")])  # fmt: skip
+    assert result.exit_code == 1 and "no such file" in result.stderr and not (tmp_path / "x.safetensors").exists()

@@ -138,8 +138,9 @@ def _averaged_words(keys: list[str]) -> str:
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="uniform", show_default=True)
 @click.option("--coeffs", default=None, help="Ingredient coefficients for a weighted soup, e.g. 0.2,0.5,0.3.")
 @click.option("--allow-negative", is_flag=True, help="Allow negative --coeffs (extrapolation; their sum must not be 0).")
-@click.option("--base", type=click.Path(path_type=Path), default=None,
-              help="The model the state dicts were fine-tuned from (task-arithmetic, ties, dare).")  # fmt: skip
+@click.option("--base", default=None, metavar="FILE|embedded|TIMM_NAME[:WEIGHTS]",
+              help="The model the state dicts were fine-tuned from (task-arithmetic, ties, dare): a file, a hub "
+                   "folder, the embedded Lite0, or a timm model with weights (a file or 'random').")  # fmt: skip
 @click.option("--scale", default=None, help="Task-vector scale lambda (default 1), or 'auto': chosen on --data.")
 @click.option("--scale-grid", default=None,
               help="The scales --scale auto tries, e.g. 0.5,1,1.5 (default: the recipe paper's grid: TIES 0.8..2.5, "
@@ -177,6 +178,7 @@ def soup(ctx, **values) -> None:
       adapt soup a b c --coeffs 0.2,0.5,0.3 --out soup.safetensors
       adapt soup a b c --recipe greedy --data digits --split val --out greedy.safetensors
       adapt soup ft1 ft2 --recipe ties --base pretrained.safetensors --scale auto --data digits --out ties.safetensors
+      adapt soup m1.safetensors m2.safetensors --recipe task-arithmetic --base embedded --out ta.safetensors
       adapt soup lora1 lora2 lora3 --rank 8 --out lora-soup.safetensors
       adapt soup --config soup.yaml
     """

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from adapt.backbones import create_backbone, is_head_key
-from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, save_checkpoint, save_tensors_atomic
+from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, checkpoint_file, save_checkpoint, save_tensors_atomic
 from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe
 from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, file_records, greedy_soup, guarded_output,
@@ -84,23 +84,46 @@ def make_soup(
     if kind == "side networks" and recipe.needs_base:
         raise AdaptError(f"recipe {recipe.name} needs task vectors in weight space; {meta.method} adds a side network "
                          "that no weight holds (uniform, weighted and greedy soups of it work)")  # fmt: skip
-    if kind == "folded adapters" or (meta is not None and recipe.needs_base):
-        check_output_file(out, overwrite, paths)  # before the folding; the soup itself locks and checks again
-        folder = Path(out).expanduser().resolve().parent
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".soup.", dir=folder) as scratch:
-            folded, base = fold_ingredients(paths, Path(scratch))
-            summary = _run(folded, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone,
-                           on_tensor, on_step, sources=paths)  # fmt: skip
-        summary.ingredients, summary.kind = [str(p) for p in paths], "folded adapters"
+    folded = kind == "folded adapters" or (meta is not None and recipe.needs_base)
+    if base is not None and Path(base).expanduser().is_dir():
+        base = checkpoint_file(base)  # a hub folder's weights
+    built_base = base is not None and not Path(base).expanduser().exists()  # embedded, or a timm name[:weights]
+    if not (folded or built_base):
+        summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor,
+                       on_step)  # fmt: skip
+        summary.kind = kind
         return summary
-    summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step)
-    summary.kind = kind
+    check_output_file(out, overwrite, paths)  # before the folding; the soup itself locks and checks again
+    folder = Path(out).expanduser().resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".soup.", dir=folder) as scratch:
+        if folded:
+            inputs, base = fold_ingredients(paths, Path(scratch))
+            base_name = f"the pretrained {meta.backbone} ({meta.backbone_weights}) without its head"
+        else:
+            inputs, base_name, base = paths, str(base), pretrained_base(str(base), Path(scratch))
+        summary = _run(inputs, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone,
+                       on_tensor, on_step, sources=paths, base_name=base_name)  # fmt: skip
+    summary.ingredients, summary.kind = [str(p) for p in paths], "folded adapters" if folded else kind
     return summary
 
 
+def pretrained_base(spec: str, scratch: Path) -> Path:
+    """`--base embedded` or `--base TIMM_NAME[:WEIGHTS]`: the pretrained backbone without a head, written
+    to `scratch` (the state-dict recipes read their base from a file)."""
+    from adapt.backbones import EMBEDDED_BACKBONE, EMBEDDED_WEIGHTS
+
+    name, _, weights = (EMBEDDED_BACKBONE, "", EMBEDDED_WEIGHTS) if spec == EMBEDDED_WEIGHTS else spec.partition(":")
+    if not weights and "/" in name:
+        raise AdaptError(f"{term('base')} {spec}: no such file (or: embedded, or a timm name[:weights])")
+    model, info = create_backbone(name, weights or None, 0)
+    path = scratch / "pretrained-base.safetensors"
+    save_tensors_atomic(path, model.state_dict(), {"backbone": info.name, "backbone_weights": info.weights})
+    return path
+
+
 def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step,
-         sources=None) -> SoupSummary:  # fmt: skip
+         sources=None, base_name=None) -> SoupSummary:  # fmt: skip
     evaluate = None
     if isinstance(recipe, Greedy) or recipe.auto_scale:
         if not data:
@@ -109,7 +132,7 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
         evaluate = held_out_accuracy(paths[0], data, split, backbone)
     if isinstance(recipe, Greedy):
         return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes, sources)
-    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, on_tensor, overwrite, evaluate, sources)
+    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, on_tensor, overwrite, evaluate, sources, base_name)
 
 
 def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:

@@ -151,11 +151,12 @@ def file_records(paths: Sequence[str | Path]) -> list[dict[str, str]]:
 
 def _output_metadata(first: TensorFile, recipe: Recipe, sources: Sequence[str | Path], base: str | Path | None = None,
                      scale: object = None, scale_table: Sequence[tuple[float, float]] = (),
-                     steps: Sequence[GreedyStep] = ()) -> dict[str, str]:  # fmt: skip
+                     steps: Sequence[GreedyStep] = (), base_name: str | None = None) -> dict[str, str]:  # fmt: skip
     """What the soup says about itself: the recipe and its options, every ingredient and the base (path and
     sha256 of the user's files), the scale and the held-out scores that chose it (--scale auto, greedy)."""
     soup = {"recipe": recipe.name, "options": dataclasses.asdict(recipe),
-            "ingredients": file_records(sources), **({"base": file_records([base])[0]} if base is not None else {}),
+            "ingredients": file_records(sources),
+            **({"base": {**file_records([base])[0], "path": base_name or str(base)}} if base is not None else {}),
             **({"scale": scale} if scale is not None else {}),
             **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {}),
             **({"greedy_steps": [asdict(step) for step in steps]} if steps else {})}  # fmt: skip
@@ -230,14 +231,16 @@ def stream_soup(
     overwrite: bool = False,
     evaluate: Evaluator | None = None,
     sources: Sequence[str | Path] | None = None,
+    base_name: str | None = None,
 ) -> SoupSummary:
     """Merge `paths` key by key with `recipe` (uniform by default) into `out`.
 
     evaluate: held-out accuracy of a state dict, needed when the recipe's scale is "auto".
-    sources: the files the user gave, recorded in the output, when `paths` were made from them (folded adapters)."""
+    sources, base_name: what the user gave, recorded in the output, when `paths` and `base` were made from it
+    (folded adapters, --base embedded)."""
     with guarded_output(out, overwrite, [*paths, base]):
         return _stream_soup(paths, out, recipe or Uniform(), base, dtype, max_shard_bytes, on_tensor, evaluate,
-                            sources or paths)  # fmt: skip
+                            sources or paths, base_name)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -248,7 +251,8 @@ def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path
         yield
 
 
-def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate, sources) -> SoupSummary:
+def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate, sources,
+                 base_name) -> SoupSummary:  # fmt: skip
     if recipe.needs_base and base is None:
         raise AdaptError(f"recipe {recipe.name} needs {term('base')} (the model the ingredients were fine-tuned from)")
     if recipe.auto_scale and evaluate is None:
@@ -282,8 +286,8 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
         scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
     else:
         recipe.prepare(len(files), _task_vectors(files, base_file, task_keys))
-    user_base = base if recipe.needs_base and sources is paths else None  # a folded soup's base is the backbone
-    metadata = _output_metadata(first, recipe, sources, user_base, scale, table)
+    metadata = _output_metadata(first, recipe, sources, base if recipe.needs_base else None, scale, table,
+                                base_name=base_name)  # fmt: skip
     written, peak = 0, anonymous_bytes()
     with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
