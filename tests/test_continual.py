@@ -163,6 +163,9 @@ def test_cli_end_to_end(tmp_path):
     assert saved["setup"]["learner"] == "replay" and saved["setup"]["learner_options"]["memory"] == 20
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "task_2" / "adapter.safetensors").is_file()
+    result = CliRunner().invoke(cli, ["continual", "--out", str(out), "--resume"])  # the rest from OUT/config.yaml
+    assert result.exit_code == 0 and "all 2 tasks are done: nothing to train" in result.output, result.output
+    assert json.loads((out / "continual.json").read_text())["matrix"] == saved["matrix"]
 
 
 def test_cli_missing_text_model_is_one_line(tmp_path):
@@ -217,3 +220,57 @@ def test_herding_and_class_means_see_unaugmented_images(folder_root):
     label = next(iter(memory.ranked))
     exemplars = memory.exemplars(label, plain=True)
     assert all(any(torch.equal(exemplars[i][0], p) for p in plain) for i in range(len(exemplars)))
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("learner, options, head", [("icarl", {"memory": 20, "classifier": "nme"}, "linear"),
+                                                    ("prototype", {}, "cosine")])  # fmt: skip
+def test_a_resumed_run_gives_the_straight_runs_results(tmp_path, learner, options, head):
+    scenario = class_incremental("digits", initial=2, increment=2, seed=0, image_size=SIZE, limit=120)
+    method = "linear" if learner == "prototype" else "ssf"
+
+    def make(out, resume=False):
+        return ContinualRun(method=method, head=head, learner=learner, learner_options=options,
+                            train=TrainConfig(epochs=2, batch_size=16), out_dir=out, resume=resume)  # fmt: skip
+
+    straight = make(tmp_path / "straight").fit(scenario)
+
+    def stop_after_task_2(task, matrix, model):
+        if task.index == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        make(tmp_path / "resumed").fit(scenario, on_task_end=stop_after_task_2)
+    assert not (tmp_path / "resumed" / "task_3").exists()
+    if learner != "prototype":  # also stop inside task 3, after its first epoch: the task's own train state resumes
+        from adapt import train as train_module
+
+        original = train_module.Trainer._save
+
+        def save_then_stop(self, epoch, *args):
+            original(self, epoch, *args)
+            if self.out_dir.name == "task_3":
+                raise _Stop
+
+        train_module.Trainer._save = save_then_stop
+        try:
+            with pytest.raises(_Stop):
+                make(tmp_path / "resumed", resume=True).fit(scenario)
+        finally:
+            train_module.Trainer._save = original
+    resumed = make(tmp_path / "resumed", resume=True).fit(scenario)
+    assert resumed.matrix == straight.matrix  # accuracies are counts over the same images: exactly equal
+    for a, b in zip(straight.checkpoints, resumed.checkpoints):
+        left, right = load_file(a), load_file(b)
+        assert left.keys() == right.keys() and all(torch.allclose(left[k], right[k], atol=1e-6) for k in left)
+
+
+def test_resume_refuses_another_run(tmp_path):
+    scenario = class_incremental("digits", initial=5, increment=5, seed=0, image_size=SIZE, limit=60)
+    ContinualRun(method="linear", head="linear", learner="naive", train=TrainConfig(epochs=1), out_dir=tmp_path).fit(scenario)
+    with pytest.raises(AdaptError, match="cannot resume the continual run .*learner was 'naive', now 'replay'"):
+        ContinualRun(method="linear", head="linear", learner="replay", learner_options={"memory": 20},
+                     train=TrainConfig(epochs=1), out_dir=tmp_path, resume=True).fit(scenario)  # fmt: skip

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from adapt.errors import AdaptError, speaking_flags
-from adapt.train_config import RESULT_FREE
+from adapt.train_config import CONFIG_FILE, RESULT_FREE
 
 # Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
 # Markup is off: paths, class names and messages are printed as the text they are.
@@ -198,6 +198,9 @@ def config_option(command):
     @functools.wraps(command)
     def with_config(ctx: click.Context, **params: Any) -> Any:
         values = resolve_config(ctx, params.get("config"))
+        saved = Path(str(values.get("out"))) / CONFIG_FILE if values.get("resume") else None
+        if saved is not None and saved.is_file():  # --resume: the run's own options under what was typed
+            values = resolve_config(ctx, params.get("config"), str(saved))
         for param in ctx.command.params:
             if isinstance(param, RequiredOption) and values.get(param.name) is None:
                 raise click.MissingParameter(ctx=ctx, param=param)

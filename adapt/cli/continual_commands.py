@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 from rich.table import Table
 
 from adapt.cli.common import (backbone_option, cli, config_option, console, log_with_option, parse_options,
-                               precision_option, resolved_record, weights_option, workers_option)
+                               precision_option, resolved_record, resume_command, weights_option, workers_option)
 from adapt.continual import LEARNERS
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
 from adapt.methods import METHODS
@@ -42,11 +43,13 @@ from adapt.methods import METHODS
 @log_with_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/continual"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out: from its last finished task, inside the "
+              "task it stopped in, with the options saved in OUT/config.yaml.")
 @click.option("--overwrite", is_flag=True, help="Replace the continual run already in --out (only its files).")
 @config_option
 def continual(data, initial, increment, task_incremental, head, template, text_model, method, method_options, learner,
               learner_options, memory, selection, backbone, weights, image_size, epochs, batch_size, lr, seed, precision, workers,
-              log_with, limit, out, overwrite) -> None:  # fmt: skip
+              log_with, limit, out, resume, overwrite) -> None:  # fmt: skip
     """Learn a dataset's classes task by task; print and write the accuracy matrix and metrics.
 
     Writes OUT/task_N/ (the checkpoint after each task, which adapt eval, predict, info and
@@ -59,6 +62,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
       adapt continual --learner icarl --memory 200 --learner-option classifier=nme
       adapt continual --learner prototype --method linear --head cosine
       adapt continual --config cl.yaml --seed 1
+      adapt continual --out runs/continual --resume   # continue after Ctrl-C
     """
     from adapt.continual import ContinualRun, class_incremental
     from adapt.train_config import TrainConfig
@@ -69,8 +73,9 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
     head_options = {"template": template, "text_model": text_model} if head == "language" else {}
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, precision=precision, workers=workers,
                         log_with=log_with)
+    resume_command(f"adapt continual --out {shlex.quote(str(out))} --resume")
     run = ContinualRun(method, head, learner, learner_options, parse_options(method_options), head_options, weights, train,
-                       out, overwrite)  # fmt: skip
+                       out, overwrite, resume)  # fmt: skip
     scenario = class_incremental(data, initial, increment, seed, backbone, image_size, task_incremental, limit)
     sizes = ", ".join(str(len(t.class_names)) for t in scenario.tasks)
 
@@ -88,7 +93,8 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
         console.print(f"after task {task.index + 1} ({', '.join(task.class_names)}): {accuracies}  ·  seen "
                       f"{seen_accuracies(matrix[: task.index + 1], test_sizes)[-1]:.1%}")  # fmt: skip
 
-    result = run.fit(scenario, on_task_end=print_row, record=resolved_record(), on_start=print_start)
+    result = run.fit(scenario, on_task_end=print_row, record=resolved_record(), on_start=print_start,
+                     on_note=lambda text: console.print(f"note: {text}"))
     console.print(_matrix_table(result.matrix, test_sizes))
     metrics = result.metrics
     console.print(

@@ -138,6 +138,14 @@ class Learner:
         """What is tested after each task."""
         return model
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What the learner carries from one task to the next (tensors, JSON values), for a resumed run.
+        What begin_task rebuilds from the model (LwF's old model) is not carried."""
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any], tasks: list[Task]) -> None:
+        """Undo `state()`; `tasks` are the scenario's tasks, whose data the state refers to."""
+
 
 class Naive(Learner):
     """Fine-tuning on each task's images (`naive`), as PyCIL's finetune: the reference point."""
@@ -180,6 +188,16 @@ class Replay(Learner):
     def end_task(self, model: ContinualModel, task: Task) -> None:
         self.memory.add_task(task.train, lambda images: features(model, images), task.train_plain)
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {}, {"memory": self.memory.ranking()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any], tasks: list[Task]) -> None:
+        def datasets(label: int) -> tuple[Dataset, Dataset]:
+            task = next(t for t in tasks if label in t.classes)
+            return task.train, task.train_plain if task.train_plain is not None else task.train
+
+        self.memory.restore(values["memory"], datasets)
+
 
 class LwF(Learner):
     name = "lwf"
@@ -220,6 +238,14 @@ class ICaRL(Replay, LwF):
             self.means = torch.stack([F.normalize(features(model, self.memory.exemplars(c, plain=True)), dim=-1).mean(0)
                                       for c in labels])  # fmt: skip
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, values = super().state()
+        return {**tensors, **({"means": self.means} if self.means is not None else {})}, values
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any], tasks: list[Task]) -> None:
+        super().load_state(tensors, values, tasks)
+        self.means = tensors.get("means")
+
     def scorer(self, model: ContinualModel) -> nn.Module:
         if self.config.classifier == "nme" and self.means is not None:
             return NearestMeanOfExemplars(model.backbone, self.means)
@@ -242,3 +268,9 @@ class Prototype(Learner):
             self.statistics = FeatureStatistics(model.head.feature_dim)
         self.statistics.add(features(model, task.train_plain), torch.tensor(dataset_targets(task.train_plain)))
         model.head.fit_prototypes(self.statistics)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return (self.statistics.state() if self.statistics is not None else {}), {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any], tasks: list[Task]) -> None:
+        self.statistics = FeatureStatistics.from_state(tensors) if tensors else None

@@ -78,6 +78,14 @@ class ExemplarMemory:
         train, unaugmented, ranked = self.ranked[label]
         return Subset(unaugmented if plain else train, ranked[: self.per_class()])
 
+    def ranking(self) -> dict[str, list[int]]:
+        """Each class's ranked image indices (JSON keys): with the tasks' data, all a resumed run needs."""
+        return {str(label): ranked for label, (_, _, ranked) in self.ranked.items()}
+
+    def restore(self, ranking: dict[str, list[int]], datasets: Callable[[int], tuple[Dataset, Dataset]]) -> None:
+        """Undo `ranking()`; `datasets(label)` gives the (training, unaugmented) images of the class's task."""
+        self.ranked = {int(label): (*datasets(int(label)), list(ranked)) for label, ranked in ranking.items()}
+
     def counts(self) -> dict[int, int]:
         keep = self.per_class()
         return {label: min(keep, len(ranked)) for label, (_, _, ranked) in self.ranked.items()}

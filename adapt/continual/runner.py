@@ -11,6 +11,7 @@ seen so far, which fills one row of the accuracy matrix.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.utils.data import ConcatDataset
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
-from adapt.checkpoint import write_json_atomic
+from adapt.checkpoint import read_tensors, save_tensors_atomic, write_json_atomic
 from adapt.continual import create_learner
 from adapt.continual.learners import Learner
 from adapt.continual.metrics import ContinualMetrics, Matrix, plot_matrix
@@ -35,11 +36,13 @@ from adapt.methods import count_trainable, create_method
 from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.devices import make_accelerator, precision_accelerator
 from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, write_run_config
-from adapt.train_config import CONFIG_FILE
+from adapt.train_config import CONFIG_FILE, RESULT_FREE
+from adapt.train_state import STATE_FILE
 
 RESULT_FILE = "continual.json"
 MATRIX_PLOT = "accuracy_matrix.png"
-RUN_FILES = (RESULT_FILE, MATRIX_PLOT, CONFIG_FILE, "task_*")
+PROGRESS_FILE = "progress.safetensors"  # after each task: what a resumed run starts the next one from
+RUN_FILES = (RESULT_FILE, MATRIX_PLOT, CONFIG_FILE, PROGRESS_FILE, "task_*")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ContinualRun:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))  # per task; its seed also seeds the run
     out_dir: str | Path = "runs/continual"
     overwrite: bool = False  # replace an earlier run in out_dir (only its files)
+    resume: bool = False  # continue the run in out_dir: after its last finished task, inside the task it stopped in
 
     def __post_init__(self) -> None:
         self.train = _train_config(self.train)
@@ -108,6 +112,7 @@ class ContinualRun:
         on_task_end: Callable[[Task, Matrix, ContinualModel], None] | None = None,
         record: dict[str, Any] | None = None,
         on_start: Callable[[], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> ContinualResult:
         """Train on each task in turn; after each, test on all tasks seen. Writes OUT/task_N/ per task
         and OUT/continual.json + accuracy_matrix.png at the end, and `record` (the command's resolved
@@ -115,10 +120,11 @@ class ContinualRun:
         refused run prints nothing); `on_task_end(task, matrix, model)` after each task's row is measured."""
         out = Path(self.out_dir)
         with exclusive_lock(out):
-            check_run_folder(out, RUN_FILES, resume=False, overwrite=self.overwrite, resumable=False)
-            return self._fit(scenario, out, on_task_end, record, on_start)
+            check_run_folder(out, RUN_FILES, resume=self.resume, overwrite=self.overwrite)
+            return self._fit(scenario, out, on_task_end, record, on_start, on_note or (lambda text: None))
 
-    def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None, on_start) -> ContinualResult:
+    def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None, on_start,
+             on_note) -> ContinualResult:  # fmt: skip
         learner = self.create_learner()
         learner.check(scenario)
         model, adapted = self.build(scenario)
@@ -128,11 +134,17 @@ class ContinualRun:
         precision_accelerator(self.train)  # refuses what it cannot run (fp16 on a CPU) before anything is written
         if on_start is not None:
             on_start()
-        if record is not None:  # once the model is built, so that a refused run leaves nothing
-            write_run_config(out, record)
+        identity = self._identity(scenario, learner)
         matrix: Matrix = []
-        checkpoints = []
-        for task in scenario.tasks:
+        if self.resume and (out / PROGRESS_FILE).is_file():
+            matrix = self._restore(out / PROGRESS_FILE, identity, scenario, model, adapted, learner)
+            total = len(scenario.tasks)
+            on_note(f"resuming after task {len(matrix)} of {total}" if len(matrix) < total
+                    else f"all {total} tasks are done: nothing to train")  # fmt: skip
+        elif record is not None:  # once the model is built, so that a refused run leaves nothing
+            write_run_config(out, record)
+        checkpoints = [out / f"task_{t + 1}" / ADAPTER_FILE for t in range(len(matrix))]
+        for task in scenario.tasks[len(matrix) :]:
             learner.begin_task(model, task)
             model.head.add_classes(task.class_names)
             adapted.class_names = list(model.head.class_names)
@@ -142,7 +154,8 @@ class ContinualRun:
                 splits = DataSplits(scenario.spec or scenario.name, f"{scenario.name} task {task.index + 1}",
                                     adapted.class_names, learner.train_data(task), task.val,
                                     ConcatDataset([t.test for t in seen]))  # fmt: skip
-                Trainer(adapted, splits, self.train, task_dir, loss=learner.loss).fit()
+                started = self.resume and (task_dir / STATE_FILE).is_file()  # the task the run stopped in
+                Trainer(adapted, splits, self.train, task_dir, loss=learner.loss).fit(resume=started)
             learner.end_task(model, task)
             if not learner.trains:
                 task_dir.mkdir(parents=True, exist_ok=True)
@@ -151,17 +164,53 @@ class ContinualRun:
             scorer = learner.scorer(model)
             row = [self._test(scorer, t, scenario.task_incremental) for t in seen]
             matrix.append(row + [None] * (len(scenario.tasks) - len(seen)))
+            self._save_progress(out / PROGRESS_FILE, identity, matrix, adapted, learner)
             if on_task_end is not None:
                 on_task_end(task, matrix, model)
-        setup = {"data": scenario.name, "backbone": scenario.backbone, "image_size": scenario.image_size,
-                 "task_incremental": scenario.task_incremental, "class_order": scenario.class_names,
-                 **{k: v for k, v in dataclasses.asdict(self).items() if k not in ("out_dir", "overwrite")},
-                 "learner_options": learner.options()}  # fmt: skip
+        setup = identity
         tasks = [t.class_names for t in scenario.tasks]
         sizes = [len(t.test) for t in scenario.tasks]
         result = ContinualResult(matrix, ContinualMetrics.from_matrix(matrix, sizes), tasks, checkpoints, setup, sizes)
         result.save(out)
         return result
+
+    def _identity(self, scenario: Scenario, learner: Learner) -> dict[str, Any]:
+        """The run's setup (continual.json keeps it): what a resumed run must share with the one it continues."""
+        return {"data": scenario.name, "backbone": scenario.backbone, "image_size": scenario.image_size,
+                "task_incremental": scenario.task_incremental, "class_order": scenario.class_names,
+                **{k: v for k, v in dataclasses.asdict(self).items() if k not in ("out_dir", "overwrite", "resume")},
+                "learner_options": learner.options()}  # fmt: skip
+
+    @staticmethod
+    def _save_progress(path: Path, identity: dict[str, Any], matrix: Matrix, adapted: AdaptedModel, learner: Learner) -> None:
+        """After a task: the model, the learner's state, the RNG and the matrix so far (one file, atomic)."""
+        learner_tensors, learner_values = learner.state()
+        tensors = {**{f"model.{k}": v for k, v in adapted.state().items()},
+                   **{f"learner.{k}": v for k, v in learner_tensors.items()}, "rng.torch": torch.get_rng_state()}  # fmt: skip
+        metadata = {"run": json.dumps(identity, default=str), "matrix": json.dumps(matrix), "learner": json.dumps(learner_values)}
+        save_tensors_atomic(path, tensors, metadata)
+
+    @staticmethod
+    def _restore(path: Path, identity: dict[str, Any], scenario: Scenario, model: ContinualModel, adapted: AdaptedModel,
+                 learner: Learner) -> Matrix:  # fmt: skip
+        """Bring the run to where its progress file left it; returns the matrix so far."""
+        tensors, metadata = read_tensors(path)
+        def fixed(run: dict[str, Any]) -> dict[str, Any]:  # workers and trackers change no result
+            return {**run, "train": {k: v for k, v in run.get("train", {}).items() if k not in RESULT_FREE}}
+
+        saved, now = fixed(json.loads(metadata["run"])), fixed(json.loads(json.dumps(identity, default=str)))
+        changed = [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
+        if changed:
+            raise AdaptError(f"cannot resume the continual run in {path.parent}: " + "; ".join(changed))
+        matrix = json.loads(metadata["matrix"])
+        for task in scenario.tasks[: len(matrix)]:
+            model.head.add_classes(task.class_names)
+        adapted.class_names = list(model.head.class_names)
+        adapted.load_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(path))
+        learner.load_state({k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")},
+                           json.loads(metadata["learner"]), scenario.tasks)  # fmt: skip
+        torch.set_rng_state(tensors["rng.torch"])
+        return matrix
 
     @staticmethod
     def _test(model: torch.nn.Module, task: Task, task_incremental: bool) -> float:

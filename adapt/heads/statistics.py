@@ -29,6 +29,21 @@ class FeatureStatistics:
         augmented = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
         self.gram += augmented.T @ augmented
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """As tensors (a resumed continual run reads them back with `from_state`)."""
+        classes = sorted(self.counts)
+        return {"gram": self.gram, "classes": torch.tensor(classes, dtype=torch.int64),
+                "counts": torch.tensor([self.counts[c] for c in classes], dtype=torch.int64),
+                "sums": torch.stack([self.sums[c] for c in classes]) if classes else torch.zeros(0, self.feature_dim)}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor]) -> FeatureStatistics:
+        statistics = cls(tensors["gram"].shape[0] - 1)
+        statistics.gram = tensors["gram"].to(torch.float64).clone()
+        for label, count, row in zip(tensors["classes"].tolist(), tensors["counts"].tolist(), tensors["sums"]):
+            statistics.sums[label], statistics.counts[label] = row.to(torch.float64).clone(), count
+        return statistics
+
     @property
     def num_classes(self) -> int:
         return len(self.counts)
