@@ -17,6 +17,7 @@ from adapt.checkpoint import all_finite, checkpoint_file
 from adapt.data.images import open_rgb
 from adapt.data.transforms import eval_transform
 from adapt.errors import AdaptError, term
+from adapt.progress import Steps
 
 
 class NonFiniteOutput(AdaptError):
@@ -54,12 +55,23 @@ class Scores:
 
 @torch.no_grad()
 def scores(
-    model: nn.Module, dataset: Dataset, accelerator: Accelerator, batch_size: int = 128, columns: range | None = None
+    model: nn.Module,
+    dataset: Dataset,
+    accelerator: Accelerator,
+    batch_size: int = 128,
+    columns: range | None = None,
+    progress: str | None = None,
 ) -> Scores:
     """Scores over the whole dataset (gathered across processes).
 
-    columns: predict among these outputs only (task-incremental evaluation)."""
+    columns: predict among these outputs only (task-incremental evaluation). progress: show a
+    bar (or log lines) with this description."""
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    with Steps(progress or "", len(loader), progress is not None and accelerator.is_main_process) as steps:
+        return _scores(model, loader, accelerator, columns, steps)
+
+
+def _scores(model: nn.Module, loader: DataLoader, accelerator: Accelerator, columns: range | None, steps: Steps) -> Scores:
     was_training = model.training
     model.eval()
     confusion: torch.Tensor | None = None
@@ -81,6 +93,7 @@ def scores(
         confusion += torch.bincount(labels.cpu() * outputs + predictions.cpu(), minlength=outputs * outputs).view(outputs, outputs)
         loss_sum += float(losses.sum())
         top5_hits += int(top5.sum())
+        steps.advance()
     model.train(was_training)
     if confusion is None:
         return Scores(torch.zeros(0, 0, dtype=torch.int64), 0.0, None)
@@ -330,7 +343,7 @@ def evaluate_checkpoint(
     known = adapted.class_names
     dataset = align_classes(dataset, splits.class_names, known, str(checkpoint))
     with naming_broken(checkpoint):
-        result = scores(adapted.model, dataset, make_accelerator(), batch_size)
+        result = scores(adapted.model, dataset, make_accelerator(), batch_size, progress=f"evaluating on {split}")
     if plot is not None:
         plot_confusion(result.confusion, known, plot, f"{Path(checkpoint).name} on {splits.name} {split}")
     per_class = dict(zip(known, result.per_class()))

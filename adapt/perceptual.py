@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -51,6 +51,7 @@ from adapt.methods import count_trainable, create_method
 from adapt.outputs import writing_file
 from adapt.devices import make_accelerator
 from adapt.optimization import parameter_groups
+from adapt.progress import Steps
 
 MARGIN = 0.05
 
@@ -156,21 +157,25 @@ def perceptual_init(
     image_size: int | None = None,
     overwrite: bool = False,
     record: dict[str, Any] | None = None,
+    on_epoch: Callable[[str], None] | None = None,
 ) -> PerceptualResult:
     """Train `backbone`, starting from `source` ("random", the paper's setting; "embedded"; or a
     weights file: perceptual fine-tuning), on the triplets of `data` by `config` (DreamSim's recipe
     by default, or a mapping of its fields), and write the best epoch on val, merged, to `out`.
 
     An existing `out` is replaced only with `overwrite`, and never when it is the input weights.
-    `record` (the command's resolved options) goes into the file's metadata as `config` (YAML)."""
+    `record` (the command's resolved options) goes into the file's metadata as `config` (YAML);
+    `on_epoch` hears each epoch's mean hinge loss and val 2AFC."""
     if not isinstance(config, AlignmentConfig):
         config = build(AlignmentConfig, dict(config or {}), "alignment options")
     inputs = [] if source in (RANDOM_WEIGHTS, EMBEDDED_WEIGHTS) else [source]
     with writing_file(out, overwrite, inputs=inputs):
-        return _perceptual_init(data, out, backbone, source, method, config, image_size, record)
+        return _perceptual_init(data, out, backbone, source, method, config, image_size, record,
+                                on_epoch or (lambda line: None))  # fmt: skip
 
 
-def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfig, image_size, record) -> PerceptualResult:
+def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfig, image_size, record,
+                     on_epoch) -> PerceptualResult:  # fmt: skip
     splits = load_triplets(data)
     if not splits.get("train"):
         raise AdaptError(f"{data} has no train triplets")
@@ -195,23 +200,25 @@ def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfi
     result = PerceptualResult({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}, {},
                               trainable_params=count_trainable(model), source=info.weights)  # fmt: skip
     best, best_state, waited = float("-inf"), None, 0
-    with Progress(disable=not accelerator.is_main_process, transient=True) as progress:
-        task = progress.add_task("perceptual alignment", total=config.epochs * len(loader))
+    with Steps("perceptual alignment", config.epochs * len(loader), accelerator.is_main_process) as progress:
         for epoch in range(1, config.epochs + 1):
             model.train()
             total = 0.0
-            for ref, a, b, p_a in loader:
+            progress.describe(f"perceptual alignment, epoch {epoch}/{config.epochs}")
+            for step, (ref, a, b, p_a) in enumerate(loader, 1):
                 loss = hinge_loss(*distances(model, ref, a, b), p_a.float(), config.margin)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
                 total += float(loss.detach())
-                progress.advance(task)
+                progress.advance(status=f"hinge loss {total / step:.4f}")
             result.losses.append(total / len(loader))
             if chooser is None:  # nothing to choose on: the last epoch
                 result.best_epoch = epoch
+                on_epoch(f"epoch {epoch}: hinge loss {result.losses[-1]:.4f}")
                 continue
             result.val_scores.append(evaluate_two_afc(model, datasets[chooser], accelerator).score)
+            on_epoch(f"epoch {epoch}: hinge loss {result.losses[-1]:.4f}  val 2AFC {result.val_scores[-1]:.1%}")
             if result.val_scores[-1] > best:
                 best, result.best_epoch, waited = result.val_scores[-1], epoch, 0
                 best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, RandomSampler
 
 from adapt.adapted import AdaptedModel
@@ -33,6 +32,7 @@ from adapt.devices import precision_accelerator
 from adapt.errors import AdaptError, term
 from adapt.evaluate import NonFiniteOutput, accuracy
 from adapt.optimization import optimizer_and_schedule
+from adapt.progress import Steps
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
 from adapt.train_config import CONFIG_FILE, PRECISIONS, RESULT_FREE, TrainConfig
 from adapt.train_state import STATE_FILE, restore_train_state, save_train_state
@@ -183,11 +183,11 @@ class Trainer:
         self._start_trackers(start_epoch * len(loader) if resume else None)
 
         eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
-        with self._progress() as progress, self._tracking():
-            task = progress.add_task("train", total=len(loader) * (config.epochs - start_epoch), loss=0.0, acc=0.0, ips=0.0)
+        with Steps("train", len(loader) * (config.epochs - start_epoch), accelerator.is_main_process) as progress, \
+                self._tracking():
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 order.manual_seed(config.seed * 100_003 + epoch)
-                result = self._epoch(epoch, model, loader, optimizer, scheduler, progress, task)
+                result = self._epoch(epoch, model, loader, optimizer, scheduler, progress)
                 try:
                     result.eval_acc = accuracy(model, eval_set, accelerator)
                 except NonFiniteOutput:
@@ -233,17 +233,6 @@ class Trainer:
             for tracker in self.accelerator.trackers:
                 tracker.finish()
 
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:.0f} img/s"),
-            TimeRemainingColumn(),
-            disable=not self.accelerator.is_main_process,
-            transient=True,
-        )
-
     def _refuse_non_finite(self, loss: torch.Tensor, epoch: int, steps: int) -> None:
         """The error for a non-finite loss: broken starting weights, or training that diverged."""
         broken = broken_tensor(self.adapted.model) if epoch == self._first_epoch and steps == 0 else None
@@ -260,12 +249,12 @@ class Trainer:
         return AdaptError(f"after epoch {epoch} the model computes NaN/Inf outputs in evaluation: {broken}; nothing "
                           f"non-finite was saved (check the backbone weights {self.adapted.backbone.weights})")  # fmt: skip
 
-    def _epoch(self, epoch, model, loader, optimizer, scheduler, progress, task) -> EpochResult:
+    def _epoch(self, epoch, model, loader, optimizer, scheduler, progress: Steps) -> EpochResult:
         accelerator = self.accelerator
         model.train()  # methods that keep BatchNorm statistics froze them inside the model
         loss_sum = correct = seen = steps = 0
         start = time.perf_counter()
-        progress.update(task, description=f"epoch {epoch}/{self.config.epochs}")
+        progress.describe(f"epoch {epoch}/{self.config.epochs}")
         for images, labels in loader:
             step_lr = optimizer.param_groups[0]["lr"]
             with accelerator.accumulate(model):
@@ -288,7 +277,7 @@ class Trainer:
             steps += 1
             accelerator.log({"train/loss": step_loss, "train/lr": step_lr}, step=(epoch - 1) * len(loader) + steps)
             ips = seen * accelerator.num_processes / (time.perf_counter() - start)
-            progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=ips)
+            progress.advance(status=f"loss {loss_sum / seen:.3f}  train acc {correct / seen:.2%}  {ips:.0f} img/s")
         seconds = time.perf_counter() - start
         return EpochResult(
             epoch=epoch,

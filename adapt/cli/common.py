@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,11 @@ from rich.console import Console
 from rich.text import Text
 
 from adapt.errors import AdaptError, speaking_flags
+from adapt.progress import console as progress_console
 from adapt.train_config import CONFIG_FILE, RESULT_FREE
 
-# Under torchrun / accelerate launch every process runs this command; only rank 0 prints.
-# Markup is off: paths, class names and messages are printed as the text they are.
-console = Console(quiet=int(os.environ.get("RANK", "0")) != 0, soft_wrap=True, markup=False, highlight=False)
+# one console with the library's progress bars (adapt.progress): only rank 0 prints, markup off
+console = progress_console
 errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 # OSErrors that are the user's situation (disk full, read-only folder, file size limit, a

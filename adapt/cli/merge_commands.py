@@ -183,7 +183,6 @@ def soup(ctx, **values) -> None:
       adapt soup --config soup.yaml
     """
     import torch
-    from rich.progress import Progress
 
     from adapt.merge.adapter_soup import make_soup
     from adapt.merge.options import soup_options
@@ -198,13 +197,10 @@ def soup(ctx, **values) -> None:
     steps = Table(title="greedy soup")
     for column in ("ingredient", "own accuracy", "soup accuracy", "added"):
         steps.add_column(column)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("merging tensors", total=None)
-        summary = make_soup(paths, Path(options.out), recipe, options.base, dtype, options.shard_bytes(), options.overwrite,
-                            options.data, options.split, options.backbone, options.rank,
-                            on_tensor=lambda key: progress.advance(task),
-                            on_step=lambda step: steps.add_row(step.ingredient, f"{step.own_accuracy:.2%}",
-                                                               f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
+    summary = make_soup(paths, Path(options.out), recipe, options.base, dtype, options.shard_bytes(), options.overwrite,
+                        options.data, options.split, options.backbone, options.rank,
+                        on_step=lambda step: steps.add_row(step.ingredient, f"{step.own_accuracy:.2%}",
+                                                           f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
     if summary.greedy_steps:
         console.print(steps)
     if summary.scale_table:

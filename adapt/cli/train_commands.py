@@ -118,9 +118,11 @@ def tune(ctx, **_) -> None:
 
 def _print_start(adapted, data) -> None:
     trainable, total = adapted.parameter_counts()
+    val = f"{len(data.val)} val / " if data.val is not None else ""
+    scored = "" if data.val is not None else f" (no val split: each epoch is scored on {data.test_name})"
     console.print(
         f"{adapted.method.name} on {adapted.backbone.name} ({adapted.backbone.weights} weights), "
-        f"data {data.name}: {len(data.train)} train / {len(data.test)} {data.test_name} images, "
+        f"data {data.name}: {len(data.train)} train / {val}{len(data.test)} {data.test_name} images{scored}, "
         f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
     )
     for note in (*adapted.backbone.notes, *([data.note] if data.note else [])):
@@ -343,7 +345,8 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
 
     recipe = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer,
               "margin": margin, "patience": patience, "seed": seed}  # fmt: skip
-    result = run_init(data, out, backbone, source, method, recipe, image_size, overwrite, record=resolved_record())
+    result = run_init(data, out, backbone, source, method, recipe, image_size, overwrite, record=resolved_record(),
+                      on_epoch=console.print)  # fmt: skip
     kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
     table = Table(title=f"2AFC on the human votes, before → after: {kind}, {method}, {result.trainable_params:,} trained parameters")
     for column in ("split", "triplets", "2AFC (DreamSim)", "majority accuracy"):

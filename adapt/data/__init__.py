@@ -99,7 +99,7 @@ def load_data(
     test_name, note = "test", ""
     if kind == "digits":
         splits, class_names = digits_splits(image_size, mean, std), list(DIGIT_NAMES)
-        name = "digits"
+        name, note = "digits", "val and test are the digits' fixed stratified split (60% train, 20% val, 20% test)"
     elif kind == "folder":
         class_names, splits, note = folder_splits(path, eval_transform(image_size, mean, std), seed)
         name = path.name

@@ -58,7 +58,7 @@ class TextEmbedder:
         """(len(prompts), dim) L2-normalized float32 embeddings."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
         if missing:
-            vectors = self._model().encode(missing, convert_to_tensor=True, normalize_embeddings=True)
+            vectors = self._model().encode(missing, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
             self.cache.update(zip(missing, vectors.float().cpu()))
         return torch.stack([self.cache[p] for p in prompts])
 

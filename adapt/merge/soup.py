@@ -37,6 +37,7 @@ from adapt.errors import AdaptError, term
 from adapt.merge.recipes import Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
+from adapt.progress import Steps
 
 ADAPTER_FIELDS = ("method", "method_options", "backbone", "backbone_sha256", "class_names")
 FOLDED_FIELDS = ("method", "backbone", "backbone_sha256", "class_names")  # folded first: options may differ
@@ -289,12 +290,13 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
     metadata = _output_metadata(first, recipe, sources, base if recipe.needs_base else None, scale, table,
                                 base_name=base_name)  # fmt: skip
     written, peak = 0, anonymous_bytes()
-    with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
+    with StreamingWriter(out, order, metadata, max_shard_bytes) as writer, Steps("merging tensors", len(order)) as progress:
         for key, _, out_dtype in order:
             tensor = finite_output(key, produce(key), out_dtype, culprit)
             peak = max(peak, anonymous_bytes())  # with the key's merge alive
             writer.write(key, tensor)
             written += tensor.numel() * tensor.element_size()
+            progress.advance()
             if on_tensor is not None:
                 on_tensor(key)
     return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
@@ -328,9 +330,11 @@ def _auto_scale(recipe: Recipe, files, base_file, task_keys: list[str], merged: 
     delta = {k: unit.merge(k, lambda i, k=k: files[i].get(k).float(), len(files), base[k]) - base[k] for k in task_keys}
     fixed = {k: merged(k) for k in first.keys if k not in delta}
     table = []
-    for scale in recipe.grid():
-        state = {k: base[k] + scale * delta[k] if k in delta else fixed[k] for k in first.keys}
-        table.append((scale, evaluate(state)))
+    with Steps("--scale auto: held-out accuracy by scale", len(recipe.grid())) as progress:
+        for scale in recipe.grid():
+            state = {k: base[k] + scale * delta[k] if k in delta else fixed[k] for k in first.keys}
+            table.append((scale, evaluate(state)))
+            progress.advance(status=f"scale {scale:g}: {table[-1][1]:.2%}")
     best = max(table, key=lambda row: (row[1], -row[0]))[0]  # the smallest scale among the most accurate
     return best, table, lambda key: base[key] + best * delta[key] if key in delta else fixed[key]
 
@@ -366,8 +370,10 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
         return {k: file.get(k).float() if k in floats else file.get(k) for k in file.keys}
 
     own = []
-    for file in files:  # one ingredient in memory at a time
-        own.append(accuracy(load(file)))
+    with Steps("greedy soup: each ingredient's held-out accuracy", len(files)) as progress:
+        for file in files:  # one ingredient in memory at a time
+            own.append(accuracy(load(file)))
+            progress.advance(status=f"{Path(file.path).name} {own[-1]:.2%}")
     ranked = sorted(range(len(files)), key=lambda i: -own[i])
     total = {k: v.clone() for k, v in load(files[ranked[0]]).items()}  # the running sum (not a view of the file)
     count, best = 1, own[ranked[0]]
@@ -375,7 +381,8 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
     if on_step is not None:
         on_step(steps[0])
     candidate: dict[str, torch.Tensor] = {}  # the candidate soup, rebuilt in place for each ingredient
-    for i in ranked[1:]:
+    progress = Steps("greedy soup: trying each next ingredient", len(ranked) - 1)
+    for i in progress.over(ranked[1:]):
         for k in first.keys:
             if k in floats:
                 candidate[k] = torch.add(total[k], files[i].get(k).float(), out=candidate.get(k)).div_(count + 1)

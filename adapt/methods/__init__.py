@@ -80,8 +80,10 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
     from adapt.backbones import RANDOM_WEIGHTS, create_backbone
     from adapt.methods.base import count_trainable
 
+    from adapt.progress import Steps
+
     rows = []
-    for name in names:
+    for name in Steps(f"counting each method's parameters on {backbone}", len(names)).over(names):
         model, _ = create_backbone(backbone, RANDOM_WEIGHTS, num_classes, image_size)
         method = create_method(name)
         model = method.apply(model)

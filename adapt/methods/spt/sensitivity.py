@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from adapt.backbones import create_backbone, is_head_key, preprocessing
 from adapt.checkpoint import read_tensors, save_tensors_atomic
+from adapt.progress import Steps
 from adapt.data import image_size_for, load_data
 from adapt.errors import AdaptError
 from adapt.methods.lora import lora_eligible_weights
@@ -47,16 +47,15 @@ def parameter_sensitivity(model: nn.Module, images: Dataset, batches: int = 16, 
         sampler = RandomSampler(images, replacement=True, num_samples=batches * batch_size,
                                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
         loader = DataLoader(images, batch_size=batch_size, sampler=sampler)
-    with Progress(transient=True) as progress, torch.random.fork_rng():
+    with Steps("sensitivity (squared gradients)", len(loader)) as progress, torch.random.fork_rng():
         torch.manual_seed(seed)
-        task = progress.add_task("sensitivity", total=len(loader))
         for batch, labels in loader:
             model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(batch), labels).backward()
             for key, parameter in model.named_parameters():
                 if key in scores and parameter.grad is not None:
                     scores[key] += parameter.grad.detach() ** 2
-            progress.advance(task)
+            progress.advance()
     return scores
 
 
