@@ -245,3 +245,26 @@ def test_continual_and_perceptual_init_take_a_config_file(tmp_path):
     config.write_text("epocs: 1\n")
     for command in (["continual"], ["perceptual-init", "--data", "triplets:x.csv", "--out", tmp_path / "p.safetensors"]):
         assert_one_line_error(run(*command, "--config", config), "unknown option 'epocs' (did you mean 'epochs'?)")
+
+
+@pytest.mark.parametrize("command", ["methods", "learners"])
+def test_methods_and_learners_read_at_80_columns(command):
+    import os
+
+    from adapt.continual import LEARNERS
+    from adapt.methods import METHODS
+    from adapt.methods.rows_cache import SHIPPED
+
+    result = subprocess.run([sys.executable, "-m", "adapt", command], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "80"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines) and "…" not in result.stdout  # nothing cut with an ellipsis
+    words = {word for line in lines for word in line.replace("│", " ").split()}
+    summaries = ({name: learner.summary for name, learner in LEARNERS.items()} if command == "learners"
+                 else {row["name"]: row["summary"] for row in json.loads(SHIPPED.read_text())})  # fmt: skip
+    assert set(summaries) == set(LEARNERS if command == "learners" else METHODS)
+    for name, summary in summaries.items():  # every description's words appear whole
+        assert set(summary.split()) <= words, name
+    if command == "methods":
+        assert {"rank=8,", "--budget", "needed,", "variant=paper"} <= words

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from adapt.errors import AdaptError, speaking_flags
@@ -305,3 +306,14 @@ log_with_option = click.option(
     help="tensorboard, csv, wandb or all (comma-separated): per-step loss and lr, per-epoch metrics, "
          "into OUT/tensorboard/, OUT/log.csv, or W&B (per task folder in a continual run).",
 )  # fmt: skip
+
+
+def described(descriptions: dict[str, str], title: str) -> Table:
+    """Names and descriptions in two columns, wrapped at word boundaries to the terminal's width."""
+    grid = Table.grid(padding=(0, 1))
+    grid.title, grid.title_justify = title, "left"
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for name, text in descriptions.items():
+        grid.add_row(f"  {name}", text)
+    return grid

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from adapt.cli.common import (backbone_option, cli, config_option, console, log_with_option, parse_options,
+from adapt.cli.common import (backbone_option, cli, config_option, console, described, log_with_option, parse_options,
                                precision_option, resolved_record, resume_command, weights_option, workers_option)
 from adapt.continual import LEARNERS
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
@@ -131,10 +131,11 @@ def learners() -> None:
     import dataclasses
 
     table = Table(title="continual learners (adapt continual --learner NAME)")
-    for column in ("learner", "trains", "options (defaults)", "what it does"):
+    for column in ("learner", "trains", "options (defaults; --learner-option KEY=VALUE)"):
         table.add_column(column)
     for name in LEARNERS:
         learner = LEARNERS[name]
         defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(learner.config_class)) or "-"
-        table.add_row(name, "yes" if learner.trains else "no", defaults, learner.summary)
+        table.add_row(name, "yes" if learner.trains else "no", defaults)
     console.print(table)
+    console.print(described({name: LEARNERS[name].summary for name in LEARNERS}, "What each does:"), soft_wrap=False)

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, fail, log_with_option,
-                               method_flag_options, parse_options, precision_option, resolved_record, resume_command,
+                               described, method_flag_options, parse_options, precision_option, resolved_record, resume_command,
                                weights_option, workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
 from adapt.train_config import TrainConfig
@@ -249,16 +249,21 @@ def methods(backbone, num_classes, image_size) -> None:
     from adapt.methods.rows_cache import cached_method_rows
 
     table = Table(title=f"methods on {backbone}, {num_classes} classes")
-    for column in ("method", "trainable", "share", "mergeable", "default lr", "what it trains"):
-        table.add_column(column, justify="right" if column in ("trainable", "share", "default lr") else "left")
+    for column in ("method", "trainable", "share", "merges", "lr", "defaults"):
+        table.add_column(column, justify="right" if column in ("trainable", "share", "lr") else "left",
+                         overflow="fold", no_wrap=column not in ("defaults",))  # fmt: skip
+
     def building() -> None:
         console.print(f"counting each method's parameters on {backbone} (once: the table is kept for the next call)…")
 
-    for row in cached_method_rows(list(METHODS), backbone, num_classes, image_size, on_build=building):
+    rows = cached_method_rows(list(METHODS), backbone, num_classes, image_size, on_build=building)
+    for row in rows:
         trainable = f"budget + {row.trainable:,}" if row.budgeted else f"{row.trainable:,}"
         share = "--budget" if row.budgeted else f"{row.trainable / row.total:.2%}"
-        table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}", row.summary)
+        table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}", row.defaults or "-")
     console.print(table)
+    console.print(described({row.name: row.summary for row in rows}, "What each trains:"), soft_wrap=False)
+    console.print("lr: each method's default, not a paper's; adapt tune --help lists every option.")
 
 
 @cli.command()

@@ -73,6 +73,7 @@ class MethodRow:
     default_lr: float
     summary: str
     budgeted: bool
+    defaults: str = ""  # the options users most often set, at their defaults (Method.defaults_line)
 
 
 def method_rows(names: list[str], backbone: str, num_classes: int, image_size: int | None = None) -> list[MethodRow]:
@@ -89,7 +90,7 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
         model = method.apply(model)
         total = sum(p.numel() for p in model.parameters())
         rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.describe(model),
-                              method.budgeted))  # fmt: skip
+                              method.budgeted, method.defaults_line()))  # fmt: skip
     return rows
 
 

@@ -103,6 +103,17 @@ class Method:
         """What `apply` did, in a line (e.g. which layers it wrapped)."""
         return ""
 
+    def defaults_line(self) -> str:
+        """The options users most often set, at their values here (a column of `adapt methods`)."""
+        from adapt.methods import METHOD_FLAGS
+
+        options = self.options()
+        keys = [k for k, flag in METHOD_FLAGS.items() if self.name in flag.methods] + ["variant", "structured_module"]
+        shown = [f"{k}={options[k]}" for k in keys if options.get(k) is not None and k not in ("targets", "alpha_threshold")]
+        if self.budgeted and options.get("budget") is None and options.get("allocation") is None:
+            shown.insert(0, "--budget needed")
+        return ", ".join(shown) or "-"
+
     def options_line(self) -> str:
         """The method and its options in a line, for `adapt info`."""
         return f"{self.name} {json.dumps(self.options())}"
