@@ -18,6 +18,7 @@ from adapt.checkpoint import CheckpointMeta, checkpoint_file, read_checkpoint, s
 from adapt.errors import AdaptError, term
 from adapt.heads import ContinualModel, head_buffers, head_spec, rebuild_head
 from adapt.methods import Method, count_trainable, create_method
+from adapt.train_config import HEAD_INITS
 
 if TYPE_CHECKING:
     from adapt.data import DataSplits
@@ -43,14 +44,16 @@ class AdaptedModel:
         options: dict[str, Any] | None = None,
         seed: int = 0,
         setup: tuple[DataSplits, TrainConfig] | None = None,
+        head_init: str = HEAD_INITS[0],
     ) -> AdaptedModel:
-        """The backbone with a fresh head for `class_names`, adapted by `method` (seeded).
+        """The backbone with a fresh head (`head_init`, see HEAD_INITS) for `class_names`, adapted by `method`
+        (seeded).
 
         image_size None means the backbone's default input size. `setup`, the task's data and
         training config, is what the method may set itself up from first (Method.prepare)."""
         adapter = create_method(method, options)
         image_size = image_size or preprocessing(backbone).image_size
-        model, info = create_backbone(backbone, weights, len(class_names), image_size, seed)
+        model, info = create_backbone(backbone, weights, len(class_names), image_size, seed, head_init)
         adapter.prepare(model, *(setup or (None, None)))
         model = adapter.apply(model)
         return cls(model, adapter, info, list(class_names), image_size)

@@ -27,6 +27,7 @@ from torch import nn
 
 from adapt.config import SAFETENSORS, binary_kind, bounded_image_size
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch, term
+from adapt.train_config import HEAD_INITS
 
 EMBEDDED_BACKBONE = "tf_efficientnet_lite0"
 EMBEDDED_WEIGHTS = "embedded"
@@ -180,6 +181,21 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
+def init_head(model: nn.Module, how: str) -> None:
+    """Re-initialise the classifier head's parameters (see adapt.train_config.HEAD_INITS)."""
+    if how not in HEAD_INITS:
+        raise AdaptError(f"head init {how!r} is not one of {', '.join(HEAD_INITS)}")
+    if how == "timm":
+        return
+    with torch.no_grad():
+        for key, parameter in model.named_parameters():
+            if is_head_key(model, key):
+                if how == "trunc-normal" and parameter.ndim >= 2:
+                    nn.init.trunc_normal_(parameter, std=0.02)
+                else:
+                    parameter.zero_()
+
+
 def is_head_key(model: nn.Module, key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in classifier_prefixes(model))
 
@@ -294,13 +310,14 @@ def create_backbone(
     num_classes: int = 1000,
     image_size: int | None = None,
     seed: int = 0,
+    head_init: str = HEAD_INITS[0],
 ) -> tuple[nn.Module, BackboneInfo]:
     """A timm model with `num_classes` outputs and the requested backbone weights.
 
     name: a timm name, local-dir:FOLDER or hf-hub:ORG/NAME (cached). weights: None for the
     default (the embedded weights for Lite0, a hub folder's own; any other name must say);
     "embedded"; "random" (seeded); or a weights file or hub folder. The head is freshly
-    initialised (seeded) for `num_classes` unless the weights hold a head of that size.
+    initialised (seeded, by `head_init`: HEAD_INITS) for `num_classes` unless the weights hold a head of that size.
     """
     if image_size is not None:
         image_size = bounded_image_size(image_size, "image_size")
@@ -312,6 +329,7 @@ def create_backbone(
         raise AdaptError(f"embedded weights exist only for {EMBEDDED_BACKBONE}, not {name}")
     torch.manual_seed(seed)
     model = _create(source, num_classes, image_size)
+    init_head(model, head_init)
     notes: list[str] = []
     if weights == EMBEDDED_WEIGHTS:
         load_backbone_weights(model, _embedded_state(model), "the embedded weights")

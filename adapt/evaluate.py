@@ -275,37 +275,15 @@ def save_eval(result: EvalResult, checkpoint: str | Path, out: str | Path | None
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | Path, title: str = "") -> None:
-    """The confusion matrix as a PNG, each row as shares (%) of the true class's images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from adapt.checkpoint import atomic_path
+    """The confusion matrix as a PNG, each row as shares (%) of the true class's images; names and values
+    are written in up to 30 classes (beyond, they would not be readable)."""
+    from adapt.plots import percent_heatmap
 
     counts = confusion.double()
     shares = 100 * counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    size = min(4 + 0.35 * len(class_names), 30)
-    figure, axes = plt.subplots(figsize=(size + 1.2, size))
-    image = axes.imshow(shares.numpy(), cmap="viridis", vmin=0, vmax=100)
-    if len(class_names) <= 30:  # beyond that, names and numbers would not be readable
-        ticks = range(len(class_names))
-        axes.set_xticks(ticks, class_names, rotation=90)
-        axes.set_yticks(ticks, class_names)
-        for i in ticks:
-            for j in ticks:
-                if counts[i, j]:
-                    value = float(shares[i, j])
-                    axes.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
-                              color="white" if value < 60 else "black")  # fmt: skip
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title or "confusion matrix (% of each true class)")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
+    values = [[float(v) if n else None for v, n in zip(row, count_row)] for row, count_row in zip(shares, counts)]
+    percent_heatmap(values, path, title or "confusion matrix (% of each true class)", (class_names, class_names),
+                    ("predicted class", "true class"), min(4 + 0.35 * len(class_names), 30), len(class_names) <= 30)  # fmt: skip
 
 
 def evaluate_checkpoint(

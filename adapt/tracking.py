@@ -76,7 +76,8 @@ def create_trackers(names: list[str], out_dir: Path) -> list[Any]:
     trackers: list[Any] = []
     for name in names:
         if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None:
-            raise AdaptError(f"{term('log_with')} {name} needs the {PACKAGES[name]} package: pip install {PACKAGES[name]}")
+            raise AdaptError(f"{term('log_with')} {name} needs the {PACKAGES[name]} package: "
+                             f"pip install 'adapt-vision[{name}]'")  # fmt: skip
         if name == "csv":
             trackers.append(CSVTracker(out_dir / CSV_FILE))
         elif name == "tensorboard":

@@ -183,29 +183,29 @@ class Trainer:
         self._start_trackers(start_epoch * len(loader) if resume else None)
 
         eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
-        with Steps("train", len(loader) * (config.epochs - start_epoch), accelerator.is_main_process) as progress, \
-                self._tracking():
-            for epoch in range(start_epoch + 1, config.epochs + 1):
-                order.manual_seed(config.seed * 100_003 + epoch)
-                result = self._epoch(epoch, model, loader, optimizer, scheduler, progress)
-                try:
-                    result.eval_acc = accuracy(model, eval_set, accelerator)
-                except NonFiniteOutput:
-                    raise self._non_finite_outputs(epoch) from None
-                result.eval_split = eval_split
-                history.append(result)
-                accelerator.log({f"epoch/{k}": v for k, v in asdict(result).items() if k not in ("epoch", "eval_split")},
-                                step=epoch * len(loader))  # fmt: skip
-                if accelerator.is_main_process:
-                    self._save(epoch, history, optimizer, scheduler)
-                accelerator.wait_for_everyone()
-                if on_epoch_end is not None and accelerator.is_main_process:
-                    on_epoch_end(result)
-
-        if eval_split == self.data.test_name and history:
-            test_acc = history[-1].eval_acc
-        else:
-            test_acc = accuracy(model, self.data.test, accelerator)
+        with self._tracking():
+            with Steps("train", len(loader) * (config.epochs - start_epoch), accelerator.is_main_process) as progress:
+                for epoch in range(start_epoch + 1, config.epochs + 1):
+                    order.manual_seed(config.seed * 100_003 + epoch)
+                    result = self._epoch(epoch, model, loader, optimizer, scheduler, progress)
+                    try:
+                        result.eval_acc = accuracy(model, eval_set, accelerator)
+                    except NonFiniteOutput:
+                        raise self._non_finite_outputs(epoch) from None
+                    result.eval_split = eval_split
+                    history.append(result)
+                    accelerator.log({f"epoch/{k}": v for k, v in asdict(result).items() if k not in ("epoch", "eval_split")},
+                                    step=epoch * len(loader))  # fmt: skip
+                    if accelerator.is_main_process:
+                        self._save(epoch, history, optimizer, scheduler)
+                    accelerator.wait_for_everyone()
+                    if on_epoch_end is not None and accelerator.is_main_process:
+                        on_epoch_end(result)
+            if eval_split == self.data.test_name and history:
+                test_acc = history[-1].eval_acc
+            else:
+                test_acc = accuracy(model, self.data.test, accelerator)
+            accelerator.log({f"final/{self.data.test_name}_acc": test_acc}, step=config.epochs * len(loader))
         trainable, total = self.adapted.parameter_counts()
         result = FitResult(history, test_acc, self.data.test_name, trainable, total, self.out_dir)
         if accelerator.is_main_process:

@@ -14,6 +14,12 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerat
 TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
 RESULT_FREE = ("workers", "log_with")  # options that change no result: a resumed run may change them
 CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
+# How a fresh classifier head starts (adapt.backbones.init_head). "trunc-normal" is what SSF's and SPT's
+# official code give it (timm's ViT init: weight ~ N(0, 0.02) truncated, bias 0; dongzelian/SSF
+# models/vision_transformer.py init_weights, ziplab/SPT model/vision_transformer_timm.py reset_classifier);
+# "timm" keeps the model's own init (EfficientNet's fan-out uniform, whose first logits are large);
+# "zeros" starts every logit at 0.
+HEAD_INITS = ("trunc-normal", "timm", "zeros")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from adapt.devices import is_main_process
 from adapt.errors import AdaptError, term
 from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.train import RUN_FILES, SUMMARY_FILE, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
-from adapt.train_config import CONFIG_FILE
+from adapt.train_config import CONFIG_FILE, HEAD_INITS
 from adapt.train_state import STATE_FILE, saved_epochs
 from adapt.warm_start import read_start, start_options, warm_start
 
@@ -36,6 +36,7 @@ class TuneJob:
     limit: int | None = None
     augment: str | None = None  # "on", "off" or a timm auto-augment policy; None: on for folder:, else off
     init_from: str | None = None  # a checkpoint whose head (and adapter, same method) the run starts from
+    head_init: str = HEAD_INITS[0]  # how a fresh head starts (adapt.backbones.HEAD_INITS): SSF's and SPT's by default
 
 
 def prepare(job: TuneJob, spec: str, config: TrainConfig,
@@ -48,7 +49,7 @@ def prepare(job: TuneJob, spec: str, config: TrainConfig,
     start = read_start(job.init_from) if job.init_from is not None else None
     options = start_options(start[1], job.method, job.options) if start is not None else job.options
     adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options,
-                                  config.seed, setup=(data, config))  # fmt: skip
+                                  config.seed, setup=(data, config), head_init=job.head_init)  # fmt: skip
     if start is not None:
         taken = warm_start(adapted, job.init_from, *start)
         if on_note is not None:

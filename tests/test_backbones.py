@@ -76,3 +76,25 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"w": torch.zeros(1), "f": np.dtype}, tmp_path / "code.pth")  # weights_only=False content
     with pytest.raises(AdaptError):
         create_backbone("test_vit", tmp_path / "code.pth")
+
+
+def test_a_fresh_head_starts_as_the_peft_papers_code_starts_it():
+    import timm
+
+    from adapt.backbones import create_backbone
+
+    model, _ = create_backbone("tf_efficientnet_lite0", "embedded", 10, 64, seed=0)  # default: trunc-normal
+    weight, bias = model.classifier.weight, model.classifier.bias
+    assert 0.018 < float(weight.std()) < 0.022 and abs(float(weight.mean())) < 0.002 and not bias.any()
+    zeros, _ = create_backbone("tf_efficientnet_lite0", "embedded", 10, 64, seed=0, head_init="zeros")
+    assert not zeros.classifier.weight.any() and not zeros.classifier.bias.any()
+    own, _ = create_backbone("tf_efficientnet_lite0", "embedded", 10, 64, seed=0, head_init="timm")
+    torch.manual_seed(0)
+    reference = timm.create_model("tf_efficientnet_lite0", num_classes=10)
+    assert torch.equal(own.classifier.weight, reference.classifier.weight)  # timm's own fan-out init, untouched
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the papers' start gives logits near 0; EfficientNet's own gives large ones
+        assert model.eval()(x).abs().max() < 0.5 * own.eval()(x).abs().max()
+    for key in model.state_dict():  # only the head differs
+        if not key.startswith("classifier."):
+            assert torch.equal(model.state_dict()[key], own.state_dict()[key]), key

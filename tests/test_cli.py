@@ -268,3 +268,23 @@ def test_methods_and_learners_read_at_80_columns(command):
         assert set(summary.split()) <= words, name
     if command == "methods":
         assert {"rank=8,", "--budget", "needed,", "variant=paper"} <= words
+
+
+def test_config_takes_method_options_as_a_mapping_and_hugging_face_names(tmp_path):
+    import yaml
+
+    config = tmp_path / "hf.yaml"
+    config.write_text(yaml.safe_dump({"method": "lora", "backbone": "test_vit", "weights": "random", "image_size": 32,
+                                      "learning_rate": 0.002, "num_train_epochs": 1, "per_device_train_batch_size": 16,
+                                      "limit": 16, "option": {"rank": 2, "targets": "qkv$"}}))  # fmt: skip
+    out = tmp_path / "run"
+    result = run("tune", "--config", config, "--out", out)
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["lr"], saved["epochs"], saved["batch_size"]) == (0.002, 1, 16)
+    assert sorted(saved["method_options"]) == ['rank=2', 'targets="qkv$"']
+    assert json.loads(run("info", out, "--json").stdout)["method"].startswith("lora")
+    config.write_text("learning_rate: 0.1\nlr: 0.2\n")
+    assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "x"), "'learning_rate' and 'lr' set the same option")
+    config.write_text("num_train_epoch: 2\n")
+    assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "x"), "did you mean")

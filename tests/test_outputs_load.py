@@ -117,6 +117,8 @@ def test_info_reads_every_kind_of_output_and_prints_json(trained, tmp_path):
         assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith(f"{path}: {kind}"), (path, result.output)
         record = json.loads(run("info", path, "--json").stdout)
         assert record["path"] == str(path) and kind in record["kind"]
+    again = run("merge", tmp_path / "merged.safetensors", "--out", tmp_path / "again.safetensors")
+    assert again.exit_code == 0 and "is already a plain tf_efficientnet_lite0 (nothing to fold)" in again.stdout
     soup = json.loads(run("info", tmp_path / "soup.safetensors", "--json").stdout)["training"]["soup"]
     assert [i["path"] for i in soup["ingredients"]] == [str(p) for p in copies] and soup["recipe"] == "uniform"
     text = run("info", tmp_path / "soup.safetensors").stdout

@@ -132,10 +132,12 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
     params = {p.name: p for p in ctx.command.params if p.name}
     values = dict(ctx.params)
     typed = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    layers = [(path, read_yaml_mapping(Path(path))) for path in (saved, config) if path is not None]
+    layers = [(path, _aliased(read_yaml_mapping(Path(path)), params, path)) for path in (saved, config) if path is not None]
     def cast(name: str, raw: Any, path: str) -> Any:
         param = params[name]
         several = param.multiple or param.nargs != 1
+        if isinstance(raw, dict) and param.multiple and param.metavar == "KEY=VALUE":  # method_options: {rank: 4}
+            raw = [f"{key}={json.dumps(value)}" for key, value in raw.items()]
         nested = isinstance(raw, list) and any(isinstance(v, (list, dict)) for v in raw)
         if isinstance(raw, dict) or nested or (isinstance(raw, list) and not several):
             takes = f"a list of {_value_words(param.type)}s" if several else f"one {_value_words(param.type)}"
@@ -149,7 +151,8 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
             raise AdaptError(f"config {path}: {error.format_message()}") from None
 
     for path, layer in layers:
-        refuse_unknown(layer, [n for n in params if n != "config"], f"config {path}")
+        aliases = [alias for alias, name in CONFIG_ALIASES.items() if name in params]  # for "did you mean"
+        refuse_unknown(layer, [n for n in params if n != "config"] + aliases, f"config {path}")
         for name, raw in layer.items():
             if name not in typed:
                 values[name] = cast(name, raw, path)
@@ -166,6 +169,24 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
 def _extends(name: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
     """More epochs than the saved run planned: a resumption may extend a run (its schedule is re-planned)."""
     return name == "epochs" and isinstance(before[name], int) and isinstance(now[name], int) and now[name] > before[name]
+
+
+# config keys users bring from Hugging Face's TrainingArguments (and --option's own name), as our options
+CONFIG_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+                  "warmup_ratio": "warmup", "gradient_accumulation_steps": "grad_accum", "output_dir": "out",
+                  "option": "method_options", "learner_option": "learner_options"}  # fmt: skip
+
+
+def _aliased(layer: dict[str, Any], params: dict[str, click.Parameter], path: str) -> dict[str, Any]:
+    """A config file's keys with CONFIG_ALIASES read as the options they stand for (where the command has it)."""
+    named: dict[str, Any] = {}
+    given: dict[str, str] = {}  # option -> the key that set it
+    for key, value in layer.items():
+        name = CONFIG_ALIASES[key] if CONFIG_ALIASES.get(key) in params else key
+        if name in named:
+            raise AdaptError(f"config {path}: '{given[name]}' and '{key}' set the same option; keep one")
+        named[name], given[name] = value, key
+    return named
 
 
 class RequiredOption(click.Option):
@@ -317,3 +338,11 @@ def described(descriptions: dict[str, str], title: str) -> Table:
     for name, text in descriptions.items():
         grid.add_row(f"  {name}", text)
     return grid
+
+
+def shown_path(text: str) -> str:
+    """A path as the user would have typed it: relative to the working folder when it lies inside it."""
+    try:
+        return str(Path(text).relative_to(Path.cwd())) if Path(text).is_absolute() else text
+    except ValueError:
+        return text

@@ -23,7 +23,9 @@ from adapt.methods import METHODS
 @click.option("--head", type=click.Choice(list(HEADS)), default="language", show_default=True)
 @click.option("--template", default=DEFAULT_TEMPLATE, show_default=True, help="Language head: the class-name prompt.")
 @click.option("--text-model", default=None, help="Language head: a sentence-transformers folder (default: bundled all-MiniLM-L6-v2).")
-@click.option("--method", type=click.Choice([m for m in METHODS if m != "hst"]), default="ssf", show_default=True)
+@click.option("--method", type=click.Choice([m for m in METHODS if m != "hst"]), default="ssf", show_default=True,
+              help="What adapts the backbone (hst is not offered: it predicts through its own side network, "
+                   "which an incremental head cannot read).")  # fmt: skip
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="A method option, e.g. rank=4.")
 @click.option("--learner", type=click.Choice(list(LEARNERS)), default=None,
               help="How tasks are learned (adapt learners). Default: replay when --memory is given, else naive.")  # fmt: skip

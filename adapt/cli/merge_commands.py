@@ -43,11 +43,15 @@ def merge(checkpoint, out, fmt, fold_bn, overwrite, weights) -> None:
     result = merge_checkpoint(checkpoint, out, fmt, fold_bn, overwrite, weights, typed_command())
     report = result.report
     folded = f", {report.batchnorms_folded} BatchNorms folded into convs" if fold_bn else ""
-    console.print(
-        f"merged {report.method} into {result.backbone} in {report.seconds * 1000:.0f} ms, "
-        f"peak extra memory {report.peak_extra_bytes / 2**20:.2f} MiB "
-        f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {result.out}"
-    )
+    if result.was_plain:
+        console.print(f"{checkpoint} is already a plain {result.backbone} (nothing to fold){folded}; "
+                      f"wrote it as {result.layout} -> {result.out}")  # fmt: skip
+    else:
+        console.print(
+            f"merged {report.method} into {result.backbone} in {report.seconds * 1000:.0f} ms, "
+            f"peak extra memory {report.peak_extra_bytes / 2**20:.2f} MiB "
+            f"(largest tensor {report.largest_tensor_bytes / 2**20:.2f} MiB){folded} -> {result.out}"
+        )
     if report.note:
         console.print(f"note: {report.note}")
 

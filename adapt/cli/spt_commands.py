@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from adapt.cli.common import backbone_option, cli, console, weights_option
+from adapt.cli.common import RequiredOption, backbone_option, cli, config_option, console, weights_option
 
 
 @cli.command()
@@ -22,9 +22,12 @@ from adapt.cli.common import backbone_option, cli, console, weights_option
 @click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Stochastic depth on a ViT's blocks during the pass, as SPT's official runs (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The scores .safetensors to write.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N images per split (quick checks).")
+@click.option("--out", type=click.Path(path_type=Path), cls=RequiredOption, help="The scores .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def sensitivity(data, backbone, weights, image_size, batches, batch_size, sample, drop_path, seed, out, overwrite) -> None:
+@config_option
+def sensitivity(data, backbone, weights, image_size, batches, batch_size, sample, drop_path, seed, limit, out,
+                overwrite) -> None:  # fmt: skip
     """Score every backbone weight by its accumulated squared gradient (SPT, step 1).
 
     \b
@@ -34,7 +37,8 @@ def sensitivity(data, backbone, weights, image_size, batches, batch_size, sample
     """
     from adapt.methods.spt.sensitivity import save_sensitivity, task_sensitivity
 
-    scores, metadata = task_sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, sample, drop_path)
+    scores, metadata = task_sensitivity(data, backbone, weights, image_size, batches, batch_size, seed, sample, drop_path,
+                                        limit)  # fmt: skip
     save_sensitivity(out, scores, metadata, overwrite)
     console.print(f"scored {sum(t.numel() for t in scores.values()):,} weights in {len(scores)} tensors "
                   f"over {batches} batches of {batch_size} -> {out}")  # fmt: skip

@@ -10,11 +10,11 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, fail, log_with_option,
-                               described, method_flag_options, parse_options, precision_option, resolved_record, resume_command,
-                               weights_option, workers_option)  # fmt: skip
+from adapt.cli.common import (RequiredOption, backbone_option, cli, config_option, console, described, fail,
+                               log_with_option, method_flag_options, parse_options, precision_option, resolved_record,
+                               resume_command, shown_path, weights_option, workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
-from adapt.train_config import TrainConfig
+from adapt.train_config import HEAD_INITS, TrainConfig
 
 
 @cli.command()
@@ -31,6 +31,9 @@ from adapt.train_config import TrainConfig
 @weights_option
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None, metavar="CKPT",
               help="Start from a trained checkpoint's head (and its adapter, if the same method): LP-FT, soup ingredients.")
+@click.option("--head-init", type=click.Choice(HEAD_INITS), default=HEAD_INITS[0], show_default=True,
+              help="How a fresh head starts: trunc-normal (std 0.02, bias 0: SSF's and SPT's code), timm (the "
+                   "model's own), zeros.")  # fmt: skip
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
 @click.option("--epochs", type=click.IntRange(1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
@@ -89,7 +92,7 @@ def tune(ctx, **_) -> None:
     options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
                   image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
-                  init_from=v["init_from"])  # fmt: skip
+                  init_from=v["init_from"], head_init=v["head_init"])  # fmt: skip
     config = TrainConfig(v["epochs"], v["batch_size"], v["lr"], v["weight_decay"], v["warmup"], v["grad_accum"],
                          v["precision"], v["seed"], v["workers"], v["log_with"])  # fmt: skip
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
@@ -121,7 +124,7 @@ def _print_start(adapted, data) -> None:
     val = f"{len(data.val)} val / " if data.val is not None else ""
     scored = "" if data.val is not None else f" (no val split: each epoch is scored on {data.test_name})"
     console.print(
-        f"{adapted.method.name} on {adapted.backbone.name} ({adapted.backbone.weights} weights), "
+        f"{adapted.method.name} on {adapted.backbone.name} ({shown_path(adapted.backbone.weights)} weights), "
         f"data {data.name}: {len(data.train)} train / {val}{len(data.test)} {data.test_name} images{scored}, "
         f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
     )

@@ -61,27 +61,9 @@ class ContinualMetrics:
 
 def plot_matrix(matrix: Matrix, path: str | Path, title: str = "") -> None:
     """Heatmap of the accuracy matrix (rows: after task t; columns: tested on task j)."""
-    import matplotlib
+    from adapt.plots import percent_heatmap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    values = np.array([[np.nan if v is None else 100 * v for v in row] for row in matrix])
-    size = 1.2 + 0.7 * len(matrix)
-    figure, axes = plt.subplots(figsize=(size + 1.2, size))
-    image = axes.imshow(values, cmap="viridis", vmin=0, vmax=100)
-    for t, row in enumerate(values):
-        for j, value in enumerate(row):
-            if not np.isnan(value):
-                axes.text(j, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black")
-    ticks = range(len(matrix))
-    axes.set_xticks(ticks, [f"T{j + 1}" for j in ticks])
-    axes.set_yticks(ticks, [f"after T{t + 1}" for t in ticks])
-    axes.set_xlabel("tested on task")
-    axes.set_title(title or "accuracy (%)")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
+    tasks = range(len(matrix))
+    percent_heatmap([[None if v is None else 100 * v for v in row] for row in matrix], path, title or "accuracy (%)",
+                    ([f"T{j + 1}" for j in tasks], [f"after T{t + 1}" for t in tasks]), ("tested on task", ""),
+                    1.2 + 0.7 * len(matrix))  # fmt: skip

@@ -158,6 +158,7 @@ class MergeResult:
     layout: str  # "file" or "hub"
     backbone: str
     report: MergeReport
+    was_plain: bool = False  # the input was already a plain network (a merged model, a soup of them, `full`)
 
 
 def merge_checkpoint(
@@ -195,4 +196,4 @@ def merge_checkpoint(
             save_merged_hub(out, model, adapted, training, card)
         else:
             save_merged(out, model, adapted, training)
-    return MergeResult(out, "hub" if hub else "file", adapted.backbone.name, report)
+    return MergeResult(out, "hub" if hub else "file", adapted.backbone.name, report, meta.merged)

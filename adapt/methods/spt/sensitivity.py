@@ -61,14 +61,15 @@ def parameter_sensitivity(model: nn.Module, images: Dataset, batches: int = 16, 
 
 def task_sensitivity(data: str, backbone: str, weights: str | None = None, image_size: int | None = None,
                      batches: int = 16, batch_size: int = 32, seed: int = 0, sample: str = "first",
-                     drop_path: float = 0.1) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
+                     drop_path: float = 0.1, limit: int | None = None,
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
     """`adapt sensitivity`: scores on a task's training images (unaugmented; a ViT with SPT's drop-path),
     and metadata naming the backbone and data."""
     from adapt.methods.spt.method import set_vit_drop_path
 
     defaults = preprocessing(backbone)
     size = image_size_for(data, image_size, defaults.image_size)
-    splits = load_data(data, size, defaults.mean, defaults.std, seed=seed)
+    splits = load_data(data, size, defaults.mean, defaults.std, limit=limit, seed=seed)
     model, info = create_backbone(backbone, weights, splits.num_classes, size, seed)
     set_vit_drop_path(model, drop_path)
     scores = parameter_sensitivity(model, splits.unaugmented_train, batches, batch_size, seed, sample)
