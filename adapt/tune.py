@@ -36,7 +36,7 @@ class TuneJob:
     limit: int | None = None
     augment: str | None = None  # "on", "off" or a timm auto-augment policy; None: on for folder:, else off
     init_from: str | None = None  # a checkpoint whose head (and adapter, same method) the run starts from
-    head_init: str = HEAD_INITS[0]  # how a fresh head starts (adapt.backbones.HEAD_INITS): SSF's and SPT's by default
+    head_init: str = HEAD_INITS[0]  # how a fresh head starts (adapt.train_config.HEAD_INITS)
 
 
 def prepare(job: TuneJob, spec: str, config: TrainConfig,

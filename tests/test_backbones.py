@@ -84,7 +84,7 @@ def test_a_fresh_head_starts_as_the_peft_papers_code_starts_it():
     from adapt.backbones import create_backbone
 
     model, _ = create_backbone("tf_efficientnet_lite0", "embedded", 10, 64, seed=0)  # default: trunc-normal
-    weight, bias = model.classifier.weight, model.classifier.bias
+    weight, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     assert 0.018 < float(weight.std()) < 0.022 and abs(float(weight.mean())) < 0.002 and not bias.any()
     zeros, _ = create_backbone("tf_efficientnet_lite0", "embedded", 10, 64, seed=0, head_init="zeros")
     assert not zeros.classifier.weight.any() and not zeros.classifier.bias.any()

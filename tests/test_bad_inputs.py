@@ -302,7 +302,7 @@ CASES = [
     C(f"tune --precision fp16 {T}", "fp16 needs a GPU"),
     C(f"tune --log-with tensorbord {T}", "'tensorbord' is not a tracker"),
     C(f"tune --log-with csv,all,x {T}", "'x' is not a tracker"),
-    *([C(f"tune --log-with wandb {T}", "needs the wandb package: pip install wandb")]
+    *([C(f"tune --log-with wandb {T}", "needs the wandb package: pip install 'adapt-vision[wandb]'")]
       if importlib.util.find_spec("wandb") is None else []),
     C(f"tune --data folder:{W}/folders/oneclass --augment sideways {T}", "not on, off or a timm auto-augment policy"),
     C(f"tune --augment on {T}", "digits are 8x8 drawings"),

@@ -1,0 +1,285 @@
+"""Paper recipes as presets: `adapt tune --preset ssf-vtab`, `adapt soup --preset ties`, ...
+
+A preset is a named, frozen record of a command's options as a paper's official code sets them,
+with the file each value comes from. Its values are the command's own option names, so applying
+one is one more configuration layer: the command's defaults < the preset (and, for a VTAB-1k
+task, the preset's values for that task) < a --config file < the flags typed. Adding a preset is
+one entry in PRESETS below; every value is checked against ../shared/recipes.md's citations.
+
+What the papers report is the best test accuracy over the run; adapt's headline stays the
+final epoch's (see each preset's notes). Paper figures (`paper`) are percentages on VTAB-1k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapt.errors import AdaptError
+
+# VTAB-1k task folders (adapt.data.vtab.VTAB_TASKS), in the standard order
+TASKS = ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397", "patch_camelyon",
+         "eurosat", "resisc45", "diabetic_retinopathy", "clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc",
+         "dsprites_ori", "smallnorb_azi", "smallnorb_ele")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """A paper's published VTAB-1k accuracies (%): per task where published, and its headline means."""
+
+    source: str
+    tasks: dict[str, float] = field(default_factory=dict)
+    plain_mean: float | None = None  # over the 19 tasks
+    group_mean: float | None = None  # the mean of the natural, specialized and structured means
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    command: str  # the command it configures: tune, soup or perceptual-init
+    reproduces: str  # one line: what it reproduces
+    values: dict[str, Any]  # the command's options (long names), for every task
+    sources: dict[str, str]  # option -> "repository : file (line)"
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)  # VTAB-1k task -> its own values
+    notes: tuple[str, ...] = ()
+    paper: PaperFigures | None = None
+
+    def values_for(self, task: str | None = None) -> dict[str, Any]:
+        """The options for one VTAB-1k task (its own values over the shared ones), or the shared ones."""
+        return {**self.values, **(self.per_task.get(task, {}) if task else {})}
+
+
+def _per_task(columns: tuple[str, ...], rows: dict[str, tuple]) -> dict[str, dict[str, Any]]:
+    return {task: dict(zip(columns, row)) for task, row in rows.items()}
+
+
+def _scores(text: str) -> dict[str, float]:
+    """19 published accuracies in TASKS order, as the V-PETL Bench README prints them."""
+    values = [float(v) for v in text.replace("|", " ").split()]
+    if len(values) != len(TASKS):
+        raise ValueError(f"expected {len(TASKS)} scores, got {len(values)}")
+    return dict(zip(TASKS, values))
+
+
+SSF = "dongzelian/SSF : train_scripts/vit/vtab/<task>/train_ssf.sh"
+HST = "AFeng-x/HST : train_scripts/vit/vtab/<task>/train_s4.sh"
+SPT = "ziplab/SPT : configs/vtab_supervised_spt_{lora,adapter}.sh"
+NOAH = "ZhangYuanhan-AI/NOAH : configs/LoRA/VTAB/slurm_train_lora_vtab.sh"
+VPETL = "synbol/Parameter-Efficient-Transfer-Learning-Benchmark : ImageClassification/scripts/run_vit_lora.sh"
+VPETL_README = "synbol/Parameter-Efficient-Transfer-Learning-Benchmark : README.md"
+TIMM_COOLDOWN = "timm create_scheduler: num_epochs + cooldown_epochs (default 10), as SSF's train.py L202 runs it"
+TEST_SELECTED = ("the paper reports the best test accuracy over its evaluations; adapt's headline is the final "
+                 "epoch's, with the best over periodic evaluations beside it")  # fmt: skip
+VIT_IN21K = "vit_base_patch16_224"  # the ViT-B/16 architecture; the weights are the user's --weights
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def _register(preset: Preset) -> None:
+    PRESETS[preset.name] = preset
+
+
+_register(Preset(
+    name="ssf-vtab",
+    command="tune",
+    reproduces="SSF on VTAB-1k (Lian et al. 2022): 73.10 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
+    values={"method": "ssf", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
+            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42},
+    sources={"method": SSF, "backbone": "dongzelian/SSF : models/vision_transformer.py L121-123 (AugReg in21k, mean=std=0.5)",
+             "image_size": SSF, "augment": f"{SSF} (--no-aug --direct-resize)", "batch_size": f"{SSF} (2 x 32)",
+             "epochs": SSF, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{SSF} (--warmup-epochs 10 of 100)",
+             "warmup_lr": SSF, "min_lr": SSF, "seed": "dongzelian/SSF : train.py L294 (default 42)",
+             "lr": SSF, "weight_decay": f"{SSF} (decay on head.weight only: 1-D parameters get none)",
+             "drop_path": SSF},  # fmt: skip
+    per_task=_per_task(("lr", "weight_decay", "drop_path"), {
+        "cifar": (5e-3, 5e-5, 0.0), "caltech101": (1e-3, 5e-2, 0.1), "dtd": (5e-3, 5e-5, 0.0),
+        "oxford_flowers102": (5e-3, 5e-5, 0.0), "oxford_iiit_pet": (5e-3, 5e-5, 0.0), "svhn": (1e-2, 5e-5, 0.0),
+        "sun397": (5e-3, 5e-5, 0.0), "patch_camelyon": (5e-3, 5e-5, 0.0), "eurosat": (3e-3, 5e-2, 0.2),
+        "resisc45": (2e-3, 5e-5, 0.1), "diabetic_retinopathy": (5e-3, 5e-5, 0.2), "clevr_count": (2e-3, 5e-2, 0.1),
+        "clevr_dist": (5e-2, 5e-2, 0.1), "dmlab": (5e-3, 5e-5, 0.1), "kitti": (1e-2, 5e-5, 0.0),
+        "dsprites_loc": (1e-2, 5e-5, 0.0), "dsprites_ori": (5e-3, 5e-5, 0.2), "smallnorb_azi": (2e-2, 5e-5, 0.1),
+        "smallnorb_ele": (5e-3, 5e-2, 0.2),
+    }),  # fmt: skip
+    notes=("weights: timm's vit_base_patch16_224.augreg_in21k (mean = std = 0.5), given with --weights",
+           "AMP (fp16) in the official runs: --precision fp16 on a GPU", TEST_SELECTED),  # fmt: skip
+    paper=PaperFigures(f"SSF abstract (arXiv 2210.08823); per task: {VPETL_README} L423",
+                       _scores("69.0 92.6 75.1 99.4 91.8 90.2 52.9 | 87.4 95.9 87.4 75.5 | "
+                               "75.9 62.3 53.3 80.6 77.3 54.9 29.5 37.9"), plain_mean=73.10),  # fmt: skip
+))
+
+_register(Preset(
+    name="hst-vtab",
+    command="tune",
+    reproduces="HST on VTAB-1k (Lin et al. 2023): 76.1 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
+    values={"method": "hst", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
+            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42},
+    sources={"method": "AFeng-x/HST : models/vit_hsn.py L156-157, L316-327 (side net, bridges, block LayerNorms)",
+             "backbone": "AFeng-x/HST : models/vit_hsn.py L112-113 (AugReg in21k, mean=std=0.5)",
+             "image_size": HST, "augment": f"{HST} (--no-aug --direct-resize)", "batch_size": f"{HST} (2 x 32)",
+             "epochs": HST, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{HST} (--warmup-epochs 10 of 100)",
+             "warmup_lr": HST, "min_lr": HST, "seed": "AFeng-x/HST : train.py L296 (default 42)", "lr": HST,
+             "weight_decay": HST, "drop_path": HST},  # fmt: skip
+    per_task=_per_task(("lr", "weight_decay", "drop_path"), {
+        "cifar": (1e-2, 5e-4, 0.0), "caltech101": (1e-3, 5e-4, 0.1), "dtd": (1e-2, 5e-4, 0.0),
+        "oxford_flowers102": (1e-3, 5e-5, 0.0), "oxford_iiit_pet": (1e-2, 5e-4, 0.0), "svhn": (1e-2, 5e-5, 0.1),
+        "sun397": (1e-2, 5e-5, 0.0), "patch_camelyon": (5e-3, 5e-4, 0.1), "eurosat": (1e-3, 5e-4, 0.1),
+        "resisc45": (5e-3, 5e-4, 0.0), "diabetic_retinopathy": (1e-3, 5e-5, 0.1), "clevr_count": (1e-3, 5e-4, 0.1),
+        "clevr_dist": (5e-3, 5e-4, 0.1), "dmlab": (5e-3, 5e-4, 0.1), "kitti": (5e-3, 5e-2, 0.1),
+        "dsprites_loc": (5e-3, 5e-4, 0.1), "dsprites_ori": (1e-3, 5e-4, 0.1), "smallnorb_azi": (1e-3, 5e-4, 0.1),
+        "smallnorb_ele": (1e-3, 5e-2, 0.2),
+    }),  # fmt: skip
+    notes=("the command lines' values where their trailing comments disagree (eurosat wd, kitti lr)",
+           "weights: timm's vit_base_patch16_224.augreg_in21k, given with --weights", TEST_SELECTED),  # fmt: skip
+    paper=PaperFigures(f"HST arXiv 2310.05393 v3; per task: {VPETL_README} L431",
+                       _scores("76.7 94.1 74.8 99.6 91.1 91.2 52.3 | 87.1 96.3 88.6 76.5 | "
+                               "85.4 63.7 52.9 81.7 87.2 56.8 35.8 52.1"), plain_mean=76.1),  # fmt: skip
+))
+
+_SPT_VALUES = {"method": "spt", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
+               "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
+               "seed": 0, "rank": 8, "budget": "0.4M"}  # fmt: skip
+_SPT_SOURCES = {key: SPT for key in _SPT_VALUES} | {
+    "warmup_lr": "ziplab/SPT : train_spt.py L101", "min_lr": "ziplab/SPT : train_spt.py L103",
+    "budget": f"{SPT} (param_req 0.2-1.0M swept; the paper keeps each task's best: pass --budget)",
+    "epochs": "ziplab/SPT : train_spt.py main loop (100, no cooldown)"}  # fmt: skip
+_SPT_NOTES = ("the official runs sweep --budget 0.2M, 0.4M, 0.6M, 0.8M, 1.0M per task and keep the best",
+              "weights: the original ViT-B_16.npz (ImageNet-21k), ImageNet mean/std normalisation", TEST_SELECTED)  # fmt: skip
+
+_register(Preset(
+    name="spt-lora-vtab",
+    command="tune",
+    reproduces="SPT-LoRA on VTAB-1k (He et al. 2023): 76.4 mean of the 3 group means, ViT-B/16 IN-21k",
+    values={**_SPT_VALUES, "option": ["structured_module=lora"]},
+    sources={**_SPT_SOURCES, "option": f"{SPT} (--structured_type=lora, BlockSPTParallel)"},
+    notes=_SPT_NOTES,
+    paper=PaperFigures("SNELL (NeurIPS 2024) Table 1, quoting SPT; per task not published", group_mean=76.4),
+))
+
+_register(Preset(
+    name="spt-adapter-vtab",
+    command="tune",
+    reproduces="SPT-Adapter on VTAB-1k (He et al. 2023): 76.4 mean of the 3 group means, ViT-B/16 IN-21k",
+    values={**_SPT_VALUES, "option": ["structured_module=adapter", "adapter_form=sequential"]},
+    sources={**_SPT_SOURCES, "option": f"{SPT} (--structured_type=adapter, BlockSPTSeq)"},
+    notes=_SPT_NOTES,
+    paper=PaperFigures("SNELL (NeurIPS 2024) Table 1, quoting SPT; per task not published", group_mean=76.4),
+))
+
+_register(Preset(
+    name="lora-vtab",
+    command="tune",
+    reproduces="LoRA on VTAB-1k as NOAH runs it (rank 8 on the fused qkv, unscaled, dropout 0.1): 72.25 mean",
+    values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
+            "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
+            "drop_path": 0.1, "seed": 0, "rank": 8, "alpha": 8, "dropout": 0.1, "targets": r"qkv$"},
+    sources={"method": NOAH, "backbone": "ZhangYuanhan-AI/NOAH : README L67 (ViT-B_16.npz)", "image_size": NOAH,
+             "augment": f"{NOAH} (--no_aug --direct_resize)", "batch_size": NOAH, "epochs": NOAH,
+             "warmup": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L88-107", "warmup_lr": "same, L88-107",
+             "min_lr": "same, L88-107", "lr": NOAH, "weight_decay": NOAH,
+             "drop_path": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L59", "seed": "same, L170",
+             "rank": "ZhangYuanhan-AI/NOAH : experiments/LoRA/ViT-B_prompt_lora_8.yaml",
+             "alpha": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L275-279 (no scaling: alpha = rank)",
+             "dropout": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L207, L307",
+             "targets": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L224-228 (fused qkv)"},  # fmt: skip
+    notes=("weights: the original ViT-B_16.npz (ImageNet-21k), ImageNet mean/std normalisation", TEST_SELECTED),
+    paper=PaperFigures(f"{VPETL_README} L421 (the NOAH row)",
+                       _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
+                               "82.9 69.2 49.8 78.5 75.7 47.1 31.0 44.0"), plain_mean=72.25),  # fmt: skip
+))
+
+_register(Preset(
+    name="lora-vpetl-vtab",
+    command="tune",
+    reproduces="LoRA on VTAB-1k as V-PETL Bench runs it (rank 8, per-task lr, weight decay and augmentation)",
+    values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "batch_size": 64, "epochs": 100,
+            "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8},
+    sources={"method": VPETL, "backbone": VPETL, "image_size": "…/dataloader/vtab.py (Resize((224,224)))",
+             "batch_size": "…/configs/model_lora/vtab/*.yaml", "epochs": "…/configs/model_lora/vtab/*.yaml",
+             "warmup": "…/train/train_model_lora.py L180-181", "warmup_lr": "same", "min_lr": "same",
+             "drop_path": f"{VPETL} (--dpr 0.1)", "seed": "…/train/train_model_lora.py L97", "rank": f"{VPETL} (topN=8)",
+             "alpha": "…/models/vision_transformer_lora.py L99-120 (no scaling)", "lr": VPETL, "weight_decay": VPETL,
+             "augment": "…/configs/model_lora/vtab/<task>.yaml (train_aug: RandAug rand-m9-mstd0.5-inc1)"},  # fmt: skip
+    per_task=_per_task(("lr", "weight_decay", "augment"), {
+        "cifar": (0.005, 0.005, "off"), "caltech101": (0.006, 0.35, "off"), "dtd": (0.0032, 0.04, "rand-m9-mstd0.5-inc1"),
+        "oxford_flowers102": (0.05, 0.11, "rand-m9-mstd0.5-inc1"), "oxford_iiit_pet": (0.0007, 0.8, "rand-m9-mstd0.5-inc1"),
+        "svhn": (0.001, 0.005, "rand-m9-mstd0.5-inc1"), "sun397": (0.0017, 0.01, "rand-m9-mstd0.5-inc1"),
+        "patch_camelyon": (0.0072, 0.002, "rand-m9-mstd0.5-inc1"), "eurosat": (0.06, 0.001, "rand-m9-mstd0.5-inc1"),
+        "resisc45": (0.01, 0.01, "rand-m9-mstd0.5-inc1"), "diabetic_retinopathy": (0.004, 0.0003, "rand-m9-mstd0.5-inc1"),
+        "clevr_count": (0.0033, 0.01, "rand-m9-mstd0.5-inc1"), "clevr_dist": (0.0018, 0.005, "off"),
+        "dmlab": (0.009, 0.1, "rand-m9-mstd0.5-inc1"), "kitti": (0.0072, 0.0001, "rand-m9-mstd0.5-inc1"),
+        "dsprites_loc": (0.003, 0.001, "off"), "dsprites_ori": (0.01, 0.05, "off"), "smallnorb_azi": (0.0062, 0.005, "off"),
+        "smallnorb_ele": (0.0011, 0.0005, "off"),
+    }),  # fmt: skip
+    notes=("V-PETL adapts q and v only, and its v branch starts at zero in both factors (it never trains); adapt "
+           "adapts the fused qkv: a named departure",
+           "per-task label smoothing 0.1 (most natural/specialized tasks) is not applied: adapt has no smoothing yet",
+           TEST_SELECTED),  # fmt: skip
+    paper=PaperFigures(f"{VPETL_README} L421",
+                       _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
+                               "82.9 69.2 49.8 78.5 75.7 47.1 31.0 44.0"), plain_mean=72.25),  # fmt: skip
+))
+
+_register(Preset(
+    name="dreamsim-nights",
+    command="perceptual-init",
+    reproduces="DreamSim's training on NIGHTS (Fu et al. 2023), single dino_vitb16 recipe: Adam (0.5, 0.999)",
+    values={"optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 32, "epochs": 8, "margin": 0.05,
+            "seed": 1234},
+    sources={key: "ssundaram21/dreamsim : configs/train_single_model_lora.yaml" for key in
+             ("lr", "weight_decay", "batch_size", "epochs", "margin", "seed")}
+    | {"optimizer": "ssundaram21/dreamsim : training/train.py L180 (Adam, betas 0.5, 0.999)"},  # fmt: skip
+    notes=("DreamSim tunes LoRA r16 on the qkv of DINO ViT-B/16; pick --method lora and the backbone yourself",),
+))
+
+_register(Preset(
+    name="ties",
+    command="soup",
+    reproduces="TIES-merging (Yadav et al. 2023): top 20% by magnitude, sign by mass, disjoint mean, λ 0.8-2.5",
+    values={"recipe": "ties", "density": 0.2, "trim": "global", "scale": "auto",
+            "scale_grid": ",".join(f"{0.8 + 0.1 * i:.1f}" for i in range(18))},
+    sources={"recipe": "prateeky2806/ties-merging : src/utils/merge_utils.py L332-364 (mass sign, dis-mean)",
+             "density": "prateeky2806/ties-merging : src/utils/merge_utils.py L122-142 (topk20)",
+             "trim": "prateeky2806/ties-merging : src/utils/merge_utils.py L122-142 (over the whole vector)",
+             "scale": "prateeky2806/ties-merging : src/ties_merging.py L290-292 (chosen on validation)",
+             "scale_grid": "prateeky2806/ties-merging : README (linear+0.8+2.51+0.1)"},  # fmt: skip
+    notes=("--scale auto chooses on held-out data: pass --data (and --split)",),
+))
+
+_register(Preset(
+    name="task-arithmetic",
+    command="soup",
+    reproduces="Task arithmetic (Ilharco et al. 2023) with the λ grid of the TIES paper's baseline, 0.1-1.0",
+    values={"recipe": "task-arithmetic", "scale": "auto", "scale_grid": ",".join(f"{0.1 * i:.1f}" for i in range(1, 11))},
+    sources={"recipe": "prateeky2806/ties-merging : README (task arithmetic baseline)",
+             "scale": "prateeky2806/ties-merging : src/ties_merging.py L290-292 (chosen on validation)",
+             "scale_grid": "prateeky2806/ties-merging : README (linear+0.1+1.01+0.1)"},  # fmt: skip
+    notes=("--scale auto chooses on held-out data: pass --data (and --split)",),
+))
+
+_register(Preset(
+    name="dare",
+    command="soup",
+    reproduces="DARE (Yu et al. 2024): drop each delta entry with p 0.1, rescale by 1/(1-p), λ chosen on held-out data",
+    values={"recipe": "dare", "drop": 0.1, "seed": 0, "scale": "auto", "scale_grid": "0.1,0.3,0.5,0.7,0.9,1.0"},
+    sources={"recipe": "yule-BUAA/MergeLM : model_merging_methods/mask_weights_utils.py L19-35",
+             "drop": "yule-BUAA/MergeLM : merge_plms_glue.py L34-36 (--weight_mask_rate default 0.1)",
+             "seed": "adapt's default (MergeLM draws without a fixed seed)",
+             "scale": "yule-BUAA/MergeLM : merge_plms_glue.py L266-267", "scale_grid": "same"},  # fmt: skip
+    notes=("MergeLM searches the drop rate over 0.1, 0.3, 0.5, 0.7, 0.9 too; pass --drop to set another",
+           "--scale auto chooses on held-out data: pass --data (and --split)"),  # fmt: skip
+))
+
+
+def get_preset(name: str, command: str) -> Preset:
+    """The preset `name` for `command`, or an error naming the presets that exist for it."""
+    import difflib
+
+    preset = PRESETS.get(name)
+    if preset is None or preset.command != command:
+        names = [p.name for p in PRESETS.values() if p.command == command]
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        where = f" is for adapt {preset.command}" if preset is not None else " is not a preset"
+        raise AdaptError(f"{name}{where}; {hint}adapt {command} takes: {', '.join(names)} (adapt presets lists them)")
+    return preset
