@@ -99,6 +99,8 @@ def test_info_reads_every_kind_of_output_and_prints_json(trained, tmp_path):
         copies.append(tmp_path / f"ingredient{i}.safetensors")
         copies[-1].write_bytes(trained.read_bytes())
     assert run("soup", *copies, "--out", tmp_path / "soup.safetensors").exit_code == 0
+    result = run("soup", run_folder, copies[0], "--out", tmp_path / "from-folder.safetensors")  # a run folder is its adapter
+    assert result.exit_code == 0, result.output
     assert run("merge", trained, "--out", tmp_path / "merged.safetensors").exit_code == 0
     assert run("eval", trained, "--split", "val").exit_code == 0
     kinds = {

@@ -71,6 +71,7 @@ def make_soup(
     """`adapt soup`: route the ingredients to the soup that is right for them, then run the recipe."""
     if len(paths) < 2 and base is None:
         raise AdaptError("a soup needs at least two ingredients")
+    paths = [checkpoint_file(p) if Path(p).expanduser().is_dir() else p for p in paths]  # hub or run folders
     kind, meta = soup_kind(paths)
     if meta is not None and base is not None:
         raise AdaptError(f"adapter ingredients take the pretrained backbone as the base; {term('base')} is for state dicts")
