@@ -45,15 +45,16 @@ class AdaptedModel:
         seed: int = 0,
         setup: tuple[DataSplits, TrainConfig] | None = None,
         head_init: str = HEAD_INITS[0],
+        drop_path: float = 0.0,
     ) -> AdaptedModel:
         """The backbone with a fresh head (`head_init`, see HEAD_INITS) for `class_names`, adapted by `method`
-        (seeded).
+        (seeded); `drop_path`: stochastic depth on its blocks while training.
 
         image_size None means the backbone's default input size. `setup`, the task's data and
         training config, is what the method may set itself up from first (Method.prepare)."""
         adapter = create_method(method, options)
         image_size = image_size or preprocessing(backbone).image_size
-        model, info = create_backbone(backbone, weights, len(class_names), image_size, seed, head_init)
+        model, info = create_backbone(backbone, weights, len(class_names), image_size, seed, head_init, drop_path)
         adapter.prepare(model, *(setup or (None, None)))
         model = adapter.apply(model)
         return cls(model, adapter, info, list(class_names), image_size)

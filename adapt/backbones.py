@@ -278,12 +278,18 @@ def _embedded_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _create(source: BackboneSource, num_classes: int, image_size: int | None) -> nn.Module:
+def _create(source: BackboneSource, num_classes: int, image_size: int | None, drop_path: float = 0.0) -> nn.Module:
     name = f"local-dir:{source.folder}" if source.folder is not None else source.name
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    options = {"drop_path_rate": drop_path} if drop_path else {}
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **options)
+    except TypeError as error:
+        if not options:
+            raise
+        raise AdaptError(f"{source.name} takes no drop-path ({error}); leave {term('drop_path')} at 0") from None
     if image_size and model.pretrained_cfg.get("fixed_input_size"):
         if model.pretrained_cfg["input_size"][-1] != image_size:
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size)
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size, **options)
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     side = patch[0] if isinstance(patch, (tuple, list)) else patch
     if image_size and isinstance(side, int) and side > 1 and image_size % side:
@@ -311,6 +317,7 @@ def create_backbone(
     image_size: int | None = None,
     seed: int = 0,
     head_init: str = HEAD_INITS[0],
+    drop_path: float = 0.0,
 ) -> tuple[nn.Module, BackboneInfo]:
     """A timm model with `num_classes` outputs and the requested backbone weights.
 
@@ -328,7 +335,7 @@ def create_backbone(
     if weights == EMBEDDED_WEIGHTS and name != EMBEDDED_BACKBONE:
         raise AdaptError(f"embedded weights exist only for {EMBEDDED_BACKBONE}, not {name}")
     torch.manual_seed(seed)
-    model = _create(source, num_classes, image_size)
+    model = _create(source, num_classes, image_size, drop_path)
     init_head(model, head_init)
     notes: list[str] = []
     if weights == EMBEDDED_WEIGHTS:

@@ -13,14 +13,15 @@ from typing import Any
 import torch
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear from 0 to 1 over `warmup_steps`, then cosine down to 0."""
+def warmup_cosine(warmup_steps: int, total_steps: int, start: float = 0.0, floor: float = 0.0) -> Callable[[int], float]:
+    """LR multiplier: linear from `start` to 1 over `warmup_steps`, then cosine down to `floor` at `total_steps`,
+    and `floor` after it (timm's cooldown epochs at min-lr). start and floor are warmup-lr / lr and min-lr / lr."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return start + (1.0 - start) * (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 
@@ -35,10 +36,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
 
 
 def optimizer_and_schedule(
-    model: torch.nn.Module, lr: float, weight_decay: float, warmup: float, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    model: torch.nn.Module, lr: float, weight_decay: float, warmup: float, total_steps: int,
+    warmup_lr: float = 0.0, min_lr: float = 0.0,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:  # fmt: skip
     """AdamW over the trainable parameters, stepped per optimizer step: `warmup` (a share of
-    `total_steps`) of linear warmup, then cosine decay to 0."""
+    `total_steps`) of linear warmup from `warmup_lr`, then cosine decay to `min_lr` at `total_steps`,
+    and `min_lr` for any step after (cooldown)."""
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
-    schedule = warmup_cosine(round(warmup * total_steps), total_steps)
+    schedule = warmup_cosine(round(warmup * total_steps), total_steps, warmup_lr / lr, min_lr / lr)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -124,6 +124,9 @@ class Trainer:
         self.trackers = create_trackers(config.trackers(), self.out_dir)
         self.accelerator = precision_accelerator(config, self.trackers)
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
+        if max(config.warmup_lr, config.min_lr) > self.lr:
+            raise AdaptError(f"{term('warmup_lr')} {config.warmup_lr:g} and {term('min_lr')} {config.min_lr:g} must not "
+                             f"exceed {term('lr')} {self.lr:g}")  # fmt: skip
 
     @property
     def precision(self) -> str:
@@ -150,7 +153,7 @@ class Trainer:
         adapted = self.adapted
         save_train_state(self.out_dir / STATE_FILE, adapted.method.trainable_state(adapted.model), optimizer, scheduler,
                          self.run_identity(), epoch, [asdict(h) for h in history])  # fmt: skip
-        training = {"data": self.data.spec, "epoch": epoch, "epochs": self.config.epochs, "seed": self.config.seed,
+        training = {"data": self.data.spec, "epoch": epoch, "epochs": self.config.total_epochs, "seed": self.config.seed,
                     "eval_acc": history[-1].eval_acc, "eval_split": history[-1].eval_split}  # fmt: skip
         adapted.save(self.out_dir / ADAPTER_FILE, training)
         write_text_atomic(self.out_dir / METRICS_FILE, "".join(json.dumps(asdict(h)) + "\n" for h in history))
@@ -164,7 +167,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------
 
     def fit(self, resume: bool = False, on_epoch_end: Callable[[EpochResult], None] | None = None) -> FitResult:
-        """Train for `config.epochs` (or what is left of them when resuming)."""
+        """Train for `config.total_epochs` (or what is left of them when resuming)."""
         config, accelerator, model = self.config, self.accelerator, self.adapted.model
         torch.manual_seed(config.seed)
         order = torch.Generator()
@@ -175,8 +178,9 @@ class Trainer:
             num_workers=config.workers,
         )
         steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-        total_steps = config.epochs * steps_per_epoch
-        optimizer, scheduler = optimizer_and_schedule(model, self.lr, config.weight_decay, config.warmup, total_steps)
+        total_steps = config.epochs * steps_per_epoch  # the cosine's; cooldown epochs run at min_lr after it
+        optimizer, scheduler = optimizer_and_schedule(model, self.lr, config.weight_decay, config.warmup, total_steps,
+                                                      config.warmup_lr, config.min_lr)  # fmt: skip
         start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
         self._first_epoch = start_epoch + 1  # before its first step, a NaN loss is the weights' (_refuse_non_finite)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -184,8 +188,8 @@ class Trainer:
 
         eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
         with self._tracking():
-            with Steps("train", len(loader) * (config.epochs - start_epoch), accelerator.is_main_process) as progress:
-                for epoch in range(start_epoch + 1, config.epochs + 1):
+            with Steps("train", len(loader) * (config.total_epochs - start_epoch), accelerator.is_main_process) as progress:
+                for epoch in range(start_epoch + 1, config.total_epochs + 1):
                     order.manual_seed(config.seed * 100_003 + epoch)
                     result = self._epoch(epoch, model, loader, optimizer, scheduler, progress)
                     try:
@@ -205,7 +209,7 @@ class Trainer:
                 test_acc = history[-1].eval_acc
             else:
                 test_acc = accuracy(model, self.data.test, accelerator)
-            accelerator.log({f"final/{self.data.test_name}_acc": test_acc}, step=config.epochs * len(loader))
+            accelerator.log({f"final/{self.data.test_name}_acc": test_acc}, step=config.total_epochs * len(loader))
         trainable, total = self.adapted.parameter_counts()
         result = FitResult(history, test_acc, self.data.test_name, trainable, total, self.out_dir)
         if accelerator.is_main_process:
@@ -254,7 +258,7 @@ class Trainer:
         model.train()  # methods that keep BatchNorm statistics froze them inside the model
         loss_sum = correct = seen = steps = 0
         start = time.perf_counter()
-        progress.describe(f"epoch {epoch}/{self.config.epochs}")
+        progress.describe(f"epoch {epoch}/{self.config.total_epochs}")
         for images, labels in loader:
             step_lr = optimizer.param_groups[0]["lr"]
             with accelerator.accumulate(model):

@@ -28,7 +28,10 @@ class TrainConfig:
     batch_size: int = option(32, low=1, high=65_536)
     lr: float | None = option(None, low=0, low_open=True, high=10)  # None: the method's default
     weight_decay: float = option(0.05, low=0, high=10)
-    warmup: float = option(0.1, low=0, high=1)  # fraction of all optimizer steps
+    warmup: float = option(0.1, low=0, high=1)  # fraction of the optimizer steps of `epochs`
+    cooldown_epochs: int = option(0, low=0, high=100_000)  # epochs at min_lr after `epochs` (timm's cooldown)
+    warmup_lr: float = option(0.0, low=0, high=10)  # where warmup starts
+    min_lr: float = option(0.0, low=0, high=10)  # where the cosine ends
     grad_accum: int = option(1, low=1, high=65_536)
     precision: str | None = option(None, choices=(None, *PRECISIONS))  # None: accelerate's config and environment
     seed: int = option(0, low=0, high=MAX_SEED)
@@ -40,6 +43,11 @@ class TrainConfig:
         unknown = [n for n in self.trackers() if n not in (*TRACKERS, "all")]
         if unknown:
             raise AdaptError(f"{term('log_with')} {unknown[0]!r} is not a tracker: choose from {', '.join(TRACKERS)} or all")
+
+    @property
+    def total_epochs(self) -> int:
+        """The epochs that run: the schedule's, then the cooldown's."""
+        return self.epochs + self.cooldown_epochs
 
     def trackers(self) -> list[str]:
         """The names in `log_with`, in order, without repeats."""

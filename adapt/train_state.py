@@ -61,9 +61,13 @@ def save_train_state(
 EXTENDABLE = ("epochs",)  # settings of `train` a resumed run may raise (adapt tune --resume --epochs MORE)
 
 
+# settings added after the first train states, at the values those states were trained with
+LATER_SETTINGS = {"cooldown_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0}
+
+
 def _fixed(identity: dict[str, Any]) -> dict[str, Any]:
-    """The identity without what a resumption may change."""
-    train = {k: v for k, v in identity.get("train", {}).items() if k not in EXTENDABLE}
+    """The identity without what a resumption may change (older states: with the later settings' values)."""
+    train = {k: v for k, v in {**LATER_SETTINGS, **identity.get("train", {})}.items() if k not in EXTENDABLE}
     return {**identity, "train": train}
 
 

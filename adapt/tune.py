@@ -36,6 +36,7 @@ class TuneJob:
     limit: int | None = None
     augment: str | None = None  # "on", "off" or a timm auto-augment policy; None: on for folder:, else off
     init_from: str | None = None  # a checkpoint whose head (and adapter, same method) the run starts from
+    drop_path: float = 0.0  # stochastic depth on the frozen backbone's blocks while training (timm drop_path_rate)
     head_init: str = HEAD_INITS[0]  # how a fresh head starts (adapt.train_config.HEAD_INITS)
 
 
@@ -49,7 +50,7 @@ def prepare(job: TuneJob, spec: str, config: TrainConfig,
     start = read_start(job.init_from) if job.init_from is not None else None
     options = start_options(start[1], job.method, job.options) if start is not None else job.options
     adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options,
-                                  config.seed, setup=(data, config), head_init=job.head_init)  # fmt: skip
+                                  config.seed, setup=(data, config), head_init=job.head_init, drop_path=job.drop_path)  # fmt: skip
     if start is not None:
         taken = warm_start(adapted, job.init_from, *start)
         if on_note is not None:
@@ -91,7 +92,7 @@ def tune(
             resume = False
             note(f"{out_dir} holds no finished epoch yet (the run stopped before its first save): starting it from the beginning")
         finished, planned = saved_epochs(out_dir / STATE_FILE) if resume else (0, None)
-        if resume and finished >= config.epochs and (out_dir / SUMMARY_FILE).is_file():
+        if resume and finished >= config.total_epochs and (out_dir / SUMMARY_FILE).is_file():
             note(f"{out_dir} has finished its {finished} epochs: nothing to do ({term('resume')} {term('epochs')} MORE "
                  "extends it)")  # fmt: skip
             return FitResult.load(out_dir)
@@ -106,7 +107,7 @@ def tune(
         if resume:
             change = (f", extended from {planned}: the learning-rate schedule is re-planned for {config.epochs} epochs "
                       f"and continues from the saved step" if extended else "")  # fmt: skip
-            note(f"resuming at epoch {finished + 1} of {config.epochs}{change}")
+            note(f"resuming at epoch {finished + 1} of {config.total_epochs}{change}")
         if on_start is not None:
             on_start(adapted, data)
         return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)

@@ -3,7 +3,8 @@
 import signal
 import sys
 
-from adapt.cli import continual_commands, merge_commands, spt_commands, train_commands  # noqa: F401  (registers the commands)
+# registers the commands
+from adapt.cli import continual_commands, merge_commands, preset_commands, spt_commands, train_commands  # noqa: F401
 from adapt.cli.common import cli
 
 

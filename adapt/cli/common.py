@@ -122,9 +122,11 @@ def resume_command(command: str) -> None:
 RESUME_FREE = {*RESULT_FREE, "out", "resume", "overwrite", "config"}  # may differ on --resume: they change no result
 
 
-def resolve_config(ctx: click.Context, config: str | None, saved: str | None = None) -> dict[str, Any]:
-    """The command's options: its defaults, under a saved run's config (`saved`, on --resume), under a YAML
-    file (`config`), under the flags typed on the command line. YAML keys are the long option names. Every
+def resolve_config(ctx: click.Context, config: str | None, saved: str | None = None,
+                   preset: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The command's options: its defaults, under a paper's preset ((name, values), adapt.presets), under a
+    saved run's config (`saved`, on --resume), under a YAML file (`config`), under the flags typed on the
+    command line. YAML keys are the long option names. Every
     value goes through the option's own click type, so a file cannot skip a check the command line makes.
     On resume, a typed flag that would change the run's results is refused, naming each."""
     from adapt.config import read_yaml_mapping, refuse_unknown
@@ -133,6 +135,8 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
     values = dict(ctx.params)
     typed = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     layers = [(path, _aliased(read_yaml_mapping(Path(path)), params, path)) for path in (saved, config) if path is not None]
+    if preset is not None:
+        layers.insert(0, (f"preset {preset[0]}", _aliased(dict(preset[1]), params, f"preset {preset[0]}")))
     def cast(name: str, raw: Any, path: str) -> Any:
         param = params[name]
         several = param.multiple or param.nargs != 1
@@ -141,24 +145,24 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
         nested = isinstance(raw, list) and any(isinstance(v, (list, dict)) for v in raw)
         if isinstance(raw, dict) or nested or (isinstance(raw, list) and not several):
             takes = f"a list of {_value_words(param.type)}s" if several else f"one {_value_words(param.type)}"
-            raise AdaptError(f"config {path}: {name} takes {takes}, got a {'mapping' if isinstance(raw, dict) else 'list'} "
+            raise AdaptError(f"{_source(path)}: {name} takes {takes}, got a {'mapping' if isinstance(raw, dict) else 'list'} "
                              f"{str(raw)[:60]}")  # fmt: skip
         if several and not isinstance(raw, list) and raw is not None:
             raw = [raw]  # one value where several may go (`option: rank=4`)
         try:
             return param.type_cast_value(ctx, tuple(raw) if isinstance(raw, list) else raw)
         except click.BadParameter as error:
-            raise AdaptError(f"config {path}: {error.format_message()}") from None
+            raise AdaptError(f"{_source(path)}: {error.format_message()}") from None
 
     for path, layer in layers:
         aliases = [alias for alias, name in CONFIG_ALIASES.items() if name in params]  # for "did you mean"
-        refuse_unknown(layer, [n for n in params if n != "config"] + aliases, f"config {path}")
+        refuse_unknown(layer, [n for n in params if n != "config"] + aliases, _source(path))
         for name, raw in layer.items():
             if name not in typed:
                 values[name] = cast(name, raw, path)
     if saved is not None:
-        before = {name: cast(name, raw, saved) for name, raw in layers[0][1].items()}
-        asked = typed | {name for _, layer in layers[1:] for name in layer}  # on the command line or in --config
+        before = {name: cast(name, raw, saved) for name, raw in layers[int(preset is not None)][1].items()}
+        asked = typed | {name for _, layer in layers[int(preset is not None) + 1 :] for name in layer}  # flags, --config
         changed = [f"--{n.replace('_', '-')} (was {before[n]!r}, now {values[n]!r})" for n in sorted(asked)
                    if n not in RESUME_FREE and n in before and before[n] != values[n] and not _extends(n, before, values)]  # fmt: skip
         if changed:
@@ -169,6 +173,32 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
 def _extends(name: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
     """More epochs than the saved run planned: a resumption may extend a run (its schedule is re-planned)."""
     return name == "epochs" and isinstance(before[name], int) and isinstance(now[name], int) and now[name] > before[name]
+
+
+def _source(path: str) -> str:
+    """A configuration layer in messages: a config file, or a preset."""
+    return path if path.startswith("preset ") else f"config {path}"
+
+
+def preset_layer(command: str, name: str | None, task: str | None = None) -> tuple[str, dict[str, Any]] | None:
+    """(name, values) of the preset `name` for `command` (for one VTAB-1k task: with that task's values)."""
+    if not name:
+        return None
+    from adapt.presets import get_preset
+
+    return name, get_preset(name, command).values_for(task)
+
+
+def preset_overrides(ctx: click.Context, config: str | None, layer: tuple[str, dict[str, Any]] | None) -> list[str]:
+    """The preset's options that a flag or the --config file sets instead (the command says so in one line)."""
+    from adapt.config import read_yaml_mapping
+
+    if layer is None:
+        return []
+    params = {p.name: p for p in ctx.command.params if p.name}
+    given = set(_aliased(read_yaml_mapping(Path(config)), params, config)) if config else set()
+    given |= {n for n in params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+    return [f"--{n.replace('_', '-')}" for n in _aliased(layer[1], params, layer[0]) if n in given]
 
 
 # config keys users bring from Hugging Face's TrainingArguments (and --option's own name), as our options
@@ -220,13 +250,19 @@ def config_option(command):
     def with_config(ctx: click.Context, **params: Any) -> Any:
         values = resolve_config(ctx, params.get("config"))
         saved = Path(str(values.get("out"))) / CONFIG_FILE if values.get("resume") else None
-        if saved is not None and saved.is_file():  # --resume: the run's own options under what was typed
-            values = resolve_config(ctx, params.get("config"), str(saved))
+        saved = str(saved) if saved is not None and saved.is_file() else None  # --resume: the run's own options
+        layer = preset_layer(ctx.info_name or "", values.get("preset"))
+        if saved is not None or layer is not None:
+            values = resolve_config(ctx, params.get("config"), saved, layer)
+        overridden = preset_overrides(ctx, params.get("config"), layer)
+        if overridden:
+            console.print(f"preset {layer[0]}: yours instead of the preset's for {', '.join(overridden)}")
         for param in ctx.command.params:
             if isinstance(param, RequiredOption) and values.get(param.name) is None:
                 raise click.MissingParameter(ctx=ctx, param=param)
         ctx.meta[_RECORD] = config_record(values)
         values.pop("config", None)
+        values.pop("preset", None)  # applied above; the record keeps its name
         return command(**values)
 
     return with_config

@@ -124,7 +124,7 @@ def import_peft(folder, out, backbone, overwrite, weights) -> None:
 def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
     """The options the user typed (not defaults), as plain values for SoupOptions."""
     return {name: plain_value(value) for name, value in values.items()
-            if name != "config" and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}  # fmt: skip
+            if name not in ("config", "preset") and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}  # fmt: skip
 
 
 def _averaged_words(keys: list[str]) -> str:
@@ -162,6 +162,8 @@ def _averaged_words(keys: list[str]) -> str:
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Output dtype (default: the inputs').")
 @click.option("--max-shard-size", default=None, help="Split the output into shards, e.g. 2GB.")
 @click.option("--backbone", default=None, help="timm name, for held-out data on state dicts that do not record it.")
+@click.option("--preset", default=None, metavar="NAME", help="A paper's recipe (adapt presets): ties, dare, task-arithmetic; "
+              "--config and flags win.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML with any of these options (+ ingredients).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never an ingredient or the base).")
 @click.option("--weights", hidden=True, default=None)
@@ -191,7 +193,13 @@ def soup(ctx, **values) -> None:
     from adapt.merge.adapter_soup import make_soup
     from adapt.merge.options import soup_options
 
-    options, recipe = soup_options(_given(ctx, values), values["config"])
+    from adapt.cli.common import preset_layer, preset_overrides
+
+    layer = preset_layer("soup", values["preset"])
+    options, recipe = soup_options(_given(ctx, values), values["config"], layer[1] if layer else None)
+    overridden = preset_overrides(ctx, values["config"], layer)
+    if overridden:
+        console.print(f"preset {layer[0]}: yours instead of the preset's for {', '.join(overridden)}")
     paths = [Path(p) for p in options.ingredients]
     if not paths:
         raise AdaptError("name the ingredients: adapt soup A B [C ...] (or ingredients: in --config)")

@@ -40,7 +40,15 @@ from adapt.train_config import HEAD_INITS, TrainConfig
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's (adapt methods).")
 @click.option("--weight-decay", type=click.FloatRange(0), default=TrainConfig.weight_decay, show_default=True)
 @click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
-              help="Warmup share of all steps.")
+              help="Warmup share of the steps of --epochs.")
+@click.option("--warmup-lr", type=click.FloatRange(0), default=TrainConfig.warmup_lr, show_default=True,
+              help="Where the warmup starts.")
+@click.option("--min-lr", type=click.FloatRange(0), default=TrainConfig.min_lr, show_default=True,
+              help="Where the cosine ends.")
+@click.option("--cooldown-epochs", type=click.IntRange(0), default=TrainConfig.cooldown_epochs, show_default=True,
+              help="Epochs at --min-lr after --epochs, as timm's scheduler runs them (SSF, HST: 10).")
+@click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Stochastic depth on the frozen backbone's blocks while training (timm's drop_path_rate).")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
 @precision_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -50,6 +58,9 @@ from adapt.train_config import HEAD_INITS, TrainConfig
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (only its files).")
+@click.option("--preset", default=None, metavar="NAME",
+              help="A paper's recipe (adapt presets): its values, per VTAB-1k task where the paper's differ; "
+                   "--config and flags win.")  # fmt: skip
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="YAML with any of these options (long names); flags on the command line win.")  # fmt: skip
 @click.pass_context
@@ -72,41 +83,45 @@ def tune(ctx, **_) -> None:
       adapt tune --backbone local-dir:merged/ --data folder:pets --out runs/pets-2   # a hub folder as the backbone
       adapt tune --data vtab:~/vtab-1k/dtd --backbone vit_base_patch16_224 --weights vit.safetensors
       adapt tune --data vtab:~/vtab-1k            # every task found, then the VTAB table
+      adapt tune --preset ssf-vtab --data vtab:~/vtab-1k --weights vit_b16_augreg_in21k.safetensors   # SSF's recipe
       adapt tune --out runs/tune --overwrite       # replace the run already in runs/tune
       torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
     """
-    from adapt.cli.common import config_record, resolve_config
+    from adapt.cli.common import preset_layer, preset_overrides, resolve_config
     from adapt.data import expand_spec
     from adapt.data.vtab import save_vtab_table, vtab_means
     from adapt.outputs import check_run_folder
+    from adapt.presets import PRESETS
     from adapt.train import RUN_FILES
     from adapt.train_config import CONFIG_FILE
-    from adapt.tune import TuneJob, tune as run_tune
 
-    v = resolve_config(ctx, ctx.params["config"])
+    config_file = ctx.params["config"]
+    v = resolve_config(ctx, config_file)
     if v["resume"]:
         saved = [Path(v["out"]) / CONFIG_FILE, *sorted(Path(v["out"]).glob(f"*/{CONFIG_FILE}"))]
         found = next((p for p in saved if p.is_file()), None)
         if found is not None:
-            v = resolve_config(ctx, ctx.params["config"], str(found))
-    options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
-    job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
-                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
-                  init_from=v["init_from"], head_init=v["head_init"])  # fmt: skip
-    config = TrainConfig(v["epochs"], v["batch_size"], v["lr"], v["weight_decay"], v["warmup"], v["grad_accum"],
-                         v["precision"], v["seed"], v["workers"], v["log_with"])  # fmt: skip
+            v = resolve_config(ctx, config_file, str(found))
+    v = resolve_config(ctx, config_file, preset=preset_layer("tune", v["preset"])) if v["preset"] and not v["resume"] else v
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
     resume_command(f"adapt tune --out {shlex.quote(str(out))} --resume")
-    specs = expand_spec(job.data)  # several when data is a VTAB root holding many tasks
+    specs = expand_spec(v["data"])  # several when data is a VTAB root holding many tasks
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
     for task_out in task_outs.values():  # before any training: every task folder must be free
         check_run_folder(task_out, RUN_FILES, resume, overwrite, remove=False)
     accuracies = {}
     for spec, task_out in task_outs.items():
-        task = task_out.name
-        result = run_tune(job, config, task_out, resume, spec, on_start=_print_start, on_epoch_end=_print_epoch,
-                          overwrite=overwrite, record=config_record(v), on_note=lambda text: console.print(f"note: {text}"))  # fmt: skip
-        accuracies[task] = result.test_acc
+        task = Path(spec.partition(":")[2]).name if spec.startswith("vtab:") else None
+        saved = task_out / CONFIG_FILE if resume and (task_out / CONFIG_FILE).is_file() else None
+        layer = preset_layer("tune", v["preset"], task)
+        tv = resolve_config(ctx, config_file, str(saved) if saved else None, None if saved else layer)
+        if layer is not None and saved is None:
+            overridden = preset_overrides(ctx, config_file, layer)
+            console.print(f"preset {layer[0]}{f' ({task})' if task in PRESETS[layer[0]].per_task else ''}: "
+                          + (f"yours instead of the preset's for {', '.join(overridden)}" if overridden
+                             else "every value the preset sets is used (adapt presets show " + layer[0] + ")"))  # fmt: skip
+        result = _tune_task(tv, spec, task_out, on_note=lambda text: console.print(f"note: {text}"))
+        accuracies[task_out.name] = result.test_acc
         share = result.trainable_params / result.total_params
         console.print(
             f"{result.test_split} accuracy {result.test_acc:.2%}  ·  trained "
@@ -114,9 +129,27 @@ def tune(ctx, **_) -> None:
             style="bold green",
         )
     if len(specs) > 1:
-        _print_vtab(accuracies, vtab_means(accuracies))
-        written = save_vtab_table(out, accuracies)
+        paper = PRESETS[v["preset"]].paper if v["preset"] else None
+        _print_vtab(accuracies, vtab_means(accuracies), paper)
+        written = save_vtab_table(out, accuracies, paper)
         console.print(f"wrote {written[0]} and {written[1]}")
+
+
+def _tune_task(v: dict, spec: str, out: Path, on_note):
+    """One task of `adapt tune` from its resolved options `v`."""
+    from adapt.cli.common import config_record
+    from adapt.tune import TuneJob, tune as run_tune
+
+    options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
+    job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
+                  image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
+                  init_from=v["init_from"], head_init=v["head_init"], drop_path=v["drop_path"])  # fmt: skip
+    config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
+                         warmup=v["warmup"], cooldown_epochs=v["cooldown_epochs"], warmup_lr=v["warmup_lr"],
+                         min_lr=v["min_lr"], grad_accum=v["grad_accum"], precision=v["precision"], seed=v["seed"],
+                         workers=v["workers"], log_with=v["log_with"])  # fmt: skip
+    return run_tune(job, config, out, v["resume"], spec, on_start=_print_start, on_epoch_end=_print_epoch,
+                    overwrite=v["overwrite"], record=config_record(v), on_note=on_note)  # fmt: skip
 
 
 def _print_start(adapted, data) -> None:
@@ -141,18 +174,26 @@ def _print_epoch(result) -> None:
     )
 
 
-def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None]) -> None:
-    table = Table(title="VTAB-1k")
+def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None], paper=None) -> None:
+    """The VTAB-1k table, with the paper's published figures beside ours when a preset gives them."""
+    table = Table(title="VTAB-1k" + (f" beside the paper ({paper.source})" if paper else ""))
     table.add_column("task")
     table.add_column("accuracy", justify="right")
+    if paper:
+        table.add_column("paper", justify="right")
+    def row(label, ours: float | None, theirs: float | None) -> None:
+        cells = [f"{ours:.2%}" if ours is not None else "n/a (a group is empty)"]
+        table.add_row(label, *cells, *([f"{theirs:.2f}%" if theirs is not None else "-"] if paper else []))
+
     for task, acc in accuracies.items():
-        table.add_row(task, f"{acc:.2%}")
+        row(task, acc, paper.tasks.get(task) if paper else None)
     for group in ("natural", "specialized", "structured"):
         if means[group] is not None:
-            table.add_row(Text(f"{group} mean", style="italic"), f"{means[group]:.2%}")
-    table.add_row(Text(f"plain mean of {len(accuracies)} tasks", style="bold"), f"{means['plain_mean']:.2%}")
-    group_mean = means["group_mean"]
-    table.add_row(Text("mean of the 3 group means", style="bold"), f"{group_mean:.2%}" if group_mean is not None else "n/a (a group is empty)")
+            row(Text(f"{group} mean", style="italic"), means[group], None)
+    row(Text(f"plain mean of {len(accuracies)} tasks", style="bold"), means["plain_mean"],
+        paper.plain_mean if paper and len(accuracies) == 19 else None)  # fmt: skip
+    row(Text("mean of the 3 group means", style="bold"), means["group_mean"],
+        paper.group_mean if paper and len(accuracies) == 19 else None)  # fmt: skip
     console.print(table)
 
 
@@ -328,6 +369,8 @@ def _info_lines(key: str, value) -> list[tuple[str, str]]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", cls=RequiredOption, type=click.Path(path_type=Path), help="The backbone .safetensors to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--preset", default=None, metavar="NAME", help="A paper's recipe (adapt presets): dreamsim-nights; "
+              "--config and flags win.")
 @config_option
 def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, optimizer, margin, patience,
                     image_size, seed, out, overwrite) -> None:  # fmt: skip

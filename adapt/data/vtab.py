@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from adapt.config import MAX_CLASSES, read_text_file
 from adapt.data.images import ImageListDataset
@@ -81,19 +82,32 @@ def vtab_splits(task: Path, protocol: str, transform: Callable) -> tuple[list[st
     return class_names, splits
 
 
-def save_vtab_table(folder: str | Path, accuracies: dict[str, float]) -> tuple[Path, Path]:
+def save_vtab_table(folder: str | Path, accuracies: dict[str, float], paper: Any = None) -> tuple[Path, Path]:
     """FOLDER/vtab.json and FOLDER/vtab.md: every task's accuracy, the group means, the plain mean of the
-    tasks and the mean of the three group means, each labelled."""
+    tasks and the mean of the three group means, each labelled; with a preset's `paper`
+    (adapt.presets.PaperFigures), its published figures beside ours (per task where published)."""
+    from dataclasses import asdict
+
     from adapt.checkpoint import write_json_atomic, write_text_atomic
 
     folder = Path(folder)
     means = vtab_means(accuracies)
-    write_json_atomic(folder / "vtab.json", {"tasks": accuracies, **means})
-    lines = ["| task | accuracy |", "|---|---:|", *(f"| {task} | {100 * acc:.2f} |" for task, acc in accuracies.items())]
-    lines += [f"| {group} mean | {100 * means[group]:.2f} |" for group in VTAB_GROUPS if means[group] is not None]
-    lines.append(f"| plain mean of {len(accuracies)} tasks | {100 * means['plain_mean']:.2f} |")
-    group_mean = means["group_mean"]
-    lines.append(f"| mean of the 3 group means | {f'{100 * group_mean:.2f}' if group_mean is not None else 'n/a'} |")
+    complete = len(accuracies) == len(VTAB_TASKS)  # a paper's means are over all 19 tasks
+    write_json_atomic(folder / "vtab.json", {"tasks": accuracies, **means, **({"paper": asdict(paper)} if paper else {})})
+
+    def line(label: str, ours: float | None, theirs: float | None = None) -> str:
+        cells = [f"{100 * ours:.2f}" if ours is not None else "n/a"] + ([f"{theirs:.2f}" if theirs is not None else "-"]
+                                                                          if paper else [])  # fmt: skip
+        return f"| {label} | {' | '.join(cells)} |"
+
+    lines = ["| task | accuracy |" + (" paper |" if paper else ""), "|---|---:|" + ("---:|" if paper else "")]
+    lines += [line(task, acc, paper.tasks.get(task) if paper else None) for task, acc in accuracies.items()]
+    lines += [line(f"{group} mean", means[group]) for group in VTAB_GROUPS if means[group] is not None]
+    lines.append(line(f"plain mean of {len(accuracies)} tasks", means["plain_mean"], paper.plain_mean if paper and complete else None))
+    lines.append(line("mean of the 3 group means", means["group_mean"], paper.group_mean if paper and complete else None))
+    if paper:
+        lines.append(f"\nPaper figures: {paper.source}. The papers report the best test accuracy over the run; "
+                     "the accuracy column is the final epoch's.")  # fmt: skip
     write_text_atomic(folder / "vtab.md", "\n".join(lines) + "\n")
     return folder / "vtab.json", folder / "vtab.md"
 

@@ -82,15 +82,17 @@ def parse_coeffs(value: Any) -> list[float]:
     return coeffs
 
 
-def soup_options(given: dict[str, Any], config: str | Path | None) -> tuple[SoupOptions, Recipe]:
-    """Command-line values (only those given) over a YAML file's: the soup's options and its recipe."""
+def soup_options(given: dict[str, Any], config: str | Path | None,
+                 preset: dict[str, Any] | None = None) -> tuple[SoupOptions, Recipe]:  # fmt: skip
+    """Command-line values (only those given) over a YAML file's over a preset's (adapt.presets): the soup's
+    options and its recipe."""
     from adapt.merge.recipes import create_recipe, recipe_options
 
     recipe_keys = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
-    values: dict[str, Any] = {}
-    if config is not None:
-        values.update(read_yaml_mapping(Path(config)))
-    values.update(given)
+    from_file = read_yaml_mapping(Path(config)) if config is not None else {}
+    values: dict[str, Any] = {**(preset or {}), **from_file, **given}
+    if preset and "scale_grid" not in {**from_file, **given} and str(values.get("scale")) != "auto":
+        values.pop("scale_grid", None)  # your fixed --scale replaces the preset's search, grid included
     source = f"soup options{f' ({config})' if config else ''}"
     for old, hint in RENAMED.items():
         if old in values:

@@ -1,0 +1,124 @@
+"""Paper presets: every value is an option of its command, --preset applies them (per VTAB-1k task), yours win."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from adapt.cli import cli
+from adapt.cli.common import CONFIG_ALIASES
+from adapt.optimization import warmup_cosine
+from adapt.presets import PRESETS, TASKS
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_value_goes_through_its_commands_own_checks(name):
+    import click
+
+    from adapt.cli.common import resolve_config
+
+    preset = PRESETS[name]
+    command = cli.commands[preset.command]
+    assert set(preset.per_task) <= set(TASKS)
+    assert set(preset.values) | {k for row in preset.per_task.values() for k in row} <= set(preset.sources)
+    if preset.command == "soup":
+        from adapt.merge.options import soup_options
+
+        options, recipe = soup_options({}, None, preset.values)
+        assert options.recipe == preset.values["recipe"] and recipe.grid()  # a valid recipe with its λ grid
+        return
+    for task in [None, *preset.per_task]:
+        with click.Context(command, info_name=preset.command) as ctx:
+            ctx.params = {p.name: p.get_default(ctx) for p in command.params}
+            values = resolve_config(ctx, None, preset=(name, preset.values_for(task)))
+        for key, value in preset.values_for(task).items():
+            expected = tuple(value) if isinstance(value, list) else value
+            got = values[CONFIG_ALIASES.get(key, key)]
+            assert got == expected or str(got) == str(expected), (name, task, key)
+
+
+def test_tune_with_a_preset_takes_each_vtab_tasks_own_values_and_yours_win(vtab_root, tmp_path):
+    out = tmp_path / "ssf"
+    result = run("tune", "--preset", "ssf-vtab", "--data", f"vtab:{vtab_root}", "--backbone", "test_vit",
+                 "--weights", "random", "--image-size", "32", "--epochs", "1", "--cooldown-epochs", "1",
+                 "--batch-size", "16", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "preset ssf-vtab (svhn): yours instead of the preset's for --backbone, --image-size, --batch-size, --epochs, " \
+           "--cooldown-epochs" in result.output
+    svhn, eurosat = (yaml.safe_load((out / task / "config.yaml").read_text()) for task in ("svhn", "eurosat"))
+    assert (svhn["lr"], svhn["weight_decay"], svhn["drop_path"]) == (1e-2, 5e-5, 0.0)  # SSF's per-task table
+    assert (eurosat["lr"], eurosat["weight_decay"], eurosat["drop_path"]) == (3e-3, 5e-2, 0.2)
+    assert svhn["preset"] == "ssf-vtab" and svhn["warmup_lr"] == 1e-7 and svhn["min_lr"] == 1e-8 and svhn["seed"] == 42
+    assert svhn["epochs"] == 1 and svhn["cooldown_epochs"] == 1 and svhn["augment"] == "off"
+    summary = json.loads((out / "svhn" / "summary.json").read_text())
+    assert len(summary["history"]) == 2  # 1 epoch of cosine, then 1 of cooldown
+    table = (out / "vtab.md").read_text()
+    assert "| task | accuracy | paper |" in table and "| svhn |" in table and "| 90.20 |" in table  # SSF's svhn
+    assert "| eurosat |" in table and "95.90" in table
+    resumed = run("tune", "--out", out, "--resume")  # everything from each task's config.yaml
+    assert resumed.exit_code == 0 and resumed.output.count("nothing to do") == 2, resumed.output
+
+
+def test_a_preset_of_another_command_or_an_unknown_one_is_one_line(tmp_path):
+    for args, message in ((["tune", "--preset", "ties"], "ties is for adapt soup; adapt tune takes: ssf-vtab"),
+                          (["tune", "--preset", "ssf-vta"], "did you mean 'ssf-vtab'?"),
+                          (["soup", "a", "b", "--preset", "ssf-vtab", "--out", tmp_path / "x"], "is for adapt tune"),
+                          (["presets", "show", "tie"], "did you mean 'ties'")):  # fmt: skip
+        result = run(*args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_presets_are_listed_and_shown_with_their_sources():
+    listed = run("presets")
+    assert listed.exit_code == 0 and all(name in listed.stdout for name in PRESETS)
+    shown = run("presets", "show", "hst-vtab")
+    assert shown.exit_code == 0 and "AFeng-x/HST" in shown.stdout and "smallnorb_ele" in shown.stdout
+    record = json.loads(run("presets", "show", "ties", "--json").stdout)
+    assert record["values"]["density"] == 0.2 and record["values"]["scale_grid"].startswith("0.8,0.9")
+    assert record["values"]["scale_grid"].endswith("2.4,2.5") and "ties-merging" in record["sources"]["density"]
+
+
+def test_soup_with_a_preset_takes_its_recipe_and_yours_win(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from adapt.merge.tensors import TensorFile
+
+    base = {"w": torch.zeros(4, 4), "b": torch.zeros(4)}
+    save_file(base, tmp_path / "base.safetensors")
+    for i in range(2):
+        save_file({k: v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) for k, v in base.items()},
+                  tmp_path / f"ft{i}.safetensors")  # fmt: skip
+    result = run("soup", tmp_path / "ft0.safetensors", tmp_path / "ft1.safetensors", "--preset", "ties", "--scale", "1.5",
+                 "--base", tmp_path / "base.safetensors", "--out", tmp_path / "ties.safetensors")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "preset ties: yours instead of the preset's for --scale" in result.output
+    record = json.loads(TensorFile(tmp_path / "ties.safetensors").metadata["soup"])
+    assert record["recipe"] == "ties" and record["options"]["density"] == 0.2 and record["options"]["scale"] == 1.5
+
+
+def test_warmup_from_warmup_lr_cosine_to_min_lr_then_cooldown_at_it(tmp_path):
+    factor = warmup_cosine(warmup_steps=2, total_steps=10, start=0.1, floor=0.01)
+    assert factor(0) == pytest.approx(0.1 + 0.9 * 0.5) and factor(1) == pytest.approx(1.0)
+    assert factor(6) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert factor(10) == pytest.approx(0.01) and factor(25) == pytest.approx(0.01)  # cooldown steps stay at min-lr
+    out = tmp_path / "run"
+    result = run("tune", "--method", "linear", "--image-size", "32", "--limit", "32", "--batch-size", "16", "--epochs", "2",
+                 "--cooldown-epochs", "1", "--lr", "0.01", "--warmup", "0", "--min-lr", "0.001", "--log-with", "csv",
+                 "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lrs = [float(r["value"]) for r in csv.DictReader((out / "log.csv").open()) if r["name"] == "train/lr"]
+    assert len(lrs) == 6 and lrs[0] == pytest.approx(0.01) and lrs[4:] == pytest.approx([0.001, 0.001])
+    bad = run("tune", "--lr", "0.001", "--min-lr", "0.01", "--limit", "8", "--out", tmp_path / "bad")
+    assert bad.exit_code == 1 and "must not exceed --lr" in bad.stderr and not (tmp_path / "bad").exists()
