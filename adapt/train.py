@@ -124,6 +124,7 @@ class Trainer:
         self.trackers = create_trackers(config.trackers(), self.out_dir)
         self.accelerator = precision_accelerator(config, self.trackers)
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
+        self.weight_decay = config.weight_decay if config.weight_decay is not None else adapted.method.default_weight_decay
         if max(config.warmup_lr, config.min_lr) > self.lr:
             raise AdaptError(f"{term('warmup_lr')} {config.warmup_lr:g} and {term('min_lr')} {config.min_lr:g} must not "
                              f"exceed {term('lr')} {self.lr:g}")  # fmt: skip
@@ -143,7 +144,7 @@ class Trainer:
             "data": self.data.spec,
             "image_size": self.adapted.image_size,
             "train": {**{k: v for k, v in asdict(self.config).items() if k not in RESULT_FREE},
-                      "lr": self.lr, "precision": self.precision},  # fmt: skip
+                      "lr": self.lr, "weight_decay": self.weight_decay, "precision": self.precision},  # fmt: skip
             "processes": self.accelerator.num_processes,
         }
 
@@ -179,7 +180,7 @@ class Trainer:
         )
         steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
         total_steps = config.epochs * steps_per_epoch  # the cosine's; cooldown epochs run at min_lr after it
-        optimizer, scheduler = optimizer_and_schedule(model, self.lr, config.weight_decay, config.warmup, total_steps,
+        optimizer, scheduler = optimizer_and_schedule(model, self.lr, self.weight_decay, config.warmup, total_steps,
                                                       config.warmup_lr, config.min_lr)  # fmt: skip
         start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
         self._first_epoch = start_epoch + 1  # before its first step, a NaN loss is the weights' (_refuse_non_finite)

@@ -27,7 +27,7 @@ class TrainConfig:
     epochs: int = option(10, low=1, high=100_000)
     batch_size: int = option(32, low=1, high=65_536)
     lr: float | None = option(None, low=0, low_open=True, high=10)  # None: the method's default
-    weight_decay: float = option(0.05, low=0, high=10)
+    weight_decay: float | None = option(None, low=0, high=10)  # None: the method's default
     warmup: float = option(0.1, low=0, high=1)  # fraction of the optimizer steps of `epochs`
     cooldown_epochs: int = option(0, low=0, high=100_000)  # epochs at min_lr after `epochs` (timm's cooldown)
     warmup_lr: float = option(0.0, low=0, high=10)  # where warmup starts

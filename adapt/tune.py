@@ -116,7 +116,7 @@ def tune(
 def resolved_values(adapted: AdaptedModel, data: DataSplits, trainer: Trainer) -> dict[str, Any]:
     """The values a run used where its options said "the default": config.yaml holds what was used."""
     return {"weights": adapted.backbone.weights, "image_size": adapted.image_size, "augment": data.augment,
-            "lr": trainer.lr, "precision": trainer.precision}  # fmt: skip
+            "lr": trainer.lr, "weight_decay": trainer.weight_decay, "precision": trainer.precision}  # fmt: skip
 
 
 def job_record(job: TuneJob, config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:

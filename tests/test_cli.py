@@ -261,6 +261,7 @@ def test_methods_and_learners_read_at_80_columns(command):
     lines = result.stdout.splitlines()
     assert all(len(line.rstrip()) <= 80 for line in lines) and "…" not in result.stdout  # nothing cut with an ellipsis
     words = {word for line in lines for word in line.replace("│", " ").split()}
+    words |= {word.rstrip(";") for word in words}
     summaries = ({name: learner.summary for name, learner in LEARNERS.items()} if command == "learners"
                  else {row["name"]: row["summary"] for row in json.loads(SHIPPED.read_text())})  # fmt: skip
     assert set(summaries) == set(LEARNERS if command == "learners" else METHODS)

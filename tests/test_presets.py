@@ -122,3 +122,20 @@ def test_warmup_from_warmup_lr_cosine_to_min_lr_then_cooldown_at_it(tmp_path):
     assert len(lrs) == 6 and lrs[0] == pytest.approx(0.01) and lrs[4:] == pytest.approx([0.001, 0.001])
     bad = run("tune", "--lr", "0.001", "--min-lr", "0.01", "--limit", "8", "--out", tmp_path / "bad")
     assert bad.exit_code == 1 and "must not exceed --lr" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_without_a_preset_each_method_keeps_its_own_weight_decay_and_never_decays_vectors(tmp_path):
+    from adapt.adapted import AdaptedModel
+    from adapt.optimization import parameter_groups
+
+    for method, expected in (("lora", 1e-4), ("ssf", 0.05)):
+        out = tmp_path / method
+        result = run("tune", "--method", method, "--backbone", "test_vit", "--weights", "random", "--image-size", "32",
+                     "--epochs", "1", "--limit", "16", "--batch-size", "16", "--out", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert yaml.safe_load((out / "config.yaml").read_text())["weight_decay"] == expected
+    adapted = AdaptedModel.create("ssf", ["a", "b"], 32, "test_vit", "random")
+    decayed, free = parameter_groups(adapted.model, 0.05)
+    names = {id(p): n for n, p in adapted.model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decayed["params"]) and [names[id(p)] for p in decayed["params"]] == ["head.weight"]
+    assert any("ssf" in names[id(p)] for p in free["params"]) and free["weight_decay"] == 0.0  # SSF's scales: none

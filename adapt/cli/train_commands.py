@@ -38,7 +38,8 @@ from adapt.train_config import HEAD_INITS, TrainConfig
 @click.option("--epochs", type=click.IntRange(1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's (adapt methods).")
-@click.option("--weight-decay", type=click.FloatRange(0), default=TrainConfig.weight_decay, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0), default=None,
+              help="On weight matrices only (head, LoRA, full layers). Default: the method's (adapt methods).")
 @click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
               help="Warmup share of the steps of --epochs.")
 @click.option("--warmup-lr", type=click.FloatRange(0), default=TrainConfig.warmup_lr, show_default=True,
@@ -293,9 +294,8 @@ def methods(backbone, num_classes, image_size) -> None:
     from adapt.methods.rows_cache import cached_method_rows
 
     table = Table(title=f"methods on {backbone}, {num_classes} classes")
-    for column in ("method", "trainable", "share", "merges", "lr", "defaults"):
-        table.add_column(column, justify="right" if column in ("trainable", "share", "lr") else "left",
-                         overflow="fold", no_wrap=column not in ("defaults",))  # fmt: skip
+    for column in ("method", "trainable", "share", "merges", "lr", "wd"):
+        table.add_column(column, justify="left" if column in ("method", "merges") else "right", no_wrap=True)
 
     def building() -> None:
         console.print(f"counting each method's parameters on {backbone} (once: the table is kept for the next call)…")
@@ -304,10 +304,14 @@ def methods(backbone, num_classes, image_size) -> None:
     for row in rows:
         trainable = f"budget + {row.trainable:,}" if row.budgeted else f"{row.trainable:,}"
         share = "--budget" if row.budgeted else f"{row.trainable / row.total:.2%}"
-        table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}", row.defaults or "-")
+        table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}",
+                      f"{row.default_weight_decay:g}")  # fmt: skip
     console.print(table)
-    console.print(described({row.name: row.summary for row in rows}, "What each trains:"), soft_wrap=False)
-    console.print("lr: each method's default, not a paper's; adapt tune --help lists every option.")
+    summaries = {row.name: row.summary + (f"; defaults: {row.defaults}" if row.defaults not in ("", "-") else "")
+                 for row in rows}  # fmt: skip
+    console.print(described(summaries, "What each trains:"), soft_wrap=False)
+    console.print(Text("lr, wd (weight decay, on weight matrices only): each method's defaults, not a paper's "
+                       "(adapt presets has the papers'); adapt tune --help lists every option."), soft_wrap=False)
 
 
 @cli.command()

@@ -74,6 +74,7 @@ class MethodRow:
     summary: str
     budgeted: bool
     defaults: str = ""  # the options users most often set, at their defaults (Method.defaults_line)
+    default_weight_decay: float = 0.05
 
 
 def method_rows(names: list[str], backbone: str, num_classes: int, image_size: int | None = None) -> list[MethodRow]:
@@ -90,7 +91,7 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
         model = method.apply(model)
         total = sum(p.numel() for p in model.parameters())
         rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.describe(model),
-                              method.budgeted, method.defaults_line()))  # fmt: skip
+                              method.budgeted, method.defaults_line(), method.default_weight_decay))  # fmt: skip
     return rows
 
 

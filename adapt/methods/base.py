@@ -37,6 +37,8 @@ class Method:
     mergeable: ClassVar[bool] = False
     trains_norm_statistics: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3
+    # weight decay when the run does not set it; it applies to >= 2-D tensors only (adapt.optimization)
+    default_weight_decay: ClassVar[float] = 0.05
     budgeted: ClassVar[bool] = False  # its size is the user's --budget, not a property of the backbone
     # a weighted mean of its checkpoints' tensors is the weighted mean of the models it makes (SSF, BitFit,
     # full: the folded weights are linear in the tensors); False where it is not (LoRA's B·A is bilinear)

@@ -65,6 +65,7 @@ class LoRA(Method):
     config_class = LoRAConfig
     mergeable = True
     default_lr = 1e-3
+    default_weight_decay = 1e-4  # NOAH's and SPT's LoRA runs: B (a matrix) is not pulled to 0 by 0.05
     averages_exactly = False  # mean(B) mean(A) is not mean(B A): soups go through the folded weights
 
     def __init__(self, config: LoRAConfig | None = None):

@@ -114,6 +114,7 @@ class SPT(Method):
     summary = "sensitivity-aware budget: LoRA where many weights matter, sparse deltas elsewhere (He et al. 2023)"
     config_class = SPTConfig
     default_lr = 1e-3
+    default_weight_decay = 1e-4  # ziplab/SPT configs (WEIGHT_DECAY=0.0001)
     budgeted = True
     averages_exactly = False  # runs may select other entries, and its LoRA parts are bilinear
     merge_refusal = "an adapter is non-linear (use structured_module lora)"
