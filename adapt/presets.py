@@ -85,8 +85,9 @@ _register(Preset(
     command="tune",
     reproduces="SSF on VTAB-1k (Lian et al. 2022): 73.10 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
     values={"method": "ssf", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
-            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42},
-    sources={"method": SSF, "backbone": "dongzelian/SSF : models/vision_transformer.py L121-123 (AugReg in21k, mean=std=0.5)",
+            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
+            "eval_every": 1},
+    sources={"method": SSF, "eval_every": "dongzelian/SSF : train.py (test every epoch; the best is checkpointed)", "backbone": "dongzelian/SSF : models/vision_transformer.py L121-123 (AugReg in21k, mean=std=0.5)",
              "image_size": SSF, "augment": f"{SSF} (--no-aug --direct-resize)", "batch_size": f"{SSF} (2 x 32)",
              "epochs": SSF, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{SSF} (--warmup-epochs 10 of 100)",
              "warmup_lr": SSF, "min_lr": SSF, "seed": "dongzelian/SSF : train.py L294 (default 42)",
@@ -113,8 +114,10 @@ _register(Preset(
     command="tune",
     reproduces="HST on VTAB-1k (Lin et al. 2023): 76.1 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
     values={"method": "hst", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
-            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42},
-    sources={"method": "AFeng-x/HST : models/vit_hsn.py L156-157, L316-327 (side net, bridges, block LayerNorms)",
+            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
+            "eval_every": 1},
+    sources={"eval_every": "AFeng-x/HST : train.py (test every epoch; the best is checkpointed)",
+             "method": "AFeng-x/HST : models/vit_hsn.py L156-157, L316-327 (side net, bridges, block LayerNorms)",
              "backbone": "AFeng-x/HST : models/vit_hsn.py L112-113 (AugReg in21k, mean=std=0.5)",
              "image_size": HST, "augment": f"{HST} (--no-aug --direct-resize)", "batch_size": f"{HST} (2 x 32)",
              "epochs": HST, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{HST} (--warmup-epochs 10 of 100)",
@@ -138,11 +141,12 @@ _register(Preset(
 
 _SPT_VALUES = {"method": "spt", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
                "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
-               "seed": 0, "rank": 8, "budget": "0.4M"}  # fmt: skip
+               "seed": 0, "rank": 8, "budget": "0.4M", "eval_every": 10}  # fmt: skip
 _SPT_SOURCES = {key: SPT for key in _SPT_VALUES} | {
     "warmup_lr": "ziplab/SPT : train_spt.py L101", "min_lr": "ziplab/SPT : train_spt.py L103",
     "budget": f"{SPT} (param_req 0.2-1.0M swept; the paper keeps each task's best: pass --budget)",
-    "epochs": "ziplab/SPT : train_spt.py main loop (100, no cooldown)"}  # fmt: skip
+    "epochs": "ziplab/SPT : train_spt.py main loop (100, no cooldown)",
+    "eval_every": "ziplab/SPT : train_spt.py L493-496 (every 10 epochs, the max reported)"}  # fmt: skip
 _SPT_NOTES = ("the official runs sweep --budget 0.2M, 0.4M, 0.6M, 0.8M, 1.0M per task and keep the best",
               "weights: the original ViT-B_16.npz (ImageNet-21k), ImageNet mean/std normalisation", TEST_SELECTED)  # fmt: skip
 
@@ -172,7 +176,7 @@ _register(Preset(
     reproduces="LoRA on VTAB-1k as NOAH runs it (rank 8 on the fused qkv, unscaled, dropout 0.1): 72.25 mean",
     values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
             "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
-            "drop_path": 0.1, "seed": 0, "rank": 8, "alpha": 8, "dropout": 0.1, "targets": r"qkv$"},
+            "drop_path": 0.1, "seed": 0, "rank": 8, "alpha": 8, "dropout": 0.1, "targets": r"qkv$", "eval_every": 10},
     sources={"method": NOAH, "backbone": "ZhangYuanhan-AI/NOAH : README L67 (ViT-B_16.npz)", "image_size": NOAH,
              "augment": f"{NOAH} (--no_aug --direct_resize)", "batch_size": NOAH, "epochs": NOAH,
              "warmup": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L88-107", "warmup_lr": "same, L88-107",
@@ -181,7 +185,8 @@ _register(Preset(
              "rank": "ZhangYuanhan-AI/NOAH : experiments/LoRA/ViT-B_prompt_lora_8.yaml",
              "alpha": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L275-279 (no scaling: alpha = rank)",
              "dropout": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L207, L307",
-             "targets": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L224-228 (fused qkv)"},  # fmt: skip
+             "targets": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L224-228 (fused qkv)",
+             "eval_every": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L205, L427-430 (every 10, the max)"},  # fmt: skip
     notes=("weights: the original ViT-B_16.npz (ImageNet-21k), ImageNet mean/std normalisation", TEST_SELECTED),
     paper=PaperFigures(f"{VPETL_README} L421 (the NOAH row)",
                        _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
@@ -193,13 +198,15 @@ _register(Preset(
     command="tune",
     reproduces="LoRA on VTAB-1k as V-PETL Bench runs it (rank 8, per-task lr, weight decay and augmentation)",
     values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "batch_size": 64, "epochs": 100,
-            "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8},
+            "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8,
+            "eval_every": 10},
     sources={"method": VPETL, "backbone": VPETL, "image_size": "…/dataloader/vtab.py (Resize((224,224)))",
              "batch_size": "…/configs/model_lora/vtab/*.yaml", "epochs": "…/configs/model_lora/vtab/*.yaml",
              "warmup": "…/train/train_model_lora.py L180-181", "warmup_lr": "same", "min_lr": "same",
              "drop_path": f"{VPETL} (--dpr 0.1)", "seed": "…/train/train_model_lora.py L97", "rank": f"{VPETL} (topN=8)",
              "alpha": "…/models/vision_transformer_lora.py L99-120 (no scaling)", "lr": VPETL, "weight_decay": VPETL,
-             "augment": "…/configs/model_lora/vtab/<task>.yaml (train_aug: RandAug rand-m9-mstd0.5-inc1)"},  # fmt: skip
+             "augment": "…/configs/model_lora/vtab/<task>.yaml (train_aug: RandAug rand-m9-mstd0.5-inc1)",
+             "eval_every": "…/train/train_model_lora.py L60-64 (every 10 epochs, the max)"},  # fmt: skip
     per_task=_per_task(("lr", "weight_decay", "augment"), {
         "cifar": (0.005, 0.005, "off"), "caltech101": (0.006, 0.35, "off"), "dtd": (0.0032, 0.04, "rand-m9-mstd0.5-inc1"),
         "oxford_flowers102": (0.05, 0.11, "rand-m9-mstd0.5-inc1"), "oxford_iiit_pet": (0.0007, 0.8, "rand-m9-mstd0.5-inc1"),

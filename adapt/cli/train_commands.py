@@ -48,6 +48,9 @@ from adapt.train_config import HEAD_INITS, TrainConfig
               help="Where the cosine ends.")
 @click.option("--cooldown-epochs", type=click.IntRange(0), default=TrainConfig.cooldown_epochs, show_default=True,
               help="Epochs at --min-lr after --epochs, as timm's scheduler runs them (SSF, HST: 10).")
+@click.option("--eval-every", type=click.IntRange(1), default=None, metavar="N",
+              help="Also test every N epochs (and at the last) and report the best of these as a second figure, "
+                   "as SPT and NOAH do (test-selected; the final epoch's stays the headline).")  # fmt: skip
 @click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Stochastic depth on the frozen backbone's blocks while training (timm's drop_path_rate).")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
@@ -110,7 +113,7 @@ def tune(ctx, **_) -> None:
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
     for task_out in task_outs.values():  # before any training: every task folder must be free
         check_run_folder(task_out, RUN_FILES, resume, overwrite, remove=False)
-    accuracies = {}
+    accuracies, best_periodic = {}, {}
     for spec, task_out in task_outs.items():
         task = Path(spec.partition(":")[2]).name if spec.startswith("vtab:") else None
         saved = task_out / CONFIG_FILE if resume and (task_out / CONFIG_FILE).is_file() else None
@@ -129,10 +132,15 @@ def tune(ctx, **_) -> None:
             f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {task_out}",
             style="bold green",
         )
+        best = result.best_periodic()
+        if best is not None:
+            best_periodic[task_out.name] = best[0]
+            console.print(f"best {result.test_split} accuracy over the evaluations every {tv['eval_every']} epochs: "
+                          f"{best[0]:.2%} (epoch {best[1]}; chosen on test, as the papers report it)")  # fmt: skip
     if len(specs) > 1:
         paper = PRESETS[v["preset"]].paper if v["preset"] else None
         _print_vtab(accuracies, vtab_means(accuracies), paper)
-        written = save_vtab_table(out, accuracies, paper)
+        written = save_vtab_table(out, accuracies, paper, best_periodic or None)
         console.print(f"wrote {written[0]} and {written[1]}")
 
 
@@ -148,7 +156,7 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
     config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
                          warmup=v["warmup"], cooldown_epochs=v["cooldown_epochs"], warmup_lr=v["warmup_lr"],
                          min_lr=v["min_lr"], grad_accum=v["grad_accum"], precision=v["precision"], seed=v["seed"],
-                         workers=v["workers"], log_with=v["log_with"])  # fmt: skip
+                         workers=v["workers"], log_with=v["log_with"], eval_every=v["eval_every"])  # fmt: skip
     return run_tune(job, config, out, v["resume"], spec, on_start=_print_start, on_epoch_end=_print_epoch,
                     overwrite=v["overwrite"], record=config_record(v), on_note=on_note)  # fmt: skip
 

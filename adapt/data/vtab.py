@@ -82,10 +82,12 @@ def vtab_splits(task: Path, protocol: str, transform: Callable) -> tuple[list[st
     return class_names, splits
 
 
-def save_vtab_table(folder: str | Path, accuracies: dict[str, float], paper: Any = None) -> tuple[Path, Path]:
+def save_vtab_table(folder: str | Path, accuracies: dict[str, float], paper: Any = None,
+                    best: dict[str, float] | None = None) -> tuple[Path, Path]:  # fmt: skip
     """FOLDER/vtab.json and FOLDER/vtab.md: every task's accuracy, the group means, the plain mean of the
     tasks and the mean of the three group means, each labelled; with a preset's `paper`
-    (adapt.presets.PaperFigures), its published figures beside ours (per task where published)."""
+    (adapt.presets.PaperFigures), its published figures beside ours (per task where published); with `best`,
+    each task's best test accuracy over periodic evaluations (test-selected, as the papers report)."""
     from dataclasses import asdict
 
     from adapt.checkpoint import write_json_atomic, write_text_atomic
@@ -93,15 +95,19 @@ def save_vtab_table(folder: str | Path, accuracies: dict[str, float], paper: Any
     folder = Path(folder)
     means = vtab_means(accuracies)
     complete = len(accuracies) == len(VTAB_TASKS)  # a paper's means are over all 19 tasks
-    write_json_atomic(folder / "vtab.json", {"tasks": accuracies, **means, **({"paper": asdict(paper)} if paper else {})})
+    write_json_atomic(folder / "vtab.json", {"tasks": accuracies, **means, **({"paper": asdict(paper)} if paper else {}),
+                                             **({"best_over_evaluations": best} if best else {})})  # fmt: skip
 
-    def line(label: str, ours: float | None, theirs: float | None = None) -> str:
-        cells = [f"{100 * ours:.2f}" if ours is not None else "n/a"] + ([f"{theirs:.2f}" if theirs is not None else "-"]
-                                                                          if paper else [])  # fmt: skip
+    def line(label: str, ours: float | None, theirs: float | None = None, chosen: float | None = None) -> str:
+        cells = [f"{100 * ours:.2f}" if ours is not None else "n/a"]
+        cells += [f"{100 * chosen:.2f}" if chosen is not None else "-"] if best else []
+        cells += [f"{theirs:.2f}" if theirs is not None else "-"] if paper else []
         return f"| {label} | {' | '.join(cells)} |"
 
-    lines = ["| task | accuracy |" + (" paper |" if paper else ""), "|---|---:|" + ("---:|" if paper else "")]
-    lines += [line(task, acc, paper.tasks.get(task) if paper else None) for task, acc in accuracies.items()]
+    header = "| task | accuracy |" + (" best over evaluations (test-selected) |" if best else "") + (" paper |" if paper else "")
+    lines = [header, "|---|" + "---:|" * (1 + bool(best) + bool(paper))]
+    lines += [line(task, acc, paper.tasks.get(task) if paper else None, (best or {}).get(task))
+              for task, acc in accuracies.items()]  # fmt: skip
     lines += [line(f"{group} mean", means[group]) for group in VTAB_GROUPS if means[group] is not None]
     lines.append(line(f"plain mean of {len(accuracies)} tasks", means["plain_mean"], paper.plain_mean if paper and complete else None))
     lines.append(line("mean of the 3 group means", means["group_mean"], paper.group_mean if paper and complete else None))
