@@ -149,6 +149,28 @@ def weights_file(path: str | Path) -> Path:
     return path
 
 
+# timm names of the ViT-B/16 ImageNet-21k weights the PEFT papers start from: the original Google
+# checkpoint (imagenet21k/ViT-B_16.npz: SPT, NOAH, V-PETL) and the AugReg one (SSF, HST)
+VIT_B16_IN21K_NAMES = {"ViT-B_16.npz": "vit_base_patch16_224.orig_in21k",
+                       "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz": "vit_base_patch16_224.augreg_in21k"}
+
+
+def load_npz(model: nn.Module, path: str) -> str:
+    """Load an official Google JAX/Flax ViT checkpoint (.npz) through timm's own loader, into a timm
+    ViT; returns the start line's note."""
+    import zipfile
+
+    if not hasattr(model, "load_pretrained"):
+        raise AdaptError(f"{path} is a JAX .npz checkpoint; timm loads these into ViTs only, not {type(model).__name__}")
+    try:
+        model.load_pretrained(path)
+    except (KeyError, ValueError, OSError, RuntimeError, zipfile.BadZipFile) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AdaptError(f"{path} does not load as a ViT .npz checkpoint into this model: {first}") from None
+    same = VIT_B16_IN21K_NAMES.get(Path(path).name)
+    return f"loaded the JAX checkpoint {path} with timm's npz loader" + (f" (timm names these weights {same})" if same else "")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from `.safetensors` or a `.pth/.pt/.bin` (never unpickling code)."""
     path = Path(path)
@@ -340,6 +362,8 @@ def create_backbone(
     notes: list[str] = []
     if weights == EMBEDDED_WEIGHTS:
         load_backbone_weights(model, _embedded_state(model), "the embedded weights")
+    elif weights.endswith(".npz"):
+        notes = [load_npz(model, weights)]
     elif weights != RANDOM_WEIGHTS:
         state, notes = fit_state_to_model(model, read_state_dict(weights))
         load_backbone_weights(model, state, weights)

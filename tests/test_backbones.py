@@ -98,3 +98,49 @@ def test_a_fresh_head_starts_as_the_peft_papers_code_starts_it():
     for key in model.state_dict():  # only the head differs
         if not key.startswith("classifier."):
             assert torch.equal(model.state_dict()[key], own.state_dict()[key]), key
+
+
+def _as_google_npz(state: dict[str, torch.Tensor], heads: int, path) -> None:
+    """A timm ViT state dict in the layout of Google's original ViT-B_16.npz (the inverse of timm's npz loader)."""
+    import numpy as np
+
+    arrays = {"embedding/kernel": state["patch_embed.proj.weight"].permute(2, 3, 1, 0), "embedding/bias": state["patch_embed.proj.bias"],
+              "cls": state["cls_token"], "Transformer/posembed_input/pos_embedding": state["pos_embed"],
+              "Transformer/encoder_norm/scale": state["norm.weight"], "Transformer/encoder_norm/bias": state["norm.bias"],
+              "head/kernel": state["head.weight"].T, "head/bias": state["head.bias"]}  # fmt: skip
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+    for i in blocks:
+        b, prefix = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        dim = state[b + "norm1.weight"].shape[0]
+        mha = prefix + "MultiHeadDotProductAttention_1/"
+        for n, (weight, bias) in zip(("query", "key", "value"), zip(state[b + "attn.qkv.weight"].chunk(3),
+                                                                    state[b + "attn.qkv.bias"].chunk(3))):  # fmt: skip
+            arrays[f"{mha}{n}/kernel"] = weight.T.reshape(dim, heads, dim // heads)
+            arrays[f"{mha}{n}/bias"] = bias.reshape(heads, dim // heads)
+        arrays[mha + "out/kernel"] = state[b + "attn.proj.weight"].reshape(dim, heads, dim // heads).permute(1, 2, 0)
+        arrays[mha + "out/bias"] = state[b + "attn.proj.bias"]
+        for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
+            arrays[f"{prefix}{theirs}/scale"], arrays[f"{prefix}{theirs}/bias"] = state[b + ours + ".weight"], state[b + ours + ".bias"]
+        for r in range(2):
+            arrays[f"{prefix}MlpBlock_3/Dense_{r}/kernel"] = state[f"{b}mlp.fc{r + 1}.weight"].T
+            arrays[f"{prefix}MlpBlock_3/Dense_{r}/bias"] = state[f"{b}mlp.fc{r + 1}.bias"]
+    np.savez(path, **{k: v.detach().contiguous().numpy() for k, v in arrays.items()})
+
+
+def test_a_google_npz_checkpoint_gives_the_logits_of_the_same_weights_from_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from adapt.backbones import create_backbone
+
+    source, _ = create_backbone("test_vit", "random", 5, None, seed=3)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    save_file(state, tmp_path / "vit.safetensors")
+    _as_google_npz(state, source.blocks[0].attn.num_heads, tmp_path / "ViT-B_16.npz")
+    from_npz, info = create_backbone("test_vit", str(tmp_path / "ViT-B_16.npz"), 5, None, seed=0)
+    from_file, _ = create_backbone("test_vit", str(tmp_path / "vit.safetensors"), 5, None, seed=0)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (from_npz.eval()(x) - from_file.eval()(x)).abs().max() <= 1e-5
+    assert "timm's npz loader" in info.notes[0] and "vit_base_patch16_224.orig_in21k" in info.notes[0]
+    with pytest.raises(AdaptError, match="timm loads these into ViTs only"):
+        create_backbone("tf_efficientnet_lite0", str(tmp_path / "ViT-B_16.npz"), 5, 64)
