@@ -13,6 +13,7 @@ trackers' logs (per-step loss and lr, per-epoch metrics; adapt.tracking): log.cs
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -85,9 +86,10 @@ class FitResult:
                    summary["trainable_params"], summary["total_params"], Path(out_dir))  # fmt: skip
 
 
-def classification_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The default objective: cross-entropy."""
-    return torch.nn.functional.cross_entropy(logits, labels)
+def classification_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                        smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """The default objective: cross-entropy (with label smoothing, when the config asks)."""
+    return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
 
 
 def write_run_config(out_dir: str | Path, record: dict[str, Any]) -> None:
@@ -124,7 +126,7 @@ class Trainer:
         """`loss(logits, images, labels)` is the objective (default: cross-entropy); continual
         learners bring their own (adapt.continual.learners)."""
         self.adapted = adapted
-        self.loss = loss or classification_loss
+        self.loss = loss or functools.partial(classification_loss, smoothing=config.label_smoothing)
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)

@@ -32,6 +32,7 @@ class TrainConfig:
     cooldown_epochs: int = option(0, low=0, high=100_000)  # epochs at min_lr after `epochs` (timm's cooldown)
     warmup_lr: float = option(0.0, low=0, high=10)  # where warmup starts
     min_lr: float = option(0.0, low=0, high=10)  # where the cosine ends
+    label_smoothing: float = option(0.0, low=0, high=1, high_open=True)  # of the default cross-entropy
     # test every N epochs (and at the last) for the best-over-evaluations figure papers report; None: not
     eval_every: int | None = option(None, low=1, high=100_000)
     grad_accum: int = option(1, low=1, high=65_536)

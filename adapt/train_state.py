@@ -62,7 +62,7 @@ EXTENDABLE = ("epochs",)  # settings of `train` a resumed run may raise (adapt t
 
 
 # settings added after the first train states, at the values those states were trained with
-LATER_SETTINGS = {"cooldown_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "eval_every": None}
+LATER_SETTINGS = {"cooldown_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "eval_every": None, "label_smoothing": 0.0}
 
 
 def _fixed(identity: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from adapt.train_config import HEAD_INITS, TrainConfig
 @click.option("--eval-every", type=click.IntRange(1), default=None, metavar="N",
               help="Also test every N epochs (and at the last) and report the best of these as a second figure, "
                    "as SPT and NOAH do (test-selected; the final epoch's stays the headline).")  # fmt: skip
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Stochastic depth on the frozen backbone's blocks while training (timm's drop_path_rate).")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
@@ -156,7 +157,8 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
     config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
                          warmup=v["warmup"], cooldown_epochs=v["cooldown_epochs"], warmup_lr=v["warmup_lr"],
                          min_lr=v["min_lr"], grad_accum=v["grad_accum"], precision=v["precision"], seed=v["seed"],
-                         workers=v["workers"], log_with=v["log_with"], eval_every=v["eval_every"])  # fmt: skip
+                         workers=v["workers"], log_with=v["log_with"], eval_every=v["eval_every"],
+                         label_smoothing=v["label_smoothing"])  # fmt: skip
     return run_tune(job, config, out, v["resume"], spec, on_start=_print_start, on_epoch_end=_print_epoch,
                     overwrite=v["overwrite"], record=config_record(v), on_note=on_note)  # fmt: skip
 
