@@ -240,3 +240,17 @@ def test_the_best_test_accuracy_over_periodic_evaluations_is_a_second_figure(vta
     table = (out / "vtab.md").read_text()
     assert "best over evaluations (test-selected)" in table
     assert json.loads((out / "vtab.json").read_text())["best_over_evaluations"]["svhn"] == summary["best_periodic_test_acc"]
+
+
+def test_augment_off_is_the_repos_direct_resize():
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from adapt.data.transforms import train_transform
+
+    image = Image.fromarray((np.random.default_rng(0).random((20, 40, 3)) * 255).astype(np.uint8))  # 40 x 20, not square
+    ours = train_transform(32, (0.5,) * 3, (0.5,) * 3, "off")(image)
+    resized = np.asarray(image.resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255  # Resize((S, S)), no crop
+    expected = (torch.from_numpy(resized).permute(2, 0, 1) - 0.5) / 0.5
+    assert ours.shape == (3, 32, 32) and (ours - expected).abs().max() <= 1e-6
