@@ -66,7 +66,9 @@ class AdaptedModel:
         path = checkpoint_file(path)
         tensors, meta = read_checkpoint(path)
         if meta.merged:  # the file is the whole network: its weights are the backbone weights
-            return cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, str(path)), meta
+            adapted = cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, str(path))
+            adapted.normalize_as(meta.mean, meta.std)
+            return adapted, meta
         weights = weights or meta.backbone_weights
         if weights not in ("embedded", RANDOM_WEIGHTS) and not Path(weights).exists():
             raise AdaptError(f"{path} was trained on backbone weights {weights}, which is not there; pass {term('weights')}")
@@ -82,6 +84,7 @@ class AdaptedModel:
                 f"but {weights} has {adapted.backbone.sha256[:12]}…"
             )
         adapted.load_state(tensors, source=f"tensors in {path}")
+        adapted.normalize_as(meta.mean, meta.std)
         return adapted, meta
 
     @classmethod
@@ -95,6 +98,13 @@ class AdaptedModel:
             raise AdaptError(f"method {meta.method} cannot carry an incremental head")
         head = rebuild_head(meta.head, backbone.num_features, meta.class_names, tensors)
         return cls(ContinualModel(backbone, head), method, info, list(meta.class_names), meta.image_size)
+
+    def normalize_as(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """Inputs normalised with this mean and std (a run's --normalize, or what a checkpoint records)."""
+        import dataclasses
+
+        self.backbone = dataclasses.replace(self.backbone, preprocessing=dataclasses.replace(
+            self.backbone.preprocessing, mean=tuple(mean), std=tuple(std)))  # fmt: skip
 
     @property
     def mean(self) -> tuple[float, ...]:

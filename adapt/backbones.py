@@ -27,7 +27,7 @@ from torch import nn
 
 from adapt.config import SAFETENSORS, binary_kind, bounded_image_size
 from adapt.errors import AdaptError, compare_tensors, describe_mismatch, term
-from adapt.train_config import HEAD_INITS
+from adapt.train_config import HEAD_INITS, NORMALIZATIONS
 
 EMBEDDED_BACKBONE = "tf_efficientnet_lite0"
 EMBEDDED_WEIGHTS = "embedded"
@@ -119,8 +119,15 @@ def resolve_backbone(name: str) -> BackboneSource:
     return BackboneSource(canonical, architecture, cfg, folder)
 
 
-def preprocessing(name: str) -> Preprocessing:
-    return _preprocessing(resolve_backbone(name).pretrained_cfg)
+def preprocessing(name: str, normalize: str = "backbone") -> Preprocessing:
+    """Input size and normalisation of a backbone: its pretrained cfg's, or a named normalisation
+    (adapt.train_config.NORMALIZATIONS)."""
+    own = _preprocessing(resolve_backbone(name).pretrained_cfg)
+    if normalize == "backbone":
+        return own
+    if normalize not in NORMALIZATIONS:
+        raise AdaptError(f"normalisation {normalize!r} is not one of backbone, {', '.join(NORMALIZATIONS)}")
+    return Preprocessing(own.image_size, *NORMALIZATIONS[normalize])
 
 
 def _preprocessing(cfg: dict) -> Preprocessing:

@@ -87,8 +87,8 @@ _register(Preset(
     reproduces="SSF on VTAB-1k (Lian et al. 2022): 73.10 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
     values={"method": "ssf", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
             "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
-            "eval_every": 1},
-    sources={"method": SSF, "eval_every": "dongzelian/SSF : train.py (test every epoch; the best is checkpointed)", "backbone": "dongzelian/SSF : models/vision_transformer.py L121-123 (AugReg in21k, mean=std=0.5)",
+            "eval_every": 1, "normalize": "inception"},
+    sources={"method": SSF, "normalize": "dongzelian/SSF : models/vision_transformer.py L52 (mean = std = 0.5)", "eval_every": "dongzelian/SSF : train.py (test every epoch; the best is checkpointed)", "backbone": "dongzelian/SSF : models/vision_transformer.py L121-123 (AugReg in21k, mean=std=0.5)",
              "image_size": SSF, "augment": f"{SSF} (--no-aug --direct-resize)", "batch_size": f"{SSF} (2 x 32)",
              "epochs": SSF, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{SSF} (--warmup-epochs 10 of 100)",
              "warmup_lr": SSF, "min_lr": SSF, "seed": "dongzelian/SSF : train.py L294 (default 42)",
@@ -116,8 +116,8 @@ _register(Preset(
     reproduces="HST on VTAB-1k (Lin et al. 2023): 76.1 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
     values={"method": "hst", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
             "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
-            "eval_every": 1},
-    sources={"eval_every": "AFeng-x/HST : train.py (test every epoch; the best is checkpointed)",
+            "eval_every": 1, "normalize": "inception"},
+    sources={"normalize": "AFeng-x/HST : models/vit_hsn.py L45 (mean = std = 0.5)", "eval_every": "AFeng-x/HST : train.py (test every epoch; the best is checkpointed)",
              "method": "AFeng-x/HST : models/vit_hsn.py L156-157, L316-327 (side net, bridges, block LayerNorms)",
              "backbone": "AFeng-x/HST : models/vit_hsn.py L112-113 (AugReg in21k, mean=std=0.5)",
              "image_size": HST, "augment": f"{HST} (--no-aug --direct-resize)", "batch_size": f"{HST} (2 x 32)",
@@ -141,15 +141,17 @@ _register(Preset(
 ))
 
 _SPT_VALUES = {"method": "spt", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
+               "normalize": "imagenet",
                "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
                "seed": 0, "rank": 8, "budget": "0.4M", "eval_every": 10}  # fmt: skip
 _SPT_SOURCES = {key: SPT for key in _SPT_VALUES} | {
     "warmup_lr": "ziplab/SPT : train_spt.py L101", "min_lr": "ziplab/SPT : train_spt.py L103",
     "budget": f"{SPT} (param_req 0.2-1.0M swept; the paper keeps each task's best: pass --budget)",
     "epochs": "ziplab/SPT : train_spt.py main loop (100, no cooldown)",
+    "normalize": "ziplab/SPT : lib/datasets.py L458-461 (no --inception: ImageNet mean/std)",
     "eval_every": "ziplab/SPT : train_spt.py L493-496 (every 10 epochs, the max reported)"}  # fmt: skip
 _SPT_NOTES = ("the official runs sweep --budget 0.2M, 0.4M, 0.6M, 0.8M, 1.0M per task and keep the best",
-              "weights: the original ViT-B_16.npz (ImageNet-21k), ImageNet mean/std normalisation", TEST_SELECTED)  # fmt: skip
+              "weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED)  # fmt: skip
 
 _register(Preset(
     name="spt-lora-vtab",
@@ -177,7 +179,8 @@ _register(Preset(
     reproduces="LoRA on VTAB-1k as NOAH runs it (rank 8 on the fused qkv, unscaled, dropout 0.1): 72.25 mean",
     values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
             "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
-            "drop_path": 0.1, "seed": 0, "rank": 8, "alpha": 8, "dropout": 0.1, "targets": r"qkv$", "eval_every": 10},
+            "drop_path": 0.1, "seed": 0, "rank": 8, "alpha": 8, "dropout": 0.1, "targets": r"qkv$", "eval_every": 10,
+            "normalize": "imagenet"},
     sources={"method": NOAH, "backbone": "ZhangYuanhan-AI/NOAH : README L67 (ViT-B_16.npz)", "image_size": NOAH,
              "augment": f"{NOAH} (--no_aug --direct_resize)", "batch_size": NOAH, "epochs": NOAH,
              "warmup": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L88-107", "warmup_lr": "same, L88-107",
@@ -187,8 +190,9 @@ _register(Preset(
              "alpha": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L275-279 (no scaling: alpha = rank)",
              "dropout": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L207, L307",
              "targets": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L224-228 (fused qkv)",
-             "eval_every": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L205, L427-430 (every 10, the max)"},  # fmt: skip
-    notes=("weights: the original ViT-B_16.npz (ImageNet-21k), ImageNet mean/std normalisation", TEST_SELECTED),
+             "eval_every": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L205, L427-430 (every 10, the max)",
+             "normalize": "ZhangYuanhan-AI/NOAH : lib/datasets.py ~L238-241 (ImageNet mean/std)"},  # fmt: skip
+    notes=("weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED),
     paper=PaperFigures(f"{VPETL_README} L421 (the NOAH row)",
                        _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
                                "82.9 69.2 49.8 78.5 75.7 47.1 31.0 44.0"), plain_mean=72.25),  # fmt: skip
@@ -200,7 +204,7 @@ _register(Preset(
     reproduces="LoRA on VTAB-1k as V-PETL Bench runs it (rank 8, per-task lr, weight decay and augmentation)",
     values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "batch_size": 64, "epochs": 100,
             "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8,
-            "eval_every": 10},
+            "eval_every": 10, "normalize": "imagenet"},
     sources={"method": VPETL, "backbone": VPETL, "image_size": "…/dataloader/vtab.py (Resize((224,224)))",
              "batch_size": "…/configs/model_lora/vtab/*.yaml", "epochs": "…/configs/model_lora/vtab/*.yaml",
              "warmup": "…/train/train_model_lora.py L180-181", "warmup_lr": "same", "min_lr": "same",
@@ -208,7 +212,8 @@ _register(Preset(
              "alpha": "…/models/vision_transformer_lora.py L99-120 (no scaling)", "lr": VPETL, "weight_decay": VPETL,
              "augment": "…/configs/model_lora/vtab/<task>.yaml (train_aug: RandAug rand-m9-mstd0.5-inc1)",
              "eval_every": "…/train/train_model_lora.py L60-64 (every 10 epochs, the max)",
-             "label_smoothing": "…/configs/model_lora/vtab/<task>.yaml (labelsmoothing)"},  # fmt: skip
+             "label_smoothing": "…/configs/model_lora/vtab/<task>.yaml (labelsmoothing)",
+             "normalize": "…/dataloader/vtab.py (ImageNet mean/std)"},  # fmt: skip
     per_task=_per_task(("lr", "weight_decay", "augment", "label_smoothing"), {
         "cifar": (0.005, 0.005, "off", 0.1), "caltech101": (0.006, 0.35, "off", 0.1),
         "dtd": (0.0032, 0.04, RANDAUG, 0.1), "oxford_flowers102": (0.05, 0.11, RANDAUG, 0.1),

@@ -20,6 +20,9 @@ CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
 # "timm" keeps the model's own init (EfficientNet's fan-out uniform, whose first logits are large);
 # "zeros" starts every logit at 0.
 HEAD_INITS = ("trunc-normal", "timm", "zeros")
+# Input normalisation (mean, std): the backbone's pretrained cfg ("backbone"), or one of these by name. SPT, NOAH
+# and V-PETL Bench normalise the original ViT-B_16.npz with ImageNet's; SSF and HST with 0.5 ("inception").
+NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "inception": ((0.5,) * 3, (0.5,) * 3)}
 
 
 @dataclass

@@ -254,3 +254,18 @@ def test_augment_off_is_the_repos_direct_resize():
     resized = np.asarray(image.resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255  # Resize((S, S)), no crop
     expected = (torch.from_numpy(resized).permute(2, 0, 1) - 0.5) / 0.5
     assert ours.shape == (3, 32, 32) and (ours - expected).abs().max() <= 1e-6
+
+
+def test_normalize_is_recorded_and_used_again_by_eval(tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    result = run("tune", "--method", "linear", "--backbone", "test_vit", "--weights", "random", "--image-size", "32",
+                 "--epochs", "1", "--limit", "40", "--batch-size", "16", "--normalize", "imagenet", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out / "adapter.safetensors"), framework="pt") as handle:
+        assert json.loads(handle.metadata()["mean"]) == [0.485, 0.456, 0.406]
+    summary = json.loads((out / "summary.json").read_text())
+    evaluated = run("eval", out, "--limit", "40", "--out", tmp_path / "eval.json")  # rebuilt with the recorded normalisation
+    assert evaluated.exit_code == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-9)

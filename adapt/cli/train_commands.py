@@ -14,7 +14,7 @@ from adapt.cli.common import (RequiredOption, backbone_option, cli, config_optio
                                log_with_option, method_flag_options, parse_options, precision_option, resolved_record,
                                resume_command, shown_path, weights_option, workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
-from adapt.train_config import HEAD_INITS, TrainConfig
+from adapt.train_config import HEAD_INITS, NORMALIZATIONS, TrainConfig
 
 
 @cli.command()
@@ -52,6 +52,9 @@ from adapt.train_config import HEAD_INITS, TrainConfig
               help="Also test every N epochs (and at the last) and report the best of these as a second figure, "
                    "as SPT and NOAH do (test-selected; the final epoch's stays the headline).")  # fmt: skip
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--normalize", type=click.Choice(["backbone", *NORMALIZATIONS]), default="backbone", show_default=True,
+              help="Input mean/std: the backbone cfg's, ImageNet's (SPT, NOAH, V-PETL with the original ViT-B_16.npz) "
+                   "or 0.5 (inception: SSF, HST).")  # fmt: skip
 @click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Stochastic depth on the frozen backbone's blocks while training (timm's drop_path_rate).")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
@@ -153,7 +156,8 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
     options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
                   image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
-                  init_from=v["init_from"], head_init=v["head_init"], drop_path=v["drop_path"])  # fmt: skip
+                  init_from=v["init_from"], head_init=v["head_init"], drop_path=v["drop_path"],
+                  normalize=v["normalize"])  # fmt: skip
     config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
                          warmup=v["warmup"], cooldown_epochs=v["cooldown_epochs"], warmup_lr=v["warmup_lr"],
                          min_lr=v["min_lr"], grad_accum=v["grad_accum"], precision=v["precision"], seed=v["seed"],
