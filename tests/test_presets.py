@@ -83,6 +83,7 @@ def test_a_preset_of_another_command_or_an_unknown_one_is_one_line(tmp_path):
 def test_presets_are_listed_and_shown_with_their_sources():
     listed = run("presets")
     assert listed.exit_code == 0 and all(name in listed.stdout for name in PRESETS)
+    assert "Source: dongzelian/SSF" in " ".join(listed.stdout.split()) and "ssf" in listed.stdout
     shown = run("presets", "show", "hst-vtab")
     assert shown.exit_code == 0 and "AFeng-x/HST" in shown.stdout and "smallnorb_ele" in shown.stdout
     record = json.loads(run("presets", "show", "ties", "--json").stdout)

@@ -27,12 +27,14 @@ def presets(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     table = Table(title="presets (adapt presets show NAME)")
-    for column in ("preset", "for"):
+    for column in ("preset", "for", "method"):
         table.add_column(column, no_wrap=True)
     for preset in PRESETS.values():
-        table.add_row(preset.name, f"adapt {preset.command}")
+        method = preset.values.get("method") or preset.values.get("recipe") or preset.values.get("optimizer", "")
+        table.add_row(preset.name, f"adapt {preset.command}", str(method))
     console.print(table)
-    console.print(described({p.name: p.reproduces for p in PRESETS.values()}, "What each reproduces:"), soft_wrap=False)
+    lines = {p.name: f"{p.reproduces}. Source: {p.sources[next(iter(p.sources))].split(' : ')[0]}" for p in PRESETS.values()}
+    console.print(described(lines, "What each reproduces:"), soft_wrap=False)
 
 
 @presets.command()
