@@ -81,19 +81,29 @@ def _register(preset: Preset) -> None:
     PRESETS[preset.name] = preset
 
 
+# SSF's trainer (a timm train.py fork) and HST's copy of it run VTAB-1k with the same flags
+_TIMM_TRAINER_VTAB = {"backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64, "epochs": 100,
+                      "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
+                      "eval_every": 1, "normalize": "inception"}  # fmt: skip
+
+
+def _timm_trainer_sources(repo: str, scripts: str, backbone: str, normalize: str, seed: str) -> dict[str, str]:
+    """Where each of _TIMM_TRAINER_VTAB's values comes from in SSF's or HST's repository."""
+    return {"backbone": f"{repo} : {backbone}", "normalize": f"{repo} : {normalize} (mean = std = 0.5)",
+            "image_size": scripts, "augment": f"{scripts} (--no-aug --direct-resize)", "batch_size": f"{scripts} (2 x 32)",
+            "epochs": scripts, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{scripts} (--warmup-epochs 10 of 100)",
+            "warmup_lr": scripts, "min_lr": scripts, "seed": f"{repo} : {seed} (default 42)",
+            "eval_every": f"{repo} : train.py (test every epoch; the best is checkpointed)",
+            "lr": scripts, "weight_decay": f"{scripts} (no decay on 1-D parameters)", "drop_path": scripts}  # fmt: skip
+
+
 _register(Preset(
     name="ssf-vtab",
     command="tune",
     reproduces="SSF on VTAB-1k (Lian et al. 2022): 73.10 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
-    values={"method": "ssf", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
-            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
-            "eval_every": 1, "normalize": "inception"},
-    sources={"method": SSF, "normalize": "dongzelian/SSF : models/vision_transformer.py L52 (mean = std = 0.5)", "eval_every": "dongzelian/SSF : train.py (test every epoch; the best is checkpointed)", "backbone": "dongzelian/SSF : models/vision_transformer.py L121-123 (AugReg in21k, mean=std=0.5)",
-             "image_size": SSF, "augment": f"{SSF} (--no-aug --direct-resize)", "batch_size": f"{SSF} (2 x 32)",
-             "epochs": SSF, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{SSF} (--warmup-epochs 10 of 100)",
-             "warmup_lr": SSF, "min_lr": SSF, "seed": "dongzelian/SSF : train.py L294 (default 42)",
-             "lr": SSF, "weight_decay": f"{SSF} (decay on head.weight only: 1-D parameters get none)",
-             "drop_path": SSF},  # fmt: skip
+    values={"method": "ssf", **_TIMM_TRAINER_VTAB},
+    sources={"method": SSF, **_timm_trainer_sources("dongzelian/SSF", SSF, "models/vision_transformer.py L121-123 "
+                                                   "(AugReg in21k)", "models/vision_transformer.py L52", "train.py L294")},
     per_task=_per_task(("lr", "weight_decay", "drop_path"), {
         "cifar": (5e-3, 5e-5, 0.0), "caltech101": (1e-3, 5e-2, 0.1), "dtd": (5e-3, 5e-5, 0.0),
         "oxford_flowers102": (5e-3, 5e-5, 0.0), "oxford_iiit_pet": (5e-3, 5e-5, 0.0), "svhn": (1e-2, 5e-5, 0.0),
@@ -114,16 +124,10 @@ _register(Preset(
     name="hst-vtab",
     command="tune",
     reproduces="HST on VTAB-1k (Lin et al. 2023): 76.1 mean of 19 tasks, ViT-B/16 IN-21k (AugReg)",
-    values={"method": "hst", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
-            "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
-            "eval_every": 1, "normalize": "inception"},
-    sources={"normalize": "AFeng-x/HST : models/vit_hsn.py L45 (mean = std = 0.5)", "eval_every": "AFeng-x/HST : train.py (test every epoch; the best is checkpointed)",
-             "method": "AFeng-x/HST : models/vit_hsn.py L156-157, L316-327 (side net, bridges, block LayerNorms)",
-             "backbone": "AFeng-x/HST : models/vit_hsn.py L112-113 (AugReg in21k, mean=std=0.5)",
-             "image_size": HST, "augment": f"{HST} (--no-aug --direct-resize)", "batch_size": f"{HST} (2 x 32)",
-             "epochs": HST, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{HST} (--warmup-epochs 10 of 100)",
-             "warmup_lr": HST, "min_lr": HST, "seed": "AFeng-x/HST : train.py L296 (default 42)", "lr": HST,
-             "weight_decay": HST, "drop_path": HST},  # fmt: skip
+    values={"method": "hst", **_TIMM_TRAINER_VTAB},
+    sources={"method": "AFeng-x/HST : models/vit_hsn.py L156-157, L316-327 (side net, bridges, block LayerNorms)",
+             **_timm_trainer_sources("AFeng-x/HST", HST, "models/vit_hsn.py L112-113 (AugReg in21k)",
+                                     "models/vit_hsn.py L45", "train.py L296")},
     per_task=_per_task(("lr", "weight_decay", "drop_path"), {
         "cifar": (1e-2, 5e-4, 0.0), "caltech101": (1e-3, 5e-4, 0.1), "dtd": (1e-2, 5e-4, 0.0),
         "oxford_flowers102": (1e-3, 5e-5, 0.0), "oxford_iiit_pet": (1e-2, 5e-4, 0.0), "svhn": (1e-2, 5e-5, 0.1),
