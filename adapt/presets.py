@@ -154,7 +154,7 @@ _SPT_SOURCES = {key: SPT for key in _SPT_VALUES} | {
     "epochs": "ziplab/SPT : train_spt.py main loop (100, no cooldown)",
     "normalize": "ziplab/SPT : lib/datasets.py L458-461 (no --inception: ImageNet mean/std)",
     "eval_every": "ziplab/SPT : train_spt.py L493-496 (every 10 epochs, the max reported)"}  # fmt: skip
-_SPT_NOTES = ("the official runs sweep --budget 0.2M, 0.4M, 0.6M, 0.8M, 1.0M per task and keep the best",
+_SPT_NOTES = ("the official runs sweep the budget per task and keep the best: --budget 0.2M,0.4M,0.6M,0.8M,1.0M does so",
               "weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED)  # fmt: skip
 
 _register(Preset(

@@ -270,3 +270,17 @@ def test_normalize_is_recorded_and_used_again_by_eval(tmp_path):
     evaluated = run("eval", out, "--limit", "40", "--out", tmp_path / "eval.json")  # rebuilt with the recorded normalisation
     assert evaluated.exit_code == 0
     assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-9)
+
+
+def test_an_spt_budget_sweep_runs_each_budget_and_keeps_the_best_on_test(vtab_root, tmp_path):
+    out = tmp_path / "sweep"
+    result = run("tune", "--method", "spt", "--budget", "1%,2%", "--data", f"vtab:{vtab_root}/svhn", "--backbone",
+                 "test_vit", "--weights", "random", "--image-size", "32", "--epochs", "1", "--limit", "16",
+                 "--batch-size", "16", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sweep = json.loads((out / "sweep.json").read_text())
+    runs = {budget: json.loads((out / f"budget-{budget}" / "summary.json").read_text()) for budget in ("1%", "2%")}
+    assert sweep["test_acc"] == {budget: summary["test_acc"] for budget, summary in runs.items()}
+    assert sweep["chosen"] == max(sweep["test_acc"], key=sweep["test_acc"].get) and "budget sweep: 1%" in result.output
+    assert runs["2%"]["trainable_params"] > runs["1%"]["trainable_params"]  # each run spent its own budget
+    assert yaml.safe_load((out / "budget-2%" / "config.yaml").read_text())["budget"] == "2%"

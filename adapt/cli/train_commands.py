@@ -128,24 +128,50 @@ def tune(ctx, **_) -> None:
             console.print(f"preset {layer[0]}{f' ({task})' if task in PRESETS[layer[0]].per_task else ''}: "
                           + (f"yours instead of the preset's for {', '.join(overridden)}" if overridden
                              else "every value the preset sets is used (adapt presets show " + layer[0] + ")"))  # fmt: skip
-        result = _tune_task(tv, spec, task_out, on_note=lambda text: console.print(f"note: {text}"))
-        accuracies[task_out.name] = result.test_acc
-        share = result.trainable_params / result.total_params
-        console.print(
-            f"{result.test_split} accuracy {result.test_acc:.2%}  ·  trained "
-            f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {task_out}",
-            style="bold green",
-        )
-        best = result.best_periodic()
+        accuracies[task_out.name], best = _swept_task(tv, spec, task_out)
         if best is not None:
-            best_periodic[task_out.name] = best[0]
-            console.print(f"best {result.test_split} accuracy over the evaluations every {tv['eval_every']} epochs: "
-                          f"{best[0]:.2%} (epoch {best[1]}; chosen on test, as the papers report it)")  # fmt: skip
+            best_periodic[task_out.name] = best
     if len(specs) > 1:
         paper = PRESETS[v["preset"]].paper if v["preset"] else None
         _print_vtab(accuracies, vtab_means(accuracies), paper)
         written = save_vtab_table(out, accuracies, paper, best_periodic or None)
         console.print(f"wrote {written[0]} and {written[1]}")
+
+
+def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
+    """One task; a method flag that sweeps (Flag.sweep) and holds several values runs once per value into
+    OUT/NAME-VALUE/ and keeps the best test accuracy (SPT's budget sweep). Returns (the task's test accuracy,
+    the best over periodic evaluations or None)."""
+    from adapt.checkpoint import write_json_atomic
+
+    swept = next(((name, str(v[name]).split(",")) for name, flag in METHOD_FLAGS.items()
+                  if flag.sweep and v.get(name) is not None and "," in str(v[name])), None)  # fmt: skip
+    if swept is None:
+        return _reported_task(v, spec, out)
+    name, values = swept
+    results = {value: _reported_task({**v, name: value.strip()}, spec, out / f"{name}-{value.strip()}") for value in values}
+    chosen = max(results, key=lambda value: results[value][0])
+    write_json_atomic(out / "sweep.json", {"option": name, "test_acc": {k: r[0] for k, r in results.items()},
+                                           "chosen": chosen, "chosen_on": "test (as SPT's runs keep the best budget)"})  # fmt: skip
+    console.print(f"{name} sweep: " + ", ".join(f"{k} {r[0]:.2%}" for k, r in results.items())
+                  + f"  ->  {chosen} (chosen on test, as SPT's runs do)  ·  {out / 'sweep.json'}")  # fmt: skip
+    return results[chosen]
+
+
+def _reported_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
+    """One run of `adapt tune`, with its result lines; (test accuracy, best over periodic evaluations)."""
+    result = _tune_task(v, spec, out, on_note=lambda text: console.print(f"note: {text}"))
+    share = result.trainable_params / result.total_params
+    console.print(
+        f"{result.test_split} accuracy {result.test_acc:.2%}  ·  trained "
+        f"{result.trainable_params:,} of {result.total_params:,} parameters ({share:.2%})  ·  {out}",
+        style="bold green",
+    )
+    best = result.best_periodic()
+    if best is not None:
+        console.print(f"best {result.test_split} accuracy over the evaluations every {v['eval_every']} epochs: "
+                      f"{best[0]:.2%} (epoch {best[1]}; chosen on test, as the papers report it)")  # fmt: skip
+    return result.test_acc, best[0] if best is not None else None
 
 
 def _tune_task(v: dict, spec: str, out: Path, on_note):

@@ -32,6 +32,7 @@ class Flag:
 
     methods: tuple[str, ...]  # the methods whose options dataclass has this field
     help: str
+    sweep: bool = False  # several comma-separated values run one after another (adapt tune), the best kept
 
 
 # the few options worth a flag of their own; every other option goes through --option KEY=VALUE
@@ -40,7 +41,9 @@ METHOD_FLAGS = {
     "alpha": Flag(("lora", "spt"), "LoRA alpha; scaling = alpha / rank (default 8)."),
     "dropout": Flag(("lora",), "LoRA dropout (default 0)."),
     "targets": Flag(("lora", "ssf"), "Layers to adapt, a regex on layer names."),
-    "budget": Flag(("spt",), "Trainable parameters, e.g. 0.4M or 1%, spent where the task is sensitive."),
+    "budget": Flag(("spt",), "Trainable parameters, e.g. 0.4M or 1%, spent where the task is sensitive; several "
+                   "(0.2M,0.4M,...) run one after another into OUT/budget-B/, each task keeping its best on test, as "
+                   "SPT's runs do.", sweep=True),
     "allocation": Flag(("spt",), "A saved allocation JSON (adapt allocate) instead of --budget."),
     "alpha_threshold": Flag(("spt",), "A matrix gets LoRA when its sensitive count reaches cost / this (default 10)."),
 }
