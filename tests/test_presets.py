@@ -284,3 +284,20 @@ def test_an_spt_budget_sweep_runs_each_budget_and_keeps_the_best_on_test(vtab_ro
     assert sweep["chosen"] == max(sweep["test_acc"], key=sweep["test_acc"].get) and "budget sweep: 1%" in result.output
     assert runs["2%"]["trainable_params"] > runs["1%"]["trainable_params"]  # each run spent its own budget
     assert yaml.safe_load((out / "budget-2%" / "config.yaml").read_text())["budget"] == "2%"
+
+
+def test_perceptual_init_takes_the_dreamsim_preset(tmp_path):
+    from safetensors import safe_open
+
+    from adapt.data.triplets import make_fixture
+
+    root = make_fixture(tmp_path / "nights", count=12, size=32)
+    out = tmp_path / "p.safetensors"
+    result = run("perceptual-init", "--preset", "dreamsim-nights", "--data", f"nights:{root}", "--backbone", "test_vit",
+                 "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "preset dreamsim-nights: yours instead of the preset's for --batch-size, --epochs" in result.output
+    with safe_open(str(out), framework="pt") as handle:
+        record = yaml.safe_load(handle.metadata()["config"])
+    assert record["preset"] == "dreamsim-nights" and (record["lr"], record["weight_decay"], record["seed"]) == (3e-4, 0.0, 1234)
+    assert record["optimizer"] == "adam" and record["margin"] == 0.05 and record["epochs"] == 1
