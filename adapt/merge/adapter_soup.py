@@ -65,7 +65,6 @@ def make_soup(
     split: str = "val",
     backbone: str | None = None,
     rank: int | None = None,
-    on_tensor: Callable[[str], None] | None = None,
     on_step: Callable[[GreedyStep], None] | None = None,
 ) -> SoupSummary:
     """`adapt soup`: route the ingredients to the soup that is right for them, then run the recipe."""
@@ -90,8 +89,7 @@ def make_soup(
         base = checkpoint_file(base)  # a hub folder's weights
     built_base = base is not None and not Path(base).expanduser().exists()  # embedded, or a timm name[:weights]
     if not (folded or built_base):
-        summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor,
-                       on_step)  # fmt: skip
+        summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_step)
         summary.kind = kind
         return summary
     check_output_file(out, overwrite, paths)  # before the folding; the soup itself locks and checks again
@@ -104,7 +102,7 @@ def make_soup(
         else:
             inputs, base_name, base = paths, str(base), pretrained_base(str(base), Path(scratch))
         summary = _run(inputs, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone,
-                       on_tensor, on_step, sources=paths, base_name=base_name)  # fmt: skip
+                       on_step, sources=paths, base_name=base_name)  # fmt: skip
     summary.ingredients, summary.kind = [str(p) for p in paths], "folded adapters" if folded else kind
     return summary
 
@@ -123,7 +121,7 @@ def pretrained_base(spec: str, scratch: Path) -> Path:
     return path
 
 
-def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_tensor, on_step,
+def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_step,
          sources=None, base_name=None) -> SoupSummary:  # fmt: skip
     evaluate = None
     if isinstance(recipe, Greedy) or recipe.auto_scale:
@@ -133,7 +131,7 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
         evaluate = held_out_accuracy(paths[0], data, split, backbone)
     if isinstance(recipe, Greedy):
         return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes, sources)
-    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, on_tensor, overwrite, evaluate, sources, base_name)
+    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, evaluate, sources, base_name)
 
 
 def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:

@@ -228,7 +228,6 @@ def stream_soup(
     base: str | Path | None = None,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
-    on_tensor: Callable[[str], None] | None = None,
     overwrite: bool = False,
     evaluate: Evaluator | None = None,
     sources: Sequence[str | Path] | None = None,
@@ -240,7 +239,7 @@ def stream_soup(
     sources, base_name: what the user gave, recorded in the output, when `paths` and `base` were made from it
     (folded adapters, --base embedded)."""
     with guarded_output(out, overwrite, [*paths, base]):
-        return _stream_soup(paths, out, recipe or Uniform(), base, dtype, max_shard_bytes, on_tensor, evaluate,
+        return _stream_soup(paths, out, recipe or Uniform(), base, dtype, max_shard_bytes, evaluate,
                             sources or paths, base_name)  # fmt: skip
 
 
@@ -252,7 +251,7 @@ def guarded_output(out: str | Path, overwrite: bool, inputs: Sequence[str | Path
         yield
 
 
-def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_tensor, evaluate, sources,
+def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evaluate, sources,
                  base_name) -> SoupSummary:  # fmt: skip
     if recipe.needs_base and base is None:
         raise AdaptError(f"recipe {recipe.name} needs {term('base')} (the model the ingredients were fine-tuned from)")
@@ -297,8 +296,6 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, on_te
             writer.write(key, tensor)
             written += tensor.numel() * tensor.element_size()
             progress.advance()
-            if on_tensor is not None:
-                on_tensor(key)
     return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
                        peak, [str(p) for p in writer.shard_paths()], scale_table=table,
                        scale=scale if isinstance(scale, float) else None,
