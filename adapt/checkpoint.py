@@ -217,6 +217,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     `path` may be a hub or run folder (checkpoint_file)."""
     path = checkpoint_file(path)
     tensors, metadata = read_tensors(path)
+    return tensors, checked_meta(tensors, metadata, path)
+
+
+def checked_meta(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> CheckpointMeta:
+    """The metadata of a checkpoint already read (read_tensors), validated with its tensors (dtypes, finite)."""
     if FORMAT_KEY not in metadata and MERGED_KEY in metadata:
         meta = CheckpointMeta.from_merged_metadata(metadata, str(path))
     else:
@@ -226,4 +231,4 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
             raise AdaptError(f"{path}: tensor '{key}' has dtype {tensor.dtype}, which adapt checkpoints do not use")
         if not all_finite(tensor):
             raise AdaptError(f"{path}: tensor '{key}' has NaN or Inf values")
-    return tensors, meta
+    return meta

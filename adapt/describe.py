@@ -80,12 +80,12 @@ def _describe_peft(folder: Path) -> Description:
 
 
 def _describe_safetensors(path: Path) -> Description:
-    from adapt.checkpoint import FORMAT_KEY, MERGED_KEY, read_checkpoint, read_tensors
+    from adapt.checkpoint import FORMAT_KEY, MERGED_KEY, checked_meta, read_tensors
 
     tensors, metadata = read_tensors(path)
     counts = _counts(tensors)
     if FORMAT_KEY in metadata or MERGED_KEY in metadata:
-        _, meta = read_checkpoint(path)
+        meta = checked_meta(tensors, metadata, path)
         fields = {**_checkpoint_fields(meta), **counts}
         soup = meta.training.get("soup")
         if meta.merged:

@@ -99,7 +99,7 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
                 warnings.filterwarnings("ignore", message="Could not find a config file")
                 peft_model.save_pretrained(staging)
             write_json_atomic(staging / META_FILE, meta.to_json())
-            trained = sum(t.numel() for t in adapted.method.trainable_state(adapted.model).values())
+            trained = adapted.parameter_counts()[0]
             (staging / "README.md").write_text(model_card(meta, trained, PEFT_LOADER.format(folder=out_dir), "peft", command))
             for child in staging.iterdir():
                 if (out_dir / child.name).exists():

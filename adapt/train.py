@@ -220,6 +220,8 @@ class Trainer:
                         on_epoch_end(result)
             if eval_split == self.data.test_name and history:
                 test_acc = history[-1].eval_acc
+            elif history and history[-1].periodic_test_acc is not None:  # --eval-every tested the last epoch already
+                test_acc = history[-1].periodic_test_acc
             else:
                 test_acc = accuracy(model, self.data.test, accelerator)
             accelerator.log({f"final/{self.data.test_name}_acc": test_acc}, step=config.total_epochs * len(loader))

@@ -65,6 +65,11 @@ EXTENDABLE = ("epochs",)  # settings of `train` a resumed run may raise (adapt t
 LATER_SETTINGS = {"cooldown_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "eval_every": None, "label_smoothing": 0.0}
 
 
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a saved run's identity and this run's, one "KEY was A, now B" each."""
+    return [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
+
+
 def _fixed(identity: dict[str, Any]) -> dict[str, Any]:
     """The identity without what a resumption may change (older states: with the later settings' values)."""
     train = {k: v for k, v in {**LATER_SETTINGS, **identity.get("train", {})}.items() if k not in EXTENDABLE}
@@ -95,7 +100,7 @@ def restore_train_state(
         raise AdaptError(f"nothing to resume: {path} does not exist")
     tensors, metadata = read_tensors(path)
     saved, now = _fixed(json.loads(metadata["run"])), _fixed(identity)
-    changed = [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
+    changed = changed_settings(saved, now)
     if changed:
         raise AdaptError(f"cannot resume from {path}: " + "; ".join(changed))
     optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}

@@ -189,16 +189,19 @@ def preset_layer(command: str, name: str | None, task: str | None = None) -> tup
     return name, get_preset(name, command).values_for(task)
 
 
-def preset_overrides(ctx: click.Context, config: str | None, layer: tuple[str, dict[str, Any]] | None) -> list[str]:
-    """The preset's options that a flag or the --config file sets instead (the command says so in one line)."""
+def preset_overrides(ctx: click.Context, config: str | None, layer: tuple[str, dict[str, Any]] | None,
+                     where: str = "") -> str | None:  # fmt: skip
+    """The line a command prints when a flag or the --config file sets one of the preset's options instead
+    (`where`: e.g. " (svhn)"); None when it does not."""
     from adapt.config import read_yaml_mapping
 
     if layer is None:
-        return []
+        return None
     params = {p.name: p for p in ctx.command.params if p.name}
     given = set(_aliased(read_yaml_mapping(Path(config)), params, config)) if config else set()
     given |= {n for n in params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
-    return [f"--{n.replace('_', '-')}" for n in _aliased(layer[1], params, layer[0]) if n in given]
+    overridden = [f"--{n.replace('_', '-')}" for n in _aliased(layer[1], params, layer[0]) if n in given]
+    return f"preset {layer[0]}{where}: yours instead of the preset's for {', '.join(overridden)}" if overridden else None
 
 
 # config keys users bring from Hugging Face's TrainingArguments (and --option's own name), as our options
@@ -256,7 +259,7 @@ def config_option(command):
             values = resolve_config(ctx, params.get("config"), saved, layer)
         overridden = preset_overrides(ctx, params.get("config"), layer)
         if overridden:
-            console.print(f"preset {layer[0]}: yours instead of the preset's for {', '.join(overridden)}")
+            console.print(overridden)
         for param in ctx.command.params:
             if isinstance(param, RequiredOption) and values.get(param.name) is None:
                 raise click.MissingParameter(ctx=ctx, param=param)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from adapt.cli.common import cli, console, plain_value, typed_command, weights_option
+from adapt.cli.common import cli, console, plain_value, preset_layer, preset_overrides, typed_command, weights_option
 from adapt.errors import AdaptError
 from adapt.merge import RECIPES
 from adapt.merge.options import DTYPES
@@ -193,13 +193,11 @@ def soup(ctx, **values) -> None:
     from adapt.merge.adapter_soup import make_soup
     from adapt.merge.options import soup_options
 
-    from adapt.cli.common import preset_layer, preset_overrides
-
     layer = preset_layer("soup", values["preset"])
     options, recipe = soup_options(_given(ctx, values), values["config"], layer[1] if layer else None)
     overridden = preset_overrides(ctx, values["config"], layer)
     if overridden:
-        console.print(f"preset {layer[0]}: yours instead of the preset's for {', '.join(overridden)}")
+        console.print(overridden)
     paths = [Path(p) for p in options.ingredients]
     if not paths:
         raise AdaptError("name the ingredients: adapt soup A B [C ...] (or ingredients: in --config)")

@@ -124,10 +124,9 @@ def tune(ctx, **_) -> None:
         layer = preset_layer("tune", v["preset"], task)
         tv = resolve_config(ctx, config_file, str(saved) if saved else None, None if saved else layer)
         if layer is not None and saved is None:
-            overridden = preset_overrides(ctx, config_file, layer)
-            console.print(f"preset {layer[0]}{f' ({task})' if task in PRESETS[layer[0]].per_task else ''}: "
-                          + (f"yours instead of the preset's for {', '.join(overridden)}" if overridden
-                             else "every value the preset sets is used (adapt presets show " + layer[0] + ")"))  # fmt: skip
+            where = f" ({task})" if task in PRESETS[layer[0]].per_task else ""
+            console.print(preset_overrides(ctx, config_file, layer, where)
+                          or f"preset {layer[0]}{where}: every value the preset sets is used (adapt presets show {layer[0]})")  # fmt: skip
         accuracies[task_out.name], best = _swept_task(tv, spec, task_out)
         if best is not None:
             best_periodic[task_out.name] = best

@@ -37,7 +37,7 @@ from adapt.outputs import check_run_folder, exclusive_lock
 from adapt.devices import make_accelerator, precision_accelerator
 from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, write_run_config
 from adapt.train_config import CONFIG_FILE, RESULT_FREE
-from adapt.train_state import STATE_FILE
+from adapt.train_state import STATE_FILE, changed_settings
 
 RESULT_FILE = "continual.json"
 MATRIX_PLOT = "accuracy_matrix.png"
@@ -167,10 +167,9 @@ class ContinualRun:
             self._save_progress(out / PROGRESS_FILE, identity, matrix, adapted, learner)
             if on_task_end is not None:
                 on_task_end(task, matrix, model)
-        setup = identity
         tasks = [t.class_names for t in scenario.tasks]
         sizes = [len(t.test) for t in scenario.tasks]
-        result = ContinualResult(matrix, ContinualMetrics.from_matrix(matrix, sizes), tasks, checkpoints, setup, sizes)
+        result = ContinualResult(matrix, ContinualMetrics.from_matrix(matrix, sizes), tasks, checkpoints, identity, sizes)
         result.save(out)
         return result
 
@@ -199,7 +198,7 @@ class ContinualRun:
             return {**run, "train": {k: v for k, v in run.get("train", {}).items() if k not in RESULT_FREE}}
 
         saved, now = fixed(json.loads(metadata["run"])), fixed(json.loads(json.dumps(identity, default=str)))
-        changed = [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
+        changed = changed_settings(saved, now)
         if changed:
             raise AdaptError(f"cannot resume the continual run in {path.parent}: " + "; ".join(changed))
         matrix = json.loads(metadata["matrix"])

@@ -184,7 +184,7 @@ def merge_checkpoint(
         else:
             check_output_file(out, overwrite, inputs)
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
-        trained = sum(t.numel() for t in adapted.method.trainable_state(adapted.model).values())
+        trained = adapted.parameter_counts()[0]  # before folding: what the method trained
         model, report = merge_adapted(adapted, fold_bn)
         training = {k: v for k, v in meta.training.items() if k in ("data", "seed")}
         training["merged_from"] = str(checkpoint)
