@@ -115,6 +115,20 @@ def tune(
         return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)
 
 
+SWEEP_FILE = "sweep.json"
+
+
+def keep_best(out: str | Path, option: str, test_acc: dict[str, float]) -> str:
+    """The value of a swept option whose run tested best (chosen on test, as SPT's runs keep their best
+    budget), recorded with every value's accuracy in OUT/sweep.json."""
+    from adapt.checkpoint import write_json_atomic
+
+    chosen = max(test_acc, key=lambda value: test_acc[value])
+    write_json_atomic(Path(out) / SWEEP_FILE, {"option": option, "test_acc": test_acc, "chosen": chosen,
+                                               "chosen_on": "test (as SPT's runs keep the best budget)"})  # fmt: skip
+    return chosen
+
+
 def resolved_values(adapted: AdaptedModel, data: DataSplits, trainer: Trainer) -> dict[str, Any]:
     """The values a run used where its options said "the default": config.yaml holds what was used."""
     return {"weights": adapted.backbone.weights, "image_size": adapted.image_size, "augment": data.augment,

@@ -141,19 +141,17 @@ def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
     """One task; a method flag that sweeps (Flag.sweep) and holds several values runs once per value into
     OUT/NAME-VALUE/ and keeps the best test accuracy (SPT's budget sweep). Returns (the task's test accuracy,
     the best over periodic evaluations or None)."""
-    from adapt.checkpoint import write_json_atomic
+    from adapt.tune import SWEEP_FILE, keep_best
 
-    swept = next(((name, str(v[name]).split(",")) for name, flag in METHOD_FLAGS.items()
+    swept = next(((name, [value.strip() for value in str(v[name]).split(",")]) for name, flag in METHOD_FLAGS.items()
                   if flag.sweep and v.get(name) is not None and "," in str(v[name])), None)  # fmt: skip
     if swept is None:
         return _reported_task(v, spec, out)
     name, values = swept
-    results = {value: _reported_task({**v, name: value.strip()}, spec, out / f"{name}-{value.strip()}") for value in values}
-    chosen = max(results, key=lambda value: results[value][0])
-    write_json_atomic(out / "sweep.json", {"option": name, "test_acc": {k: r[0] for k, r in results.items()},
-                                           "chosen": chosen, "chosen_on": "test (as SPT's runs keep the best budget)"})  # fmt: skip
+    results = {value: _reported_task({**v, name: value}, spec, out / f"{name}-{value}") for value in values}
+    chosen = keep_best(out, name, {value: result[0] for value, result in results.items()})
     console.print(f"{name} sweep: " + ", ".join(f"{k} {r[0]:.2%}" for k, r in results.items())
-                  + f"  ->  {chosen} (chosen on test, as SPT's runs do)  ·  {out / 'sweep.json'}")  # fmt: skip
+                  + f"  ->  {chosen} (chosen on test, as SPT's runs do)  ·  {out / SWEEP_FILE}")  # fmt: skip
     return results[chosen]
 
 
