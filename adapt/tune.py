@@ -119,13 +119,13 @@ SWEEP_FILE = "sweep.json"
 
 
 def keep_best(out: str | Path, option: str, test_acc: dict[str, float]) -> str:
-    """The value of a swept option whose run tested best (chosen on test, as SPT's runs keep their best
-    budget), recorded with every value's accuracy in OUT/sweep.json."""
+    """The value of a swept option whose run tested best (chosen on test, as the papers' own sweeps keep
+    theirs), recorded with every value's accuracy in OUT/sweep.json."""
     from adapt.checkpoint import write_json_atomic
 
     chosen = max(test_acc, key=lambda value: test_acc[value])
     write_json_atomic(Path(out) / SWEEP_FILE, {"option": option, "test_acc": test_acc, "chosen": chosen,
-                                               "chosen_on": "test (as SPT's runs keep the best budget)"})  # fmt: skip
+                                               "chosen_on": "test (as the papers' own sweeps choose)"})  # fmt: skip
     return chosen
 
 

@@ -301,3 +301,17 @@ def test_perceptual_init_takes_the_dreamsim_preset(tmp_path):
         record = yaml.safe_load(handle.metadata()["config"])
     assert record["preset"] == "dreamsim-nights" and (record["lr"], record["weight_decay"], record["seed"]) == (3e-4, 0.0, 1234)
     assert record["optimizer"] == "adam" and record["margin"] == 0.05 and record["epochs"] == 1
+
+
+def test_increasing_randaugment_posterizes_to_black_at_full_magnitude_instead_of_failing():
+    import numpy as np
+    from PIL import Image
+    from timm.data import auto_augment
+
+    import adapt.data.transforms  # noqa: F401  (installs the posterize that keeps 0 bits)
+
+    image = Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8))
+    op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)  # 4 - 4 = 0 bits kept
+    assert not np.asarray(op(image)).any()  # black, as Pillow gave 0 bits before refusing them
+    kept = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(image)  # 2 bits kept
+    assert (np.asarray(kept) == (np.asarray(image) & 0b11000000)).all()

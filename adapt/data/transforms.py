@@ -9,7 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import create_transform
+from PIL import Image
+from timm.data import auto_augment, create_transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **__: Any) -> Image.Image:
+    """timm's posterize, with 0 bits kept as Pillow gave it before it refused them (a black image: every
+    pixel & ~255). timm's increasing RandAugment (`inc1`, as V-PETL Bench trains with) reaches 0 bits at
+    magnitude 10, which current Pillow refuses with "bits must be between 1 and 8", ending the run."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return _timm_posterize(img, bits_to_keep)
+
+
+_timm_posterize = auto_augment.posterize
+for _name, _op in list(auto_augment.NAME_TO_OP.items()):
+    if _op is _timm_posterize:
+        auto_augment.NAME_TO_OP[_name] = _posterize
 
 
 def data_config(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
