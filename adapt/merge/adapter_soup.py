@@ -29,8 +29,9 @@ import torch
 from adapt.backbones import create_backbone, is_head_key
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, checkpoint_file, save_checkpoint, save_tensors_atomic
 from adapt.errors import AdaptError, term
+from adapt.file_digests import file_records
 from adapt.merge.recipes import Greedy, Recipe
-from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, file_records, greedy_soup, guarded_output,
+from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
                               held_out_accuracy, open_ingredients, stream_soup)  # fmt: skip
 from adapt.outputs import check_output_file
 from adapt.merge.tensors import TensorFile

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import functools
 import json
 import resource
 import time
@@ -34,6 +34,7 @@ import torch
 
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite
 from adapt.errors import AdaptError, term
+from adapt.file_digests import FileDigests, file_records
 from adapt.merge.recipes import Greedy, Recipe, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
@@ -141,23 +142,15 @@ def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
             raise AdaptError(f"key '{key}' has dtype {first.dtype(key)} in {first.path} but {other.dtype(key)} in {other.path}")
 
 
-def file_records(paths: Sequence[str | Path]) -> list[dict[str, str]]:
-    """Each input file as a soup records it: the path the user gave and the sha256 of its bytes."""
-    records = []
-    for path in paths:
-        with open(path, "rb") as handle:
-            records.append({"path": str(path), "sha256": hashlib.file_digest(handle, "sha256").hexdigest()})
-    return records
-
-
-def _output_metadata(first: TensorFile, recipe: Recipe, sources: Sequence[str | Path], base: str | Path | None = None,
+def _output_metadata(first: TensorFile, recipe: Recipe, records: Sequence[dict[str, str]], has_base: bool = False,
                      scale: object = None, scale_table: Sequence[tuple[float, float]] = (),
                      steps: Sequence[GreedyStep] = (), base_name: str | None = None) -> dict[str, str]:  # fmt: skip
-    """What the soup says about itself: the recipe and its options, every ingredient and the base (path and
-    sha256 of the user's files), the scale and the held-out scores that chose it (--scale auto, greedy)."""
-    soup = {"recipe": recipe.name, "options": dataclasses.asdict(recipe),
-            "ingredients": file_records(sources),
-            **({"base": {**file_records([base])[0], "path": base_name or str(base)}} if base is not None else {}),
+    """What the soup says about itself: the recipe and its options, every ingredient and the base (`records`:
+    path and sha256 of the user's files, the base last), the scale and the held-out scores that chose it
+    (--scale auto, greedy)."""
+    ingredients, base = (records[:-1], records[-1]) if has_base else (records, None)
+    soup = {"recipe": recipe.name, "options": dataclasses.asdict(recipe), "ingredients": list(ingredients),
+            **({"base": {**base, "path": base_name or base["path"]}} if base is not None else {}),
             **({"scale": scale} if scale is not None else {}),
             **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {}),
             **({"greedy_steps": [asdict(step) for step in steps]} if steps else {})}  # fmt: skip
@@ -259,47 +252,63 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
         raise AdaptError(f"{term('scale')} auto picks the scale on held-out data: pass {term('data')} (and {term('split')})")
     start = time.perf_counter()
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
-    first = files[0]
-    roles = key_roles(first, base_file)
-    floats = [k for k in first.keys if first.dtype(k).is_floating_point]
-    order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
-    check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
+    with FileDigests([*sources, *([base] if recipe.needs_base else [])]) as digests:  # hashed while we merge
+        first = files[0]
+        roles = key_roles(first, base_file)
+        floats = [k for k in first.keys if first.dtype(k).is_floating_point]
+        order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
+        check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
 
-    def merged(key: str) -> torch.Tensor:
-        load = lambda i: files[i].get(key).float()  # noqa: E731
-        if roles[key] == "merge":
-            base_tensor = base_file.get(key).float() if base_file is not None else None
-            return recipe.merge(key, load, len(files), base_tensor)
-        if roles[key] == "average":
-            return recipe.average(key, load, len(files))
-        return largest_count(key, files) if roles[key] == "count" else first.get(key)
+        def merged(key: str) -> torch.Tensor:
+            load = lambda i: files[i].get(key).float()  # noqa: E731
+            if roles[key] == "merge":
+                base_tensor = base_file.get(key).float() if base_file is not None else None
+                return recipe.merge(key, load, len(files), base_tensor)
+            if roles[key] == "average":
+                return recipe.average(key, load, len(files))
+            return largest_count(key, files) if roles[key] == "count" else first.get(key)
 
-    def culprit(key: str) -> None:
-        """After a non-finite result: name the input that holds NaN/Inf, if one does."""
-        for file in [*files, *([base_file] if base_file is not None else [])]:
-            if key in floats and key in file.keys and not all_finite(file.get(key).float()):
-                raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
+        def culprit(key: str) -> None:
+            """After a non-finite result: name the input that holds NaN/Inf, if one does."""
+            for file in [*files, *([base_file] if base_file is not None else [])]:
+                if key in floats and key in file.keys and not all_finite(file.get(key).float()):
+                    raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
 
-    task_keys = [k for k in first.keys if roles[k] == "merge"]
-    table, scale, produce = [], getattr(recipe, "scale", None), merged
-    if recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
-        scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
-    else:
-        recipe.prepare(len(files), _task_vectors(files, base_file, task_keys))
-    metadata = _output_metadata(first, recipe, sources, base if recipe.needs_base else None, scale, table,
-                                base_name=base_name)  # fmt: skip
-    written, peak = 0, anonymous_bytes()
-    with StreamingWriter(out, order, metadata, max_shard_bytes) as writer, Steps("merging tensors", len(order)) as progress:
-        for key, _, out_dtype in order:
-            tensor = finite_output(key, produce(key), out_dtype, culprit)
-            peak = max(peak, anonymous_bytes())  # with the key's merge alive
-            writer.write(key, tensor)
-            written += tensor.numel() * tensor.element_size()
-            progress.advance()
-    return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
-                       peak, [str(p) for p in writer.shard_paths()], scale_table=table,
-                       scale=scale if isinstance(scale, float) else None,
-                       averaged=[k for k in first.keys if roles[k] == "average"])  # fmt: skip
+        task_keys = [k for k in first.keys if roles[k] == "merge"]
+        table, scale, produce = [], getattr(recipe, "scale", None), merged
+        if recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
+            scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
+        else:
+            recipe.prepare(len(files), _task_vectors(files, base_file, task_keys))
+        metadata = functools.partial(_output_metadata, first, recipe, has_base=recipe.needs_base, scale=scale,
+                                     scale_table=table, base_name=base_name)  # fmt: skip
+        written, peak = 0, anonymous_bytes()
+        with (StreamingWriter(out, order, metadata(digests.placeholders()), max_shard_bytes) as writer,
+              Steps("merging tensors", len(order)) as progress, _cores_shared_with(digests)):  # fmt: skip
+            for key, _, out_dtype in order:
+                tensor = finite_output(key, produce(key), out_dtype, culprit)
+                peak = max(peak, anonymous_bytes())  # with the key's merge alive
+                writer.write(key, tensor)
+                written += tensor.numel() * tensor.element_size()
+                progress.advance()
+            writer.restate(metadata(digests.records()))
+        return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
+                           peak, [str(p) for p in writer.shard_paths()], scale_table=table,
+                           scale=scale if isinstance(scale, float) else None,
+                           averaged=[k for k in first.keys if roles[k] == "average"])  # fmt: skip
+
+
+@contextlib.contextmanager
+def _cores_shared_with(digests: FileDigests) -> Iterator[None]:
+    """One torch thread while the inputs are being hashed: the merge is memory-bound (measured: as fast on
+    one thread as on two), and a second torch thread would only contend with the hashing threads."""
+    threads = torch.get_num_threads()
+    if digests.pending and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _task_vectors(files: list[TensorFile], base_file: TensorFile | None, keys: list[str]):
@@ -399,7 +408,8 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
     order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
     chosen = [s.ingredient for s in steps if s.added]
     check_free_space(out, sum(nbytes(s, d) for _, s, d in order))
-    with StreamingWriter(out, order, _output_metadata(first, recipe, chosen, steps=steps), max_shard_bytes) as writer:
+    metadata = _output_metadata(first, recipe, file_records(chosen), steps=steps)
+    with StreamingWriter(out, order, metadata, max_shard_bytes) as writer:
         for key, _, out_dtype in order:
             writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
     return SoupSummary([str(p) for p in sources], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),

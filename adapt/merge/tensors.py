@@ -202,6 +202,7 @@ class StreamingWriter:
         self.order = list(order)
         self.shards = self._plan(max_shard_bytes)
         self._files: list = []
+        self._header_sizes: dict[Path, int] = {}
         self._next = 0
 
     def _plan(self, max_shard_bytes: int | None) -> list[list[tuple[str, tuple[int, ...], torch.dtype]]]:
@@ -259,6 +260,7 @@ class StreamingWriter:
                 handle = open(final.with_name(f".{final.name}.tmp"), "wb", buffering=0)  # each tensor is one big write
                 self._files.append((handle, final, {key for key, _, _ in shard}))
                 header = self._header(shard)
+                self._header_sizes[final] = len(header)
                 _reserve(handle, len(header) + sum(nbytes(shape, dtype) for _, shape, dtype in shard))
                 _write_all(handle, header)
         except BaseException as error:  # a failed reservation (EFBIG, ENOSPC, EDQUOT): __exit__ will not run
@@ -273,6 +275,18 @@ class StreamingWriter:
         handle = next(h for h, _, keys in self._files if key in keys)
         _write_all(handle, _tensor_bytes(tensor))
         self._next += 1
+
+    def restate(self, metadata: dict[str, str]) -> None:
+        """Replace the metadata in every header already written, for facts known only at the end (the
+        inputs' digests). The new header must have the old one's length: fields of fixed width."""
+        self.metadata = {**HF_METADATA, **metadata}
+        for (handle, final, _), shard in zip(self._files, self.shards):
+            header = self._header(shard)
+            if len(header) != self._header_sizes[final]:
+                raise ValueError(f"restated header of {final.name} is {len(header)} bytes, not {self._header_sizes[final]}")
+            written = os.pwrite(handle.fileno(), header, 0)
+            if written != len(header):
+                raise OSError(f"short write of the header of {final.name}")
 
     def __exit__(self, kind, value, traceback) -> None:
         complete = kind is None and self._next == len(self.order)

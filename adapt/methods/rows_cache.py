@@ -4,7 +4,7 @@ Counting a method's parameters means building the backbone, which imports torch 
 (about 3 s here before any work). The default backbone's table ships with adapt
 (default_rows.json, recomputed by a test that fails when it is stale). The rows are a pure function of the backbone, class count,
 image size, adapt's own source and the installed torch/timm/peft, so they are kept in the
-user's cache folder (ADAPT_CACHE_DIR, else $XDG_CACHE_HOME/adapt, else ~/.cache/adapt) under a
+user's cache folder (adapt.user_cache) under a
 key made of all of these; a later call reads them without importing torch. A cache that cannot
 be read or written is ignored: the rows are then computed, as on a first call.
 """
@@ -14,21 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 from adapt.methods import MethodRow, method_rows
+from adapt.user_cache import cache_dir
 
 PACKAGES = ("torch", "timm", "peft")
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("ADAPT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adapt"
 
 
 def _source_digest() -> str:
