@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from adapt.adapted import AdaptedModel
 from adapt.data import load_data
 from adapt.kernels import add_low_rank_, fold_batchnorm_, scale_shift_
-from adapt.merge.reparam import merge_adapted, peak_extra_bytes, save_merged
+from adapt.merge.reparam import AllocationTracker, merge_adapted, peak_extra_bytes, save_merged
 from adapt.methods import METHODS
 from adapt.train import TrainConfig
 from adapt.tune import TuneJob, tune
@@ -182,3 +182,37 @@ def test_triton_kernel_in_the_interpreter():
     env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_memory_count_follows_storages_that_autograd_keeps():
+    """A custom Function's output saved for backward lives in autograd after its tensor object is
+    gone: it must still count, until backward frees it."""
+
+    class Doubled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = x * 2
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            return grad * (y != 0)
+
+    x = torch.randn(10_000, requires_grad=True)
+    size = x.numel() * x.element_size()
+    losses, live_after_backward = [], []
+
+    def work():
+        loss = Doubled.apply(x).sum()  # the output tensor object dies here; its storage is saved
+        filler = torch.ones(10_000)  # allocated while the saved output lives
+        losses.append(loss + filler.sum())
+        del filler
+        losses[-1].backward()
+
+    with AllocationTracker() as tracker:
+        work()
+        live_after_backward.append(tracker.live)
+    assert tracker.peak >= 2 * size  # the saved output and the filler at once
+    assert live_after_backward[0] < 2 * size  # backward freed the saved output; x.grad and scalars remain

@@ -45,26 +45,35 @@ class AllocationTracker(TorchDispatchMode):
     """Counts the bytes of new tensor storage that ops create while active, and their peak.
 
     Every op's outputs that do not reuse an input's storage are new allocations; each is
-    counted until its tensor is freed. In-place ops (addmm_, mul_) count nothing.
+    counted until its storage is freed. In-place ops (addmm_, mul_) count nothing. Storages,
+    not tensors, are followed: autograd keeps a tensor that a custom Function saves as its
+    output through another tensor object over the same storage, so the first object dies while
+    the memory lives on (following tensors under-counted every such saved output).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
+        self._counted: set[int] = set()  # ids of the live storages counted
 
-    def _free(self, nbytes: int) -> None:
+    def _free(self, key: int, nbytes: int) -> None:
+        self._counted.discard(key)
         self.live -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
-                nbytes = tensor.untyped_storage().nbytes()
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(tensor, self._free, nbytes)
+            if not isinstance(tensor, torch.Tensor) or tensor.untyped_storage().data_ptr() in inputs:
+                continue
+            storage = tensor.untyped_storage()
+            if id(storage) in self._counted or storage.nbytes() == 0:
+                continue
+            self._counted.add(id(storage))
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, id(storage), storage.nbytes())
         return out
 
 

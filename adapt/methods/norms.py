@@ -17,7 +17,7 @@ from adapt.methods.mixins import with_mixin
 
 class FrozenStatistics:
     """Mixin over a BatchNorm class: `train()` leaves it in eval mode, normalizing with its running statistics
-    (adapt.methods.lean then runs it as a node that keeps only its output)."""
+    (adapt.methods.lean then runs it as a node that keeps only what its backward reads)."""
 
     def train(self, mode: bool = True):
         super().train(mode)  # children (the act/drop of timm's BatchNormAct2d) follow `mode`
