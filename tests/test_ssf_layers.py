@@ -112,22 +112,18 @@ def _saved_activation_bytes(method_name: str, backbone: str, x: torch.Tensor) ->
     return saved_bytes(model.train(), x)
 
 
-def test_ssf_keeps_what_its_scales_need_and_bitfit_keeps_masks_on_a_cnn():
-    """On Lite0 every frozen norm+activation is one node (adapt.kernels): SSF's scales need each norm's
-    float output, BitFit's shifts only where the activation passed (one byte per entry, a quarter of it),
-    and frozen convs keep nothing. Both far below full fine-tuning's."""
-    x = torch.randn(4, 3, 64, 64)
-    ssf, bitfit, full = (_saved_activation_bytes(m, "tf_efficientnet_lite0", x) for m in ("ssf", "bitfit", "full"))
-    assert bitfit <= 0.3 * ssf, (bitfit, ssf)
-    assert ssf <= 0.4 * full, (ssf, full)
-
-
-def test_ssf_keeps_little_more_than_bitfit_keeps_on_a_vit():
-    """On a ViT SSF keeps within 2% of BitFit's (the small re-parameterized affines), far below full's."""
-    x = torch.randn(4, 3, 160, 160)
-    ssf, bitfit, full = (_saved_activation_bytes(m, "test_vit", x) for m in ("ssf", "bitfit", "full"))
-    assert ssf <= 1.02 * bitfit, (ssf, bitfit)
-    assert ssf <= 0.75 * full, (ssf, full)
+@pytest.mark.parametrize("backbone,size,share,of_full", [("tf_efficientnet_lite0", 64, 1.15, 0.4),
+                                                          ("test_vit", 160, 1.02, 0.75)])  # fmt: skip
+def test_ssf_keeps_little_more_than_bitfit_keeps_for_backward(backbone, size, share, of_full):
+    """SSF trains more than BitFit (scales too) from about the same saved activations: on Lite0 both run
+    every frozen norm+activation as one node that keeps only its output, and frozen convs keep nothing
+    (adapt.kernels); SSF's scales also need the outputs of the norms without an activation, which BitFit's
+    do not (at most 15% more). On a ViT SSF keeps within 2% of BitFit's (the small re-parameterized
+    affines). Both far below full fine-tuning's."""
+    x = torch.randn(4, 3, size, size)
+    ssf, bitfit, full = (_saved_activation_bytes(m, backbone, x) for m in ("ssf", "bitfit", "full"))
+    assert ssf <= share * bitfit, (ssf, bitfit)
+    assert ssf <= of_full * full, (ssf, full)
 
 
 @pytest.mark.parametrize("method_name", ["ssf", "bitfit", "linear", "lora"])

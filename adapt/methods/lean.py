@@ -1,8 +1,8 @@
 """Frozen layers that keep no activation they do not need for backward.
 
 Every method's frozen BatchNorms (with timm's ReLU/ReLU6 or no activation) and frozen convs run
-through adapt.kernels' lean autograd nodes: a BatchNorm keeps a one-byte activation mask (its
-output when its scale trains, or nothing), a conv nothing but its weight. Values and gradients are the plain layers' (tested to 1e-6).
+through adapt.kernels' lean autograd nodes: a BatchNorm keeps only its output (or nothing),
+a conv nothing but its weight. Values and gradients are the plain layers' (tested to 1e-6).
 They are mixins (adapt.methods.mixins), given before a method adds its own, so a method's
 layers (SSF's re-parameterized affine, SPT's parametrized deltas and structured modules, peft's
 LoRA around a base conv) run on top of them; the parameters and state-dict keys stay the
