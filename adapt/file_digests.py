@@ -24,6 +24,7 @@ from adapt.user_cache import cache_dir
 
 PLACEHOLDER = "0" * 64  # a sha256 in hex, before it is known: records have their final length from the start
 CACHE_NAME = "file-digests.sqlite"
+KEPT = 10_000  # the most recent digests kept (temporary files, e.g. an embedded base, would pile up)
 
 
 def _identity(path: Path) -> tuple[str, int, int, int, int, int]:
@@ -69,6 +70,7 @@ class _Cache:
         try:
             with self.db:
                 self.db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)", (*identity, digest))
+                self.db.execute("DELETE FROM digests WHERE rowid <= (SELECT MAX(rowid) FROM digests) - ?", (KEPT,))
         except sqlite3.Error:
             pass
 

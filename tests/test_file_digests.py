@@ -124,3 +124,14 @@ def test_a_soup_records_the_true_digests_first_time_and_remembered(tmp_path, cou
         assert (load_file(out)["w"] - sum(load_file(p)["w"] for p in paths) / 3).abs().max() <= 1e-6
     assert sorted(counted_hashing) == ["m0.safetensors", "m1.safetensors", "m2.safetensors"]
     assert torch.get_num_threads() >= 1
+
+
+def test_the_cache_keeps_only_the_most_recent_digests(tmp_path, counted_hashing, monkeypatch):
+    monkeypatch.setattr(file_digests, "KEPT", 2)
+    paths = _files(tmp_path, 4)
+    for path in paths:
+        file_records([path])
+    file_records(paths[-2:])
+    assert len(counted_hashing) == 4  # the two most recent remembered
+    file_records(paths[:1])
+    assert counted_hashing[4:] == ["f0.bin"]  # an older one was forgotten
