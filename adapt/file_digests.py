@@ -45,13 +45,15 @@ class _Cache:
     """The remembered digests: one row per resolved path, valid while the file's stat is unchanged."""
 
     def __init__(self) -> None:
+        self.db: sqlite3.Connection | None = None
         try:
             folder = cache_dir()
             folder.mkdir(parents=True, exist_ok=True)
-            self.db: sqlite3.Connection | None = sqlite3.connect(folder / CACHE_NAME, timeout=5)
+            self.db = sqlite3.connect(folder / CACHE_NAME, timeout=5)
             self.db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, dev INT, ino INT, size INT, "
                             "mtime_ns INT, ctime_ns INT, sha256 TEXT)")  # fmt: skip
         except (OSError, sqlite3.Error):
+            self.close()
             self.db = None
 
     def get(self, identity: tuple) -> str | None:
