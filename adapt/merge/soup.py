@@ -9,7 +9,8 @@ written straight to the output, so memory does not grow with the number of ingre
 BatchNorm running statistics, and tensors that the base lacks (a head for new classes),
 are averaged whatever the recipe (`Recipe.average`), and a running variance below zero is
 never written. BatchNorm's num_batches_tracked takes the largest count; other non-float
-tensors are taken from the first ingredient.
+tensors are taken from the first ingredient. The output records every input's path and
+sha256 (adapt.file_digests: hashed beside the merge, remembered for the next soup).
 
 Greedy soups (Wortsman et al. 2022) rank the ingredients by held-out accuracy and add
 each next one if the soup's held-out accuracy does not drop (`accept="ge"`, the paper's
