@@ -84,15 +84,15 @@ def vit_cost(steps: int) -> list[dict]:
 
 
 RESULTS = Path(__file__).parent / "results" / "methods_digits.json"
-ACCURACY_RUN: dict = {}
 
 
-def committed_accuracy() -> dict[str, tuple[tuple[float, float], int, int]]:
-    """Each method's accuracy from the committed results (a cost-only rerun keeps them)."""
+def committed_accuracy() -> tuple[dict[str, tuple[tuple[float, float], int, int]], int, list[int]]:
+    """Each method's accuracy from the committed results (a cost-only rerun keeps them), with the epochs
+    and seeds of the run that measured them."""
     saved = json.loads(RESULTS.read_text())
-    ACCURACY_RUN.update(epochs=saved["setup"]["epochs"], seeds=saved["rows"][0]["seeds"])
-    return {r["method"]: ((r["acc_mean"], r["acc_std"]), r["trainable_params"],
-                          round(100 * r["trainable_params"] / r["trainable_pct"])) for r in saved["rows"]}  # fmt: skip
+    accuracy = {r["method"]: ((r["acc_mean"], r["acc_std"]), r["trainable_params"],
+                              round(100 * r["trainable_params"] / r["trainable_pct"])) for r in saved["rows"]}  # fmt: skip
+    return accuracy, saved["setup"]["epochs"], saved["rows"][0]["seeds"]
 
 
 def main() -> None:
@@ -104,26 +104,23 @@ def main() -> None:
     parser.add_argument("--cost-only", action="store_true",
                         help="measure cost only; keep each method's accuracy from the committed results")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds, epochs, accuracy = [int(s) for s in args.seeds.split(",")], args.epochs, {}
+    if args.cost_only:
+        accuracy, epochs, seeds = committed_accuracy()
     cost = costs(args.steps)
     print(cost, flush=True)
-    accuracy = committed_accuracy() if args.cost_only else {}
     with tempfile.TemporaryDirectory() as scratch:
         for method, options in METHODS.items():
-            if method in accuracy:
+            if method in accuracy:  # --cost-only
                 continue
             accs = []
             for seed in seeds:
                 job = TuneJob(method=method, options=options)
-                result = tune(job, TrainConfig(epochs=args.epochs, seed=seed), f"{scratch}/{method}{seed}")
+                result = tune(job, TrainConfig(epochs=epochs, seed=seed), f"{scratch}/{method}{seed}")
                 accs.append(result.test_acc)
                 print(f"{method} seed {seed}: test acc {result.test_acc:.4f}", flush=True)
             accuracy[method] = (mean_std(accs), result.trainable_params, result.total_params)
 
-    if args.cost_only:
-        epochs, seeds = ACCURACY_RUN["epochs"], ACCURACY_RUN["seeds"]
-    else:
-        epochs = args.epochs
     full_step, full_peak = cost["full"][:2]
     rows = []
     for method in METHODS:
@@ -136,8 +133,8 @@ def main() -> None:
                      "peak_mem_ratio_vs_before": peak / peak_before, "step_seconds": step, "peak_bytes": peak})  # fmt: skip
     vit = vit_cost(args.vit_steps)
     setup = {"backbone": "tf_efficientnet_lite0 (embedded ImageNet weights)", "data": "digits, 96 px",
-             "epochs": epochs, "batch_size": 32,
-             "accuracy": "from the committed results' run (cost-only rerun)" if args.cost_only else "this run", "lr": "method default", "machine": "2-core CPU",
+             "epochs": epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU",
+             "accuracy": "from the committed results' run (cost-only rerun)" if args.cost_only else "this run",
              "cost": f"batch 32 at 96 px, median of {args.steps} AdamW steps, methods taking turns",
              "spt_budget": SPT_BUDGET, "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of "
              f"{args.vit_steps} AdamW steps", "vit_rows": vit}  # fmt: skip
