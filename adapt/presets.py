@@ -246,7 +246,8 @@ _register(Preset(
     sources={key: "ssundaram21/dreamsim : configs/train_single_model_lora.yaml" for key in
              ("lr", "weight_decay", "batch_size", "epochs", "margin", "seed")}
     | {"optimizer": "ssundaram21/dreamsim : training/train.py L180 (Adam, betas 0.5, 0.999)"},  # fmt: skip
-    notes=("DreamSim tunes LoRA r16 on the qkv of DINO ViT-B/16; pick --method lora and the backbone yourself",),
+    notes=("DreamSim tunes LoRA r16 on the qkv of DINO ViT-B/16; pick --method lora and the backbone yourself",
+           "its ViTs have no BatchNorm: on a BatchNorm backbone the statistics stay frozen (--norm-statistics)"),
 ))
 
 _register(Preset(

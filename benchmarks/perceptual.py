@@ -6,7 +6,8 @@ learning rate and image size, 3 seeds):
 - random: a seeded random initialisation;
 - random + perceptual init: the same random start aligned on the fixture's train triplets
   first (`perceptual_init`, full, DreamSim's recipe: Adam betas 0.5/0.999, lr 3e-4, no weight
-  decay, batch 32, margin 0.05, the epoch with the best val 2AFC kept) — the paper's pipeline;
+  decay, batch 32, margin 0.05, the epoch with the best val 2AFC kept; BatchNorm statistics frozen,
+  adapt's default) — the paper's pipeline;
 - embedded: the pretrained weights as they ship;
 - embedded + perceptual fine-tuning: the pretrained weights aligned on the same triplets.
 Reported: digits test accuracy, the first epoch whose val accuracy reaches 90%, and
@@ -99,7 +100,8 @@ def main() -> None:
                         f"eleven distortion families, simulated votes for the weaker distortion, {args.image_size} px "
                         "(60/20/20 train/val/test)",
              "alignment": f"perceptual_init, full, DreamSim's recipe (Adam betas 0.5/0.999, lr 3e-4, wd 0, batch 32, "
-                          f"margin 0.05), up to {args.init_epochs} epochs, the best val 2AFC epoch kept",
+                          f"margin 0.05), BatchNorm statistics frozen, up to {args.init_epochs} epochs, the best val "
+                          "2AFC epoch kept",
              "downstream": f"full fine-tuning on digits, {args.epochs} epochs, lr {DOWNSTREAM_LR}, {args.image_size} px",
              "target": f"first epoch with val accuracy >= {TARGET:.0%} (None: not reached)",
              "wall_seconds": round(time.perf_counter() - start)}  # fmt: skip

@@ -144,6 +144,26 @@ def test_the_default_starts_from_a_random_initialisation(fixture_root, tmp_path)
     assert 0 < moved < 0.5  # trained from that random start (seeded), not replaced
     with safe_open(str(out), "pt") as handle:
         assert json.loads(handle.metadata()["perceptual_init"])["source_weights"] == "random"
+    # BatchNorm statistics stayed the start's (norm_statistics="frozen", the default) ...
+    start = random_start.state_dict()
+    for key in ("bn1.running_mean", "bn1.running_var", "blocks.3.0.bn2.running_var"):
+        assert torch.equal(aligned[key], start[key]), key
+
+
+def test_batch_statistics_move_the_running_statistics(fixture_root, tmp_path):
+    out = tmp_path / "init.safetensors"
+    perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0",
+                    config={"epochs": 1, "seed": 1, "norm_statistics": "batch"}, image_size=32)  # fmt: skip
+    from adapt.backbones import create_backbone
+
+    start = create_backbone("tf_efficientnet_lite0", "random", num_classes=0, seed=1)[0].state_dict()
+    aligned = load_file(out)
+    assert not torch.equal(aligned["bn1.running_mean"], start["bn1.running_mean"])
+    assert aligned["bn1.num_batches_tracked"] > start["bn1.num_batches_tracked"]
+    with pytest.raises(AdaptError, match="norm_statistics"):
+        perceptual_init(f"nights:{fixture_root}", tmp_path / "x.safetensors", "tf_efficientnet_lite0",
+                        config={"norm_statistics": "train"})  # fmt: skip
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_cli_prints_the_agreement_table(fixture_root, tmp_path):

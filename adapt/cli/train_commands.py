@@ -406,6 +406,9 @@ def _info_lines(key: str, value) -> list[tuple[str, str]]:
 @click.option("--margin", type=click.FloatRange(0, 2), default=0.05, show_default=True, help="The hinge loss's margin.")
 @click.option("--patience", type=click.IntRange(1), default=None,
               help="Stop after this many epochs without a better val 2AFC (default: run every epoch; the best is kept).")
+@click.option("--norm-statistics", type=click.Choice(["frozen", "batch"]), default="frozen", show_default=True,
+              help="BatchNorm running statistics while aligning: frozen keeps the start's (the network scored "
+                   "before is the one trained); batch normalizes by batch statistics and updates them.")  # fmt: skip
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: the backbone's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", cls=RequiredOption, type=click.Path(path_type=Path), help="The backbone .safetensors to write.")
@@ -414,14 +417,14 @@ def _info_lines(key: str, value) -> list[tuple[str, str]]:
               "--config and flags win.")
 @config_option
 def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, optimizer, margin, patience,
-                    image_size, seed, out, overwrite) -> None:  # fmt: skip
+                    norm_statistics, image_size, seed, out, overwrite) -> None:  # fmt: skip
     """Align a backbone with human similarity triplets before any other training.
 
     As in the paper, it starts from a random initialisation by default; the pipeline is
     random init -> this command -> adapt tune --method full --weights OUT. With --from
     embedded or a weights file it is perceptual fine-tuning of a pretrained backbone instead.
     Trains by DreamSim's recipe (Adam, betas 0.5/0.999, lr 3e-4, no weight decay, batch 32,
-    8 epochs, margin 0.05) and writes the epoch with the best val 2AFC, as a plain backbone
+    8 epochs, margin 0.05; BatchNorm statistics frozen) and writes the epoch with the best val 2AFC, as a plain backbone
     state dict that adapt tune --weights takes (its metadata keeps the options, as `config`).
     Prints the 2AFC score (DreamSim's: the share of voters who agree with the model's pick)
     and the majority accuracy, per split (NIGHTS test as test_imagenet and test_no_imagenet),
@@ -436,7 +439,7 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
     from adapt.perceptual import perceptual_init as run_init
 
     recipe = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer,
-              "margin": margin, "patience": patience, "seed": seed}  # fmt: skip
+              "margin": margin, "patience": patience, "norm_statistics": norm_statistics, "seed": seed}  # fmt: skip
     result = run_init(data, out, backbone, source, method, recipe, image_size, overwrite, record=resolved_record(),
                       on_epoch=console.print)  # fmt: skip
     kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
