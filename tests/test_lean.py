@@ -22,6 +22,7 @@ from adapt.cli import cli
 from adapt.data import load_data
 from adapt.hub import save_hub_folder
 from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
+from adapt.merge.reparam import peak_extra_bytes
 from adapt.methods import METHODS, create_method, method_rows
 from adapt.methods.lean import without_lean_layers
 from adapt.methods.rows_cache import SHIPPED, SHIPPED_FOR
@@ -128,6 +129,27 @@ def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input():
     torch.testing.assert_close(y, torch.nn.functional.relu6(norm(x)), rtol=0, atol=1e-6)
     torch.testing.assert_close(grads[0], norm.weight.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[1], norm.bias.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", [(0.0, 6.0), (None, None)])
+def test_a_trained_batchnorm_backward_allocates_no_map_beyond_its_input_gradient(activation):
+    """The scale's gradient is a dot product per channel (no g * y map), and a masked gradient becomes the input
+    gradient in place: backward allocates one map, the input gradient, and a few vectors. Gradients exact."""
+    norm = torch.nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        norm.running_var.uniform_(0.5, 2), norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    x = torch.randn(8, 16, 24, 24, requires_grad=True)
+    grad = torch.randn(8, 16, 24, 24)
+    y = frozen_batchnorm_act(x, norm, norm.weight, norm.bias, activation)
+    peak = peak_extra_bytes(lambda: y.backward(grad))
+    assert x.numel() * 4 <= peak <= x.numel() * 4 + 4096, peak
+    lean = [t.grad.clone() for t in (x, norm.weight, norm.bias)]
+    for t in (x, norm.weight, norm.bias):
+        t.grad = None
+    reference = norm(x)
+    (reference.clamp(*activation) if activation[0] is not None else reference).backward(grad)
+    for ours, theirs in zip(lean, (x.grad, norm.weight.grad, norm.bias.grad)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method_name", ["bitfit", "lora"])  # linear: nothing below the head keeps anything

@@ -87,3 +87,14 @@ def test_frozen_input_gets_no_gradient():
     ours, _, _ = _sparse_pair(nn.Conv2d(3, 8, 3, padding=1, groups=1), 20, SparseDeltaConv2d)
     ours(torch.randn(2, 3, 9, 9)).sum().backward()
     assert ours.sparse.values.grad is not None and ours.sparse.values.grad.abs().sum() > 0
+
+
+def test_a_sparse_conv_keeps_no_kernel_for_backward():
+    """W + D is formed again in backward, not kept: the node keeps the input, values and indices only."""
+    from conftest import saved_bytes
+
+    conv = nn.Conv2d(64, 96, 1)
+    ours, reference, delta = _sparse_pair(conv, 500, SparseDeltaConv2d)
+    x = torch.randn(2, 64, 3, 3)  # an input smaller than the 96x64 kernel, so a kept kernel would show
+    assert saved_bytes(ours, x.requires_grad_(True)) == x.numel() * 4  # the input alone (values: a parameter)
+    _check(ours, reference, delta, torch.randn(2, 64, 5, 5))

@@ -11,7 +11,8 @@ activation maps per BatchNorm on a gradient path. While w has an exact zero and 
 forgets x_hat there, so the node keeps x instead; with w frozen and no activation it keeps
 nothing.
 
-Works for any w and b, trained or not, and for affines computed from other parameters (SSF's
+Backward allocates one map, the input's gradient (_channel_dot; a masked gradient is scaled
+in place). Works for any w and b, trained or not, and for affines computed from other parameters (SSF's
 re-parameterized affine: its gradients flow on through autograd).
 """
 
@@ -56,24 +57,36 @@ class _FrozenBatchNormAct(torch.autograd.Function):
         kept, mean, var, weight, bias = ctx.saved_tensors
         y = F.batch_norm(kept, mean, var, weight, bias, False, 0.0, ctx.eps) if ctx.kept == "input" else kept
         # no gradient where the activation clipped (torch's own ReLU/ReLU6 backward kernels, which read the
-        # output as well); elsewhere y is still the pre-activation value
+        # output as well); elsewhere y is still the pre-activation value. The masked gradient is then ours.
+        owned = ctx.low is not None
         if ctx.high == float("inf"):
             grad = torch.ops.aten.threshold_backward(grad, y, ctx.low)
-        elif ctx.low is not None:
+        elif owned:
             grad = torch.ops.aten.hardtanh_backward(grad, y, ctx.low, ctx.high)
         invstd = torch.rsqrt(var + ctx.eps)
-        grad_x = grad * _channels((weight * invstd).to(grad.dtype)) if ctx.needs_input_grad[0] else None
         grad_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[3] or ctx.needs_input_grad[4] else None
         grad_weight = None
         if ctx.needs_input_grad[3]:
             if ctx.kept == "output":  # sum(g * x_hat) with x_hat = (y - b) / w
-                grad_weight = ((grad * y).sum((0, 2, 3)) - bias * grad_bias) / weight
-            else:
-                grad_weight = (grad * (kept - _channels(mean)) * _channels(invstd)).sum((0, 2, 3))
+                grad_weight = (_channel_dot(grad, y) - bias * grad_bias) / weight
+            else:  # sum(g * (x - mean)) * invstd
+                grad_weight = (_channel_dot(grad, kept) - mean * grad_bias) * invstd
             grad_weight = grad_weight.to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # in place on a masked gradient: one map fewer alive at this moment
+            scale = _channels((weight * invstd).to(grad.dtype))
+            grad_x = grad.mul_(scale) if owned else grad * scale
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[4] else None
         return grad_x, None, None, grad_weight, grad_bias, None, None, None
+
+
+def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) over batch and space, per channel, as one dot product per (sample, channel) row:
+    no a * b temporary, which at a large map's norm was a whole map more at the peak of training
+    (SPT's and SSF's, whose norms train their scales); as fast as the product and sum."""
+    rows = a.shape[0] * a.shape[1]
+    return torch.bmm(a.reshape(rows, 1, -1), b.reshape(rows, -1, 1)).view(a.shape[:2]).sum(0)
 
 
 def lean_activation(norm: nn.Module) -> tuple[float | None, float | None] | None:

@@ -34,7 +34,7 @@ class SparseDelta(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """As a parametrization (layers other than Linear/Conv2d): the weight plus the delta."""
-        return weight.flatten().index_add(0, self.indices, self.values.to(weight.dtype)).view_as(weight)
+        return _kernel(weight, self.values, self.indices)
 
     def fold_into(self, weight: torch.Tensor) -> None:
         with torch.no_grad():
@@ -87,15 +87,21 @@ def conv_padding(layer: nn.Conv2d, height: int, width: int) -> tuple[int, int, i
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
+def _kernel(weight: torch.Tensor, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """W + D: the frozen kernel with the sparse values added at their flat indices."""
+    return weight.flatten().index_add(0, indices, values.to(weight.dtype)).view_as(weight)
+
+
 class _DeltaConv(torch.autograd.Function):
     """conv2d(x, W + D) for a frozen kernel W and a sparse D, as one convolution; backward gives the
     input gradient as the frozen layer's would and the gradient of D's values alone.
 
     An uneven ("SAME" at stride 2) padding is applied inside, in forward and again in backward, so
     that the node keeps the unpadded input, which the layer before keeps anyway, not a padded copy.
-    The kernel W + D is formed in the forward pass: a conv kernel is small (at most a few hundred
-    thousand entries, well under one activation map), and one convolution with it costs what the
-    frozen layer costs. The values' gradient is the weight gradient at the selected entries: for a
+    The kernel W + D is formed in the forward pass and formed again in backward rather than kept: it
+    is cheap to form (one copy of W and a scatter), and kept it was up to 0.9 MB per layer alive at
+    the peak of training (on Lite0 at batch 32, three such kernels were SPT's memory beyond LoRA's);
+    one convolution with it costs what the frozen layer costs. The values' gradient is the weight gradient at the selected entries: for a
     depthwise conv, the correlation of each selected channel's input with its output gradient, done
     as one grouped convolution over those channels only (torch's depthwise weight gradient is a
     slow loop on CPU); for any other conv, torch's weight gradient, read at the entries (the
@@ -105,14 +111,15 @@ class _DeltaConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, weight, indices, geometry, pads):
         stride, padding, dilation, groups = geometry
-        kernel = weight.flatten().index_add(0, indices, values.to(weight.dtype)).view_as(weight)
-        ctx.save_for_backward(x, kernel, indices)  # unpadded: the previous layer's output, which it keeps too
-        ctx.geometry, ctx.pads, ctx.values_dtype = geometry, pads, values.dtype
-        return F.conv2d(F.pad(x, pads) if pads else x, kernel, None, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, values, weight, indices)  # x unpadded: the previous layer's output, which it keeps too
+        ctx.geometry, ctx.pads = geometry, pads
+        return F.conv2d(F.pad(x, pads) if pads else x, _kernel(weight, values, indices), None, stride, padding,
+                        dilation, groups)  # fmt: skip
 
     @staticmethod
     def backward(ctx, grad):
-        x, kernel, indices = ctx.saved_tensors
+        x, values, weight, indices = ctx.saved_tensors
+        kernel = _kernel(weight, values, indices)
         stride, padding, dilation, groups = ctx.geometry
         padded = F.pad(x, ctx.pads) if ctx.pads else x  # again, for the backward only
         depthwise = groups > 1 and groups == x.shape[1]
@@ -128,7 +135,7 @@ class _DeltaConv(torch.autograd.Function):
             grad_values = _depthwise_kernel_grad(padded, grad, kernel.shape, indices, ctx.geometry)
         else:
             grad_values = grad_kernel.flatten()[indices]
-        return grad_x, grad_values.to(ctx.values_dtype), None, None, None, None
+        return grad_x, grad_values.to(values.dtype), None, None, None, None
 
 
 def _depthwise_kernel_grad(x, grad, shape, indices, geometry) -> torch.Tensor:
