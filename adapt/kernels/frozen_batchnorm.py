@@ -12,8 +12,8 @@ forgets x_hat there, so the node keeps x instead; with w frozen and no activatio
 nothing.
 
 Backward allocates one map, the input's gradient (_channel_dot; a masked gradient is scaled
-in place). Works for any w and b, trained or not, and for affines computed from other parameters (SSF's
-re-parameterized affine: its gradients flow on through autograd).
+in place). Works for any w and b, trained or not, and for affines computed from other
+parameters (SSF's re-parameterized affine: its gradients flow on through autograd).
 """
 
 from __future__ import annotations

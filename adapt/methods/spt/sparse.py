@@ -101,8 +101,8 @@ class _DeltaConv(torch.autograd.Function):
     The kernel W + D is formed in the forward pass and formed again in backward rather than kept: it
     is cheap to form (one copy of W and a scatter), and kept it was up to 0.9 MB per layer alive at
     the peak of training (on Lite0 at batch 32, three such kernels were SPT's memory beyond LoRA's);
-    one convolution with it costs what the frozen layer costs. The values' gradient is the weight gradient at the selected entries: for a
-    depthwise conv, the correlation of each selected channel's input with its output gradient, done
+    one convolution with it costs what the frozen layer costs. The values' gradient is the weight
+    gradient at the selected entries: for a depthwise conv, the correlation of each selected channel's input with its output gradient, done
     as one grouped convolution over those channels only (torch's depthwise weight gradient is a
     slow loop on CPU); for any other conv, torch's weight gradient, read at the entries (the
     kernel-sized transient is small next to the activations).
