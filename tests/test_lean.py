@@ -22,9 +22,10 @@ from adapt.cli import cli
 from adapt.data import load_data
 from adapt.hub import save_hub_folder
 from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
-from adapt.merge.reparam import peak_extra_bytes
+from adapt.merge.reparam import AllocationTracker, peak_extra_bytes
 from adapt.methods import METHODS, create_method, method_rows
-from adapt.methods.lean import without_lean_layers
+from adapt.methods.lean import LeanResidualBlock, without_lean_layers
+from adapt.methods.mixins import without_mixin
 from adapt.methods.rows_cache import SHIPPED, SHIPPED_FOR
 from adapt.train_config import TrainConfig
 
@@ -150,6 +151,48 @@ def test_a_trained_batchnorm_backward_allocates_no_map_beyond_its_input_gradient
     (reference.clamp(*activation) if activation[0] is not None else reference).backward(grad)
     for ours, theirs in zip(lean, (x.grad, norm.weight.grad, norm.bias.grad)):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _block_run(block, x, grad):
+    """(bytes the forward left alive, the input's and the trained parameters' gradients)."""
+    x = x.clone().requires_grad_(True)
+    with AllocationTracker() as tracker:
+        out = block(x)
+        alive = tracker.live
+    out.backward(grad)
+    return alive, [x.grad] + [p.grad for p in block.parameters() if p.requires_grad]
+
+
+def test_a_residual_blocks_last_norm_keeps_no_output_and_its_gradients_stay_exact():
+    """SSF trains every norm's scale; in a block with a skip the projection norm (no activation) keeps nothing:
+    its output is recovered as the block's sum minus its input, which stay alive anyway."""
+    model, _ = create_backbone(num_classes=5)
+    create_method("ssf").apply(model)
+    block = model.blocks[1][1].train()
+    assert block.has_skip and isinstance(block, LeanResidualBlock)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    x, grad = torch.randn(4, 24, 12, 12), torch.randn(4, 24, 12, 12)
+    lean_alive, lean_grads = _block_run(block, x, grad)
+    for parameter in block.parameters():
+        parameter.grad = None
+    without_mixin(block, LeanResidualBlock)
+    plain_alive, plain_grads = _block_run(block, x, grad)
+    assert plain_alive - lean_alive == x.numel() * 4  # the norm's output, one map
+    for ours, theirs in zip(lean_grads, plain_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_residual_sum_changed_in_place_is_refused_in_backward():
+    model, _ = create_backbone(num_classes=5)
+    create_method("ssf").apply(model)
+    block = model.blocks[1][1].train()
+    out = block(torch.randn(2, 24, 8, 8, requires_grad=True))
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
 
 
 @pytest.mark.parametrize("method_name", ["bitfit", "lora"])  # linear: nothing below the head keeps anything

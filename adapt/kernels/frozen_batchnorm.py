@@ -41,6 +41,11 @@ def _kept(weight_trains: bool, clips: bool, weight: torch.Tensor) -> str | None:
     return "output" if weight_trains or clips else None
 
 
+def keeps_output(weight: torch.Tensor, clip: tuple[float | None, float | None]) -> bool:
+    """Whether frozen_batchnorm_act's node keeps its output for backward (rather than its input or nothing)."""
+    return _kept(weight.requires_grad and torch.is_grad_enabled(), clip[0] is not None, weight) == "output"
+
+
 class _FrozenBatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, eps, low, high):

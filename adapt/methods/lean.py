@@ -2,7 +2,8 @@
 
 Every method's frozen BatchNorms (with timm's ReLU/ReLU6 or no activation) and frozen convs run
 through adapt.kernels' lean autograd nodes: a BatchNorm keeps only its output (or nothing),
-a conv nothing but its weight. Values and gradients are the plain layers' (tested to 1e-6).
+a conv nothing but its weight, and the last norm of a residual block (timm's InvertedResidual,
+DepthwiseSeparableConv) not even its output: the block's sum minus its input gives it back. Values and gradients are the plain layers' (tested to 1e-6).
 They are mixins (adapt.methods.mixins), given before a method adds its own, so a method's
 layers (SSF's re-parameterized affine, SPT's parametrized deltas and structured modules, peft's
 LoRA around a base conv) run on top of them; the parameters and state-dict keys stay the
@@ -11,12 +12,16 @@ plain layers', and merging gives the plain classes back.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
 from torch.nn.utils import parametrize
 
-from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act, lean_activation
+from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act, keeps_output, lean_activation
 from adapt.kernels.frozen_conv import frozen_conv2d, is_frozen, runs_frozen
+from adapt.kernels.residual_output import OutputFromResidual
 from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.methods.norms import FrozenStatistics
 
@@ -26,11 +31,34 @@ class LeanBatchNorm:
     what its backward reads, whatever trains its affine (nothing, BitFit, SSF's re-parameterized affine,
     SPT's deltas)."""
 
+    residual: OutputFromResidual | None = None  # set by its block (LeanResidualBlock) during the block's forward
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = lean_activation(self)
         if clip is None or not torch.is_grad_enabled():
             return super().forward(x)
-        return frozen_batchnorm_act(x, self, self.weight, self.bias, clip)
+        weight, bias = self.weight, self.bias  # computed once: SSF's and SPT's are
+        recovered = self.residual is not None and clip == (None, None) and keeps_output(weight, clip)
+        with self.residual.saving_no_output(x) if recovered else nullcontext():
+            return frozen_batchnorm_act(x, self, weight, bias, clip)
+
+
+class LeanResidualBlock:
+    """Mixin over timm's InvertedResidual / DepthwiseSeparableConv with a skip: its last norm keeps no output
+    (adapt.kernels.residual_output); the block hands that norm its sum and input instead. timm's forward runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.bn3 if hasattr(self, "bn3") else self.bn2
+        if not (self.has_skip and isinstance(self.drop_path, nn.Identity) and isinstance(norm, LeanBatchNorm)
+                and torch.is_grad_enabled()):  # fmt: skip
+            return super().forward(x)
+        norm.residual = recovery = OutputFromResidual()
+        try:
+            out = super().forward(x)
+        finally:
+            del norm.residual  # back to the class's None
+        recovery.fill(out, x)
+        return out
 
 
 class FrozenConv:
@@ -42,7 +70,7 @@ class FrozenConv:
         return frozen_conv2d(self, x)
 
 
-LEAN_MIXINS = (LeanBatchNorm, FrozenConv)
+LEAN_MIXINS = (LeanBatchNorm, FrozenConv, LeanResidualBlock)
 
 
 def keep_frozen_layers_lean(model: nn.Module) -> int:
@@ -58,6 +86,8 @@ def keep_frozen_layers_lean(model: nn.Module) -> int:
         elif runs_frozen(module):
             with_mixin(module, FrozenConv)
             layers += 1
+        elif isinstance(module, (InvertedResidual, DepthwiseSeparableConv)):
+            with_mixin(module, LeanResidualBlock)
     return layers
 
 
