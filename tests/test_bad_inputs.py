@@ -504,6 +504,8 @@ CASES = [
     C(f"perceptual-init --data nights:{W}/nope --out {W}/p.safetensors", "triplet file not found"),
     C(f"perceptual-init --data mnist --out {W}/p.safetensors", "unknown triplet data"),
     C(f"perceptual-init --data triplets:{W}/trip/badchoice.csv --lr nan --out {W}/p.safetensors", "lr must be finite"),
+    C(f"perceptual-init --data triplets:{W}/trip/good.csv --norm-statistics train --out {W}/p.safetensors",
+      "Invalid value for '--norm-statistics'", 2),
     C(f"perceptual-init --data triplets:{W}/trip/badchoice.csv --out {CKPT}", "exists; pass --overwrite"),
     C(f"perceptual-init --data triplets:{W}/trip/good.csv --from {W}/none.safetensors --out {W}/p.safetensors",
       "none.safetensors"),

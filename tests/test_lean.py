@@ -195,6 +195,19 @@ def test_a_residual_sum_changed_in_place_is_refused_in_backward():
         out.sum().backward()
 
 
+def test_a_residual_blocks_recovered_output_serves_a_retained_second_backward():
+    model, _ = create_backbone(num_classes=5)
+    create_method("ssf").apply(model)
+    block = model.blocks[1][1].train()
+    x = torch.randn(2, 24, 8, 8, requires_grad=True)
+    loss = block(x).square().sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    loss.backward()
+    torch.testing.assert_close(x.grad, first, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method_name", ["bitfit", "lora"])  # linear: nothing below the head keeps anything
 def test_lean_frozen_layers_keep_far_less_for_backward(method_name):
     """Frozen BatchNorm + ReLU6 keep only their output, frozen convs nothing: well under the plain layers'."""
