@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from timm.layers import use_reentrant_ckpt
 from torch import nn
 
 from adapt.backbones import RANDOM_WEIGHTS, BackboneInfo, create_backbone, preprocessing
@@ -113,6 +114,23 @@ class AdaptedModel:
     @property
     def std(self) -> tuple[float, ...]:
         return self.backbone.preprocessing.std
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each backbone block's input in training and run the block again in backward (timm's
+        gradient checkpointing, torch's non-reentrant checkpoint): less memory, slower steps, the same gradients.
+        BatchNorm statistics that train would count a batch twice; a training loop wraps backward in
+        adapt.methods.norms.statistics_kept (adapt.train does)."""
+        if enable and self.method.grad_checkpointing_refusal:
+            raise AdaptError(f"method {self.method.name} cannot use gradient checkpointing: "
+                             f"{self.method.grad_checkpointing_refusal}")  # fmt: skip
+        if enable and use_reentrant_ckpt():
+            raise AdaptError("TIMM_REENTRANT_CKPT is on: timm's re-entrant checkpoint would give a frozen backbone's "
+                             "adapters no gradient; unset it to use gradient checkpointing")  # fmt: skip
+        backbone = next((m for m in self.model.modules() if hasattr(m, "set_grad_checkpointing")), None)
+        try:
+            backbone.set_grad_checkpointing(enable)
+        except (AttributeError, AssertionError, NotImplementedError):  # timm asserts where a model has none
+            raise AdaptError(f"{self.backbone.name} has no gradient checkpointing in timm") from None
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters of the adapted model."""

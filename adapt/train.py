@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from adapt.data import DataSplits
 from adapt.devices import precision_accelerator
 from adapt.errors import AdaptError, term
 from adapt.evaluate import NonFiniteOutput, accuracy
+from adapt.methods.norms import statistics_kept
 from adapt.optimization import optimizer_and_schedule
 from adapt.progress import Steps
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR, CSVTracker, create_trackers, flat_config
@@ -130,6 +131,8 @@ class Trainer:
         self.data = data
         self.config = config
         self.out_dir = Path(out_dir)
+        if config.grad_checkpointing:  # before anything is written: a method or backbone may refuse it
+            adapted.set_grad_checkpointing(True)
         self.trackers = create_trackers(config.trackers(), self.out_dir)
         self.accelerator = precision_accelerator(config, self.trackers)
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
@@ -283,7 +286,8 @@ class Trainer:
                 loss = self.loss(logits, images, labels)
                 if not torch.isfinite(loss):
                     self._refuse_non_finite(loss, epoch, steps)
-                accelerator.backward(loss)
+                with statistics_kept(model) if self.config.grad_checkpointing else nullcontext():  # one count a batch
+                    accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

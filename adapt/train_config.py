@@ -12,7 +12,7 @@ from adapt.errors import AdaptError, term
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerate's mixed_precision
 TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
-RESULT_FREE = ("workers", "log_with")  # options that change no result: a resumed run may change them
+RESULT_FREE = ("workers", "log_with", "grad_checkpointing")  # options that change no result: a resumed run may change them
 CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
 # How a fresh classifier head starts (adapt.backbones.init_head). "trunc-normal" is what SSF's and SPT's
 # official code give it (timm's ViT init: weight ~ N(0, 0.02) truncated, bias 0; dongzelian/SSF
@@ -39,6 +39,8 @@ class TrainConfig:
     # test every N epochs (and at the last) for the best-over-evaluations figure papers report; None: not
     eval_every: int | None = option(None, low=1, high=100_000)
     grad_accum: int = option(1, low=1, high=65_536)
+    # keep only each block's input, run it again in backward (AdaptedModel.set_grad_checkpointing): same gradients
+    grad_checkpointing: bool = option(False)
     precision: str | None = option(None, choices=(None, *PRECISIONS))  # None: accelerate's config and environment
     seed: int = option(0, low=0, high=MAX_SEED)
     workers: int = option(0, low=0, high=256)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
 from adapt.adapted import AdaptedModel
 from adapt.merge.reparam import peak_extra_bytes
+from adapt.methods.norms import statistics_kept
 from adapt.train import FitResult
 
 
@@ -57,7 +59,9 @@ def interleaved_training_cost(models: dict[str, AdaptedModel], images: torch.Ten
     def step(name: str) -> None:
         model, optimizer, seconds = runs[name]
         start = time.perf_counter()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        with statistics_kept(model) if getattr(model, "grad_checkpointing", False) else nullcontext():  # as adapt.train
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         seconds.append(time.perf_counter() - start)

@@ -10,7 +10,10 @@ norms' lean node, which it had before), in the same turns: "step time vs before"
 SPT runs at LoRA's default backbone count (rank 8: 182,272 entries; it has no default budget),
 HST in its paper variant.
 
-A second table measures cost only, on a random-weight ViT-B/16 (batch 8 at 224 px): step time
+A second table gives the cost of the same methods with gradient checkpointing (`--grad-checkpointing`:
+each block keeps only its input and runs again in backward; the same gradients), in the same turns.
+
+A third table measures cost only, on a random-weight ViT-B/16 (batch 8 at 224 px): step time
 and peak training memory of SSF and BitFit vs full fine-tuning, median of a few AdamW steps.
 
     python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2] [--steps 9] [--vit-steps 4]
@@ -41,6 +44,7 @@ METHODS = {"full": {}, "linear": {}, "bitfit": {}, "ssf": {}, "lora": {}, "spt":
            "hst": {"variant": "paper"}}  # fmt: skip
 VIT = "vit_base_patch16_224"
 VIT_METHODS = ["full", "bitfit", "ssf"]
+CHECKPOINTED = ["full", "bitfit", "lora", "ssf", "spt"]  # HST refuses it; linear keeps nothing in the blocks
 
 
 def as_before(adapted: AdaptedModel) -> AdaptedModel:
@@ -54,17 +58,21 @@ def as_before(adapted: AdaptedModel) -> AdaptedModel:
     return adapted
 
 
-def costs(steps: int) -> dict[str, tuple[float, int, float, int]]:
-    """(step seconds, peak bytes, step seconds before, peak bytes before) per method, all taking turns."""
+def costs(steps: int) -> tuple[dict[str, tuple[float, int, float, int]], dict[str, tuple[float, int]]]:
+    """(step seconds, peak bytes, step seconds before, peak bytes before) per method, and (step seconds, peak
+    bytes) of the CHECKPOINTED methods with gradient checkpointing, all taking turns."""
     config = TrainConfig()
-    models, before = {}, {}
+    models = {}
     for method, options in METHODS.items():
         models[method], data = prepare(TuneJob(method=method, options=options), "digits", config)
-        before[method] = as_before(prepare(TuneJob(method=method, options=options), "digits", config)[0])
+        models[f"{method} (before)"] = as_before(prepare(TuneJob(method=method, options=options), "digits", config)[0])
+    for method in CHECKPOINTED:
+        models[f"{method} (checkpointed)"] = prepare(TuneJob(method=method, options=METHODS[method]), "digits", config)[0]
+        models[f"{method} (checkpointed)"].set_grad_checkpointing(True)
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=config.batch_size)))
-    measured = interleaved_training_cost({**models, **{f"{m} (before)": a for m, a in before.items()}}, images, labels,
-                                         steps)  # fmt: skip
-    return {m: (*measured[m], *measured[f"{m} (before)"]) for m in METHODS}
+    measured = interleaved_training_cost(models, images, labels, steps)
+    return ({m: (*measured[m], *measured[f"{m} (before)"]) for m in METHODS},
+            {m: measured[f"{m} (checkpointed)"] for m in CHECKPOINTED})  # fmt: skip
 
 
 def vit_cost(steps: int) -> list[dict]:
@@ -107,8 +115,8 @@ def main() -> None:
     seeds, epochs, accuracy = [int(s) for s in args.seeds.split(",")], args.epochs, {}
     if args.cost_only:
         accuracy, epochs, seeds = committed_accuracy()
-    cost = costs(args.steps)
-    print(cost, flush=True)
+    cost, checkpointed = costs(args.steps)
+    print(cost, checkpointed, flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         for method, options in METHODS.items():
             if method in accuracy:  # --cost-only
@@ -131,13 +139,22 @@ def main() -> None:
                      "step_time_ratio_vs_full": step / full_step, "peak_mem_ratio_vs_full": peak / full_peak,
                      "peak_mem_ratio_vs_lora": peak / cost["lora"][1], "step_time_ratio_vs_before": step / step_before,
                      "peak_mem_ratio_vs_before": peak / peak_before, "step_seconds": step, "peak_bytes": peak})  # fmt: skip
+    checkpointed_rows = [{"method": m, "step_time_ratio_vs_full": step / full_step,
+                          "peak_mem_ratio_vs_full": peak / full_peak, "step_time_ratio_vs_unchecked": step / cost[m][0],
+                          "peak_mem_ratio_vs_unchecked": peak / cost[m][1], "step_seconds": step, "peak_bytes": peak}
+                         for m, (step, peak) in checkpointed.items()]  # fmt: skip
     vit = vit_cost(args.vit_steps)
     setup = {"backbone": "tf_efficientnet_lite0 (embedded ImageNet weights)", "data": "digits, 96 px",
              "epochs": epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU",
              "accuracy": "from the committed results' run (cost-only rerun)" if args.cost_only else "this run",
              "cost": f"batch 32 at 96 px, median of {args.steps} AdamW steps, methods taking turns",
              "spt_budget": SPT_BUDGET, "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of "
-             f"{args.vit_steps} AdamW steps", "vit_rows": vit}  # fmt: skip
+             f"{args.vit_steps} AdamW steps", "vit_rows": vit, "checkpointed_rows": checkpointed_rows}  # fmt: skip
+    checkpointed_table = [
+        "| method with --grad-checkpointing (cost only) | step time vs full | peak train memory vs full | step time vs "
+        "without | peak memory vs without |", "|---|---:|---:|---:|---:|"] + [
+        f"| {r['method']} | {r['step_time_ratio_vs_full']:.2f} | {r['peak_mem_ratio_vs_full']:.2f} | "
+        f"{r['step_time_ratio_vs_unchecked']:.2f} | {r['peak_mem_ratio_vs_unchecked']:.2f} |" for r in checkpointed_rows]  # fmt: skip
     vit_table = ["| method on ViT-B/16 (cost only) | trainable params | step time vs full | peak train memory vs full |",
                  "|---|---:|---:|---:|"] + [
         f"| {r['method']} | {r['trainable_params']:,} | {r['step_time_ratio_vs_full']:.2f} | {r['peak_mem_ratio_vs_full']:.2f} |"
@@ -152,7 +169,7 @@ def main() -> None:
         ("peak memory vs LoRA", lambda r: f"{r['peak_mem_ratio_vs_lora']:.2f}"),
         ("step time vs before", lambda r: f"{r['step_time_ratio_vs_before']:.2f}"),
         ("peak memory vs before", lambda r: f"{r['peak_mem_ratio_vs_before']:.2f}"),
-    ], footer="\n".join(vit_table))  # fmt: skip
+    ], footer="\n".join([*checkpointed_table, "", *vit_table]))  # fmt: skip
 
 
 if __name__ == "__main__":

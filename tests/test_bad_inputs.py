@@ -231,6 +231,8 @@ CASES = [
     C(f"tune --init-from {SOUP}/a.safetensors {T}", "not an adapt checkpoint"),
     C(f"tune --method lora --init-from {CKPT} --backbone test_vit --weights random {T}", "was trained on"),
     C(f"tune --lr nan {T}", "lr must be finite"),
+    C(f"tune --method hst --grad-checkpointing {T}", "hst cannot use gradient checkpointing"),
+    C(f"tune --grad-checkpointing yes {T}", "Got unexpected extra argument (yes)", 2),
     C(f"tune --lr 0 {T}", "Invalid value for '--lr'", 2),
     C(f"tune --lr 1e6 {T}", "lr must be <= 10"),
     C(f"tune --weight-decay nan {T}", "weight_decay must be finite"),

@@ -277,12 +277,13 @@ def test_config_takes_method_options_as_a_mapping_and_hugging_face_names(tmp_pat
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump({"method": "lora", "backbone": "test_vit", "weights": "random", "image_size": 32,
                                       "learning_rate": 0.002, "num_train_epochs": 1, "per_device_train_batch_size": 16,
-                                      "limit": 16, "option": {"rank": 2, "targets": "qkv$"}}))  # fmt: skip
+                                      "limit": 16, "option": {"rank": 2, "targets": "qkv$"},
+                                      "gradient_checkpointing": True}))  # fmt: skip
     out = tmp_path / "run"
     result = run("tune", "--config", config, "--out", out)
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert (saved["lr"], saved["epochs"], saved["batch_size"]) == (0.002, 1, 16)
+    assert (saved["lr"], saved["epochs"], saved["batch_size"], saved["grad_checkpointing"]) == (0.002, 1, 16, True)
     assert sorted(saved["method_options"]) == ['rank=2', 'targets="qkv$"']
     assert json.loads(run("info", out, "--json").stdout)["method"].startswith("lora")
     config.write_text("learning_rate: 0.1\nlr: 0.2\n")

@@ -207,6 +207,7 @@ def preset_overrides(ctx: click.Context, config: str | None, layer: tuple[str, d
 # config keys users bring from Hugging Face's TrainingArguments (and --option's own name), as our options
 CONFIG_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
                   "warmup_ratio": "warmup", "gradient_accumulation_steps": "grad_accum", "output_dir": "out",
+                  "gradient_checkpointing": "grad_checkpointing",
                   "option": "method_options", "learner_option": "learner_options"}  # fmt: skip
 
 

@@ -58,6 +58,9 @@ from adapt.train_config import HEAD_INITS, NORMALIZATIONS, TrainConfig
 @click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Stochastic depth on the frozen backbone's blocks while training (timm's drop_path_rate).")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--grad-checkpointing", is_flag=True,
+              help="Keep only each backbone block's input and run the block again in backward (timm's gradient "
+                   "checkpointing): less training memory, slower steps, the same gradients.")  # fmt: skip
 @precision_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @workers_option
@@ -183,9 +186,9 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
                   normalize=v["normalize"])  # fmt: skip
     config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
                          warmup=v["warmup"], cooldown_epochs=v["cooldown_epochs"], warmup_lr=v["warmup_lr"],
-                         min_lr=v["min_lr"], grad_accum=v["grad_accum"], precision=v["precision"], seed=v["seed"],
-                         workers=v["workers"], log_with=v["log_with"], eval_every=v["eval_every"],
-                         label_smoothing=v["label_smoothing"])  # fmt: skip
+                         min_lr=v["min_lr"], grad_accum=v["grad_accum"], grad_checkpointing=v["grad_checkpointing"],
+                         precision=v["precision"], seed=v["seed"], workers=v["workers"], log_with=v["log_with"],
+                         eval_every=v["eval_every"], label_smoothing=v["label_smoothing"])  # fmt: skip
     return run_tune(job, config, out, v["resume"], spec, on_start=_print_start, on_epoch_end=_print_epoch,
                     overwrite=v["overwrite"], record=config_record(v), on_note=on_note)  # fmt: skip
 

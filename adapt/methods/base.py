@@ -44,6 +44,8 @@ class Method:
     # full: the folded weights are linear in the tensors); False where it is not (LoRA's B·A is bilinear)
     averages_exactly: ClassVar[bool] = True
     merge_refusal: ClassVar[str] = "it adds computation that no weight can absorb"
+    # why timm's gradient checkpointing cannot serve this method (AdaptedModel.set_grad_checkpointing); None: it can
+    grad_checkpointing_refusal: ClassVar[str | None] = None
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()

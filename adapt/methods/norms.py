@@ -10,6 +10,10 @@ still a plain timm state dict (adapt.methods.mixins).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 from adapt.methods.mixins import with_mixin
@@ -36,3 +40,20 @@ def freeze_norm_statistics(model: nn.Module) -> int:
         with_mixin(norm, FrozenStatistics)
     return len(norms)
 
+
+
+@contextmanager
+def statistics_kept(model: nn.Module) -> Iterator[None]:
+    """The running statistics of `model`'s BatchNorms that update (train mode), put back as they were on exit.
+
+    Under gradient checkpointing a block runs twice in a step, its second forward inside backward: wrapped
+    around backward, this lets the step's batch count once, as it does without checkpointing."""
+    norms = [m for m in model.modules() if has_running_statistics(m) and m.training]
+    kept = [[buffer.clone() for buffer in norm.buffers(recurse=False)] for norm in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, buffers in zip(norms, kept):
+                for buffer, value in zip(norm.buffers(recurse=False), buffers):
+                    buffer.copy_(value)
