@@ -41,7 +41,6 @@ def freeze_norm_statistics(model: nn.Module) -> int:
     return len(norms)
 
 
-
 @contextmanager
 def statistics_kept(model: nn.Module) -> Iterator[None]:
     """The running statistics of `model`'s BatchNorms that update (train mode), put back as they were on exit.

@@ -118,7 +118,8 @@ class HST(Method):
     config_class = HSTConfig
     default_lr = 2e-3
     merge_refusal = "its side network is a second branch beside the backbone, not a change to the backbone's weights"
-    grad_checkpointing_refusal = "its taps run the backbone's blocks themselves, outside timm's checkpointed forward"
+    grad_checkpointing_refusal = ("its taps run the backbone themselves (block by block, or timm's "
+                                  "forward_intermediates), outside timm's checkpointed forward")
 
     @classmethod
     def from_options(cls, options: dict) -> Method:
