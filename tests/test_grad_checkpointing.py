@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from conftest import perturb_trainable
@@ -32,7 +34,7 @@ def _step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tupl
     model.train().zero_grad()
     torch.manual_seed(1)  # the same dropout masks in both runs
     loss = torch.nn.functional.cross_entropy(model(x), labels)
-    with statistics_kept(model) if getattr(model, "grad_checkpointing", False) else torch.enable_grad():
+    with statistics_kept(model) if getattr(model, "grad_checkpointing", False) else nullcontext():
         loss.backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads, {k: b.clone() for k, b in model.named_buffers()}

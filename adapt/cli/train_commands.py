@@ -90,6 +90,7 @@ def tune(ctx, **_) -> None:
       adapt tune --log-with tensorboard            # then: tensorboard --logdir runs/tune/tensorboard
       adapt tune --method spt --budget 0.4M --rank 8    # sensitivity, allocation, then training
       adapt tune --method linear --out lp && adapt tune --init-from lp/adapter.safetensors   # LP-FT
+      adapt tune --method full --grad-checkpointing  # less training memory, same gradients, slower steps
       adapt tune --method lora --rank 4 --alpha 8 --targets 'qkv$' --backbone vit_small_patch16_224 --weights random
       adapt tune --backbone local-dir:merged/ --data folder:pets --out runs/pets-2   # a hub folder as the backbone
       adapt tune --data vtab:~/vtab-1k/dtd --backbone vit_base_patch16_224 --weights vit.safetensors
