@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from accelerate.data_loader import DataLoaderShard
 
 from adapt.adapted import AdaptedModel
 from adapt.checkpoint import all_finite, write_json_atomic, write_text_atomic
 from adapt.data import DataSplits
+from adapt.data.global_batches import GlobalBatchSampler, per_process_batch
 from adapt.devices import precision_accelerator
 from adapt.errors import AdaptError, term
 from adapt.evaluate import NonFiniteOutput, accuracy
@@ -135,6 +136,7 @@ class Trainer:
             adapted.set_grad_checkpointing(True)
         self.trackers = create_trackers(config.trackers(), self.out_dir)
         self.accelerator = precision_accelerator(config, self.trackers)
+        self.batch_per_process = per_process_batch(config.batch_size, self.accelerator.num_processes)
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
         self.weight_decay = config.weight_decay if config.weight_decay is not None else adapted.method.default_weight_decay
         if max(config.warmup_lr, config.min_lr) > self.lr:
@@ -184,19 +186,19 @@ class Trainer:
         config, accelerator, model = self.config, self.accelerator, self.adapted.model
         torch.manual_seed(config.seed)
         order = torch.Generator()
-        loader = DataLoader(
-            self.data.train,
-            batch_size=config.batch_size,
-            sampler=RandomSampler(self.data.train, generator=order),
-            num_workers=config.workers,
-        )
-        steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-        total_steps = config.epochs * steps_per_epoch  # the cosine's; cooldown epochs run at min_lr after it
-        optimizer, scheduler = optimizer_and_schedule(model, self.lr, self.weight_decay, config.warmup, total_steps,
-                                                      config.warmup_lr, config.min_lr)  # fmt: skip
+        self.batches = GlobalBatchSampler(len(self.data.train), config.batch_size, order, accelerator.process_index,
+                                          accelerator.num_processes, config.drop_last)  # fmt: skip
+        loader = DataLoaderShard(self.data.train, device=accelerator.device, batch_sampler=self.batches,
+                                 num_workers=config.workers)  # fmt: skip
+        if len(loader) == 0:
+            raise AdaptError(f"the training split has {len(self.data.train)} images, not one full batch of "
+                             f"{config.batch_size} ({term('drop_last')} drops the partial one)")  # fmt: skip
+        updates_per_epoch = math.ceil(len(loader) / config.grad_accum)
+        optimizer, scheduler = optimizer_and_schedule(model, self.lr, self.weight_decay, config.lr_stepping, config.epochs,
+                                                      updates_per_epoch, config.warmup, config.warmup_lr, config.min_lr)  # fmt: skip
         start_epoch, history = self._restore(optimizer, scheduler) if resume else (0, [])
         self._first_epoch = start_epoch + 1  # before its first step, a NaN loss is the weights' (_refuse_non_finite)
-        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        model, optimizer = accelerator.prepare(model, optimizer)
         self._start_trackers(start_epoch * len(loader) if resume else None)
 
         eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
@@ -205,12 +207,13 @@ class Trainer:
                 for epoch in range(start_epoch + 1, config.total_epochs + 1):
                     order.manual_seed(config.seed * 100_003 + epoch)
                     result = self._epoch(epoch, model, loader, optimizer, scheduler, progress)
+                    scheduler.after_epoch()
                     try:
                         result.eval_acc = accuracy(model, eval_set, accelerator)
                     except NonFiniteOutput:
                         raise self._non_finite_outputs(epoch) from None
                     result.eval_split = eval_split
-                    if config.eval_every and (epoch % config.eval_every == 0 or epoch == config.total_epochs):
+                    if config.tests_at(epoch):
                         result.periodic_test_acc = (result.eval_acc if eval_split == self.data.test_name
                                                     else accuracy(model, self.data.test, accelerator))  # fmt: skip
                     history.append(result)
@@ -234,6 +237,8 @@ class Trainer:
             best = result.best_periodic()
             summary = {"test_acc": test_acc, "test_split": self.data.test_name, "trainable_params": trainable,
                        "total_params": total, "run": self.run_identity(), "history": [asdict(h) for h in history],
+                       "batch": {"global": config.batch_size, "per_process": self.batch_per_process,
+                                 "processes": accelerator.num_processes},
                        **({"best_periodic_test_acc": best[0], "best_periodic_epoch": best[1]} if best else {})}  # fmt: skip
             write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
         return result
@@ -280,16 +285,18 @@ class Trainer:
         start = time.perf_counter()
         progress.describe(f"epoch {epoch}/{self.config.total_epochs}")
         for images, labels in loader:
-            step_lr = optimizer.param_groups[0]["lr"]
+            step_lr = scheduler.lr
             with accelerator.accumulate(model):
                 logits = model(images)
                 loss = self.loss(logits, images, labels)
                 if not torch.isfinite(loss):
                     self._refuse_non_finite(loss, epoch, steps)
+                share = self.batches.share(steps)  # this process's piece of the global batch's mean
                 with statistics_kept(model) if self.config.grad_checkpointing else nullcontext():  # one count a batch
-                    accelerator.backward(loss)
+                    accelerator.backward(loss * share if share != 1.0 else loss)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.after_update()
                 optimizer.zero_grad()
                 bad = first_non_finite(model)
                 if bad is not None:
@@ -310,7 +317,7 @@ class Trainer:
             train_acc=correct / max(seen, 1),
             eval_acc=float("nan"),
             eval_split="",
-            lr=scheduler.get_last_lr()[0],
+            lr=step_lr,  # the rate of the epoch's last step
             images_per_s=seen * accelerator.num_processes / seconds,
             seconds=seconds,
             steps=steps,

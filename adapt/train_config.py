@@ -14,6 +14,9 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerat
 TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
 RESULT_FREE = ("workers", "log_with", "grad_checkpointing")  # options that change no result: a resumed run may change them
 CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
+# How timm's cosine schedule is stepped (adapt.optimization.Schedule): per optimizer update (adapt's default),
+# per epoch as timm's train.py does (SSF, HST), or per epoch one epoch behind (SPT, NOAH, V-PETL Bench)
+LR_STEPPING = ("step", "epoch", "epoch-lagged")
 # How a fresh classifier head starts (adapt.backbones.init_head). "trunc-normal" is what SSF's and SPT's
 # official code give it (timm's ViT init: weight ~ N(0, 0.02) truncated, bias 0; dongzelian/SSF
 # models/vision_transformer.py init_weights, ziplab/SPT model/vision_transformer_timm.py reset_classifier);
@@ -28,16 +31,20 @@ NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "i
 @dataclass
 class TrainConfig:
     epochs: int = option(10, low=1, high=100_000)
-    batch_size: int = option(32, low=1, high=65_536)
+    batch_size: int = option(32, low=1, high=65_536)  # the global batch: each of N processes takes batch_size / N
+    drop_last: bool = option(False)  # drop the last partial training batch of an epoch (timm's loader does; SSF, HST)
     lr: float | None = option(None, low=0, low_open=True, high=10)  # None: the method's default
     weight_decay: float | None = option(None, low=0, high=10)  # None: the method's default
-    warmup: float = option(0.1, low=0, high=1)  # fraction of the optimizer steps of `epochs`
+    warmup: float = option(0.1, low=0, high=1)  # fraction of the schedule's steps (updates or epochs) of `epochs`
+    lr_stepping: str = option(LR_STEPPING[0], choices=LR_STEPPING)
     cooldown_epochs: int = option(0, low=0, high=100_000)  # epochs at min_lr after `epochs` (timm's cooldown)
     warmup_lr: float = option(0.0, low=0, high=10)  # where warmup starts
     min_lr: float = option(0.0, low=0, high=10)  # where the cosine ends
     label_smoothing: float = option(0.0, low=0, high=1, high_open=True)  # of the default cross-entropy
     # test every N epochs (and at the last) for the best-over-evaluations figure papers report; None: not
     eval_every: int | None = option(None, low=1, high=100_000)
+    eval_from: int | None = option(None, low=1, high=100_000)  # the first epoch tested (None: eval_every), then every N
+    eval_last: int = option(0, low=0, high=100_000)  # also test each of the last N epochs (SPT: 10)
     grad_accum: int = option(1, low=1, high=65_536)
     # keep only each block's input, run it again in backward (AdaptedModel.set_grad_checkpointing): same gradients
     grad_checkpointing: bool = option(False)
@@ -56,6 +63,15 @@ class TrainConfig:
     def total_epochs(self) -> int:
         """The epochs that run: the schedule's, then the cooldown's."""
         return self.epochs + self.cooldown_epochs
+
+    def tests_at(self, epoch: int) -> bool:
+        """Whether the periodic evaluation (eval_every) tests after `epoch` (1-based): from eval_from on every
+        eval_every epochs, each of the last eval_last epochs, and the last."""
+        if not self.eval_every:
+            return False
+        first = self.eval_from or self.eval_every
+        periodic = epoch >= first and (epoch - first) % self.eval_every == 0
+        return periodic or epoch > self.total_epochs - self.eval_last or epoch == self.total_epochs
 
     def trackers(self) -> list[str]:
         """The names in `log_with`, in order, without repeats."""

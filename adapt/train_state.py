@@ -62,7 +62,8 @@ EXTENDABLE = ("epochs",)  # settings of `train` a resumed run may raise (adapt t
 
 
 # settings added after the first train states, at the values those states were trained with
-LATER_SETTINGS = {"cooldown_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "eval_every": None, "label_smoothing": 0.0}
+LATER_SETTINGS = {"cooldown_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "eval_every": None, "label_smoothing": 0.0,
+                  "drop_last": False, "lr_stepping": "step", "eval_from": None, "eval_last": 0}
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -105,9 +106,7 @@ def restore_train_state(
         raise AdaptError(f"cannot resume from {path}: " + "; ".join(changed))
     optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
     optimizer.load_state_dict(_optimizer_state(optimizer_tensors, json.loads(metadata["optimizer"])))
-    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
-    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base_lr * factor(scheduler.last_epoch)  # the schedule at the saved step, as planned now
+    scheduler.load_state_dict(json.loads(metadata["scheduler"]))  # the saved position, on the schedule planned now
     torch.set_rng_state(tensors["rng.torch"])
     trained = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     return trained, int(metadata["epoch"]), json.loads(metadata["history"])

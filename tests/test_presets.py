@@ -7,12 +7,12 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
 from adapt.cli import cli
 from adapt.cli.common import CONFIG_ALIASES
-from adapt.optimization import warmup_cosine
 from adapt.presets import PRESETS, TASKS
 
 
@@ -111,10 +111,14 @@ def test_soup_with_a_preset_takes_its_recipe_and_yours_win(tmp_path):
 
 
 def test_warmup_from_warmup_lr_cosine_to_min_lr_then_cooldown_at_it(tmp_path):
-    factor = warmup_cosine(warmup_steps=2, total_steps=10, start=0.1, floor=0.01)
-    assert factor(0) == pytest.approx(0.1 + 0.9 * 0.5) and factor(1) == pytest.approx(1.0)
-    assert factor(6) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert factor(10) == pytest.approx(0.01) and factor(25) == pytest.approx(0.01)  # cooldown steps stay at min-lr
+    from adapt.optimization import Schedule
+
+    schedule = Schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), "step", epochs=1,
+                        updates_per_epoch=10, warmup=0.2, warmup_lr=0.1, min_lr=0.01)  # fmt: skip
+    lrs = [schedule.lr] + [schedule.after_update() or schedule.lr for _ in range(25)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.1 + 0.9 * 0.5)  # warmup from warmup_lr
+    assert lrs[5] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[10] == pytest.approx(0.01) and lrs[25] == pytest.approx(0.01)  # cooldown steps stay at min-lr
     out = tmp_path / "run"
     result = run("tune", "--method", "linear", "--image-size", "32", "--limit", "32", "--batch-size", "16", "--epochs", "2",
                  "--cooldown-epochs", "1", "--lr", "0.01", "--warmup", "0", "--min-lr", "0.001", "--log-with", "csv",

@@ -6,10 +6,11 @@ import json
 import math
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from timm.scheduler import CosineLRScheduler
 
 from adapt.methods import create_method
-from adapt.optimization import warmup_cosine
 from adapt.train import TrainConfig
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR
 from adapt.tune import TuneJob, tune
@@ -35,8 +36,13 @@ def test_tensorboard_and_csv_log_every_step_and_epoch(tmp_path):
     losses = events.Scalars("train/loss")
     assert [e.step for e in losses] == list(range(1, steps + 1))
     lrs = [e.value for e in events.Scalars("train/lr")]
-    schedule = warmup_cosine(round(config.warmup * steps), steps)  # the rate each step used: before its update
-    assert lrs == pytest.approx([create_method("ssf").default_lr * schedule(i) for i in range(steps)])
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=create_method("ssf").default_lr)
+    timm = CosineLRScheduler(reference, t_initial=steps, warmup_t=round(config.warmup * steps), t_in_epochs=False)
+    expected = []
+    for update in range(steps):  # the rate each step used: before its update
+        timm.step_update(update)
+        expected.append(reference.param_groups[0]["lr"])
+    assert lrs == pytest.approx(expected)
     eval_acc = events.Scalars("epoch/eval_acc")
     jsonl = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [e.step for e in eval_acc] == [3, 6]

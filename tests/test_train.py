@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import subprocess
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 
 from adapt import AdaptError
 from adapt.methods import create_method
-from adapt.optimization import parameter_groups, warmup_cosine
+from adapt.optimization import Schedule, parameter_groups
 from adapt.train import TrainConfig
 from adapt.train_state import STATE_FILE
 from adapt.tune import TuneJob, tune
@@ -18,11 +19,17 @@ from adapt.tune import TuneJob, tune
 QUICK = TuneJob(data="digits", method="ssf", image_size=32, limit=48)
 
 
-def test_warmup_then_cosine():
-    factor = warmup_cosine(warmup_steps=4, total_steps=14)
-    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert factor(9) == pytest.approx(0.5) and factor(14) == pytest.approx(0.0)
-    assert all(factor(s) >= factor(s + 1) for s in range(4, 14))
+def test_per_update_schedule_is_timms_cosine_with_warmup_inside_it():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = Schedule(optimizer, "step", epochs=2, updates_per_epoch=7, warmup=2 / 7)  # 14 updates, 4 of warmup
+    lrs = [schedule.lr]
+    for _ in range(16):
+        schedule.after_update()
+        lrs.append(schedule.lr)
+    assert lrs[:4] == pytest.approx([0.0, 0.25, 0.5, 0.75])  # linear from warmup_lr (0) over 4 updates
+    assert lrs[7] == pytest.approx(0.5) and lrs[14] == pytest.approx(0.0) and lrs[16] == pytest.approx(0.0)
+    assert lrs[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 14)))  # the cosine runs over all 14 updates
+    assert all(lrs[s] >= lrs[s + 1] for s in range(4, 16))
 
 
 def test_weight_decay_only_on_matrices():
@@ -92,13 +99,25 @@ def test_precision_comes_from_accelerate_unless_asked_and_is_recorded(tmp_path, 
     assert not (tmp_path / "fp16" / "adapter.safetensors").exists()
 
 
-def test_two_processes_with_torchrun(tmp_path):
+def test_two_processes_with_the_same_global_batch_train_as_one(tmp_path):
+    """batch_size is the global batch: 2 processes x 4 take the same images per update as 1 x 8 and end on the
+    same weights. 29 images: the last batch of 5 splits 3 + 2, weighted so that the mean is the batch's."""
+    options = ["tune", "--method", "linear", "--image-size", "32", "--limit", "29", "--epochs", "2", "--batch-size", "8",
+               "--lr", "0.05", "--warmup", "0"]  # fmt: skip
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "adapt", "tune", "--image-size", "32", "--limit", "32",
-               "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    summary = (tmp_path / "summary.json").read_text()
-    assert '"processes": 2' in summary
-    assert (tmp_path / "adapter.safetensors").is_file()
+    runs = {"one": [sys.executable, "-m", "adapt"], "two": [str(torchrun), "--nproc_per_node", "2", "-m", "adapt"]}
+    for name, launcher in runs.items():
+        result = subprocess.run([*launcher, *options, "--out", str(tmp_path / name)], capture_output=True, text=True,
+                                timeout=300, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["run"]["processes"] == 2 and summary["batch"] == {"global": 8, "per_process": 4, "processes": 2}
+    one, two = load_file(tmp_path / "one" / "adapter.safetensors"), load_file(tmp_path / "two" / "adapter.safetensors")
+    assert one.keys() == two.keys()
+    moved = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert moved < 1e-5, moved  # the same weights to float tolerance (reduction order differs)
+    uneven = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "adapt", *options[:-4], "--batch-size", "7",
+                             "--out", str(tmp_path / "uneven")], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert uneven.returncode == 1 and "--batch-size 7 is the global batch and must split evenly over 2 processes" in uneven.stderr
+    assert not (tmp_path / "uneven" / "config.yaml").exists()

@@ -14,7 +14,7 @@ from adapt.cli.common import (RequiredOption, backbone_option, cli, config_optio
                                log_with_option, method_flag_options, parse_options, precision_option, resolved_record,
                                resume_command, shown_path, weights_option, workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
-from adapt.train_config import HEAD_INITS, NORMALIZATIONS, TrainConfig
+from adapt.train_config import HEAD_INITS, LR_STEPPING, NORMALIZATIONS, TrainConfig
 
 
 @cli.command()
@@ -36,12 +36,18 @@ from adapt.train_config import HEAD_INITS, NORMALIZATIONS, TrainConfig
                    "model's own), zeros.")  # fmt: skip
 @click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Default: 96 for digits, else the backbone's.")
 @click.option("--epochs", type=click.IntRange(1), default=TrainConfig.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True,
+              help="The global batch: on N processes each takes batch-size / N, and the run gives the weights one "
+                   "process would.")  # fmt: skip
+@click.option("--drop-last", is_flag=True, help="Drop each epoch's last partial batch (timm's loader: SSF, HST).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Default: the method's (adapt methods).")
 @click.option("--weight-decay", type=click.FloatRange(0), default=None,
               help="On weight matrices only (head, LoRA, full layers). Default: the method's (adapt methods).")
 @click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
-              help="Warmup share of the steps of --epochs.")
+              help="Warmup share of the schedule's steps over --epochs (updates, or epochs with per-epoch stepping).")
+@click.option("--lr-stepping", type=click.Choice(LR_STEPPING), default=TrainConfig.lr_stepping, show_default=True,
+              help="How timm's cosine schedule steps: step = each optimizer update; epoch = once per epoch, as "
+                   "timm's train.py (SSF, HST); epoch-lagged = once per epoch, one epoch behind (SPT, NOAH, V-PETL).")
 @click.option("--warmup-lr", type=click.FloatRange(0), default=TrainConfig.warmup_lr, show_default=True,
               help="Where the warmup starts.")
 @click.option("--min-lr", type=click.FloatRange(0), default=TrainConfig.min_lr, show_default=True,
@@ -51,6 +57,10 @@ from adapt.train_config import HEAD_INITS, NORMALIZATIONS, TrainConfig
 @click.option("--eval-every", type=click.IntRange(1), default=None, metavar="N",
               help="Also test every N epochs (and at the last) and report the best of these as a second figure, "
                    "as SPT and NOAH do (test-selected; the final epoch's stays the headline).")  # fmt: skip
+@click.option("--eval-from", type=click.IntRange(1), default=None, metavar="E",
+              help="The first epoch --eval-every tests (default: N), then every N.")
+@click.option("--eval-last", type=click.IntRange(0), default=0, show_default=True, metavar="K",
+              help="With --eval-every, also test each of the last K epochs (SPT: 10).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--normalize", type=click.Choice(["backbone", *NORMALIZATIONS]), default="backbone", show_default=True,
               help="Input mean/std: the backbone cfg's, ImageNet's (SPT, NOAH, V-PETL with the original ViT-B_16.npz) "
@@ -186,6 +196,8 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
                   init_from=v["init_from"], head_init=v["head_init"], drop_path=v["drop_path"],
                   normalize=v["normalize"])  # fmt: skip
     config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
+                         drop_last=v["drop_last"], lr_stepping=v["lr_stepping"], eval_from=v["eval_from"],
+                         eval_last=v["eval_last"],
                          warmup=v["warmup"], cooldown_epochs=v["cooldown_epochs"], warmup_lr=v["warmup_lr"],
                          min_lr=v["min_lr"], grad_accum=v["grad_accum"], grad_checkpointing=v["grad_checkpointing"],
                          precision=v["precision"], seed=v["seed"], workers=v["workers"], log_with=v["log_with"],
