@@ -82,15 +82,17 @@ def _register(preset: Preset) -> None:
 
 
 # SSF's trainer (a timm train.py fork) and HST's copy of it run VTAB-1k with the same flags
-_TIMM_TRAINER_VTAB = {"backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64, "epochs": 100,
-                      "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8, "seed": 42,
-                      "eval_every": 1, "normalize": "inception"}  # fmt: skip
+_TIMM_TRAINER_VTAB = {"backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64, "drop_last": True,
+                      "epochs": 100, "cooldown_epochs": 10, "warmup": 0.1, "warmup_lr": 1e-7, "min_lr": 1e-8,
+                      "lr_stepping": "epoch", "seed": 42, "eval_every": 1, "normalize": "inception"}  # fmt: skip
 
 
 def _timm_trainer_sources(repo: str, scripts: str, backbone: str, normalize: str, seed: str) -> dict[str, str]:
     """Where each of _TIMM_TRAINER_VTAB's values comes from in SSF's or HST's repository."""
     return {"backbone": f"{repo} : {backbone}", "normalize": f"{repo} : {normalize} (mean = std = 0.5)",
             "image_size": scripts, "augment": f"{scripts} (--no-aug --direct-resize)", "batch_size": f"{scripts} (2 x 32)",
+            "drop_last": f"{repo} : data/loader.py L257 (create_loader: drop_last=is_training)",
+            "lr_stepping": f"{repo} : train.py (lr_scheduler.step(epoch + 1) after each epoch; timm CosineLRScheduler)",
             "epochs": scripts, "cooldown_epochs": TIMM_COOLDOWN, "warmup": f"{scripts} (--warmup-epochs 10 of 100)",
             "warmup_lr": scripts, "min_lr": scripts, "seed": f"{repo} : {seed} (default 42)",
             "eval_every": f"{repo} : train.py (test every epoch; the best is checkpointed)",
@@ -145,24 +147,34 @@ _register(Preset(
 ))
 
 _SPT_VALUES = {"method": "spt", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
-               "normalize": "imagenet",
-               "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
-               "seed": 0, "rank": 8, "budget": "0.4M", "eval_every": 10}  # fmt: skip
+               "drop_last": False, "normalize": "imagenet", "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6,
+               "min_lr": 1e-5, "lr_stepping": "epoch-lagged", "lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.1,
+               "seed": 0, "rank": 8, "budget": "0.2M,0.4M,0.6M,0.8M,1.0M", "eval_every": 10, "eval_from": 1,
+               "eval_last": 10}  # fmt: skip
 _SPT_SOURCES = {key: SPT for key in _SPT_VALUES} | {
     "warmup_lr": "ziplab/SPT : train_spt.py L101", "min_lr": "ziplab/SPT : train_spt.py L103",
-    "budget": f"{SPT} (param_req 0.2-1.0M swept; the paper keeps each task's best: pass --budget)",
+    "drop_last": "ziplab/SPT : train_spt.py L274-280 (drop_last=False)",
+    "lr_stepping": "ziplab/SPT : train_spt.py L491 (lr_scheduler.step(epoch) after each epoch: one epoch behind)",
+    "drop_path": "ziplab/SPT : train_spt.py L63 (--drop-path 0.1, never overridden)",
+    "budget": f"{SPT} (for GM in param_req_1.0 ... param_req_0.2: each task keeps its best budget)",
     "epochs": "ziplab/SPT : train_spt.py main loop (100, no cooldown)",
     "normalize": "ziplab/SPT : lib/datasets.py L458-461 (no --inception: ImageNet mean/std)",
-    "eval_every": "ziplab/SPT : train_spt.py L493-496 (every 10 epochs, the max reported)"}  # fmt: skip
-_SPT_NOTES = ("the official runs sweep the budget per task and keep the best: --budget 0.2M,0.4M,0.6M,0.8M,1.0M does so",
+    "eval_every": "ziplab/SPT : train_spt.py L493-496 (epoch % 10 == 0 or epoch >= epochs - 10, 0-based; the max)",
+    "eval_from": "ziplab/SPT : train_spt.py L493 (0-based epoch 0 is the first tested)",
+    "eval_last": "ziplab/SPT : train_spt.py L493 (each of the last 10 epochs)"}  # fmt: skip
+_SPT_NOTES = ("the five budgets run one after the other, each task keeping the budget whose best evaluation is "
+              "highest (the official csv's max_accuracy); --budget 0.4M runs one",
+              "the budget rule is the released code's (budget_rule=official: the plan closest to the budget)",
+              "sensitivity on the first 512 images of train800 (the sensitivity configs pass no --test)",
               "weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED)  # fmt: skip
 
 _register(Preset(
     name="spt-lora-vtab",
     command="tune",
     reproduces="SPT-LoRA on VTAB-1k (He et al. 2023): 76.4 mean of the 3 group means, ViT-B/16 IN-21k",
-    values={**_SPT_VALUES, "option": ["structured_module=lora"]},
-    sources={**_SPT_SOURCES, "option": f"{SPT} (--structured_type=lora, BlockSPTParallel)"},
+    values={**_SPT_VALUES, "option": ["structured_module=lora", "budget_rule=official"]},
+    sources={**_SPT_SOURCES, "option": f"{SPT} (--structured_type=lora, BlockSPTParallel); engine.py L276-283 "
+                                       "(budget_rule=official)"},
     notes=_SPT_NOTES,
     paper=PaperFigures("SNELL (NeurIPS 2024) Table 1, quoting SPT; per task not published", group_mean=76.4),
 ))
@@ -171,8 +183,9 @@ _register(Preset(
     name="spt-adapter-vtab",
     command="tune",
     reproduces="SPT-Adapter on VTAB-1k (He et al. 2023): 76.4 mean of the 3 group means, ViT-B/16 IN-21k",
-    values={**_SPT_VALUES, "option": ["structured_module=adapter", "adapter_form=sequential"]},
-    sources={**_SPT_SOURCES, "option": f"{SPT} (--structured_type=adapter, BlockSPTSeq)"},
+    values={**_SPT_VALUES, "option": ["structured_module=adapter", "adapter_form=sequential", "budget_rule=official"]},
+    sources={**_SPT_SOURCES, "option": f"{SPT} (--structured_type=adapter, BlockSPTSeq); engine.py L276-283 "
+                                       "(budget_rule=official)"},
     notes=_SPT_NOTES,
     paper=PaperFigures("SNELL (NeurIPS 2024) Table 1, quoting SPT; per task not published", group_mean=76.4),
 ))
@@ -182,9 +195,9 @@ _register(Preset(
     command="tune",
     reproduces="LoRA on VTAB-1k as NOAH runs it (rank 8 on the fused qkv, unscaled, dropout 0.1): 72.25 mean",
     values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
-            "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr": 1e-3, "weight_decay": 1e-4,
-            "drop_path": 0.1, "seed": 0, "rank": 8, "alpha": 8, "dropout": 0.1, "targets": r"qkv$", "eval_every": 10,
-            "normalize": "imagenet"},
+            "drop_last": True, "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5,
+            "lr_stepping": "epoch-lagged", "lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.1, "seed": 0, "rank": 8,
+            "alpha": 8, "dropout": 0.1, "targets": r"qkv$", "eval_every": 10, "eval_from": 1, "normalize": "imagenet"},
     sources={"method": NOAH, "backbone": "ZhangYuanhan-AI/NOAH : README L67 (ViT-B_16.npz)", "image_size": NOAH,
              "augment": f"{NOAH} (--no_aug --direct_resize)", "batch_size": NOAH, "epochs": NOAH,
              "warmup": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L88-107", "warmup_lr": "same, L88-107",
@@ -194,7 +207,12 @@ _register(Preset(
              "alpha": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L275-279 (no scaling: alpha = rank)",
              "dropout": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L207, L307",
              "targets": "ZhangYuanhan-AI/NOAH : model/supernet_vision_transformer_timm.py L224-228 (fused qkv)",
+             "drop_last": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L274-281 (drop_last=True)",
+             "lr_stepping": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L414 (lr_scheduler.step(epoch) after "
+                            "each epoch: one epoch behind)",
              "eval_every": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L205, L427-430 (every 10, the max)",
+             "eval_from": "ZhangYuanhan-AI/NOAH : supernet_train_prompt.py L427 (epoch % 10 == 0 or the last, "
+                          "0-based: epochs 1, 11, ..., 91 and 100)",
              "normalize": "ZhangYuanhan-AI/NOAH : lib/datasets.py ~L238-241 (ImageNet mean/std)"},  # fmt: skip
     notes=("weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED),
     paper=PaperFigures(f"{VPETL_README} L421 (the NOAH row)",
@@ -206,16 +224,18 @@ _register(Preset(
     name="lora-vpetl-vtab",
     command="tune",
     reproduces="LoRA on VTAB-1k as V-PETL Bench runs it (rank 8, per-task lr, weight decay and augmentation)",
-    values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "batch_size": 64, "epochs": 100,
-            "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8,
-            "eval_every": 10, "normalize": "imagenet"},
+    values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "batch_size": 64, "drop_last": False,
+            "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr_stepping": "epoch-lagged",
+            "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8, "eval_every": 10, "normalize": "imagenet"},
     sources={"method": VPETL, "backbone": VPETL, "image_size": "…/dataloader/vtab.py (Resize((224,224)))",
              "batch_size": "…/configs/model_lora/vtab/*.yaml", "epochs": "…/configs/model_lora/vtab/*.yaml",
              "warmup": "…/train/train_model_lora.py L180-181", "warmup_lr": "same", "min_lr": "same",
              "drop_path": f"{VPETL} (--dpr 0.1)", "seed": "…/train/train_model_lora.py L97", "rank": f"{VPETL} (topN=8)",
              "alpha": "…/models/vision_transformer_lora.py L99-120 (no scaling)", "lr": VPETL, "weight_decay": VPETL,
              "augment": "…/configs/model_lora/vtab/<task>.yaml (train_aug: RandAug rand-m9-mstd0.5-inc1)",
-             "eval_every": "…/train/train_model_lora.py L60-64 (every 10 epochs, the max)",
+             "eval_every": "…/train/train_model_lora.py L60-64 (ep % 10 == 9, 0-based: epochs 10, ..., 100; the max)",
+             "drop_last": "…/dataloader/vtab.py L84-88 (train800val200: drop_last=False)",
+             "lr_stepping": "…/train/train_model_lora.py L53-54 (scheduler.step(ep) after each epoch: one behind)",
              "label_smoothing": "…/configs/model_lora/vtab/<task>.yaml (labelsmoothing)",
              "normalize": "…/dataloader/vtab.py (ImageNet mean/std)"},  # fmt: skip
     per_task=_per_task(("lr", "weight_decay", "augment", "label_smoothing"), {

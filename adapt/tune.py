@@ -103,7 +103,7 @@ def tune(
         given = record if record is not None else job_record(job, config, out_dir)
         extended = resume and planned is not None and config.epochs != planned
         if main and (not resume or extended):  # written once the run can start, so a refusal leaves nothing
-            write_run_config(out_dir, {**given, **resolved_values(adapted, data, trainer)})
+            write_run_config(out_dir, {**given, **resolved_values(adapted, data, trainer, job.drop_path)})
         if main and not resume:
             adapted.method.write_run_files(out_dir)
         if resume:
@@ -118,21 +118,27 @@ def tune(
 SWEEP_FILE = "sweep.json"
 
 
-def keep_best(out: str | Path, option: str, test_acc: dict[str, float]) -> str:
-    """The value of a swept option whose run tested best (chosen on test, as the papers' own sweeps keep
-    theirs), recorded with every value's accuracy in OUT/sweep.json."""
+def keep_best(out: str | Path, option: str, test_acc: dict[str, float], best: dict[str, float] | None = None) -> str:
+    """The value of a swept option whose run tested best, recorded with every value's accuracies in
+    OUT/sweep.json. With `best` (each run's best over its periodic evaluations) the choice is on it, as the
+    papers' sweeps keep each value's max accuracy; else on the final test accuracy. Chosen on test, as the
+    papers' own sweeps choose."""
     from adapt.checkpoint import write_json_atomic
 
-    chosen = max(test_acc, key=lambda value: test_acc[value])
-    write_json_atomic(Path(out) / SWEEP_FILE, {"option": option, "test_acc": test_acc, "chosen": chosen,
+    scores, rule = (best, "best_over_evaluations") if best and best.keys() == test_acc.keys() else (test_acc, "final_epoch")
+    chosen = max(scores, key=lambda value: scores[value])
+    write_json_atomic(Path(out) / SWEEP_FILE, {"option": option, "final_epoch": test_acc, "best_over_evaluations": best,
+                                               "chosen": chosen, "chosen_by": rule,
                                                "chosen_on": "test (as the papers' own sweeps choose)"})  # fmt: skip
     return chosen
 
 
-def resolved_values(adapted: AdaptedModel, data: DataSplits, trainer: Trainer) -> dict[str, Any]:
-    """The values a run used where its options said "the default": config.yaml holds what was used."""
+def resolved_values(adapted: AdaptedModel, data: DataSplits, trainer: Trainer, drop_path: float) -> dict[str, Any]:
+    """The values a run used where its options said "the default" (or a method chose): config.yaml holds what
+    was used."""
     return {"weights": adapted.backbone.weights, "image_size": adapted.image_size, "augment": data.augment,
-            "lr": trainer.lr, "weight_decay": trainer.weight_decay, "precision": trainer.precision}  # fmt: skip
+            "lr": trainer.lr, "weight_decay": trainer.weight_decay, "precision": trainer.precision,
+            "drop_path": adapted.method.backbone_drop_path(adapted.model, drop_path)}  # fmt: skip
 
 
 def job_record(job: TuneJob, config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:

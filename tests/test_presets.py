@@ -284,10 +284,22 @@ def test_an_spt_budget_sweep_runs_each_budget_and_keeps_the_best_on_test(vtab_ro
     assert result.exit_code == 0, result.output
     sweep = json.loads((out / "sweep.json").read_text())
     runs = {budget: json.loads((out / f"budget-{budget}" / "summary.json").read_text()) for budget in ("1%", "2%")}
-    assert sweep["test_acc"] == {budget: summary["test_acc"] for budget, summary in runs.items()}
-    assert sweep["chosen"] == max(sweep["test_acc"], key=sweep["test_acc"].get) and "budget sweep: 1%" in result.output
+    assert sweep["final_epoch"] == {budget: summary["test_acc"] for budget, summary in runs.items()}
+    assert sweep["chosen_by"] == "final_epoch" and sweep["chosen"] == max(sweep["final_epoch"], key=sweep["final_epoch"].get)
+    assert "budget sweep (final epoch / best evaluation): 1%" in result.output
     assert runs["2%"]["trainable_params"] > runs["1%"]["trainable_params"]  # each run spent its own budget
     assert yaml.safe_load((out / "budget-2%" / "config.yaml").read_text())["budget"] == "2%"
+
+
+def test_a_sweep_with_periodic_evaluations_keeps_the_budget_whose_best_evaluation_is_highest(tmp_path):
+    from adapt.tune import keep_best
+
+    # as SPT's csv keeps max_accuracy per budget: 0.4M's final epoch is higher, 0.2M's best evaluation is
+    chosen = keep_best(tmp_path, "budget", {"0.2M": 0.50, "0.4M": 0.60}, {"0.2M": 0.70, "0.4M": 0.65})
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert chosen == "0.2M" and sweep["chosen_by"] == "best_over_evaluations"
+    assert sweep["best_over_evaluations"] == {"0.2M": 0.70, "0.4M": 0.65}
+    assert keep_best(tmp_path, "budget", {"0.2M": 0.50, "0.4M": 0.60}) == "0.4M"  # no evaluations: the final epoch
 
 
 def test_perceptual_init_takes_the_dreamsim_preset(tmp_path):

@@ -163,9 +163,12 @@ def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
         return _reported_task(v, spec, out)
     name, values = swept
     results = {value: _reported_task({**v, name: value}, spec, out / f"{name}-{value}") for value in values}
-    chosen = keep_best(out, name, {value: result[0] for value, result in results.items()})
-    console.print(f"{name} sweep: " + ", ".join(f"{k} {r[0]:.2%}" for k, r in results.items())
-                  + f"  ->  {chosen} (chosen on test, as SPT's runs do)  ·  {out / SWEEP_FILE}")  # fmt: skip
+    best = {value: r[1] for value, r in results.items() if r[1] is not None}
+    chosen = keep_best(out, name, {value: r[0] for value, r in results.items()}, best or None)
+    by = "best evaluation" if len(best) == len(results) else "final epoch"
+    console.print(f"{name} sweep (final epoch / best evaluation): "
+                  + ", ".join(f"{k} {r[0]:.2%}" + (f" / {r[1]:.2%}" if r[1] is not None else "") for k, r in results.items())
+                  + f"  ->  {chosen} (by its {by}, chosen on test, as SPT's runs do)  ·  {out / SWEEP_FILE}")  # fmt: skip
     return results[chosen]
 
 

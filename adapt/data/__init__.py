@@ -13,7 +13,7 @@ from adapt.config import bounded_image_size
 from adapt.data.digits import DIGIT_NAMES, digits_splits
 from adapt.data.folder import folder_splits
 from adapt.data.transforms import eval_transform, train_transform
-from adapt.data.vtab import find_vtab_tasks, vtab_splits
+from adapt.data.vtab import find_vtab_tasks, vtab_split, vtab_splits
 from adapt.errors import AdaptError, term
 
 DEFAULT_DATA = "digits"
@@ -34,11 +34,19 @@ class DataSplits:
     note: str = ""  # how the splits were made, when not as found on disk
     train_plain: Dataset | None = None  # train's images through the test transform, when train augments
     augment: str = "off"  # the training transform used: "off", "on" or an auto-augment policy
+    # VTAB-1k's train800 through the test transform when the run trains on train800val200: the split the
+    # official SPT scores sensitivity on (its sensitivity configs pass no --test)
+    tuning_train: Dataset | None = None
 
     @property
     def unaugmented_train(self) -> Dataset:
         """The training images as the test transform gives them (for class means, herding, sensitivity)."""
         return self.train_plain if self.train_plain is not None else self.train
+
+    @property
+    def tuning_images(self) -> Dataset:
+        """The unaugmented training images of the tuning protocol (VTAB-1k: train800), else the run's."""
+        return self.tuning_train if self.tuning_train is not None else self.unaugmented_train
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +116,8 @@ def load_data(
         if len(tasks) > 1:
             raise AdaptError(f"{path} holds {len(tasks)} VTAB tasks; pick one (vtab:{tasks[0]})")
         class_names, splits = vtab_splits(tasks[0], split_protocol, eval_transform(image_size, mean, std))
+        if split_protocol == "final" and (tasks[0] / "train800.txt").is_file():
+            splits["tuning_train"] = vtab_split(tasks[0], "train800", len(class_names), eval_transform(image_size, mean, std))
         name = tasks[0].name
         test_name = "test" if split_protocol == "final" else "val200"
     plain = None
@@ -126,4 +136,5 @@ def load_data(
         note=note,
         train_plain=_limited(plain, limit, seed) if plain is not None else None,  # the same seeded choice as train
         augment=augment,
+        tuning_train=_limited(splits["tuning_train"], limit, seed) if "tuning_train" in splits else None,
     )

@@ -63,6 +63,11 @@ def _read_list(task: Path, split: str) -> list[tuple[Path, int]]:
     return items
 
 
+def vtab_split(task: Path, split: str, num_classes: int, transform: Callable) -> ImageListDataset:
+    """One list file of a task (e.g. train800) as a dataset."""
+    return ImageListDataset(_read_list(task, split), num_classes, transform, str(task / f"{split}.txt"))
+
+
 def vtab_splits(task: Path, protocol: str, transform: Callable) -> tuple[list[str], dict[str, ImageListDataset]]:
     """Train on train800val200 and test on test ("final"), or train800 and val200 ("tune")."""
     train_split, test_split = SPLIT_FILES[protocol]

@@ -82,6 +82,11 @@ class Method:
         fresh head, `data` the task's splits (None outside a training run). SPT scores and
         allocates its budget here; most methods need nothing."""
 
+    def backbone_drop_path(self, model: nn.Module, requested: float) -> float:
+        """The stochastic depth the frozen backbone's blocks train with, given the run's `drop_path`
+        (what config.yaml records: a method that sets its own says so here)."""
+        return requested
+
     def write_run_files(self, out_dir: Path) -> None:
         """Write what a fresh run's folder should keep besides the checkpoint (SPT: its allocation)."""
 

@@ -157,7 +157,8 @@ class SPT(Method):
             scored = copy.deepcopy(model)
             self._fold_batchnorms(scored)
             set_vit_drop_path(scored, self.config.backbone_drop_path)
-            scores = parameter_sensitivity(scored, data.unaugmented_train, self.config.sensitivity_batches,
+            images = data.tuning_images  # VTAB-1k: train800, as the official sensitivity configs
+            scores = parameter_sensitivity(scored, images, self.config.sensitivity_batches,
                                            self.config.sensitivity_batch_size, config.seed if config else 0,
                                            self.config.sensitivity_sample)  # fmt: skip
             scores, eligible, always = ranked(scored, scores, lora_eligible_weights(scored))
@@ -215,6 +216,13 @@ class SPT(Method):
                 start, stop = _block_rows(tensor.shape[0], real_name(name)[1])
                 indices += list(range(start, stop))
         return sorted(indices)
+
+    def backbone_drop_path(self, model: nn.Module, requested: float) -> float:
+        """SPT sets a ViT's stochastic depth itself (backbone_drop_path, set_vit_drop_path)."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        own = self.config.backbone_drop_path
+        return own if own > 0 and isinstance(model, VisionTransformer) else requested
 
     def add_trainable(self, model: nn.Module) -> None:
         for name in [*self.config.structured, *self.config.unstructured, *self.config.vectors]:

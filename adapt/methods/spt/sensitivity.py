@@ -72,7 +72,8 @@ def task_sensitivity(data: str, backbone: str, weights: str | None = None, image
     splits = load_data(data, size, defaults.mean, defaults.std, limit=limit, seed=seed)
     model, info = create_backbone(backbone, weights, splits.num_classes, size, seed)
     set_vit_drop_path(model, drop_path)
-    scores = parameter_sensitivity(model, splits.unaugmented_train, batches, batch_size, seed, sample)
+    images = splits.tuning_images  # VTAB-1k: train800, as the official sensitivity configs
+    scores = parameter_sensitivity(model, images, batches, batch_size, seed, sample)
     scores, eligible, always = ranked(model, scores, lora_eligible_weights(model))
     scores = {name: score.contiguous() for name, score in scores.items()}  # row blocks of a fused qkv are views
     metadata = {"backbone": info.name, "lora_eligible": json.dumps(sorted(eligible)), "always": json.dumps(always),
