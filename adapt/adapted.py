@@ -68,7 +68,7 @@ class AdaptedModel:
         tensors, meta = read_checkpoint(path)
         if meta.merged:  # the file is the whole network: its weights are the backbone weights
             adapted = cls.create(meta.method, meta.class_names, meta.image_size, meta.backbone, str(path))
-            adapted.normalize_as(meta.mean, meta.std)
+            adapted.preprocess_as(meta.mean, meta.std, meta.interpolation)
             return adapted, meta
         weights = weights or meta.backbone_weights
         if weights not in ("embedded", RANDOM_WEIGHTS) and not Path(weights).exists():
@@ -85,7 +85,7 @@ class AdaptedModel:
                 f"but {weights} has {adapted.backbone.sha256[:12]}…"
             )
         adapted.load_state(tensors, source=f"tensors in {path}")
-        adapted.normalize_as(meta.mean, meta.std)
+        adapted.preprocess_as(meta.mean, meta.std, meta.interpolation)
         return adapted, meta
 
     @classmethod
@@ -100,12 +100,13 @@ class AdaptedModel:
         head = rebuild_head(meta.head, backbone.num_features, meta.class_names, tensors)
         return cls(ContinualModel(backbone, head), method, info, list(meta.class_names), meta.image_size)
 
-    def normalize_as(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        """Inputs normalised with this mean and std (a run's --normalize, or what a checkpoint records)."""
+    def preprocess_as(self, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic") -> None:
+        """Inputs resized with `interpolation` and normalised with this mean and std (a run's --normalize and
+        --interpolation, or what a checkpoint records)."""
         import dataclasses
 
         self.backbone = dataclasses.replace(self.backbone, preprocessing=dataclasses.replace(
-            self.backbone.preprocessing, mean=tuple(mean), std=tuple(std)))  # fmt: skip
+            self.backbone.preprocessing, mean=tuple(mean), std=tuple(std), interpolation=interpolation))  # fmt: skip
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -114,6 +115,10 @@ class AdaptedModel:
     @property
     def std(self) -> tuple[float, ...]:
         return self.backbone.preprocessing.std
+
+    @property
+    def interpolation(self) -> str:
+        return self.backbone.preprocessing.interpolation
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each backbone block's input in training and run the block again in backward (timm's
@@ -161,6 +166,7 @@ class AdaptedModel:
             image_size=self.image_size,
             mean=list(self.mean),
             std=list(self.std),
+            interpolation=self.interpolation,
             training=training or {},
             head=head_spec(self.model.head) if isinstance(self.model, ContinualModel) else None,
         )

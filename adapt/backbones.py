@@ -45,6 +45,7 @@ class Preprocessing:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bicubic"  # of the resize to image_size x image_size (adapt.data.transforms.INTERPOLATIONS)
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,14 @@ def resolve_backbone(name: str) -> BackboneSource:
     return BackboneSource(canonical, architecture, cfg, folder)
 
 
-def preprocessing(name: str, normalize: str = "backbone") -> Preprocessing:
+def preprocessing(name: str, normalize: str = "backbone", interpolation: str = "bicubic") -> Preprocessing:
     """Input size and normalisation of a backbone: its pretrained cfg's, or a named normalisation
-    (adapt.train_config.NORMALIZATIONS)."""
+    (adapt.train_config.NORMALIZATIONS); images resized with `interpolation`."""
     own = _preprocessing(resolve_backbone(name).pretrained_cfg)
-    if normalize == "backbone":
-        return own
-    if normalize not in NORMALIZATIONS:
+    if normalize not in ("backbone", *NORMALIZATIONS):
         raise AdaptError(f"normalisation {normalize!r} is not one of backbone, {', '.join(NORMALIZATIONS)}")
-    return Preprocessing(own.image_size, *NORMALIZATIONS[normalize])
+    mean, std = (own.mean, own.std) if normalize == "backbone" else NORMALIZATIONS[normalize]
+    return Preprocessing(own.image_size, mean, std, interpolation)
 
 
 def _preprocessing(cfg: dict) -> Preprocessing:

@@ -110,6 +110,7 @@ class CheckpointMeta:
     image_size: int = option(low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
     mean: list[float] = option()
     std: list[float] = option()
+    interpolation: str = option("bicubic", choices=("bicubic", "bilinear"))  # of the resize (files before it: bicubic)
     training: dict[str, Any] = field(default_factory=dict)
     # an incremental head (continual runs): {"kind", "options", "task_sizes"}; None for a timm head
     head: dict[str, Any] | None = None
@@ -148,7 +149,8 @@ class CheckpointMeta:
     def from_merged_metadata(cls, metadata: dict[str, str], source: str) -> CheckpointMeta:
         """The metadata of a merged model (adapt merge, or a soup of merged models)."""
         fields = {"backbone_weights": source, "backbone_sha256": "", "merged": "true", "method_options": "{}",
-                  **{k: metadata[k] for k in ("backbone", "class_names", "image_size", "mean", "std", "training")
+                  **{k: metadata[k] for k in ("backbone", "class_names", "image_size", "mean", "std", "interpolation",
+                                              "training")
                      if k in metadata}}  # fmt: skip
         fields["method"] = "full"  # a merged model is the plain network: every weight is its own
         meta = cls._parse(fields, source)

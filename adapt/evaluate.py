@@ -143,7 +143,7 @@ def image_paths(inputs: list[Path]) -> list[Path]:
 @torch.no_grad()
 def predict_files(adapted: AdaptedModel, paths: list[Path], top_k: int = 5, batch_size: int = 32) -> PredictionRun:
     """Top-k classes of each image, `batch_size` images per forward pass; an unreadable image is skipped."""
-    transform = eval_transform(adapted.image_size, adapted.mean, adapted.std)
+    transform = eval_transform(adapted.image_size, adapted.mean, adapted.std, adapted.interpolation)
     adapted.model.eval()
     k = min(top_k, len(adapted.class_names))
     run = PredictionRun([], [])
@@ -314,7 +314,8 @@ def evaluate_checkpoint(
     spec = data or meta.training.get("data")
     if not spec:
         raise AdaptError(f"{checkpoint} does not record its data; pass {term('data')}")
-    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, augment="off")
+    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, augment="off",
+                       interpolation=adapted.interpolation)  # fmt: skip
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{spec} has no {split} split")

@@ -32,6 +32,7 @@ def save_hub_folder(
     std: tuple[float, ...],
     metadata: dict[str, str],
     card: str | None = None,
+    interpolation: str = "bicubic",
 ) -> Path:
     """Write `model` as a hub folder, with `card` as its README.md; each file appears whole (written aside,
     then renamed)."""
@@ -43,7 +44,7 @@ def save_hub_folder(
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder))
     try:
         save_config_for_hf(model, str(staging / "config.json"), model_config={"label_names": list(class_names)},
-                           data_config=data_config(image_size, mean, std))  # fmt: skip
+                           data_config=data_config(image_size, mean, std, interpolation))  # fmt: skip
         save_tensors_atomic(staging / "model.safetensors", model.state_dict(), metadata)  # written once
         if card is not None:
             (staging / "README.md").write_text(card, encoding="utf-8")

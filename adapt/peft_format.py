@@ -83,6 +83,10 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
         if not isinstance(adapted.method, LoRA):
             raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")
+        if adapted.method.sliced:
+            raise AdaptError(f"{checkpoint} adapts row blocks of the fused qkv (qkv_blocks "
+                             f"{adapted.method.config.qkv_blocks}), which peft's layers cannot hold; export the "
+                             "merged model instead (adapt merge --out DIR/)")  # fmt: skip
         seed = int(meta.training.get("seed", 0))  # random-weight backbones are rebuilt from the run's seed
         backbone, _ = create_backbone(meta.backbone, adapted.backbone.weights, len(meta.class_names), meta.image_size, seed)
         created = not out_dir.exists()
@@ -90,7 +94,8 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.resolve().name}.", dir=out_dir))
         try:
             save_hub_folder(staging / BASE_FOLDER, backbone, meta.class_names, meta.image_size, adapted.mean,
-                            adapted.std, {"base_of": str(checkpoint), "backbone": meta.backbone})  # fmt: skip
+                            adapted.std, {"base_of": str(checkpoint), "backbone": meta.backbone},
+                            interpolation=adapted.interpolation)  # fmt: skip
             peft_model = _peft_model(backbone, adapted.method)
             _copy_trainable(peft_model, adapted.method.trainable_state(adapted.model))
             # relative to the folder, so that it still names the base once the folder is moved or uploaded

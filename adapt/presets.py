@@ -226,7 +226,9 @@ _register(Preset(
     reproduces="LoRA on VTAB-1k as V-PETL Bench runs it (rank 8, per-task lr, weight decay and augmentation)",
     values={"method": "lora", "backbone": VIT_IN21K, "image_size": 224, "batch_size": 64, "drop_last": False,
             "epochs": 100, "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "lr_stepping": "epoch-lagged",
-            "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8, "eval_every": 10, "normalize": "imagenet"},
+            "drop_path": 0.1, "seed": 42, "rank": 8, "alpha": 8, "targets": r"qkv$",
+            "option": ["qkv_blocks=q,v", "init=vpetl"], "eval_every": 10, "normalize": "imagenet",
+            "interpolation": "bilinear", "train_crop": "resize"},
     sources={"method": VPETL, "backbone": VPETL, "image_size": "…/dataloader/vtab.py (Resize((224,224)))",
              "batch_size": "…/configs/model_lora/vtab/*.yaml", "epochs": "…/configs/model_lora/vtab/*.yaml",
              "warmup": "…/train/train_model_lora.py L180-181", "warmup_lr": "same", "min_lr": "same",
@@ -237,7 +239,12 @@ _register(Preset(
              "drop_last": "…/dataloader/vtab.py L84-88 (train800val200: drop_last=False)",
              "lr_stepping": "…/train/train_model_lora.py L53-54 (scheduler.step(ep) after each epoch: one behind)",
              "label_smoothing": "…/configs/model_lora/vtab/<task>.yaml (labelsmoothing)",
-             "normalize": "…/dataloader/vtab.py (ImageNet mean/std)"},  # fmt: skip
+             "normalize": "…/dataloader/vtab.py (ImageNet mean/std)",
+             "targets": "…/models/vision_transformer_lora.py L99-120 (LoRA on the q and v outputs of qkv)",
+             "option": "…/models/vision_transformer_lora.py L99-108 (linear_a/b_q kaiming-uniform, linear_a/b_v "
+                       "zeros: init=vpetl)",
+             "interpolation": "…/dataloader/vtab.py L70-73 (test: transforms.Resize((224, 224)), bilinear)",
+             "train_crop": "…/dataloader/vtab.py L55-65 (RandomResizedCrop replaced by Resize((224, 224), bicubic))"},  # fmt: skip
     per_task=_per_task(("lr", "weight_decay", "augment", "label_smoothing"), {
         "cifar": (0.005, 0.005, "off", 0.1), "caltech101": (0.006, 0.35, "off", 0.1),
         "dtd": (0.0032, 0.04, RANDAUG, 0.1), "oxford_flowers102": (0.05, 0.11, RANDAUG, 0.1),
@@ -249,9 +256,10 @@ _register(Preset(
         "dsprites_loc": (0.003, 0.001, "off", 0.0), "dsprites_ori": (0.01, 0.05, "off", 0.0),
         "smallnorb_azi": (0.0062, 0.005, "off", 0.0), "smallnorb_ele": (0.0011, 0.0005, "off", 0.0),
     }),  # fmt: skip
-    notes=("V-PETL adapts q and v only, and its v branch starts at zero in both factors (it never trains); adapt "
-           "adapts the fused qkv: a named departure",
-           TEST_SELECTED),  # fmt: skip
+    notes=("LoRA on the q and v row blocks of the fused qkv, started as the released code starts them: q's both "
+           "factors kaiming-uniform, v's both zero, so the v branch never trains (as released)",
+           "V-PETL's AdamW decays every trained tensor, biases too; adapt decays matrices only",
+           "weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED),  # fmt: skip
     paper=PaperFigures(f"{VPETL_README} L421",
                        _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
                                "82.9 69.2 49.8 78.5 75.7 47.1 31.0 44.0"), plain_mean=72.25),  # fmt: skip

@@ -23,6 +23,8 @@ LR_STEPPING = ("step", "epoch", "epoch-lagged")
 # "timm" keeps the model's own init (EfficientNet's fan-out uniform, whose first logits are large);
 # "zeros" starts every logit at 0.
 HEAD_INITS = ("trunc-normal", "timm", "zeros")
+INTERPOLATIONS = ("bicubic", "bilinear")  # of the resize to the image size (adapt.data.transforms; timm's names)
+TRAIN_CROPS = ("random-resized", "resize")  # how an augmented training image is sized (transforms.train_transform)
 # Input normalisation (mean, std): the backbone's pretrained cfg ("backbone"), or one of these by name. SPT, NOAH
 # and V-PETL Bench normalise the original ViT-B_16.npz with ImageNet's; SSF and HST with 0.5 ("inception").
 NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "inception": ((0.5,) * 3, (0.5,) * 3)}

@@ -38,6 +38,8 @@ class TuneJob:
     init_from: str | None = None  # a checkpoint whose head (and adapter, same method) the run starts from
     drop_path: float = 0.0  # stochastic depth on the frozen backbone's blocks while training (timm drop_path_rate)
     normalize: str = "backbone"  # input mean/std: the backbone cfg's, or adapt.train_config.NORMALIZATIONS by name
+    interpolation: str = "bicubic"  # of the resize to image_size (adapt.train_config.INTERPOLATIONS)
+    train_crop: str = "random-resized"  # how an augmented training image is sized (adapt.train_config.TRAIN_CROPS)
     head_init: str = HEAD_INITS[0]  # how a fresh head starts (adapt.train_config.HEAD_INITS)
 
 
@@ -45,14 +47,15 @@ def prepare(job: TuneJob, spec: str, config: TrainConfig,
             on_note: Callable[[str], None] | None = None) -> tuple[AdaptedModel, DataSplits]:  # fmt: skip
     """The adapted model and the data of one task (the method sets itself up from the data first), started
     from `job.init_from` when given (adapt.warm_start; `on_note` hears what was taken)."""
-    defaults = preprocessing(job.backbone, job.normalize)
+    defaults = preprocessing(job.backbone, job.normalize, job.interpolation)
     size = image_size_for(spec, job.image_size, defaults.image_size)
-    data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment)
+    data = load_data(spec, size, defaults.mean, defaults.std, job.split_protocol, job.limit, config.seed, job.augment,
+                     defaults.interpolation, job.train_crop)  # fmt: skip
     start = read_start(job.init_from) if job.init_from is not None else None
     options = start_options(start[1], job.method, job.options) if start is not None else job.options
     adapted = AdaptedModel.create(job.method, data.class_names, size, job.backbone, job.weights, options,
                                   config.seed, setup=(data, config), head_init=job.head_init, drop_path=job.drop_path)  # fmt: skip
-    adapted.normalize_as(defaults.mean, defaults.std)
+    adapted.preprocess_as(defaults.mean, defaults.std, defaults.interpolation)
     if start is not None:
         taken = warm_start(adapted, job.init_from, *start)
         if on_note is not None:

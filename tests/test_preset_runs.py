@@ -65,13 +65,22 @@ def test_epoch_lagged_presets_run_one_epoch_behind(name, vtab_root, tmp_path):
     out = tmp_path / name
     extra = ["--budget", "1%"] if name.startswith("spt") else []
     result = run("tune", "--preset", name, "--data", f"vtab:{vtab_root}/svhn", *SHRINK, *extra, "--limit", "16",
-                 "--batch-size", "8", "--epochs", "12", "--out", out)  # fmt: skip
+                 "--batch-size", "8", "--epochs", "12", "--seed", "0", "--out", out)  # seed 0: eval --limit's choice  # fmt: skip
     assert result.exit_code == 0, result.output
     values = PRESETS[name].values_for("svhn")
     expected = official_lrs(values.get("lr", 1e-3), 12, 0, 2, 1, values["warmup_lr"], values["min_lr"],
                             lambda scheduler, epoch: scheduler.step(epoch))  # fmt: skip
     assert expected[:4] == [values["warmup_lr"]] * 4  # epochs 0 and 1 both at warmup-lr
     assert logged_lrs(out) == pytest.approx(expected, rel=1e-9)
+    if name == "lora-vpetl-vtab":  # its bilinear test resize is recorded, and eval uses it again
+        from safetensors import safe_open
+
+        with safe_open(str(out / "adapter.safetensors"), framework="pt") as handle:
+            assert handle.metadata()["interpolation"] == "bilinear"
+        summary = json.loads((out / "summary.json").read_text())
+        evaluated = run("eval", out, "--limit", "16", "--out", tmp_path / "eval.json")
+        assert evaluated.exit_code == 0, evaluated.output
+        assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-9)
 
 
 @pytest.mark.parametrize("name, tested", [

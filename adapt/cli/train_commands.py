@@ -14,7 +14,7 @@ from adapt.cli.common import (RequiredOption, backbone_option, cli, config_optio
                                log_with_option, method_flag_options, parse_options, precision_option, resolved_record,
                                resume_command, shown_path, weights_option, workers_option)  # fmt: skip
 from adapt.methods import METHOD_FLAGS, METHODS, method_options
-from adapt.train_config import HEAD_INITS, LR_STEPPING, NORMALIZATIONS, TrainConfig
+from adapt.train_config import HEAD_INITS, INTERPOLATIONS, LR_STEPPING, NORMALIZATIONS, TRAIN_CROPS, TrainConfig
 
 
 @cli.command()
@@ -65,6 +65,10 @@ from adapt.train_config import HEAD_INITS, LR_STEPPING, NORMALIZATIONS, TrainCon
 @click.option("--normalize", type=click.Choice(["backbone", *NORMALIZATIONS]), default="backbone", show_default=True,
               help="Input mean/std: the backbone cfg's, ImageNet's (SPT, NOAH, V-PETL with the original ViT-B_16.npz) "
                    "or 0.5 (inception: SSF, HST).")  # fmt: skip
+@click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=INTERPOLATIONS[0], show_default=True,
+              help="Of the resize to --image-size (V-PETL Bench's test images: bilinear); kept in the checkpoint.")
+@click.option("--train-crop", type=click.Choice(TRAIN_CROPS), default=TRAIN_CROPS[0], show_default=True,
+              help="With --augment: timm's random-resized crop, or a plain bicubic resize (V-PETL Bench's RandAugment).")
 @click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Stochastic depth on the frozen backbone's blocks while training (timm's drop_path_rate).")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
@@ -197,7 +201,7 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
                   image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
                   init_from=v["init_from"], head_init=v["head_init"], drop_path=v["drop_path"],
-                  normalize=v["normalize"])  # fmt: skip
+                  normalize=v["normalize"], interpolation=v["interpolation"], train_crop=v["train_crop"])  # fmt: skip
     config = TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], lr=v["lr"], weight_decay=v["weight_decay"],
                          drop_last=v["drop_last"], lr_stepping=v["lr_stepping"], eval_from=v["eval_from"],
                          eval_last=v["eval_last"],

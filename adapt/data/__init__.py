@@ -95,11 +95,14 @@ def load_data(
     limit: int | None = None,
     seed: int = 0,
     augment: str | None = None,
+    interpolation: str = "bicubic",
+    train_crop: str = "random-resized",
 ) -> DataSplits:
     """Load one task. `limit` caps every split (a seeded subset) for quick runs.
 
     augment: the training transform (adapt.data.transforms.train_transform): "on", "off" or an
-    auto-augment policy; None means on for folder: data and off for the VTAB-1k protocol and digits."""
+    auto-augment policy; None means on for folder: data and off for the VTAB-1k protocol and digits.
+    interpolation: of every resize but an augmented training image's; train_crop: how that one is sized."""
     kind, path = parse_spec(spec)
     if augment not in (None, "off") and kind == "digits":
         raise AdaptError(f"{term('augment')} applies to image files (folder:, vtab:); the digits are 8x8 drawings held in memory")
@@ -109,21 +112,22 @@ def load_data(
         splits, class_names = digits_splits(image_size, mean, std), list(DIGIT_NAMES)
         name, note = "digits", "val and test are the digits' fixed stratified split (60% train, 20% val, 20% test)"
     elif kind == "folder":
-        class_names, splits, note = folder_splits(path, eval_transform(image_size, mean, std), seed)
+        class_names, splits, note = folder_splits(path, eval_transform(image_size, mean, std, interpolation), seed)
         name = path.name
     else:
         tasks = find_vtab_tasks(path)
         if len(tasks) > 1:
             raise AdaptError(f"{path} holds {len(tasks)} VTAB tasks; pick one (vtab:{tasks[0]})")
-        class_names, splits = vtab_splits(tasks[0], split_protocol, eval_transform(image_size, mean, std))
+        plain = eval_transform(image_size, mean, std, interpolation)
+        class_names, splits = vtab_splits(tasks[0], split_protocol, plain)
         if split_protocol == "final" and (tasks[0] / "train800.txt").is_file():
-            splits["tuning_train"] = vtab_split(tasks[0], "train800", len(class_names), eval_transform(image_size, mean, std))
+            splits["tuning_train"] = vtab_split(tasks[0], "train800", len(class_names), plain)
         name = tasks[0].name
         test_name = "test" if split_protocol == "final" else "val200"
     plain = None
     if augment != "off":
         plain = copy.copy(splits["train"])  # the same images, still with the test transform
-        splits["train"].transform = train_transform(image_size, mean, std, augment)
+        splits["train"].transform = train_transform(image_size, mean, std, augment, train_crop, interpolation)
     val = splits.get("val")
     return DataSplits(
         spec=spec,

@@ -1,4 +1,5 @@
-"""Image -> normalized tensor: a plain bicubic resize to a square (the VTAB-1k convention), no crop.
+"""Image -> normalized tensor: a plain resize to a square (the VTAB-1k convention; bicubic unless a run says
+bilinear, as V-PETL Bench's test images), no crop.
 
 Built by timm's own `create_transform` from a data config, and that same config is what
 `adapt merge --format hub` writes into config.json, so a merged model loaded with plain
@@ -11,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 from timm.data import auto_augment, create_transform
+from torchvision.transforms import InterpolationMode, Resize
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **__: Any) -> Image.Image:
@@ -28,29 +30,38 @@ for _name, _op in list(auto_augment.NAME_TO_OP.items()):
         auto_augment.NAME_TO_OP[_name] = _posterize
 
 
-def data_config(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+
+
+def data_config(image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                interpolation: str = "bicubic") -> dict[str, Any]:  # fmt: skip
     """timm's data config for our preprocessing ('squash' at crop_pct 1.0 = resize to S x S)."""
-    return {"input_size": (3, image_size, image_size), "interpolation": "bicubic", "crop_pct": 1.0,
+    return {"input_size": (3, image_size, image_size), "interpolation": interpolation, "crop_pct": 1.0,
             "crop_mode": "squash", "mean": tuple(mean), "std": tuple(std)}  # fmt: skip
 
 
-def eval_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
-    """PIL image -> float tensor (3, S, S), resized with bicubic interpolation and normalized."""
-    return create_transform(**data_config(image_size, mean, std), is_training=False)
+def eval_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic"):
+    """PIL image -> float tensor (3, S, S), resized to S x S with `interpolation` and normalized."""
+    return create_transform(**data_config(image_size, mean, std, interpolation), is_training=False)
 
 
-def train_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...], augment: str):
+def train_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...], augment: str,
+                    crop: str = "random-resized", interpolation: str = "bicubic"):  # fmt: skip
     """The training transform: timm's `create_transform(is_training=True)` (random-resized crop, horizontal
     flip) for augment "on", plus an auto-augment policy when augment is one of timm's policy strings
-    ("rand-m9-mstd0.5", "augmix-m5", "trivialaugment", ...); "off" is the eval transform."""
+    ("rand-m9-mstd0.5", "augmix-m5", "trivialaugment", ...); "off" is the eval transform. crop "resize"
+    replaces the random-resized crop by a bicubic resize to S x S, as V-PETL Bench does
+    (ImageClassification/dataloader/vtab.py L55-65)."""
     from adapt.errors import AdaptError, term
 
     if augment == "off":
-        return eval_transform(image_size, mean, std)
+        return eval_transform(image_size, mean, std, interpolation)
     policy = None if augment == "on" else augment
     try:
-        return create_transform(input_size=(3, image_size, image_size), is_training=True, interpolation="bicubic",
-                                mean=tuple(mean), std=tuple(std), auto_augment=policy)  # fmt: skip
+        pipeline = create_transform(input_size=(3, image_size, image_size), is_training=True, interpolation="bicubic",
+                                    mean=tuple(mean), std=tuple(std), auto_augment=policy)  # fmt: skip
     except (AssertionError, ValueError, KeyError, IndexError) as error:
         raise AdaptError(f"{term('augment')} {augment!r} is not on, off or a timm auto-augment policy such as "
                          f"rand-m9-mstd0.5 ({error})") from None
+    if crop == "resize":
+        pipeline.transforms[0] = Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)
+    return pipeline

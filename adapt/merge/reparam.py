@@ -145,7 +145,8 @@ def check_plain_architecture_of(state: dict[str, torch.Tensor], fresh: nn.Module
 def merged_metadata(adapted: AdaptedModel, training: dict | None = None) -> dict[str, str]:
     """What the merged file says about itself; nothing needs it to load, `adapt eval` uses it."""
     meta = adapted.meta(training).to_metadata()
-    fields = ("backbone", "class_names", "image_size", "mean", "std", "method", "method_options", "training")
+    fields = ("backbone", "class_names", "image_size", "mean", "std", "interpolation", "method", "method_options",
+              "training")
     return {MERGED_KEY: "adapt", **{k: meta[k] for k in fields}}
 
 
@@ -158,7 +159,7 @@ def save_merged_hub(folder: str | Path, model: nn.Module, adapted: AdaptedModel,
                     card: str | None = None) -> Path:  # fmt: skip
     """The hub layout (adapt.hub): `timm.create_model("local-dir:DIR", pretrained=True)` loads it."""
     return save_hub_folder(folder, model, adapted.class_names, adapted.image_size, adapted.mean, adapted.std,
-                           merged_metadata(adapted, training), card)  # fmt: skip
+                           merged_metadata(adapted, training), card, adapted.interpolation)  # fmt: skip
 
 
 @dataclass

@@ -429,7 +429,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     file = TensorFile(first)
     if FORMAT_KEY in file.metadata:
         adapted, meta = AdaptedModel.from_checkpoint(first)
-        model, size, mean, std = adapted.model, meta.image_size, adapted.mean, adapted.std
+        model, size, mean, std, interpolation = adapted.model, meta.image_size, adapted.mean, adapted.std, adapted.interpolation
 
         def load(state: dict[str, torch.Tensor]) -> None:
             adapted.method.load_trainable_state(model, state, source="soup")
@@ -441,6 +441,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
         size = int(file.metadata.get("image_size", defaults.image_size))
         mean = tuple(json.loads(file.metadata["mean"])) if "mean" in file.metadata else defaults.mean
         std = tuple(json.loads(file.metadata["std"])) if "std" in file.metadata else defaults.std
+        interpolation = file.metadata.get("interpolation", defaults.interpolation)
         probe, _ = create_backbone(name, RANDOM_WEIGHTS, 1, size)
         head = f"{classifier_prefixes(probe)[0]}.weight"
         if head not in file.keys:
@@ -450,7 +451,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
         def load(state: dict[str, torch.Tensor]) -> None:
             model.load_state_dict(state)
 
-    splits = load_data(data, size, mean, std, augment="off")
+    splits = load_data(data, size, mean, std, augment="off", interpolation=interpolation)
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{data} has no {split} split for the greedy soup")

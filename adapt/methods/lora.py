@@ -8,13 +8,20 @@ LoRA conv would not pad like it), always outside the head.
 
 Merging folds W += (alpha / rank) * B @ A into each base layer with one in-place addmm
 and puts the base layer back, so the merged model is the original architecture.
+
+`qkv_blocks` ("q,v") adapts only those output row blocks of a ViT's fused qkv, as the LoRA paper's
+q and v and V-PETL Bench's `linear_a_q/linear_b_q`, `linear_a_v/linear_b_v` do: peft cannot adapt part of
+a layer's outputs, so these are SPT's row-block LoRA modules (spt.structured), without its drop-path.
+`init="vpetl"` starts them as V-PETL Bench's released code does (models/vision_transformer_lora.py
+L99-108): q's down and up both kaiming-uniform (the q branch starts non-zero), v's both zero (its branch
+gets no gradient and never trains).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -24,7 +31,7 @@ from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.kernels import add_low_rank_
 from adapt.methods.base import Method
-from adapt.methods.mixins import plain_class
+from adapt.methods.mixins import plain_class, with_mixin, without_mixin
 
 if TYPE_CHECKING:  # peft takes seconds to import; only LoRA runs need it
     from peft import LoraConfig
@@ -32,6 +39,8 @@ if TYPE_CHECKING:  # peft takes seconds to import; only LoRA runs need it
 
 VIT_TARGETS = r"(^|\.)(qkv|proj|fc1|fc2)$"
 ADAPTER = "default"
+QKV_BLOCKS = ("q", "k", "v")  # the row blocks of a ViT's fused qkv, in order
+INITS = ("lora", "vpetl")  # lora: down kaiming-uniform, up zeros; vpetl: V-PETL Bench's (module docstring)
 
 
 def default_target(name: str, module: nn.Module, is_vit: bool) -> bool:
@@ -57,6 +66,20 @@ class LoRAConfig:
     alpha: float = option(8.0, low=0, low_open=True)  # scaling = alpha / rank, as in peft
     dropout: float = option(0.0, low=0, high=1, high_open=True)
     targets: str | None = option(None, regex=True)  # regex on layer names (Linear/Conv2d); None: the defaults above
+    qkv_blocks: str | None = option(None, takes="some of q, k, v, comma-separated, such as q,v")  # None: the whole qkv
+    init: str = option(INITS[0], choices=INITS)
+
+    def __post_init__(self) -> None:
+        blocks = self.blocks()
+        if self.qkv_blocks is not None and (not blocks or any(b not in QKV_BLOCKS for b in blocks)):
+            raise AdaptError(f"qkv_blocks {self.qkv_blocks!r} must name some of q, k, v (e.g. q,v)")
+        if self.init != "lora" and not blocks:
+            raise AdaptError(f"init {self.init!r} is for the qkv row blocks: give qkv_blocks (e.g. q,v)")
+
+    def blocks(self) -> list[str]:
+        """The qkv row blocks adapted on their own (qkv_blocks), in q, k, v order; [] for none."""
+        named = {b.strip() for b in (self.qkv_blocks or "").split(",") if b.strip()}
+        return [b for b in QKV_BLOCKS if b in named] + sorted(named - set(QKV_BLOCKS))
 
 
 class LoRA(Method):
@@ -70,7 +93,8 @@ class LoRA(Method):
 
     def __init__(self, config: LoRAConfig | None = None):
         super().__init__(config)
-        self.targets: list[str] = []
+        self.targets: list[str] = []  # layers peft adapts
+        self.sliced: list[str] = []  # fused qkv layers whose row blocks (qkv_blocks) are adapted on their own
 
     def target_names(self, model: nn.Module) -> list[str]:
         is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
@@ -96,17 +120,55 @@ class LoRA(Method):
     def add_trainable(self, model: nn.Module) -> None:
         from peft import inject_adapter_in_model
 
-        self.targets = self.target_names(model)
-        if not self.targets:
+        targets = self.target_names(model)
+        if not targets:
             raise AdaptError(f"LoRA found no target layers in {type(model).__name__} (targets={self.config.targets!r})")
-        inject_adapter_in_model(self.peft_config(), model, adapter_name=ADAPTER)
+        if self.config.blocks():
+            self.sliced = [name for name in targets if re.search(r"(^|\.)qkv$", name)]
+            if not self.sliced:
+                raise AdaptError(f"qkv_blocks needs a ViT's fused qkv among the targets; {type(model).__name__} has none")
+            for name in self.sliced:
+                self._add_row_blocks(model.get_submodule(name))
+        self.targets = [name for name in targets if name not in self.sliced]
+        if self.targets:
+            inject_adapter_in_model(self.peft_config(), model, adapter_name=ADAPTER)
+
+    def _add_row_blocks(self, layer: nn.Linear) -> None:
+        """LoRA on the chosen q/k/v row blocks of a fused qkv (spt.structured's row-block modules)."""
+        from adapt.methods.spt.structured import StructuredDelta, WithStructured
+
+        size = layer.out_features // 3
+        layer.structured = nn.ModuleDict({
+            block: StructuredDelta(layer, (i * size, (i + 1) * size), "lora", self.config.rank, self.config.alpha,
+                                   drop_path=0.0)
+            for i, block in enumerate(QKV_BLOCKS) if block in self.config.blocks()
+        })  # fmt: skip
+        layer.structured_dropout = self.config.dropout
+        if self.config.init == "vpetl":
+            for block, module in layer.structured.items():
+                for part in (module.down, module.up):
+                    if block == "q":
+                        nn.init.kaiming_uniform_(part.weight, a=math.sqrt(5))
+                    else:
+                        nn.init.zeros_(part.weight)
+        with_mixin(layer, WithStructured)
 
     def report(self) -> str:
-        return f"LoRA rank {self.config.rank} on {len(self.targets)} layers"
+        parts = [f"{len(self.targets)} layers"] if self.targets else []
+        parts += [f"{'+'.join(self.config.blocks())} of {len(self.sliced)} fused qkv"] if self.sliced else []
+        return f"LoRA rank {self.config.rank} on {' and '.join(parts)}"
 
     def fold(self, model: nn.Module) -> nn.Module:
         from peft.tuners.lora import LoraLayer
 
+        from adapt.methods.spt.structured import WithStructured
+
+        for name in self.sliced:
+            layer = model.get_submodule(name)
+            for module in layer.structured.values():
+                module.fold_into(layer.weight)
+            without_mixin(layer, WithStructured)
+            del layer.structured, layer.structured_dropout
         for name, module in list(model.named_modules()):
             if isinstance(module, LoraLayer):
                 fold_lora_(module)
