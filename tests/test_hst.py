@@ -239,3 +239,25 @@ def test_bad_options_are_clear():
     model, _ = create_backbone("test_vit", "random", num_classes=3)
     with pytest.raises(AdaptError, match="cannot be merged"):
         create_method("hst").merge(create_method("hst").apply(model))
+
+
+def test_the_paper_side_network_drops_paths_at_the_runs_rate_rising_over_its_blocks():
+    """The official model gives the side network's 12 blocks DropPath at linspace(0, drop_path_rate, 12)
+    (vit_hsn.py L222-233), on the attention and the MLP; eval mode drops nothing."""
+    from timm.layers import DropPath
+
+    adapted = AdaptedModel.create("hst", ["a", "b"], 32, "test_vit", "random", None, drop_path=0.2)
+    blocks = [block for stage in adapted.model.side.stages for block in stage]
+    rates = [block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.0 for block in blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.2, 12).tolist())
+    own = AdaptedModel.create("hst", ["a", "b"], 32, "test_vit", "random", {"side_drop_path": 0.05}, drop_path=0.2)
+    assert own.model.side.stages[-1][-1].drop_path.drop_prob == pytest.approx(0.05)
+    images = torch.randn(4, 3, 32, 32)
+    adapted.model.eval()
+    assert torch.equal(adapted.model(images), adapted.model(images))
+    adapted.model.train()
+    torch.manual_seed(0)
+    first = adapted.model(images)
+    assert not torch.allclose(first, adapted.model(images))  # stochastic depth acts in training
+    none = AdaptedModel.create("hst", ["a", "b"], 32, "test_vit", "random")
+    assert not any(isinstance(m, DropPath) for m in none.model.side.modules())

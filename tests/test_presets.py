@@ -331,3 +331,10 @@ def test_increasing_randaugment_posterizes_to_black_at_full_magnitude_instead_of
     assert not np.asarray(op(image)).any()  # black, as Pillow gave 0 bits before refusing them
     kept = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(image)  # 2 bits kept
     assert (np.asarray(kept) == (np.asarray(image) & 0b11000000)).all()
+
+
+@pytest.mark.parametrize("name", [name for name, preset in PRESETS.items() if preset.paper and preset.paper.tasks])
+def test_a_papers_mean_is_the_mean_of_the_per_task_figures_shown_beside_it(name):
+    paper = PRESETS[name].paper
+    assert len(paper.tasks) == len(TASKS)
+    assert paper.plain_mean == pytest.approx(sum(paper.tasks.values()) / len(TASKS), abs=0.005)  # one source, rounded

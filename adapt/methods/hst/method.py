@@ -51,6 +51,9 @@ class HSTConfig:
     meta_tokens: int | None = option(None, low=0, high=1024)  # per ViT block; None: 1 (paper), 12 (light)
     mlp_ratio: float | None = option(None, low=0, low_open=True, high=64)  # None: 4 (paper), 1 (light)
     heads: tuple[int, ...] | None = None  # paper: per stage (None: 2, 4, 8, 12); light: width / 8
+    # the paper side network's stochastic depth (its last block's; linear from 0); None: the backbone's own rate
+    # (the run's --drop-path), as the official model gives both one drop_path_rate
+    side_drop_path: float | None = option(None, low=0, high=1, high_open=True)
 
     def __post_init__(self) -> None:
         self.widths, self.depths = _four_integers(self.widths, "widths"), _four_integers(self.depths, "depths")
@@ -82,7 +85,7 @@ def _four_integers(value: object, name: str) -> tuple[int, ...]:
 class HSTModel(nn.Module):
     """A frozen backbone, a tap that reads it, and the side network that predicts."""
 
-    def __init__(self, backbone: nn.Module, config: HSTConfig, num_classes: int):
+    def __init__(self, backbone: nn.Module, config: HSTConfig, num_classes: int, drop_path: float = 0.0):
         super().__init__()
         self.backbone = backbone
         paper, vit = config.variant == "paper", isinstance(backbone, VisionTransformer)
@@ -94,7 +97,7 @@ class HSTModel(nn.Module):
             self.tap = FeatureMapTap(backbone, config.depths, None if paper else MAX_CONTEXT_SIDE)
         if paper:
             self.side = PaperSideNetwork(config.widths, config.depths, config.heads, self.tap.context_dims, vit,
-                                         config.mlp_ratio, num_classes)  # fmt: skip
+                                         config.mlp_ratio, num_classes, drop_path)  # fmt: skip
         else:
             self.side = LightSideNetwork(config.widths, config.depths, self.tap.context_dims, config.mlp_ratio, num_classes)
 
@@ -110,6 +113,14 @@ class HSTModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.side(image, self.tap(image))
+
+
+def stochastic_depth(model: nn.Module) -> float:
+    """A timm backbone's drop_path_rate, read back from its blocks: the largest DropPath rate in it (timm
+    raises the rate linearly to it over the blocks)."""
+    from timm.layers import DropPath
+
+    return max((m.drop_prob for m in model.modules() if isinstance(m, DropPath)), default=0.0)
 
 
 class HST(Method):
@@ -137,7 +148,9 @@ class HST(Method):
         freeze_norm_statistics(model)
         keep_frozen_layers_lean(model)
         model.reset_classifier(0)
-        return HSTModel(model, self.config, num_classes)
+        side_drop_path = self.config.side_drop_path
+        return HSTModel(model, self.config, num_classes,
+                        stochastic_depth(model) if side_drop_path is None else side_drop_path)  # fmt: skip
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The trained parameters and the side network's BatchNorm statistics (the paper variant's

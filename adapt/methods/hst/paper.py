@@ -8,8 +8,11 @@ block reads one backbone level (`Reading`): its patch map, bridged and bilinearl
 to the stage's resolution (the fine-grained features), and the level's meta tokens,
 bridged and layer-normalized (one LayerNorm per block). The block's positions attend (q,
 k, v, proj) to [meta tokens, mean of the fine-grained features]; the fine-grained
-features are then added to the positions; an MLP follows. The head is BatchNorm1d
-(no affine) + Linear on the mean of the last stage's positions.
+features are then added to the positions; an MLP follows. The attention and the MLP each go
+through DropPath (stochastic depth) at rates rising linearly from 0 to `drop_path` over the
+side network's 12 blocks (the official `dpr_new`, vit_hsn.py L222-233 and vit_custom_modules.py
+L178, L201-203, with the run's drop_path_rate). The head is BatchNorm1d (no affine) + Linear on
+the mean of the last stage's positions.
 
 Departures, both exact or nearly: the bridge runs before the resize (bilinear weights sum
 to one, so this equals the official resize-then-bridge, and costs less when the stage
@@ -25,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 PAPER_HEADS = (2, 4, 8, 12)
@@ -110,20 +114,22 @@ class CrossAttention(nn.Module):
 
 
 class SideBlock(nn.Module):
-    """x + attn(norm1(x) -> context); + the fine-grained features; + mlp(norm2(x)). On tokens (B, hw, width)."""
+    """x + drop_path(attn(norm1(x) -> context)); + the fine-grained features; + drop_path(mlp(norm2(x))).
+    On tokens (B, hw, width)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=EPS)
         self.attn = CrossAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=EPS)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), context)
+        x = x + self.drop_path(self.attn(self.norm1(x), context))
         x = x + fine
-        return x + self.mlp(self.norm2(x))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class BatchNormHead(nn.Module):
@@ -146,7 +152,8 @@ class BatchNormHead(nn.Module):
 class PaperSideNetwork(nn.Module):
     """Stem + four stages of side blocks, each stage with one bridge; the head on the pooled last stage.
 
-    context_dims: the backbone's channel count at each stage; meta_tokens: whether readings carry them."""
+    context_dims: the backbone's channel count at each stage; meta_tokens: whether readings carry them;
+    drop_path: the last side block's stochastic depth (module docstring)."""
 
     def __init__(
         self,
@@ -157,16 +164,18 @@ class PaperSideNetwork(nn.Module):
         meta_tokens: bool,
         mlp_ratio: float,
         num_classes: int,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.depths = list(depths)
+        rates = iter(torch.linspace(0, drop_path, sum(depths)).tolist())
         self.stem = Stem(widths[0])
         self.downsamples = nn.ModuleList([Downsample(a, b) for a, b in zip(widths, widths[1:])])
         self.bridges = nn.ModuleList(nn.Linear(c, w) for c, w in zip(context_dims, widths))
         per_block = [w for w, d in zip(widths, depths) for _ in range(d)]
         self.meta_norms = nn.ModuleList(nn.LayerNorm(w) for w in per_block) if meta_tokens else None
         self.stages = nn.ModuleList(
-            nn.ModuleList(SideBlock(w, h, mlp_ratio) for _ in range(d)) for w, d, h in zip(widths, depths, heads)
+            nn.ModuleList(SideBlock(w, h, mlp_ratio, next(rates)) for _ in range(d)) for w, d, h in zip(widths, depths, heads)
         )
         self.stage_norms = nn.ModuleList(nn.LayerNorm(w, eps=EPS) for w in widths)
         self.head = BatchNormHead(widths[-1], num_classes)
