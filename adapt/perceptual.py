@@ -3,14 +3,16 @@
 As in the paper, the default starts from a random initialisation (`source="random"`): the
 pipeline is random init -> perceptual alignment on NIGHTS triplets -> the user's own training
 (`adapt tune --method full --weights init.safetensors`). Starting from pretrained weights
-(`source="embedded"` or a weights file) is perceptual fine-tuning, a different thing: the
-paper contrasts the two.
+(`source="pretrained"`, the backbone's own: embedded for Lite0, a hub folder's; or a weights file)
+is perceptual fine-tuning, a different thing: the paper contrasts the two, and DreamSim does it (LoRA
+r 16, alpha 32, dropout 0.2 on the qkv of a pretrained DINO ViT-B/16: the dreamsim-nights preset).
 
 The backbone embeds a reference and two distortions (pooled features, no head); with
 cosine distances d_a = d(ref, a), d_b = d(ref, b), a hinge loss with margin 0.05 pushes
 the difference towards the human choice: relu(margin - y (d_b - d_a)), y = +1 when people
 chose a, -1 when they chose b (0 on a tie). Agreement is reported per split (NIGHTS' test in
-two parts, test_imagenet and test_no_imagenet, as DreamSim does) two ways: the 2AFC score,
+two parts, test_imagenet and test_no_imagenet, as DreamSim does, and both together as `nights_total`,
+the figure DreamSim's README reports) two ways: the 2AFC score,
 exactly DreamSim's (evaluation/score.py: (d0<d1)(1-p) + (d1<d0)p + (d0==d1)0.5 with p the
 share of voters who chose the right image, i.e. the share of voters who agree with the
 model's pick), the headline; and the majority accuracy (1 when the model picks the
@@ -50,7 +52,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from adapt.backbones import EMBEDDED_WEIGHTS, RANDOM_WEIGHTS, create_backbone, preprocessing
+from adapt.backbones import EMBEDDED_WEIGHTS, RANDOM_WEIGHTS, create_backbone, default_weights, preprocessing, resolve_backbone
 from adapt.checkpoint import save_tensors_atomic
 from adapt.config import MAX_SEED, build, option
 from adapt.data.transforms import eval_transform
@@ -64,6 +66,8 @@ from adapt.optimization import parameter_groups
 from adapt.progress import Steps
 
 MARGIN = 0.05
+PRETRAINED = "pretrained"  # source: the backbone's own pretrained weights (embedded for Lite0, a hub folder's)
+TOTAL = "nights_total"  # every test split together, weighted by triplets (DreamSim's headline test figure)
 
 
 @dataclass
@@ -143,6 +147,17 @@ def evaluate_two_afc(model: nn.Module, dataset: TripletDataset, accelerator: Acc
     return TwoAFC(float(torch.cat(scores).mean()), float(torch.cat(majorities).mean()), len(dataset))
 
 
+def with_total(scores: dict[str, TwoAFC]) -> dict[str, TwoAFC]:
+    """The scores, and with two or more test splits their union's (each score is a mean over triplets)."""
+    tests = [score for name, score in scores.items() if name.startswith("test")]
+    if len(tests) < 2:
+        return scores
+    count = sum(t.triplets for t in tests)
+    total = TwoAFC(sum(t.score * t.triplets for t in tests) / count,
+                   sum(t.majority_accuracy * t.triplets for t in tests) / count, count)  # fmt: skip
+    return {**scores, TOTAL: total}
+
+
 def evaluated_splits(names: list[str]) -> list[str]:
     """val and every test split (test_imagenet, test_no_imagenet, …); train when there are none."""
     chosen = [n for n in names if n == "val"] + sorted(n for n in names if n.startswith("test"))
@@ -171,28 +186,42 @@ def perceptual_init(
     overwrite: bool = False,
     record: dict[str, Any] | None = None,
     on_epoch: Callable[[str], None] | None = None,
+    method_options: dict[str, Any] | None = None,
 ) -> PerceptualResult:
-    """Train `backbone`, starting from `source` ("random", the paper's setting; "embedded"; or a
-    weights file: perceptual fine-tuning), on the triplets of `data` by `config` (DreamSim's recipe
-    by default, or a mapping of its fields), and write the best epoch on val, merged, to `out`.
+    """Train `backbone` with `method` (and its `method_options`, as adapt tune takes them), starting from
+    `source` ("random", the paper's setting; "pretrained", the backbone's own; "embedded"; or a weights
+    file: perceptual fine-tuning), on the triplets of `data` by `config` (DreamSim's recipe by default, or a
+    mapping of its fields), and write the best epoch on val, merged, to `out`.
 
     An existing `out` is replaced only with `overwrite`, and never when it is the input weights.
     `record` (the command's resolved options) goes into the file's metadata as `config` (YAML);
     `on_epoch` hears each epoch's mean hinge loss and val 2AFC."""
     if not isinstance(config, AlignmentConfig):
         config = build(AlignmentConfig, dict(config or {}), "alignment options")
+    adapter = create_method(method, method_options)  # its options checked before anything is written
+    if source == PRETRAINED:
+        source = _pretrained_weights(backbone)
     inputs = [] if source in (RANDOM_WEIGHTS, EMBEDDED_WEIGHTS) else [source]
     with writing_file(out, overwrite, inputs=inputs):
-        return _perceptual_init(data, out, backbone, source, method, config, image_size, record,
+        return _perceptual_init(data, out, backbone, source, adapter, config, image_size, record,
                                 on_epoch or (lambda line: None))  # fmt: skip
 
 
-def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfig, image_size, record,
+def _pretrained_weights(backbone: str) -> str:
+    """The backbone's own pretrained weights, or an error saying how to give them (nothing is downloaded)."""
+    try:
+        return default_weights(resolve_backbone(backbone))
+    except AdaptError:
+        raise AdaptError(f"{backbone} has no pretrained weights here (nothing is downloaded): give them as --from FILE "
+                         "(DreamSim's: DINO ViT-B/16, e.g. timm's vit_base_patch16_224.dino saved as .safetensors)") from None
+
+
+def _perceptual_init(data, out, backbone, source, adapter, config: AlignmentConfig, image_size, record,
                      on_epoch) -> PerceptualResult:  # fmt: skip
     splits = load_triplets(data)
     if not splits.get("train"):
         raise AdaptError(f"{data} has no train triplets")
-    adapter = create_method(method)
+    method = adapter.name
     if not adapter.mergeable:
         raise AdaptError(f"method {method} cannot be merged into a plain backbone; choose a mergeable one")
     model, info = create_backbone(backbone, source, num_classes=0, image_size=image_size, seed=config.seed)
@@ -212,7 +241,7 @@ def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfi
     loader = DataLoader(datasets["train"], batch_size=config.batch_size, shuffle=True, generator=generator)
     optimizer = config.make_optimizer(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    result = PerceptualResult({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}, {},
+    result = PerceptualResult(with_total({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}), {},
                               trainable_params=count_trainable(model), source=info.weights)  # fmt: skip
     best, best_state, waited = float("-inf"), None, 0
     with Steps("perceptual alignment", config.epochs * len(loader), accelerator.is_main_process) as progress:
@@ -243,10 +272,11 @@ def _perceptual_init(data, out, backbone, source, method, config: AlignmentConfi
                     break
     if best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state)
-    result.after = {s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}
+    result.after = with_total({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated})
 
     plain = adapter.merge(accelerator.unwrap_model(model))
     summary = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,
+               "method_options": adapter.options(),
                "recipe": asdict(config), "epochs_run": len(result.losses), "best_epoch": result.best_epoch,
                "val_twoafc_by_epoch": result.val_scores,
                "twoafc_before": {s: asdict(v) for s, v in result.before.items()},

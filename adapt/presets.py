@@ -273,13 +273,20 @@ _register(Preset(
 _register(Preset(
     name="dreamsim-nights",
     command="perceptual-init",
-    reproduces="DreamSim's training on NIGHTS (Fu et al. 2023), single dino_vitb16 recipe: Adam (0.5, 0.999)",
-    values={"optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 32, "epochs": 8, "margin": 0.05,
-            "seed": 1234},
+    reproduces="DreamSim's training on NIGHTS (Fu et al. 2023), single dino_vitb16 recipe: LoRA r16 on qkv, Adam (0.5, 0.999)",
+    values={"backbone": VIT_IN21K, "from": "pretrained", "method": "lora", "rank": 16, "alpha": 32, "dropout": 0.2,
+            "targets": r"qkv$", "optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 32, "epochs": 8,
+            "margin": 0.05, "seed": 1234},
     sources={key: "ssundaram21/dreamsim : configs/train_single_model_lora.yaml" for key in
-             ("lr", "weight_decay", "batch_size", "epochs", "margin", "seed")}
-    | {"optimizer": "ssundaram21/dreamsim : training/train.py L180 (Adam, betas 0.5, 0.999)"},  # fmt: skip
-    notes=("DreamSim tunes LoRA r16 on the qkv of DINO ViT-B/16; pick --method lora and the backbone yourself",
+             ("lr", "weight_decay", "batch_size", "epochs", "margin", "seed", "rank", "alpha", "dropout")}
+    | {"optimizer": "ssundaram21/dreamsim : training/train.py L180 (Adam, betas 0.5, 0.999)",
+       "method": "ssundaram21/dreamsim : training/train.py L198-206 (peft LoraConfig)",
+       "targets": "ssundaram21/dreamsim : training/train.py L198-206 (target_modules qkv)",
+       "backbone": "ssundaram21/dreamsim : configs/train_single_model_lora.yaml (dino_vitb16: ViT-B/16, cls token)",
+       "from": "ssundaram21/dreamsim : dreamsim/feature_extraction (a pretrained DINO ViT-B/16)"},  # fmt: skip
+    notes=("DreamSim starts from a pretrained DINO ViT-B/16: give its weights with --from FILE (e.g. timm's "
+           "vit_base_patch16_224.dino, saved as .safetensors)",
+           "DreamSim reports the NIGHTS test 2AFC over both test parts together: nights_total",
            "its ViTs have no BatchNorm: on a BatchNorm backbone the statistics stay frozen (--norm-statistics)"),
 ))
 

@@ -114,7 +114,7 @@ def test_perceptual_fine_tuning_raises_agreement_and_feeds_tune(fixture_root, tm
     out = tmp_path / "init.safetensors"
     result = perceptual_init(f"nights:{fixture_root}", out, "tf_efficientnet_lite0", "embedded",
                              config={"epochs": 4, "batch_size": 16}, image_size=48)  # fmt: skip
-    assert set(result.before) == {"val", "test_imagenet", "test_no_imagenet"}
+    assert set(result.before) == {"val", "test_imagenet", "test_no_imagenet", "nights_total"}
     total = lambda scores: sum(s.score * s.triplets for s in scores.values())  # noqa: E731
     assert total(result.after) > total(result.before), result
     with safe_open(str(out), "pt") as handle:

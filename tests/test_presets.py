@@ -304,19 +304,36 @@ def test_a_sweep_with_periodic_evaluations_keeps_the_budget_whose_best_evaluatio
 
 def test_perceptual_init_takes_the_dreamsim_preset(tmp_path):
     from safetensors import safe_open
+    from safetensors.torch import save_file
 
+    from adapt.backbones import create_backbone
     from adapt.data.triplets import make_fixture
 
-    root = make_fixture(tmp_path / "nights", count=12, size=32)
+    root = make_fixture(tmp_path / "nights", count=40, size=32)  # both test parts
+    pretrained = tmp_path / "vit.safetensors"  # stands for DINO's weights, which the preset starts from
+    save_file(create_backbone("test_vit", "random", num_classes=0, image_size=32)[0].state_dict(), pretrained)
     out = tmp_path / "p.safetensors"
     result = run("perceptual-init", "--preset", "dreamsim-nights", "--data", f"nights:{root}", "--backbone", "test_vit",
-                 "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--out", out)  # fmt: skip
+                 "--from", pretrained, "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "preset dreamsim-nights: yours instead of the preset's for --batch-size, --epochs" in result.output
+    assert "preset dreamsim-nights: yours instead of the preset's for --backbone, --from, --batch-size, --epochs" in result.output
+    assert "perceptual fine-tuning, lora" in result.output and "nights_total" in result.output
     with safe_open(str(out), framework="pt") as handle:
         record = yaml.safe_load(handle.metadata()["config"])
+        summary = json.loads(handle.metadata()["perceptual_init"])
     assert record["preset"] == "dreamsim-nights" and (record["lr"], record["weight_decay"], record["seed"]) == (3e-4, 0.0, 1234)
     assert record["optimizer"] == "adam" and record["margin"] == 0.05 and record["epochs"] == 1
+    assert (record["method"], record["rank"], record["alpha"], record["dropout"], record["targets"]) == ("lora", 16, 32, 0.2, "qkv$")
+    options = summary["method_options"]
+    assert (options["rank"], options["alpha"], options["dropout"], options["targets"]) == (16, 32, 0.2, "qkv$")
+    total = summary["twoafc_after"]["nights_total"]
+    parts = [summary["twoafc_after"][s] for s in ("test_imagenet", "test_no_imagenet")]
+    assert total["triplets"] == sum(p["triplets"] for p in parts)
+    assert total["score"] == pytest.approx(sum(p["score"] * p["triplets"] for p in parts) / total["triplets"])
+    refused = run("perceptual-init", "--preset", "dreamsim-nights", "--data", f"nights:{root}", "--backbone", "test_vit",
+                  "--image-size", "32", "--out", tmp_path / "no.safetensors")  # fmt: skip
+    assert refused.exit_code == 1 and "has no pretrained weights here" in refused.stderr
+    assert not (tmp_path / "no.safetensors").exists()
 
 
 def test_increasing_randaugment_posterizes_to_black_at_full_magnitude_instead_of_failing():

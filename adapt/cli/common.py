@@ -200,7 +200,7 @@ def preset_overrides(ctx: click.Context, config: str | None, layer: tuple[str, d
     params = {p.name: p for p in ctx.command.params if p.name}
     given = set(_aliased(read_yaml_mapping(Path(config)), params, config)) if config else set()
     given |= {n for n in params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
-    overridden = [f"--{n.replace('_', '-')}" for n in _aliased(layer[1], params, layer[0]) if n in given]
+    overridden = [params[n].opts[0] for n in _aliased(layer[1], params, layer[0]) if n in given]  # as typed: --from
     return f"preset {layer[0]}{where}: yours instead of the preset's for {', '.join(overridden)}" if overridden else None
 
 
@@ -208,7 +208,7 @@ def preset_overrides(ctx: click.Context, config: str | None, layer: tuple[str, d
 CONFIG_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
                   "warmup_ratio": "warmup", "gradient_accumulation_steps": "grad_accum", "output_dir": "out",
                   "gradient_checkpointing": "grad_checkpointing",
-                  "option": "method_options", "learner_option": "learner_options"}  # fmt: skip
+                  "option": "method_options", "learner_option": "learner_options", "from": "source"}  # fmt: skip
 
 
 def _aliased(layer: dict[str, Any], params: dict[str, click.Parameter], path: str) -> dict[str, Any]:

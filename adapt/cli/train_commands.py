@@ -416,10 +416,13 @@ def _info_lines(key: str, value) -> list[tuple[str, str]]:
 @cli.command("perceptual-init")
 @click.option("--data", cls=RequiredOption, help="nights:ROOT (NIGHTS layout) or triplets:CSV (ref,a,b,choice).")
 @backbone_option
-@click.option("--from", "source", default="random", show_default=True, metavar="random|embedded|PATH",
+@click.option("--from", "source", default="random", show_default=True, metavar="random|pretrained|embedded|PATH",
               help="Where the backbone starts: random (the paper's perceptual initialization), or pretrained "
-                   "weights, embedded or a file/hub folder (perceptual fine-tuning).")  # fmt: skip
+                   "weights (perceptual fine-tuning, as DreamSim): the backbone's own (pretrained: embedded for "
+                   "Lite0, a hub folder's), embedded, or a file/hub folder.")  # fmt: skip
 @click.option("--method", type=click.Choice(list(METHODS)), default="full", show_default=True, help="What trains.")
+@method_flag_options
+@click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Any method option, e.g. init_std=0.01.")
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-4, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
@@ -439,8 +442,7 @@ def _info_lines(key: str, value) -> list[tuple[str, str]]:
 @click.option("--preset", default=None, metavar="NAME", help="A paper's recipe (adapt presets): dreamsim-nights; "
               "--config and flags win.")
 @config_option
-def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, batch_size, optimizer, margin, patience,
-                    norm_statistics, image_size, seed, out, overwrite) -> None:  # fmt: skip
+def perceptual_init(**v) -> None:
     """Align a backbone with human similarity triplets before any other training.
 
     As in the paper, it starts from a random initialisation by default; the pipeline is
@@ -449,22 +451,28 @@ def perceptual_init(data, backbone, source, method, epochs, lr, weight_decay, ba
     Trains by DreamSim's recipe (Adam, betas 0.5/0.999, lr 3e-4, no weight decay, batch 32,
     8 epochs, margin 0.05; BatchNorm statistics frozen) and writes the epoch with the best val 2AFC, as a plain backbone
     state dict that adapt tune --weights takes (its metadata keeps the options, as `config`).
+    The method takes its options as in adapt tune (--rank, --alpha, --option KEY=VALUE, ...);
+    --preset dreamsim-nights is DreamSim's whole run (LoRA r 16, alpha 32, dropout 0.2 on qkv of
+    a pretrained ViT-B/16; give its DINO weights with --from FILE).
     Prints the 2AFC score (DreamSim's: the share of voters who agree with the model's pick)
-    and the majority accuracy, per split (NIGHTS test as test_imagenet and test_no_imagenet),
-    before and after.
+    and the majority accuracy, per split (NIGHTS test as test_imagenet and test_no_imagenet,
+    and both together as nights_total), before and after.
 
     \b
     Examples:
       adapt perceptual-init --data nights:~/nights --out init.safetensors
       adapt tune --method full --weights init.safetensors --lr 1e-3
       adapt perceptual-init --data triplets:judgements.csv --from embedded --method ssf --out tuned.safetensors
+      adapt perceptual-init --preset dreamsim-nights --data nights:~/nights --from dino_vitb16.safetensors --out d.safetensors
     """
     from adapt.perceptual import perceptual_init as run_init
 
-    recipe = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer,
-              "margin": margin, "patience": patience, "norm_statistics": norm_statistics, "seed": seed}  # fmt: skip
-    result = run_init(data, out, backbone, source, method, recipe, image_size, overwrite, record=resolved_record(),
-                      on_epoch=console.print)  # fmt: skip
+    recipe = {key: v[key] for key in ("epochs", "lr", "weight_decay", "batch_size", "optimizer", "margin", "patience",
+                                      "norm_statistics", "seed")}  # fmt: skip
+    options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
+    source, method, out = v["source"], v["method"], v["out"]
+    result = run_init(v["data"], out, v["backbone"], source, method, recipe, v["image_size"], v["overwrite"],
+                      record=resolved_record(), on_epoch=console.print, method_options=options)  # fmt: skip
     kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
     table = Table(title=f"2AFC on the human votes, before → after: {kind}, {method}, {result.trainable_params:,} trained parameters")
     for column in ("split", "triplets", "2AFC (DreamSim)", "majority accuracy"):
