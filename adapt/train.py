@@ -201,7 +201,8 @@ class Trainer:
         model, optimizer = accelerator.prepare(model, optimizer)
         self._start_trackers(start_epoch * len(loader) if resume else None)
 
-        eval_set, eval_split = (self.data.val, "val") if self.data.val is not None else (self.data.test, self.data.test_name)
+        held_out = self.data.held_out_val
+        eval_set, eval_split = (held_out, "val") if held_out is not None else (self.data.test, self.data.test_name)
         with self._tracking():
             with Steps("train", len(loader) * (config.total_epochs - start_epoch), accelerator.is_main_process) as progress:
                 for epoch in range(start_epoch + 1, config.total_epochs + 1):

@@ -273,3 +273,27 @@ def test_greedy_accepts_ties_as_in_the_paper(ssf_runs, tmp_path):
     same = [ssf_runs[0], ssf_runs[0]]  # a copy never changes the soup's accuracy: added with ge, not with gt
     assert greedy_soup(same, tmp_path / "ge.safetensors", accuracy, recipe=Greedy(accept="ge")).greedy_steps[1].added
     assert not greedy_soup(same, tmp_path / "gt.safetensors", accuracy, recipe=Greedy(accept="gt")).greedy_steps[1].added
+
+
+def test_a_vtab_soup_chooses_its_scale_on_val200_never_on_test(vtab_root, tmp_path):
+    """The official merging code picks lambda on validation: on VTAB-1k that is val200 (the README's
+    `adapt soup ... --preset ties --data vtab:ROOT/TASK`)."""
+    from adapt.data import load_data
+    from adapt.train import TrainConfig
+    from adapt.tune import TuneJob, tune
+
+    job = TuneJob(data=f"vtab:{vtab_root}/svhn", method="ssf", backbone="test_vit", weights="random", image_size=32)
+    runs = [tune(job, TrainConfig(epochs=1, batch_size=16, lr=lr, seed=0), tmp_path / f"r{i}").out_dir / "adapter.safetensors"
+            for i, lr in enumerate((1e-2, 3e-2))]  # fmt: skip
+    splits = load_data(f"vtab:{vtab_root}/svhn", 32, (0.5,) * 3, (0.5,) * 3)
+    assert len(splits.val) == 20 and splits.val_in_train and splits.held_out_val is None  # val200, inside train800val200
+    assert [str(p) for p, _ in splits.val.items] == [str(vtab_root / "svhn" / line.split()[0])
+                                                     for line in (vtab_root / "svhn" / "val200.txt").read_text().splitlines()]  # fmt: skip
+    out = tmp_path / "ties.safetensors"
+    result = CliRunner().invoke(cli, ["soup", *map(str, runs), "--preset", "ties", "--data", f"vtab:{vtab_root}/svhn",
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy by scale" in result.output and "(chosen)" in result.output
+    val200 = held_out_accuracy(out, f"vtab:{vtab_root}/svhn", "val")
+    table = [line for line in result.output.splitlines() if "(chosen)" in line][0]
+    assert f"{val200({k: v.float() for k, v in load_file(out).items()}):.2%}" in table  # scored on val200

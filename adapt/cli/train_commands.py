@@ -215,8 +215,8 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
 
 def _print_start(adapted, data) -> None:
     trainable, total = adapted.parameter_counts()
-    val = f"{len(data.val)} val / " if data.val is not None else ""
-    scored = "" if data.val is not None else f" (no val split: each epoch is scored on {data.test_name})"
+    val = f"{len(data.held_out_val)} val / " if data.held_out_val is not None else ""
+    scored = "" if data.held_out_val is not None else f" (no held-out val split: each epoch is scored on {data.test_name})"
     console.print(
         f"{adapted.method.name} on {adapted.backbone.name} ({shown_path(adapted.backbone.weights)} weights), "
         f"data {data.name}: {len(data.train)} train / {val}{len(data.test)} {data.test_name} images{scored}, "

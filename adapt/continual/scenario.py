@@ -67,8 +67,8 @@ class Scenario:
                 return RelabeledSubset(dataset, [i for i, t in enumerate(dataset_targets(dataset)) if t in chosen], relabel)
 
             names = [splits.class_names[label] for label in order[start:stop]]
-            tasks.append(Task(index, range(start, stop), names, part(splits.train), part(splits.val), part(splits.test),
-                              part(splits.unaugmented_train)))  # fmt: skip
+            tasks.append(Task(index, range(start, stop), names, part(splits.train), part(splits.held_out_val),
+                              part(splits.test), part(splits.unaugmented_train)))  # fmt: skip
         names = [splits.class_names[label] for label in order]
         return cls(splits.name, names, tasks, image_size, backbone, task_incremental, splits.spec)
 

@@ -37,11 +37,19 @@ class DataSplits:
     # VTAB-1k's train800 through the test transform when the run trains on train800val200: the split the
     # official SPT scores sensitivity on (its sensitivity configs pass no --test)
     tuning_train: Dataset | None = None
+    # `val` is part of `train` (VTAB-1k's val200 under the final protocol, which trains on train800val200): it
+    # chooses a soup's weights or lambda as the official merging code does, but does not score training epochs
+    val_in_train: bool = False
 
     @property
     def unaugmented_train(self) -> Dataset:
         """The training images as the test transform gives them (for class means, herding, sensitivity)."""
         return self.train_plain if self.train_plain is not None else self.train
+
+    @property
+    def held_out_val(self) -> Dataset | None:
+        """The val split when training does not see it (what scores each epoch), else None."""
+        return None if self.val_in_train else self.val
 
     @property
     def tuning_images(self) -> Dataset:
@@ -122,6 +130,8 @@ def load_data(
         class_names, splits = vtab_splits(tasks[0], split_protocol, plain)
         if split_protocol == "final" and (tasks[0] / "train800.txt").is_file():
             splits["tuning_train"] = vtab_split(tasks[0], "train800", len(class_names), plain)
+        if split_protocol == "final" and (tasks[0] / "val200.txt").is_file():
+            splits["val"] = vtab_split(tasks[0], "val200", len(class_names), plain)
         name = tasks[0].name
         test_name = "test" if split_protocol == "final" else "val200"
     plain = None
@@ -141,4 +151,5 @@ def load_data(
         train_plain=_limited(plain, limit, seed) if plain is not None else None,  # the same seeded choice as train
         augment=augment,
         tuning_train=_limited(splits["tuning_train"], limit, seed) if "tuning_train" in splits else None,
+        val_in_train=kind == "vtab" and split_protocol == "final",
     )
