@@ -318,14 +318,18 @@ _register(Preset(
 _register(Preset(
     name="dare",
     command="soup",
-    reproduces="DARE (Yu et al. 2024): drop each delta entry with p 0.1, rescale by 1/(1-p), λ chosen on held-out data",
-    values={"recipe": "dare", "drop": 0.1, "seed": 0, "scale": "auto", "scale_grid": "0.1,0.3,0.5,0.7,0.9,1.0"},
+    reproduces="DARE (Yu et al. 2024) as MergeLM searches it: λ by task arithmetic, then the drop rate 0.1-0.9 at it",
+    values={"recipe": "dare", "drop": "0.1,0.3,0.5,0.7,0.9", "seed": 0, "scale": "auto",
+            "scale_grid": "0.1,0.3,0.5,0.7,0.9,1.0"},
     sources={"recipe": "yule-BUAA/MergeLM : model_merging_methods/mask_weights_utils.py L19-35",
-             "drop": "yule-BUAA/MergeLM : merge_plms_glue.py L34-36 (--weight_mask_rate default 0.1)",
-             "seed": "adapt's default (MergeLM draws without a fixed seed)",
-             "scale": "yule-BUAA/MergeLM : merge_plms_glue.py L266-267", "scale_grid": "same"},  # fmt: skip
-    notes=("MergeLM searches the drop rate over 0.1, 0.3, 0.5, 0.7, 0.9 too; pass --drop to set another",
-           "--scale auto chooses on held-out data: pass --data (and --split)"),  # fmt: skip
+             "drop": "yule-BUAA/MergeLM : merge_plms_glue.py L297 (weight_mask_rate_range, with the task "
+                     "arithmetic's scaling_coefficient fixed, L285-286)",
+             "seed": "yule-BUAA/MergeLM : merge_plms_glue.py L71 (set_random_seed(seed=0))",
+             "scale": "yule-BUAA/MergeLM : merge_plms_glue.py L218-228 (the task arithmetic search)",
+             "scale_grid": "yule-BUAA/MergeLM : merge_plms_glue.py L219"},  # fmt: skip
+    notes=("λ first, by task arithmetic without drops; then each drop rate at that λ; the first best is kept",
+           "MergeLM's torch seed 0 draws differently from adapt's per-(seed, tensor, ingredient) draws",
+           "both choices are on held-out data: pass --data (VTAB-1k: val200, never test)"),  # fmt: skip
 ))
 
 

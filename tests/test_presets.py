@@ -188,7 +188,7 @@ SHARED = {
     # ties-merging README / merge_utils.py; MergeLM merge_plms_glue.py
     "ties": {"recipe": "ties", "density": 0.2, "trim": "global"},
     "task-arithmetic": {"recipe": "task-arithmetic"},
-    "dare": {"recipe": "dare", "drop": 0.1},
+    "dare": {"recipe": "dare", "drop": "0.1,0.3,0.5,0.7,0.9", "seed": 0},
 }  # fmt: skip
 
 

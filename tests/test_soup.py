@@ -297,3 +297,45 @@ def test_a_vtab_soup_chooses_its_scale_on_val200_never_on_test(vtab_root, tmp_pa
     val200 = held_out_accuracy(out, f"vtab:{vtab_root}/svhn", "val")
     table = [line for line in result.output.splitlines() if "(chosen)" in line][0]
     assert f"{val200({k: v.float() for k, v in load_file(out).items()}):.2%}" in table  # scored on val200
+    dare = CliRunner().invoke(cli, ["soup", *map(str, runs), "--preset", "dare", "--data", f"vtab:{vtab_root}/svhn",
+                                    "--out", str(tmp_path / "dare.safetensors")])  # fmt: skip
+    assert dare.exit_code == 0, dare.output
+    assert "held-out accuracy by drop rate" in dare.output and "(task arithmetic, no drop: MergeLM's lambda)" in dare.output
+
+
+def test_dare_searches_its_drop_rate_as_mergelm_after_lambda_by_task_arithmetic(tmp_path):
+    """MergeLM (merge_plms_glue.py L219, L297): lambda from the task-arithmetic search without drops, then every
+    drop rate at that lambda; the first best rate is kept. Checked against the recipes run by hand."""
+    from adapt.merge.recipes import Dare, create_recipe
+
+    paths, states = _ingredients(tmp_path, count=2, seed=3)
+    base_state = {"w": torch.zeros(4, 5), "b": torch.zeros(5), "steps": torch.tensor(0)}
+    base = _write(tmp_path / "base.safetensors", base_state)
+    target = {k: 0.35 * (states[0][k] + states[1][k]) for k in ("w", "b")}
+
+    def evaluate(state):  # a held-out score: the closer to `target`, the higher
+        return -sum(float((state[k] - target[k]).abs().sum()) for k in target)
+
+    recipe = create_recipe("dare", {"drop": "0.1,0.5,0.9", "scale": "auto", "scale_grid": "0.3,0.7"})
+    assert recipe.drop_grid == [0.1, 0.5, 0.9] and recipe.needs_data
+    summary = stream_soup(paths, tmp_path / "dare.safetensors", recipe, base=base, evaluate=evaluate)
+    by_scale = {s: evaluate({k: s * (states[0][k] + states[1][k]) for k in target}) for s in (0.3, 0.7)}
+    assert summary.scale == max(by_scale, key=by_scale.get) == 0.3  # task arithmetic, no drop
+    assert [row[0] for row in summary.scale_table] == [0.3, 0.7]
+
+    def by_hand(rate):
+        dare = Dare(drop=rate, scale=0.3, seed=0)
+        return {k: dare.merge(k, lambda i, k=k: states[i][k].float(), 2, base_state[k]) for k in target}
+
+    scores = [(rate, evaluate(by_hand(rate))) for rate in (0.1, 0.5, 0.9)]
+    assert [r for r, _ in summary.drop_table] == [0.1, 0.5, 0.9]
+    assert [a for _, a in summary.drop_table] == pytest.approx([a for _, a in scores], abs=1e-4)
+    assert summary.drop == max(scores, key=lambda row: row[1])[0]
+    written = load_file(tmp_path / "dare.safetensors")
+    assert all((written[k] - by_hand(summary.drop)[k]).abs().max() <= TOLERANCE for k in target)
+    soup = json.loads(TensorFile(tmp_path / "dare.safetensors").metadata["soup"])
+    assert soup["options"]["drop"] == summary.drop and soup["held_out_accuracy_by_drop"] == [list(r) for r in summary.drop_table]
+    with pytest.raises(AdaptError, match="chooses its scale or drop rate on held-out data"):
+        stream_soup(paths, tmp_path / "x.safetensors", create_recipe("dare", {"drop": "0.1,0.5"}), base=base)
+    with pytest.raises(AdaptError, match="drop rates must be in"):
+        create_recipe("dare", {"drop": "0.1,1.5"})

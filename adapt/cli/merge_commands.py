@@ -152,7 +152,9 @@ def _averaged_words(keys: list[str]) -> str:
 @click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=None, help="TIES: share kept (0.2).")
 @click.option("--trim", type=click.Choice(["global", "per-tensor"]), default=None,
               help="TIES: trim over the whole task vector (paper, default) or per tensor.")  # fmt: skip
-@click.option("--drop", type=click.FloatRange(0, 1, max_open=True), default=None, help="DARE: drop rate (0.5).")
+@click.option("--drop", default=None, metavar="P[,P...]",
+              help="DARE: drop rate (0.5); several (0.1,0.3,0.5,0.7,0.9) are chosen on --data as MergeLM does: "
+                   "lambda by task arithmetic first (with --scale auto), then each rate at it.")  # fmt: skip
 @click.option("--seed", type=int, default=None, help="DARE's random drops (0).")
 @click.option("--accept", type=click.Choice(["ge", "gt"]), default=None,
               help="Greedy: add an ingredient when the soup's accuracy is >= (paper, default) or > the best.")  # fmt: skip
@@ -213,20 +215,23 @@ def soup(ctx, **values) -> None:
                                                            f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
     if summary.greedy_steps:
         console.print(steps)
-    if summary.scale_table:
-        scales = Table(title=f"{summary.recipe}: held-out accuracy by scale")
-        scales.add_column("scale", justify="right")
-        scales.add_column("accuracy", justify="right")
-        for scale, acc in summary.scale_table:
-            scales.add_row(f"{scale:g}" + (" (chosen)" if scale == summary.scale else ""), f"{acc:.2%}")
-        console.print(scales)
+    for name, table, chosen in (("scale", summary.scale_table, summary.scale), ("drop rate", summary.drop_table, summary.drop)):
+        if table:
+            shown = Table(title=f"{summary.recipe}: held-out accuracy by {name}"
+                          + (" (task arithmetic, no drop: MergeLM's lambda)" if name == "scale" and summary.drop_table else ""))
+            shown.add_column(name, justify="right")
+            shown.add_column("accuracy", justify="right")
+            for value, acc in table:
+                shown.add_row(f"{value:g}" + (" (chosen)" if value == chosen else ""), f"{acc:.2%}")
+            console.print(shown)
     if summary.svd_errors:
         console.print(f"LoRA re-compression to rank {options.rank}: relative Frobenius error "
                       f"{summary.svd_errors['overall']:.2e} overall, at most "
                       f"{max(v for k, v in summary.svd_errors.items() if k != 'overall'):.2e} per layer")  # fmt: skip
     rows = [
         ("ingredients", f"{len(summary.ingredients)} {summary.kind}"),
-        ("recipe", summary.recipe + (f", scale {summary.scale:g}" if summary.scale is not None else "")),
+        ("recipe", summary.recipe + (f", scale {summary.scale:g}" if summary.scale is not None else "")
+         + (f", drop {summary.drop:g}" if summary.drop is not None else "")),
         *([("averaged, not merged", _averaged_words(summary.averaged))] if summary.averaged else []),
         ("tensors", f"{summary.tensors:,}"),
         ("written", f"{summary.bytes_written / 2**20:.1f} MiB"),

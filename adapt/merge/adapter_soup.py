@@ -78,8 +78,9 @@ def make_soup(
     if rank is not None:
         if meta is None or meta.method != "lora":
             raise AdaptError(f"{term('rank')} re-compresses a soup of LoRA adapters; these ingredients are not lora")
-        if isinstance(recipe, Greedy) or recipe.auto_scale:
-            raise AdaptError(f"{term('rank')} works with uniform, weighted, task-arithmetic, ties and dare at a given {term('scale')}")
+        if recipe.needs_data:
+            raise AdaptError(f"{term('rank')} works with uniform, weighted, task-arithmetic, ties and dare at a given "
+                             f"{term('scale')} (and drop rate)")  # fmt: skip
         with guarded_output(out, overwrite, paths):
             return lora_rank_soup(paths, out, recipe, rank)
     if kind == "side networks" and recipe.needs_base:
@@ -125,10 +126,12 @@ def pretrained_base(spec: str, scratch: Path) -> Path:
 def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_step,
          sources=None, base_name=None) -> SoupSummary:  # fmt: skip
     evaluate = None
-    if isinstance(recipe, Greedy) or recipe.auto_scale:
+    if recipe.needs_data:
         if not data:
-            raise AdaptError(f"{term('recipe') + ' greedy' if isinstance(recipe, Greedy) else term('scale') + ' auto'} chooses on "
-                             f"held-out data: pass {term('data')} SPEC (e.g. digits) and {term('split')}")  # fmt: skip
+            chooser = (term("recipe") + " greedy" if isinstance(recipe, Greedy) else term("scale") + " auto"
+                       if recipe.auto_scale else f"{term('drop')} with several rates")  # fmt: skip
+            raise AdaptError(f"{chooser} chooses on held-out data: pass {term('data')} SPEC (e.g. digits) and "
+                             f"{term('split')}")  # fmt: skip
         evaluate = held_out_accuracy(paths[0], data, split, backbone)
     if isinstance(recipe, Greedy):
         return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes, sources)

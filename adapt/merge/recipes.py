@@ -15,7 +15,9 @@ Formulas (task vector tau_i = theta_i - base):
   where that sum is 0 the sign of the whole elected vector's sum (the majority sign);
   average the trimmed entries that agree with it; result base + scale * that mean
 - DARE (Yu et al. 2024): drop each entry of tau_i with probability p, rescale the rest by
-  1 / (1 - p), then task arithmetic; seeded per (seed, key, ingredient)
+  1 / (1 - p), then task arithmetic; seeded per (seed, key, ingredient). With several drop rates
+  (`drop_grid`) the soup runs MergeLM's protocol (merge_plms_glue.py L219, L297): lambda from the
+  task-arithmetic search (no drop), then each rate at that lambda, keeping the first best
 - greedy (Wortsman et al. 2022): a uniform soup of the ingredients chosen on held-out data
   (run by adapt.merge.soup.greedy_soup; `accept` ge as in the paper, or gt)
 
@@ -25,7 +27,8 @@ summed variance can go negative) and tensors the base lacks (a head trained for 
 classes). The average is uniform, or the soup's coefficients when they are convex.
 
 `scale` may be "auto": the soup then picks it on held-out data from `scale_grid`, by
-default the grid of the recipe's paper (`default_grid`).
+default the grid of the recipe's paper (`default_grid`). `needs_data` says whether a recipe chooses
+anything on held-out data.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ TASK_ARITHMETIC_GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))
 # TIES: prateeky2806/ties-merging README `$scale = linear+0.8+2.51+0.1` (np.arange, rounded to 1 decimal in
 # src/ties_merging.py)
 TIES_GRID = tuple(round(0.8 + 0.1 * i, 1) for i in range(18))
-# DARE: yule-BUAA/MergeLM merge_plms_glue.py, scaling_coefficient_range of the task arithmetic DARE runs on
+# DARE: yule-BUAA/MergeLM merge_plms_glue.py L219, scaling_coefficient_range of the task arithmetic DARE runs on
 DARE_GRID = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+# DARE's drop rates: yule-BUAA/MergeLM merge_plms_glue.py L297, weight_mask_rate_range
+DARE_DROP_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 class Recipe:
@@ -79,6 +84,11 @@ class Recipe:
     @property
     def auto_scale(self) -> bool:
         return getattr(self, "scale", None) == "auto"
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the soup chooses something on held-out data (greedy's ingredients, a scale, a drop rate)."""
+        return self.uses_data or self.auto_scale
 
     def grid(self) -> tuple[float, ...]:
         """The scales that `scale="auto"` tries: the user's, else the recipe paper's."""
@@ -144,8 +154,17 @@ class TaskArithmetic(Recipe):
 class Dare(TaskArithmetic):
     drop: float = option(0.5, low=0, high=1, high_open=True)
     seed: int = option(0, low=0, high=MAX_SEED)
+    drop_grid: list[float] | None = None  # several drop rates: chosen on held-out data (MergeLM's protocol)
     name: ClassVar[str] = "dare"
     default_grid: ClassVar[tuple[float, ...]] = DARE_GRID
+
+    def __post_init__(self) -> None:
+        if self.drop_grid is not None and not all(0 <= p < 1 for p in self.drop_grid):
+            raise AdaptError(f"{term('drop')} rates must be in [0, 1), got {self.drop_grid}")
+
+    @property
+    def needs_data(self) -> bool:
+        return super().needs_data or self.drop_grid is not None
 
     def task_vector(self, key, load, i, base):
         digest = hashlib.sha256(f"{self.seed}|{key}|{i}".encode()).digest()
@@ -270,6 +289,10 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
             options["scale"] = float(options["scale"])
         except ValueError:
             raise AdaptError(f"{term('scale')} is a number or auto, got {options['scale']!r}") from None
+    if name == "dare" and (isinstance(options.get("drop"), list) or "," in str(options.get("drop", ""))):
+        options["drop_grid"] = parse_grid(options.pop("drop"), "drop")  # several rates: a search
+    elif isinstance(options.get("drop"), str):
+        options["drop"] = parse_grid(options["drop"], "drop")[0]
     if options.get("scale_grid") is not None:
         options["scale_grid"] = parse_grid(options["scale_grid"])
         if options.setdefault("scale", "auto") != "auto":
@@ -277,11 +300,11 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
     return build(RECIPES[name], options, f"recipe {name}")
 
 
-def parse_grid(value: Any) -> list[float]:
-    """'0.5,1,1.5' (or a YAML list) as a list of distinct finite scales."""
+def parse_grid(value: Any, name: str = "scale_grid") -> list[float]:
+    """'0.5,1,1.5' (or a YAML list) as a list of distinct finite numbers (scales, or DARE's drop rates)."""
     from adapt.merge.options import number_list
 
-    grid = number_list(value, "scale_grid")
+    grid = number_list(value, name)
     if not grid or not all(math.isfinite(g) and abs(g) <= 100 for g in grid) or len(set(grid)) != len(grid):
-        raise AdaptError(f"{term('scale_grid')} expects distinct numbers within [-100, 100], got {value!r}")
+        raise AdaptError(f"{term(name)} expects distinct numbers within [-100, 100], got {value!r}")
     return grid

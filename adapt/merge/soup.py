@@ -36,7 +36,7 @@ import torch
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite
 from adapt.errors import AdaptError, term
 from adapt.file_digests import FileDigests, file_records
-from adapt.merge.recipes import Greedy, Recipe, Uniform
+from adapt.merge.recipes import Dare, Greedy, Recipe, TaskArithmetic, Uniform
 from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
 from adapt.progress import Steps
@@ -66,6 +66,8 @@ class SoupSummary:
     outputs: list[str]
     greedy_steps: list[GreedyStep] = field(default_factory=list)
     scale_table: list[tuple[float, float]] = field(default_factory=list)  # (scale, held-out accuracy) with scale=auto
+    drop_table: list[tuple[float, float]] = field(default_factory=list)  # (DARE drop rate, held-out accuracy), searched
+    drop: float | None = None  # DARE's drop rate, when it was chosen on held-out data
     scale: float | None = None  # the scale used, when the recipe has one
     kind: str = "state dicts"  # what was souped: state dicts, adapters, side networks, folded adapters
     svd_errors: dict[str, float] = field(default_factory=dict)  # LoRA re-compression: relative error per layer
@@ -145,7 +147,8 @@ def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
 
 def _output_metadata(first: TensorFile, recipe: Recipe, records: Sequence[dict[str, str]], has_base: bool = False,
                      scale: object = None, scale_table: Sequence[tuple[float, float]] = (),
-                     steps: Sequence[GreedyStep] = (), base_name: str | None = None) -> dict[str, str]:  # fmt: skip
+                     steps: Sequence[GreedyStep] = (), base_name: str | None = None,
+                     drop_table: Sequence[tuple[float, float]] = ()) -> dict[str, str]:  # fmt: skip
     """What the soup says about itself: the recipe and its options, every ingredient and the base (`records`:
     path and sha256 of the user's files, the base last), the scale and the held-out scores that chose it
     (--scale auto, greedy)."""
@@ -154,6 +157,7 @@ def _output_metadata(first: TensorFile, recipe: Recipe, records: Sequence[dict[s
             **({"base": {**base, "path": base_name or base["path"]}} if base is not None else {}),
             **({"scale": scale} if scale is not None else {}),
             **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {}),
+            **({"held_out_accuracy_by_drop": [list(row) for row in drop_table]} if drop_table else {}),
             **({"greedy_steps": [asdict(step) for step in steps]} if steps else {})}  # fmt: skip
     if FORMAT_KEY in first.metadata:
         meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
@@ -249,8 +253,9 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
                  base_name) -> SoupSummary:  # fmt: skip
     if recipe.needs_base and base is None:
         raise AdaptError(f"recipe {recipe.name} needs {term('base')} (the model the ingredients were fine-tuned from)")
-    if recipe.auto_scale and evaluate is None:
-        raise AdaptError(f"{term('scale')} auto picks the scale on held-out data: pass {term('data')} (and {term('split')})")
+    if recipe.needs_data and evaluate is None:
+        raise AdaptError(f"recipe {recipe.name} chooses its scale or drop rate on held-out data: pass {term('data')} "
+                         f"(and {term('split')})")  # fmt: skip
     start = time.perf_counter()
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
     with FileDigests([*sources, *([base] if recipe.needs_base else [])]) as digests:  # hashed while we merge
@@ -276,13 +281,18 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
                     raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
 
         task_keys = [k for k in first.keys if roles[k] == "merge"]
-        table, scale, produce = [], getattr(recipe, "scale", None), merged
-        if recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
+        table, drops, scale, produce = [], [], getattr(recipe, "scale", None), merged
+        if isinstance(recipe, Dare) and recipe.drop_grid is not None:  # MergeLM: lambda by task arithmetic, then p
+            if recipe.auto_scale:
+                arithmetic = TaskArithmetic(scale="auto", scale_grid=list(recipe.grid()))
+                scale, table, _ = _auto_scale(arithmetic, files, base_file, task_keys, merged, evaluate)
+            recipe, drops, produce = _auto_drop(recipe, float(scale), files, base_file, task_keys, merged, evaluate)
+        elif recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
             scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
         else:
             recipe.prepare(len(files), _task_vectors(files, base_file, task_keys))
         metadata = functools.partial(_output_metadata, first, recipe, has_base=recipe.needs_base, scale=scale,
-                                     scale_table=table, base_name=base_name)  # fmt: skip
+                                     scale_table=table, base_name=base_name, drop_table=drops)  # fmt: skip
         written, peak = 0, anonymous_bytes()
         with (StreamingWriter(out, order, metadata(digests.placeholders()), max_shard_bytes) as writer,
               Steps("merging tensors", len(order)) as progress, _cores_shared_with(digests)):  # fmt: skip
@@ -295,7 +305,8 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
             writer.restate(metadata(digests.records()))
         return SoupSummary([str(p) for p in paths], recipe.name, len(order), written, time.perf_counter() - start,
                            peak, [str(p) for p in writer.shard_paths()], scale_table=table,
-                           scale=scale if isinstance(scale, float) else None,
+                           scale=scale if isinstance(scale, float) else None, drop_table=drops,
+                           drop=recipe.drop if drops else None,
                            averaged=[k for k in first.keys if roles[k] == "average"])  # fmt: skip
 
 
@@ -344,6 +355,33 @@ def _auto_scale(recipe: Recipe, files, base_file, task_keys: list[str], merged: 
             progress.advance(status=f"scale {scale:g}: {table[-1][1]:.2%}")
     best = max(table, key=lambda row: (row[1], -row[0]))[0]  # the smallest scale among the most accurate
     return best, table, lambda key: base[key] + best * delta[key] if key in delta else fixed[key]
+
+
+def _auto_drop(recipe: Dare, scale: float, files, base_file, task_keys: list[str],
+               merged: Callable[[str], torch.Tensor], evaluate: Evaluator):  # fmt: skip
+    """DARE at `scale` for each drop rate of the recipe's grid, scored on held-out data; the first best rate
+    wins (MergeLM keeps a rate only when it beats the best so far). Returns (the recipe at that rate and
+    scale, the (rate, accuracy) table, the tensors' producer). Holds the base and one merged state."""
+    base = {k: base_file.get(k).float() for k in task_keys}
+    fixed = {k: merged(k) for k in files[0].keys if k not in base}
+
+    def producer(candidate: Dare) -> Callable[[str], torch.Tensor]:
+        def produce(key: str) -> torch.Tensor:
+            if key not in base:
+                return fixed[key]
+            return candidate.merge(key, lambda i: files[i].get(key).float(), len(files), base[key])
+
+        return produce
+
+    table = []
+    with Steps("--drop: held-out accuracy by drop rate", len(recipe.drop_grid)) as progress:
+        for rate in recipe.drop_grid:
+            produce = producer(dataclasses.replace(recipe, drop=rate, scale=scale, drop_grid=None))
+            table.append((rate, evaluate({k: produce(k) for k in files[0].keys})))
+            progress.advance(status=f"drop {rate:g}: {table[-1][1]:.2%}")
+    best = max(table, key=lambda row: row[1])[0]  # max keeps the first of equals, as MergeLM's strict `<`
+    chosen = dataclasses.replace(recipe, drop=best, scale=scale)
+    return chosen, table, producer(dataclasses.replace(chosen, drop_grid=None))
 
 
 def greedy_soup(
