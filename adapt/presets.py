@@ -43,6 +43,13 @@ class Preset:
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)  # VTAB-1k task -> its own values
     notes: tuple[str, ...] = ()
     paper: PaperFigures | None = None
+    weights: str | None = None  # the timm tag of the checkpoint it was published with (adapt.weights_identity)
+
+    def weights_note(self, weights: str | None, option: str = "weights") -> str | None:
+        """A line when `weights` are not (or do not say they are) the checkpoint the preset was published with."""
+        from adapt.weights_identity import weights_note
+
+        return weights_note(self.name, self.weights, weights, option) if self.weights else None
 
     def values_for(self, task: str | None = None) -> dict[str, Any]:
         """The options for one VTAB-1k task (its own values over the shared ones), or the shared ones."""
@@ -120,6 +127,7 @@ _register(Preset(
     paper=PaperFigures(f"SSF abstract (arXiv 2210.08823); per task: {VPETL_README} L423",
                        _scores("69.0 92.6 75.1 99.4 91.8 90.2 52.9 | 87.4 95.9 87.4 75.5 | "
                                "75.9 62.3 53.3 80.6 77.3 54.9 29.5 37.9"), plain_mean=73.10),  # fmt: skip
+    weights="augreg_in21k",
 ))
 
 _register(Preset(
@@ -149,6 +157,7 @@ _register(Preset(
     paper=PaperFigures(f"per task and their mean: {VPETL_README} L431 (HST arXiv 2310.05393: 76.0 v1, 76.1 v3)",
                        _scores("76.7 94.1 74.8 99.6 91.1 91.2 52.3 | 87.1 96.3 88.6 76.5 | "
                                "85.4 63.7 52.9 81.7 87.2 56.8 35.8 52.1"), plain_mean=75.99),  # fmt: skip
+    weights="augreg_in21k",
 ))
 
 _SPT_VALUES = {"method": "spt", "backbone": VIT_IN21K, "image_size": 224, "augment": "off", "batch_size": 64,
@@ -182,6 +191,7 @@ _register(Preset(
                                        "(budget_rule=official)"},
     notes=_SPT_NOTES,
     paper=PaperFigures("SNELL (NeurIPS 2024) Table 1, quoting SPT; per task not published", group_mean=76.4),
+    weights="orig_in21k",
 ))
 
 _register(Preset(
@@ -193,6 +203,7 @@ _register(Preset(
                                        "(budget_rule=official)"},
     notes=_SPT_NOTES,
     paper=PaperFigures("SNELL (NeurIPS 2024) Table 1, quoting SPT; per task not published", group_mean=76.4),
+    weights="orig_in21k",
 ))
 
 _register(Preset(
@@ -223,6 +234,7 @@ _register(Preset(
     paper=PaperFigures(f"{VPETL_README} L421 (the NOAH row)",
                        _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
                                "82.9 69.2 49.8 78.5 75.7 47.1 31.0 44.0"), plain_mean=72.25),  # fmt: skip
+    weights="orig_in21k",
 ))
 
 _register(Preset(
@@ -268,6 +280,7 @@ _register(Preset(
     paper=PaperFigures(f"{VPETL_README} L421",
                        _scores("67.1 91.4 69.4 98.8 90.4 85.3 54.0 | 84.9 95.3 84.4 73.6 | "
                                "82.9 69.2 49.8 78.5 75.7 47.1 31.0 44.0"), plain_mean=72.25),  # fmt: skip
+    weights="orig_in21k",
 ))
 
 _register(Preset(
@@ -288,6 +301,7 @@ _register(Preset(
            "vit_base_patch16_224.dino, saved as .safetensors)",
            "DreamSim reports the NIGHTS test 2AFC over both test parts together: nights_total",
            "its ViTs have no BatchNorm: on a BatchNorm backbone the statistics stay frozen (--norm-statistics)"),
+    weights="dino",
 ))
 
 _register(Preset(

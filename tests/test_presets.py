@@ -355,3 +355,37 @@ def test_a_papers_mean_is_the_mean_of_the_per_task_figures_shown_beside_it(name)
     paper = PRESETS[name].paper
     assert len(paper.tasks) == len(TASKS)
     assert paper.plain_mean == pytest.approx(sum(paper.tasks.values()) / len(TASKS), abs=0.005)  # one source, rounded
+
+
+@pytest.mark.parametrize("weights, tag", [
+    ("vit_base_patch16_224.augreg_in21k.safetensors", "augreg_in21k"),
+    ("B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz", "augreg_in21k"),
+    ("checkpoints/ViT-B_16.npz", "orig_in21k"),
+    ("vit_base_patch16_224.orig_in21k.safetensors", "orig_in21k"),
+    ("my_weights.safetensors", None),
+    ("random", None),
+])  # fmt: skip
+def test_known_weights_are_recognised_by_name(weights, tag):
+    from adapt.weights_identity import weights_tag
+
+    assert weights_tag(weights) == tag
+
+
+def test_a_preset_on_weights_it_was_not_published_with_says_so_in_one_line(tmp_path):
+    import timm
+    from timm.models._hub import save_config_for_hf
+
+    from adapt.weights_identity import weights_tag
+
+    folder = tmp_path / "hub"  # a hub folder says what it is in config.json
+    folder.mkdir()
+    save_config_for_hf(timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False), str(folder / "config.json"))
+    assert weights_tag(folder) == "augreg_in21k"
+    assert PRESETS["ssf-vtab"].weights_note(str(folder)) is None
+    note = PRESETS["spt-lora-vtab"].weights_note(str(folder))
+    assert "published with the original ImageNet-21k ViT-B_16.npz" in note and "they look like AugReg" in note
+    assert "do not say which checkpoint" in PRESETS["lora-vtab"].weights_note("random")
+    result = run("tune", "--preset", "ssf-vtab", "--weights", "random", "--backbone", "test_vit", "--image-size", "32",
+                 "--epochs", "1", "--limit", "8", "--batch-size", "8", "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("note: preset ssf-vtab was published with AugReg ImageNet-21k") == 1

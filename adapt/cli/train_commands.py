@@ -131,6 +131,9 @@ def tune(ctx, **_) -> None:
     v = resolve_config(ctx, config_file, preset=preset_layer("tune", v["preset"])) if v["preset"] and not v["resume"] else v
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
     resume_command(f"adapt tune --out {shlex.quote(str(out))} --resume")
+    weights_note = PRESETS[v["preset"]].weights_note(v["weights"]) if v["preset"] and not resume else None
+    if weights_note:
+        console.print(f"note: {weights_note}")
     specs = expand_spec(v["data"])  # several when data is a VTAB root holding many tasks
     task_outs = {spec: out / Path(spec.partition(":")[2]).name if len(specs) > 1 else out for spec in specs}
     for task_out in task_outs.values():  # before any training: every task folder must be free
@@ -466,11 +469,16 @@ def perceptual_init(**v) -> None:
       adapt perceptual-init --preset dreamsim-nights --data nights:~/nights --from dino_vitb16.safetensors --out d.safetensors
     """
     from adapt.perceptual import perceptual_init as run_init
+    from adapt.presets import PRESETS
 
     recipe = {key: v[key] for key in ("epochs", "lr", "weight_decay", "batch_size", "optimizer", "margin", "patience",
                                       "norm_statistics", "seed")}  # fmt: skip
     options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
     source, method, out = v["source"], v["method"], v["out"]
+    preset = resolved_record().get("preset")
+    weights_note = PRESETS[preset].weights_note(source, "from") if preset else None
+    if weights_note:
+        console.print(f"note: {weights_note}")
     result = run_init(v["data"], out, v["backbone"], source, method, recipe, v["image_size"], v["overwrite"],
                       record=resolved_record(), on_epoch=console.print, method_options=options)  # fmt: skip
     kind = "perceptual initialization (random start)" if source == "random" else "perceptual fine-tuning"
