@@ -16,6 +16,7 @@ warmup_lr (timm's warmup_prefix=False); after `epochs` (the cooldown epochs) the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -58,8 +59,14 @@ class Schedule:
             raise ValueError(f"lr stepping {stepping!r} is not one of {', '.join(LR_STEPPING)}")
         self.stepping = stepping
         length = epochs * updates_per_epoch if stepping == "step" else epochs
-        self.timm = CosineLRScheduler(optimizer, t_initial=max(1, length), lr_min=min_lr, warmup_t=round(warmup * length),
-                                      warmup_lr_init=warmup_lr, warmup_prefix=False, t_in_epochs=stepping != "step")  # fmt: skip
+        quiet = logging.getLogger(CosineLRScheduler.__module__)  # it warns that a 1-step cosine is flat: it is meant
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            self.timm = CosineLRScheduler(optimizer, t_initial=max(1, length), lr_min=min_lr, warmup_t=round(warmup * length),
+                                          warmup_lr_init=warmup_lr, warmup_prefix=False, t_in_epochs=stepping != "step")  # fmt: skip
+        finally:
+            quiet.setLevel(level)
         self.updates = 0
         self.epochs = 0
 

@@ -72,9 +72,21 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def _fixed(identity: dict[str, Any]) -> dict[str, Any]:
-    """The identity without what a resumption may change (older states: with the later settings' values)."""
+    """The identity without what a resumption may change (older states: with the later settings' values, and
+    method options added since at their defaults)."""
     train = {k: v for k, v in {**LATER_SETTINGS, **identity.get("train", {})}.items() if k not in EXTENDABLE}
-    return {**identity, "train": train}
+    return {**identity, "train": train, "method_options": {**_option_defaults(identity.get("method")),
+                                                           **identity.get("method_options", {})}}  # fmt: skip
+
+
+def _option_defaults(method: Any) -> dict[str, Any]:
+    """A method's options at their defaults ({} for a method not known here)."""
+    from adapt.methods import METHODS
+
+    try:
+        return METHODS[method]().options() if method in METHODS else {}
+    except AdaptError:  # a method whose defaults alone are not a valid configuration
+        return {}
 
 
 def saved_epochs(path: Path) -> tuple[int, int | None]:

@@ -109,7 +109,7 @@ def test_vtab_root_runs_every_task_and_prints_both_means(vtab_root, tmp_path):
     assert "svhn" in result.output and "eurosat" in result.output
     assert "plain mean of 2 tasks" in result.output and "mean of the 3 group means" in result.output
     assert (tmp_path / "svhn" / "adapter.safetensors").is_file()
-    table = json.loads((tmp_path / "vtab.json").read_text())
+    table = json.loads((tmp_path / "vtab.json").read_text())["final_epoch"]
     assert set(table["tasks"]) == {"svhn", "eurosat"}
     assert table["plain_mean"] == pytest.approx(sum(table["tasks"].values()) / 2) and table["group_mean"] is None
     assert "mean of the 3 group means | n/a" in (tmp_path / "vtab.md").read_text()
@@ -149,7 +149,8 @@ def test_lora_flags_reach_the_method(tmp_path):
     assert result.exit_code == 0, result.output
     assert "LoRA rank 2 on 1 layers" in result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["run"]["method_options"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "targets": "conv_head$"}
+    assert summary["run"]["method_options"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "targets": "conv_head$",
+                                                "qkv_blocks": None, "init": "lora"}
     assert_one_line_error(run("tune", "--method", "ssf", "--rank", "4"), "method ssf: unknown option 'rank'")
 
 

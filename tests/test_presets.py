@@ -62,7 +62,8 @@ def test_tune_with_a_preset_takes_each_vtab_tasks_own_values_and_yours_win(vtab_
     summary = json.loads((out / "svhn" / "summary.json").read_text())
     assert len(summary["history"]) == 2  # 1 epoch of cosine, then 1 of cooldown
     table = (out / "vtab.md").read_text()
-    assert "| task | accuracy | best over evaluations (test-selected) | paper |" in table  # SSF tests every epoch
+    assert ("| task | final epoch | best over evaluations (test-selected) | paper (beside best over evaluations "
+            "(test-selected)) |") in table  # SSF tests every epoch
     assert "| svhn |" in table and " 90.20 |" in table  # SSF's published svhn
     assert "| eurosat |" in table and "95.90" in table
     resumed = run("tune", "--out", out, "--resume")  # everything from each task's config.yaml
@@ -243,8 +244,15 @@ def test_the_best_test_accuracy_over_periodic_evaluations_is_a_second_figure(vta
     assert tested[3] == summary["test_acc"] and summary["best_periodic_test_acc"] == max(tested.values())
     assert f"best test accuracy over the evaluations every 2 epochs: {summary['best_periodic_test_acc']:.2%}" in result.output
     table = (out / "vtab.md").read_text()
-    assert "best over evaluations (test-selected)" in table
-    assert json.loads((out / "vtab.json").read_text())["best_over_evaluations"]["svhn"] == summary["best_periodic_test_acc"]
+    assert "| task | final epoch | best over evaluations (test-selected) |" in table
+    stored = json.loads((out / "vtab.json").read_text())
+    assert stored["best_over_evaluations"]["tasks"]["svhn"] == summary["best_periodic_test_acc"]
+    assert stored["final_epoch"]["tasks"]["svhn"] == summary["test_acc"]
+    for column in ("final_epoch", "best_over_evaluations"):  # both means, of each column's own figures
+        tasks = stored[column]["tasks"]
+        assert stored[column]["plain_mean"] == pytest.approx(sum(tasks.values()) / len(tasks))
+    assert stored["best_over_evaluations"]["plain_mean"] >= stored["final_epoch"]["plain_mean"]
+    assert "final epoch" in result.output and "best over evaluations" in result.output
 
 
 def test_augment_off_is_the_repos_direct_resize():

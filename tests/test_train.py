@@ -121,3 +121,27 @@ def test_two_processes_with_the_same_global_batch_train_as_one(tmp_path):
                              "--out", str(tmp_path / "uneven")], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert uneven.returncode == 1 and "--batch-size 7 is the global batch and must split evenly over 2 processes" in uneven.stderr
     assert not (tmp_path / "uneven" / "config.yaml").exists()
+
+
+def test_a_run_saved_before_a_method_option_existed_resumes_at_its_default(tmp_path):
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    job = TuneJob(data="digits", method="lora", image_size=32, limit=32)
+    config = TrainConfig(epochs=2, batch_size=16)
+    with pytest.raises(Interrupt):
+        tune(job, config, tmp_path, on_epoch_end=_stop_after_first_epoch)
+    path = tmp_path / STATE_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    run = _json.loads(metadata["run"])
+    for later in ("qkv_blocks", "init"):  # as a state written before these LoRA options existed
+        del run["method_options"][later]
+    save_file(tensors, path, {**metadata, "run": _json.dumps(run)})
+    assert [h.epoch for h in tune(job, config, tmp_path, resume=True).history] == [1, 2]
+    run["method_options"]["init"] = "vpetl"  # a real change is still refused
+    save_file(tensors, path, {**metadata, "run": _json.dumps(run)})
+    with pytest.raises(AdaptError, match="cannot resume"):
+        tune(job, TrainConfig(epochs=3, batch_size=16), tmp_path, resume=True)

@@ -115,7 +115,7 @@ def tune(ctx, **_) -> None:
     """
     from adapt.cli.common import preset_layer, preset_overrides, resolve_config
     from adapt.data import expand_spec
-    from adapt.data.vtab import save_vtab_table, vtab_means
+    from adapt.data.vtab import save_vtab_table
     from adapt.outputs import check_run_folder
     from adapt.presets import PRESETS
     from adapt.train import RUN_FILES
@@ -153,7 +153,7 @@ def tune(ctx, **_) -> None:
             best_periodic[task_out.name] = best
     if len(specs) > 1:
         paper = PRESETS[v["preset"]].paper if v["preset"] else None
-        _print_vtab(accuracies, vtab_means(accuracies), paper)
+        _print_vtab(accuracies, best_periodic or None, paper)
         written = save_vtab_table(out, accuracies, paper, best_periodic or None)
         console.print(f"wrote {written[0]} and {written[1]}")
 
@@ -238,26 +238,34 @@ def _print_epoch(result) -> None:
     )
 
 
-def _print_vtab(accuracies: dict[str, float], means: dict[str, float | None], paper=None) -> None:
-    """The VTAB-1k table, with the paper's published figures beside ours when a preset gives them."""
+def _print_vtab(accuracies: dict[str, float], best: dict[str, float] | None, paper=None) -> None:
+    """The VTAB-1k table: the final epoch's accuracies and, where the runs tested periodically, the best over
+    those evaluations, each column labelled; a preset's published figures beside the column they compare with."""
+    from adapt.data.vtab import COLUMN_TITLES, VTAB_GROUPS, paper_column, vtab_columns
+
+    columns = vtab_columns(accuracies, best)
+    beside = paper_column(columns)
     table = Table(title="VTAB-1k" + (f" beside the paper ({paper.source})" if paper else ""))
     table.add_column("task")
-    table.add_column("accuracy", justify="right")
+    for name in columns:
+        table.add_column(COLUMN_TITLES[name], justify="right")
     if paper:
-        table.add_column("paper", justify="right")
-    def row(label, ours: float | None, theirs: float | None) -> None:
-        cells = [f"{ours:.2%}" if ours is not None else "n/a (a group is empty)"]
+        table.add_column(f"paper (beside {COLUMN_TITLES[beside]})", justify="right")
+    complete = len(accuracies) == 19
+
+    def row(label, key: str, mean: bool, theirs: float | None) -> None:
+        values = [column[key] if mean else column["tasks"][key] for column in columns.values()]
+        cells = [f"{v:.2%}" if v is not None else "n/a (a group is empty)" for v in values]
         table.add_row(label, *cells, *([f"{theirs:.2f}%" if theirs is not None else "-"] if paper else []))
 
-    for task, acc in accuracies.items():
-        row(task, acc, paper.tasks.get(task) if paper else None)
-    for group in ("natural", "specialized", "structured"):
-        if means[group] is not None:
-            row(Text(f"{group} mean", style="italic"), means[group], None)
-    row(Text(f"plain mean of {len(accuracies)} tasks", style="bold"), means["plain_mean"],
-        paper.plain_mean if paper and len(accuracies) == 19 else None)  # fmt: skip
-    row(Text("mean of the 3 group means", style="bold"), means["group_mean"],
-        paper.group_mean if paper and len(accuracies) == 19 else None)  # fmt: skip
+    for task in accuracies:
+        row(task, task, False, paper.tasks.get(task) if paper else None)
+    for group in VTAB_GROUPS:
+        if columns["final_epoch"][group] is not None:
+            row(Text(f"{group} mean", style="italic"), group, True, None)
+    row(Text(f"plain mean of {len(accuracies)} tasks", style="bold"), "plain_mean", True,
+        paper.plain_mean if paper and complete else None)  # fmt: skip
+    row(Text("mean of the 3 group means", style="bold"), "group_mean", True, paper.group_mean if paper and complete else None)
     console.print(table)
 
 
