@@ -137,6 +137,12 @@ class Trainer:
         self.trackers = create_trackers(config.trackers(), self.out_dir)
         self.accelerator = precision_accelerator(config, self.trackers)
         self.batch_per_process = per_process_batch(config.batch_size, self.accelerator.num_processes)
+        self.batches = GlobalBatchSampler(len(data.train), config.batch_size, torch.Generator(),
+                                          self.accelerator.process_index, self.accelerator.num_processes,
+                                          config.drop_last)  # fmt: skip
+        if len(self.batches) == 0:  # before anything is written
+            raise AdaptError(f"the training split has {len(data.train)} images, not one full batch of "
+                             f"{config.batch_size} ({term('drop_last')} drops the partial one)")  # fmt: skip
         self.lr = config.lr if config.lr is not None else adapted.method.default_lr
         self.weight_decay = config.weight_decay if config.weight_decay is not None else adapted.method.default_weight_decay
         if max(config.warmup_lr, config.min_lr) > self.lr:
@@ -185,14 +191,9 @@ class Trainer:
         """Train for `config.total_epochs` (or what is left of them when resuming)."""
         config, accelerator, model = self.config, self.accelerator, self.adapted.model
         torch.manual_seed(config.seed)
-        order = torch.Generator()
-        self.batches = GlobalBatchSampler(len(self.data.train), config.batch_size, order, accelerator.process_index,
-                                          accelerator.num_processes, config.drop_last)  # fmt: skip
+        order = self.batches.generator
         loader = DataLoaderShard(self.data.train, device=accelerator.device, batch_sampler=self.batches,
                                  num_workers=config.workers)  # fmt: skip
-        if len(loader) == 0:
-            raise AdaptError(f"the training split has {len(self.data.train)} images, not one full batch of "
-                             f"{config.batch_size} ({term('drop_last')} drops the partial one)")  # fmt: skip
         updates_per_epoch = math.ceil(len(loader) / config.grad_accum)
         optimizer, scheduler = optimizer_and_schedule(model, self.lr, self.weight_decay, config.lr_stepping, config.epochs,
                                                       updates_per_epoch, config.warmup, config.warmup_lr, config.min_lr)  # fmt: skip

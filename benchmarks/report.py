@@ -13,15 +13,17 @@ Column = tuple[str, Callable[[dict[str, Any]], str]]  # header, cell text from a
 
 
 def write_report(name: str, title: str, setup: dict[str, Any], rows: list[dict[str, Any]], columns: list[Column],
-                 footer: str = "") -> None:  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / f"{name}.json", {"setup": setup, "rows": rows})
+                 footer: str = "", folder: Path | None = None) -> None:  # fmt: skip
+    """`folder`: where to write, instead of benchmarks/results/ (a device run's $OUT)."""
+    folder = folder or RESULTS
+    folder.mkdir(exist_ok=True)
+    write_json_atomic(folder / f"{name}.json", {"setup": setup, "rows": rows})
     lines = [f"# {title}", "", "| " + " | ".join(h for h, _ in columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]  # fmt: skip
     lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
     if footer:
         lines += ["", footer]
-    write_text_atomic(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    write_text_atomic(folder / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

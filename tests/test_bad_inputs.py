@@ -238,6 +238,16 @@ CASES = [
     C(f"tune --weight-decay nan {T}", "weight_decay must be finite"),
     C(f"tune --weight-decay -1 {T}", "Invalid value for '--weight-decay'", 2),
     C(f"tune --warmup nan {T}", "warmup must be finite"),
+    C(f"tune --lr-stepping daily {T}", "Invalid value for '--lr-stepping'", 2),
+    C(f"tune --eval-from 0 {T}", "Invalid value for '--eval-from'", 2),
+    C(f"tune --eval-last -1 {T}", "Invalid value for '--eval-last'", 2),
+    C(f"tune --interpolation nearest {T}", "Invalid value for '--interpolation'", 2),
+    C(f"tune --train-crop center {T}", "Invalid value for '--train-crop'", 2),
+    C(f"tune --drop-last --batch-size 200 --limit 100 --out {W}/out", "not one full batch of 200"),
+    C(f"tune --method lora --option qkv_blocks=q,x {T}", "must name some of q, k, v"),
+    C(f"tune --method lora --option init=vpetl {T}", "give qkv_blocks"),
+    C(f"tune --method lora --option qkv_blocks=q,v {T}", "qkv_blocks needs a ViT's fused qkv"),
+    C(f"tune --method hst --option side_drop_path=1 {T}", "side_drop_path must be < 1"),
     C(f"tune --warmup 2 {T}", "Invalid value for '--warmup'", 2),
     C(f"tune --seed 100000000000000000000000 {T}", "seed must be <="),
     C(f"tune --seed -1 {T}", "seed must be >= 0"),
@@ -446,8 +456,17 @@ CASES = [
       f"--scale inf --out {W}/s.safetensors", "scale must be finite"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe dare --base {SOUP}/base.safetensors --drop nan "
       f"--out {W}/s.safetensors", "drop must be finite"),
-    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --drop 1.0 --out {W}/s.safetensors", "Invalid value for '--drop'",
-      2),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --drop 1.0 --out {W}/s.safetensors", "recipe uniform does not use --drop"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe dare --base {SOUP}/base.safetensors --drop 1.0 "
+      f"--out {W}/s.safetensors", "drop must be < 1"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe dare --base {SOUP}/base.safetensors --drop 0.1,1.5 "
+      f"--out {W}/s.safetensors", "drop rates must be in [0, 1)"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe dare --base {SOUP}/base.safetensors --drop 0.1,x "
+      f"--out {W}/s.safetensors", "--drop expects numbers separated by commas"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe dare --base {SOUP}/base.safetensors --drop 0.1,0.1 "
+      f"--out {W}/s.safetensors", "--drop expects distinct numbers"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe dare --base {SOUP}/base.safetensors --drop 0.1,0.5 "
+      f"--out {W}/s.safetensors", "--drop with several rates chooses on held-out data"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --density 0 --out {W}/s.safetensors",
       "Invalid value for '--density'", 2),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --base {SOUP}/base.safetensors --config {SOUP}/density.yaml "
@@ -503,6 +522,10 @@ CASES = [
     C(f"perceptual-init --data triplets:{W}/trip/missingcol.csv --out {W}/p.safetensors", "lacks column"),
     C(f"perceptual-init --data triplets:{W}/trip/badchoice.csv --out {W}/p.safetensors", "choice must be"),
     C(f"perceptual-init --data triplets:{W}/trip/noimage.csv --out {W}/p.safetensors", "image not found"),
+    C(f"perceptual-init --data triplets:{W}/trip/noimage.csv --backbone test_vit --from pretrained --out {W}/p.safetensors",
+      "has no pretrained weights here"),
+    C(f"perceptual-init --data triplets:{W}/trip/noimage.csv --method lora --rank 0 --out {W}/p.safetensors",
+      "method lora: rank must be >= 1"),
     C(f"perceptual-init --data nights:{W}/nope --out {W}/p.safetensors", "triplet file not found"),
     C(f"perceptual-init --data mnist --out {W}/p.safetensors", "unknown triplet data"),
     C(f"perceptual-init --data triplets:{W}/trip/badchoice.csv --lr nan --out {W}/p.safetensors", "lr must be finite"),

@@ -291,8 +291,10 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
             raise AdaptError(f"{term('scale')} is a number or auto, got {options['scale']!r}") from None
     if name == "dare" and (isinstance(options.get("drop"), list) or "," in str(options.get("drop", ""))):
         options["drop_grid"] = parse_grid(options.pop("drop"), "drop")  # several rates: a search
-    elif isinstance(options.get("drop"), str):
-        options["drop"] = parse_grid(options["drop"], "drop")[0]
+    elif isinstance(options.get("drop"), str):  # one rate, as typed: its range is the option's to check
+        from adapt.merge.options import number_list
+
+        options["drop"] = number_list(options["drop"], "drop")[0]
     if options.get("scale_grid") is not None:
         options["scale_grid"] = parse_grid(options["scale_grid"])
         if options.setdefault("scale", "auto") != "auto":
