@@ -295,8 +295,8 @@ _register(Preset(
     | {"optimizer": "ssundaram21/dreamsim : training/train.py L180 (Adam, betas 0.5, 0.999)",
        "method": "ssundaram21/dreamsim : training/train.py L198-206 (peft LoraConfig)",
        "targets": "ssundaram21/dreamsim : training/train.py L198-206 (target_modules qkv)",
-       "backbone": "ssundaram21/dreamsim : configs/train_single_model_lora.yaml (dino_vitb16: ViT-B/16, cls token)",
-       "from": "ssundaram21/dreamsim : dreamsim/feature_extraction (a pretrained DINO ViT-B/16)"},  # fmt: skip
+       "backbone": "ssundaram21/dreamsim : configs/train_single_model_lora.yaml (model_type dino_vitb16, feat_type cls)",
+       "from": "ssundaram21/dreamsim : configs/train_single_model_lora.yaml (a pretrained DINO ViT-B/16)"},  # fmt: skip
     notes=("DreamSim starts from a pretrained DINO ViT-B/16: give its weights with --from FILE (e.g. timm's "
            "vit_base_patch16_224.dino, saved as .safetensors)",
            "DreamSim reports the NIGHTS test 2AFC over both test parts together: nights_total",

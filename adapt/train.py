@@ -1,10 +1,11 @@
 """One training loop for every method, on accelerate.
 
-AdamW with linear warmup then cosine decay (adapt.optimization), gradient accumulation,
-mixed precision (adapt.devices), evaluation each epoch, a JSONL metrics log, and a
-checkpoint each epoch that `resume=True` continues from (adapt.train_state). The data
-order of epoch e depends only on (seed, e), so a resumed run reaches the same weights as
-an uninterrupted one.
+AdamW and timm's warmup + cosine schedule, stepped per update or per epoch as the config says
+(adapt.optimization), gradient accumulation, mixed precision (adapt.devices), evaluation each epoch,
+a JSONL metrics log, and a checkpoint each epoch that `resume=True` continues from (adapt.train_state).
+`batch_size` is the global batch: each process takes its piece of one seeded order
+(adapt.data.global_batches), so the data order of epoch e depends only on (seed, e, batch size): a
+resumed run, or a run on other processes, reaches the same weights as an uninterrupted single one.
 
 Files in `out_dir`: adapter.safetensors (the checkpoint users keep), train_state.safetensors
 (what resuming needs, self-contained), metrics.jsonl, summary.json, and with `log_with` the

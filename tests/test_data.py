@@ -36,10 +36,11 @@ def test_folder_layout(folder_root):
 
 def test_vtab_protocols_and_task_expansion(vtab_root):
     final = load_data(f"vtab:{vtab_root / 'svhn'}", 32, MEAN, STD)
-    assert (len(final.train), len(final.test), final.val) == (60, 40, None)
+    assert (len(final.train), len(final.test), len(final.val)) == (60, 40, 20)  # val200, inside train800val200
+    assert final.val_in_train and final.held_out_val is None  # so it scores no training epoch
     assert final.num_classes == 10 and final.test_name == "test"
     tune = load_data(f"vtab:{vtab_root / 'svhn'}", 32, MEAN, STD, split_protocol="tune")
-    assert (len(tune.train), len(tune.test), tune.test_name) == (40, 20, "val200")
+    assert (len(tune.train), len(tune.test), tune.test_name, tune.val) == (40, 20, "val200", None)
     assert [s.rsplit("/", 1)[-1] for s in expand_spec(f"vtab:{vtab_root}")] == ["svhn", "eurosat"]
 
 

@@ -77,6 +77,10 @@ def show(name: str, as_json: bool) -> None:
         for task, row in preset.per_task.items():
             tasks.add_row(task, *[f"{row[key]:g}" if isinstance(row.get(key), float) else str(row.get(key, "")) for key in per_task])
         console.print(tasks)
+    if preset.weights is not None:
+        from adapt.weights_identity import DESCRIPTIONS
+
+        console.print(f"published with: {DESCRIPTIONS.get(preset.weights, preset.weights)} (a run on other weights says so)")
     for note in preset.notes:
         console.print(f"note: {note}")
     if preset.paper is not None:

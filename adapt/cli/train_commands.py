@@ -111,7 +111,8 @@ def tune(ctx, **_) -> None:
       adapt tune --data vtab:~/vtab-1k            # every task found, then the VTAB table
       adapt tune --preset ssf-vtab --data vtab:~/vtab-1k --weights vit_b16_augreg_in21k.safetensors   # SSF's recipe
       adapt tune --out runs/tune --overwrite       # replace the run already in runs/tune
-      torchrun --nproc_per_node 2 -m adapt tune    # 2 processes (or: accelerate launch -m adapt tune)
+      torchrun --nproc_per_node 2 -m adapt tune    # 2 processes, 16 images each of the global batch of 32
+      adapt tune --preset spt-lora-vtab --data vtab:~/vtab-1k --weights ViT-B_16.npz   # SPT's five-budget sweep
     """
     from adapt.cli.common import preset_layer, preset_overrides, resolve_config
     from adapt.data import expand_spec
