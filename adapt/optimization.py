@@ -6,10 +6,11 @@ SSF scales and shifts) get none, as the PEFT papers' optimizers filter it (timm'
 `build_optimizer`).
 
 The schedule is timm's `CosineLRScheduler` itself, stepped the way a trainer steps it (LR_STEPPING):
-- "step": once per optimizer update (t counts updates), adapt's default;
-- "epoch": once per epoch, `step(epoch + 1)` after each epoch, as timm's train.py does (SSF, HST);
+- "epoch": once per epoch, `step(epoch + 1)` after each epoch, as timm's train.py does (SSF, HST), adapt's
+  default (on digits it beat per-update stepping: benchmarks/results/schedule_digits.md);
 - "epoch-lagged": once per epoch, `step(epoch)` after each epoch (SPT, NOAH, V-PETL Bench), so the rate runs
-  one epoch behind: epochs 0 and 1 both train at warmup_lr.
+  one epoch behind: epochs 0 and 1 both train at warmup_lr;
+- "step": once per optimizer update (t counts updates).
 The cosine runs over all of `epochs` and the first warmup steps are replaced by the linear warmup from
 warmup_lr (timm's warmup_prefix=False); after `epochs` (the cooldown epochs) the rate stays at min_lr.
 """

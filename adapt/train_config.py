@@ -14,9 +14,10 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerat
 TRACKERS = ("tensorboard", "csv", "wandb")  # --log-with, also "all" (adapt.tracking)
 RESULT_FREE = ("workers", "log_with", "grad_checkpointing")  # options that change no result: a resumed run may change them
 CONFIG_FILE = "config.yaml"  # a run's resolved options, in its folder
-# How timm's cosine schedule is stepped (adapt.optimization.Schedule): per optimizer update (adapt's default),
-# per epoch as timm's train.py does (SSF, HST), or per epoch one epoch behind (SPT, NOAH, V-PETL Bench)
-LR_STEPPING = ("step", "epoch", "epoch-lagged")
+# How timm's cosine schedule is stepped (adapt.optimization.Schedule): per epoch as timm's train.py does (SSF,
+# HST; the default: on digits it beat per-update stepping, benchmarks/results/schedule_digits.md), per epoch one
+# epoch behind (SPT, NOAH, V-PETL Bench), or per optimizer update
+LR_STEPPING = ("epoch", "epoch-lagged", "step")
 # How a fresh classifier head starts (adapt.backbones.init_head). "trunc-normal" is what SSF's and SPT's
 # official code give it (timm's ViT init: weight ~ N(0, 0.02) truncated, bias 0; dongzelian/SSF
 # models/vision_transformer.py init_weights, ziplab/SPT model/vision_transformer_timm.py reset_classifier);

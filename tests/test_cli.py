@@ -230,8 +230,9 @@ def test_resume_says_where_it_is_and_extends_a_finished_run(tmp_path):
     def cosine(update: int, length: int) -> float:  # timm's cosine without warmup, min_lr 0
         return 0.5 * (1 + math.cos(math.pi * min(update, length) / length))
 
-    # 2 steps an epoch, no warmup step: the first plan would give lr 0 from step 2 on; the new one continues its cosine
-    expected = (cosine(0, 2), cosine(1, 2), cosine(2, 4), cosine(3, 4))
+    # stepped per epoch, no warmup epoch: the first plan (1 epoch) would give lr 0 from epoch 2 on; the new one
+    # (2 epochs) continues its cosine from the saved position: 2 steps an epoch
+    expected = (cosine(0, 1), cosine(0, 1), cosine(1, 2), cosine(1, 2))
     assert lrs == pytest.approx([lrs[0] * f for f in expected], rel=1e-6)
     assert "nothing to do" in run("tune", "--out", out, "--resume").output
 

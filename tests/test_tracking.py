@@ -37,11 +37,11 @@ def test_tensorboard_and_csv_log_every_step_and_epoch(tmp_path):
     assert [e.step for e in losses] == list(range(1, steps + 1))
     lrs = [e.value for e in events.Scalars("train/lr")]
     reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=create_method("ssf").default_lr)
-    timm = CosineLRScheduler(reference, t_initial=steps, warmup_t=round(config.warmup * steps), t_in_epochs=False)
+    timm = CosineLRScheduler(reference, t_initial=config.epochs, warmup_t=round(config.warmup * config.epochs))
     expected = []
-    for update in range(steps):  # the rate each step used: before its update
-        timm.step_update(update)
-        expected.append(reference.param_groups[0]["lr"])
+    for epoch in range(config.epochs):  # the default steps per epoch, as timm's train.py: step(epoch + 1) after it
+        expected += [reference.param_groups[0]["lr"]] * (steps // config.epochs)
+        timm.step(epoch + 1)
     assert lrs == pytest.approx(expected)
     eval_acc = events.Scalars("epoch/eval_acc")
     jsonl = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -46,8 +46,8 @@ from adapt.train_config import HEAD_INITS, INTERPOLATIONS, LR_STEPPING, NORMALIZ
 @click.option("--warmup", type=click.FloatRange(0, 1), default=TrainConfig.warmup, show_default=True,
               help="Warmup share of the schedule's steps over --epochs (updates, or epochs with per-epoch stepping).")
 @click.option("--lr-stepping", type=click.Choice(LR_STEPPING), default=TrainConfig.lr_stepping, show_default=True,
-              help="How timm's cosine schedule steps: step = each optimizer update; epoch = once per epoch, as "
-                   "timm's train.py (SSF, HST); epoch-lagged = once per epoch, one epoch behind (SPT, NOAH, V-PETL).")
+              help="How timm's cosine schedule steps: epoch = once per epoch, as timm's train.py (SSF, HST); "
+                   "epoch-lagged = once per epoch, one epoch behind (SPT, NOAH, V-PETL); step = each optimizer update.")
 @click.option("--warmup-lr", type=click.FloatRange(0), default=TrainConfig.warmup_lr, show_default=True,
               help="Where the warmup starts.")
 @click.option("--min-lr", type=click.FloatRange(0), default=TrainConfig.min_lr, show_default=True,

@@ -31,7 +31,7 @@ from adapt.config import option
 from adapt.errors import AdaptError
 from adapt.kernels import add_low_rank_
 from adapt.methods.base import Method
-from adapt.methods.mixins import plain_class, with_mixin, without_mixin
+from adapt.methods.mixins import plain_class, with_mixin
 
 if TYPE_CHECKING:  # peft takes seconds to import; only LoRA runs need it
     from peft import LoraConfig
@@ -161,14 +161,10 @@ class LoRA(Method):
     def fold(self, model: nn.Module) -> nn.Module:
         from peft.tuners.lora import LoraLayer
 
-        from adapt.methods.spt.structured import WithStructured
+        from adapt.methods.spt.structured import fold_structured_
 
         for name in self.sliced:
-            layer = model.get_submodule(name)
-            for module in layer.structured.values():
-                module.fold_into(layer.weight)
-            without_mixin(layer, WithStructured)
-            del layer.structured, layer.structured_dropout
+            fold_structured_(model.get_submodule(name))
         for name, module in list(model.named_modules()):
             if isinstance(module, LoraLayer):
                 fold_lora_(module)

@@ -35,7 +35,8 @@ from adapt.methods.mixins import with_mixin, without_mixin
 from adapt.methods.spt.allocation import RULES, Allocation, allocate, plot_allocation
 from adapt.methods.spt.ranking import ranked, real_name
 from adapt.methods.spt.sparse import SparseDelta, SparseDeltaConv2d, SparseDeltaLinear
-from adapt.methods.spt.structured import ADAPTER_FORMS, KINDS, UNDROPPED, StructuredDelta, WithStructured, is_sequential
+from adapt.methods.spt.structured import (ADAPTER_FORMS, KINDS, UNDROPPED, StructuredDelta, WithStructured,
+                                          fold_structured_, is_sequential)  # fmt: skip
 
 if TYPE_CHECKING:
     from adapt.data import DataSplits
@@ -306,10 +307,7 @@ class SPT(Method):
                 parametrize.remove_parametrizations(module, leaf, leave_parametrized=False)
         for module in list(model.modules()):
             if isinstance(module, WithStructured):
-                for structured in module.structured.values():
-                    structured.fold_into(module.weight)
-                without_mixin(module, WithStructured)
-                del module.structured, module.structured_dropout
+                fold_structured_(module)
         return model
 
 

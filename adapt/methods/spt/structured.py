@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adapt.kernels import add_low_rank_
-from adapt.methods.mixins import plain_class
+from adapt.methods.mixins import plain_class, without_mixin
 
 KINDS = ("lora", "adapter")
 ADAPTER_FORMS = ("sequential", "parallel")  # sequential: the official BlockSPTSeq
@@ -168,3 +168,11 @@ class WithStructured:
             start, stop = module.rows
             result.narrow(channel, start, stop - start).add_(delta)
         return result
+
+
+def fold_structured_(layer: nn.Module) -> None:
+    """Fold a layer's structured LoRA modules into its weight, in place, and make it a plain layer again."""
+    for module in layer.structured.values():
+        module.fold_into(layer.weight)
+    without_mixin(layer, WithStructured)
+    del layer.structured, layer.structured_dropout
