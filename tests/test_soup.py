@@ -339,3 +339,44 @@ def test_dare_searches_its_drop_rate_as_mergelm_after_lambda_by_task_arithmetic(
         stream_soup(paths, tmp_path / "x.safetensors", create_recipe("dare", {"drop": "0.1,0.5"}), base=base)
     with pytest.raises(AdaptError, match="drop rates must be in"):
         create_recipe("dare", {"drop": "0.1,1.5"})
+
+
+@pytest.mark.parametrize("backbone, weights", [("tf_efficientnet_lite0", None), ("test_vit", "random")])
+@pytest.mark.parametrize("method, options", [("ssf", None), ("lora", {"rank": 4}), ("spt", {"budget": "1%"}),
+                                             ("bitfit", None), ("full", None), ("linear", None)])  # fmt: skip
+def test_untrained_ingredients_soup_to_the_pretrained_model_under_every_recipe(method, options, backbone, weights,
+                                                                               tmp_path):  # fmt: skip
+    """Task vectors are differences in one parametrization: ingredients that are the pretrained function give it
+    back at lambda 1, under every recipe (SPT trains on BatchNorm-folded convs; its merge unfolds them)."""
+    from adapt.data import load_data
+    from adapt.merge.adapter_soup import make_soup
+    from adapt.merge.recipes import Uniform
+
+    setup = None
+    if method == "spt":  # SPT allocates from the data first
+        from adapt.train import TrainConfig
+
+        setup = (load_data("digits", 32, (0.5,) * 3, (0.5,) * 3, limit=40), TrainConfig(batch_size=8))
+        options = {**options, "sensitivity_batches": 2, "sensitivity_batch_size": 8}
+    paths = []
+    for i in range(2):
+        adapted = AdaptedModel.create(method, [str(c) for c in range(10)], 32, backbone, weights, options, setup=setup)
+        if method == "spt":
+            options = adapted.method.options()  # the same allocation for both, as two runs from one score
+            setup = None
+        with torch.no_grad():
+            for name, parameter in adapted.model.named_parameters():
+                if parameter.requires_grad and "ssf" in name:
+                    parameter.fill_(1.0 if name.endswith("scale") else 0.0)
+        paths.append(tmp_path / f"{i}.safetensors")
+        adapted.save(paths[-1])
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    adapted.model.eval()
+    with torch.no_grad():
+        expected = adapted.model(images)
+    for recipe in (Uniform(), TaskArithmetic(scale=1.0), Ties(scale=1.0), Dare(drop=0.5, scale=1.0)):
+        out = tmp_path / f"{recipe.name}.safetensors"
+        make_soup(paths, out, recipe)  # an adapter soup, or a merged model where task vectors need the fold
+        model = AdaptedModel.from_checkpoint(out)[0].model.eval()
+        with torch.no_grad():
+            assert (model(images) - expected).abs().max() <= 1e-5, recipe.name

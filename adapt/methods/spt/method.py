@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from adapt.config import option
 from adapt.errors import AdaptError, term
-from adapt.kernels import fold_conv_batchnorms_
+from adapt.kernels import FoldedBatchNorm, fold_conv_batchnorms_, unfold_conv_batchnorm_
 from adapt.methods.base import Method
 from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.mixins import with_mixin, without_mixin
@@ -125,6 +125,7 @@ class SPT(Method):
         if self.config.budget is not None and self.config.allocation is not None:
             raise AdaptError(f"spt takes {term('budget')} (allocated from fresh sensitivity) or {term('allocation')} FILE, not both")
         self.allocation: Allocation | None = None  # set by `prepare`; a checkpoint needs only its buffers
+        self.folded_norms: list[FoldedBatchNorm] = []  # BatchNorms folded into convs by `apply`, unfolded by `fold`
 
     @property
     def mergeable(self) -> bool:
@@ -182,12 +183,14 @@ class SPT(Method):
             self.allocation.save(out_dir / "allocation.json")
             plot_allocation(self.allocation, out_dir / "allocation.png")
 
-    def _fold_batchnorms(self, model: nn.Module) -> None:
+    def _fold_batchnorms(self, model: nn.Module) -> list[FoldedBatchNorm]:
         """With fold_batchnorm, move each frozen BatchNorm's scale into the conv before it (exact under
-        frozen statistics; the model keeps its architecture, so a merge is still a timm state dict)."""
+        frozen statistics; the model keeps its architecture, so a merge is still a timm state dict).
+        Returns what `fold` needs to put the merged model back in the plain parametrization."""
         has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         if self.config.fold_batchnorm and has_batchnorm:
-            fold_conv_batchnorms_(model, model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+            return fold_conv_batchnorms_(model, model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        return []
 
     # -- realizing the allocation on the model -------------------------------------------
 
@@ -228,7 +231,7 @@ class SPT(Method):
     def add_trainable(self, model: nn.Module) -> None:
         for name in [*self.config.structured, *self.config.unstructured, *self.config.vectors]:
             _parameter(model, real_name(name)[0])  # each named tensor exists, or one line naming it
-        self._fold_batchnorms(model)
+        self.folded_norms = self._fold_batchnorms(model)
         set_vit_drop_path(model, self.config.backbone_drop_path)
         blocks: dict[str, list[int | None]] = defaultdict(list)
         for name in self.config.structured:
@@ -308,6 +311,9 @@ class SPT(Method):
         for module in list(model.modules()):
             if isinstance(module, WithStructured):
                 fold_structured_(module)
+        # back to the backbone's own parametrization, so that a merged SPT model and the pretrained one differ
+        # only by what SPT learned (task vectors, soups); a pair whose gamma has a zero stays folded
+        self.folded_norms = [pair for pair in self.folded_norms if not unfold_conv_batchnorm_(model, pair)]
         return model
 
 
