@@ -448,8 +448,19 @@ CASES = [
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --coeffs 1,1 --recipe ties --base {SOUP}/base.safetensors "
       f"--out {W}/s.safetensors", "recipe ties does not use --coeffs"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe ties --out {W}/s.safetensors", "needs --base"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe model-stock --out {W}/s.safetensors", "needs --base"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe wise-ft --base {SOUP}/base.safetensors "
+      f"--out {W}/s.safetensors", "interpolates one fine-tune with its --base; got 2"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors {SOUP}/a.safetensors --recipe slerp --out {W}/s.safetensors",
+      "interpolates two ingredients; got 3"),
+    C(f"soup {SOUP}/a.safetensors --recipe model-stock --base {SOUP}/base.safetensors --out {W}/s.safetensors",
+      "needs at least two fine-tunes"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe slerp --base {SOUP}/base.safetensors "
+      f"--out {W}/s.safetensors", "recipe slerp takes no --base; it is for task-arithmetic, ties, dare, wise-ft, model-stock"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe slerp --scale auto --out {W}/s.safetensors",
+      "--scale auto chooses on held-out data"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --base {SOUP}/base.safetensors --out {W}/s.safetensors",
-      "--base is for"),
+      "takes no --base; it is for task-arithmetic"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe task-arithmetic --base {SOUP}/base.safetensors "
       f"--scale nan --out {W}/s.safetensors", "scale must be finite"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe task-arithmetic --base {SOUP}/base.safetensors "

@@ -380,3 +380,80 @@ def test_untrained_ingredients_soup_to_the_pretrained_model_under_every_recipe(m
         model = AdaptedModel.from_checkpoint(out)[0].model.eval()
         with torch.no_grad():
             assert (model(images) - expected).abs().max() <= 1e-5, recipe.name
+
+
+def _mergekit_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """mergekit's slerp (mergekit/merge_methods/slerp.py), written again in numpy float64 for the test."""
+    import numpy as np
+
+    a, b = v0.double().numpy(), v1.double().numpy()
+    na, nb = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    dot = np.sum(na * nb)
+    if abs(dot) > 0.9995:
+        return torch.from_numpy((1 - t) * a + t * b)
+    theta = np.arccos(dot)
+    return torch.from_numpy(np.sin(theta - theta * t) / np.sin(theta) * a + np.sin(theta * t) / np.sin(theta) * b)
+
+
+def test_wise_ft_slerp_and_model_stock_against_their_formulas(tmp_path):
+    from adapt.merge.recipes import ModelStock, Slerp, WiseFT, create_recipe
+
+    g = torch.Generator().manual_seed(7)
+    base_state = {"w": torch.randn(6, 5, generator=g), "bn.running_mean": torch.randn(6, generator=g)}
+    base = _write(tmp_path / "base.safetensors", base_state)
+    states = [{k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base_state.items()} for _ in range(3)]
+    states[2]["w"] = states[0]["w"] + 1e-5 * torch.randn(6, 5, generator=g)  # nearly parallel to the first
+    paths = [_write(tmp_path / f"ft{i}.safetensors", s) for i, s in enumerate(states)]
+
+    stream_soup(paths[:1], tmp_path / "wise.safetensors", WiseFT(scale=0.3), base=base)
+    expected = 0.7 * base_state["w"] + 0.3 * states[0]["w"]
+    assert (load_file(tmp_path / "wise.safetensors")["w"] - expected).abs().max() <= TOLERANCE
+
+    stream_soup(paths[:2], tmp_path / "slerp.safetensors", Slerp(scale=0.3))
+    soup = load_file(tmp_path / "slerp.safetensors")
+    assert (soup["w"].double() - _mergekit_slerp(0.3, states[0]["w"], states[1]["w"])).abs().max() <= TOLERANCE
+    statistics = 0.7 * states[0]["bn.running_mean"] + 0.3 * states[1]["bn.running_mean"]
+    assert (soup["bn.running_mean"] - statistics).abs().max() <= TOLERANCE  # statistics interpolate linearly
+    stream_soup([paths[0], paths[2]], tmp_path / "lerp.safetensors", Slerp(scale=0.3))
+    lerp = 0.7 * states[0]["w"] + 0.3 * states[2]["w"]  # nearly parallel: linear, as mergekit falls back
+    assert (load_file(tmp_path / "lerp.safetensors")["w"] - lerp).abs().max() <= TOLERANCE
+
+    for count in (2, 3):
+        stream_soup(paths[:count], tmp_path / f"stock{count}.safetensors", ModelStock(), base=base)
+        taus = [(s["w"] - base_state["w"]).flatten().double() for s in states[:count]]
+        cosines = [float(taus[i] @ taus[j] / (taus[i].norm() * taus[j].norm()))
+                   for i in range(count) for j in range(i + 1, count)]  # fmt: skip
+        cos = sum(cosines) / len(cosines)  # the mean over pairs, as mergekit's model_stock
+        t = count * cos / (1 + (count - 1) * cos)
+        mean = sum(s["w"] for s in states[:count]) / count
+        expected = t * mean + (1 - t) * base_state["w"]
+        assert (load_file(tmp_path / f"stock{count}.safetensors")["w"] - expected).abs().max() <= TOLERANCE
+
+    def evaluate(state):  # held-out: closest to a point between the two
+        return -float((state["w"] - (0.2 * states[0]["w"] + 0.8 * states[1]["w"])).abs().sum())
+
+    summary = stream_soup(paths[:2], tmp_path / "auto.safetensors", create_recipe("slerp", {"scale": "auto"}),
+                          evaluate=evaluate)  # fmt: skip
+    by_t = {t: evaluate({"w": _mergekit_slerp(t, states[0]["w"], states[1]["w"]).float()}) for t in Slerp.default_grid}
+    assert summary.scale == max(by_t, key=by_t.get) and [row[0] for row in summary.scale_table] == list(Slerp.default_grid)
+    for recipe, given, message in ((WiseFT(), paths[:2], "interpolates one fine-tune"),
+                                   (Slerp(), paths, "interpolates two ingredients; got 3"),
+                                   (ModelStock(), paths[:1], "needs at least two fine-tunes")):  # fmt: skip
+        with pytest.raises(AdaptError, match=message):
+            stream_soup(given, tmp_path / "x.safetensors", recipe, base=base if recipe.needs_base else None)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_wise_ft_of_one_adapter_run_and_model_stock_of_two_from_the_command_line(ssf_runs, tmp_path):
+    out = tmp_path / "wise.safetensors"
+    result = CliRunner().invoke(cli, ["soup", str(ssf_runs[0]), "--recipe", "wise-ft", "--scale", "auto", "--data",
+                                      "digits", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = json.loads(TensorFile(out).metadata["soup"])["held_out_accuracy_by_scale"]
+    assert [row[0] for row in table] == [round(0.1 * i, 1) for i in range(11)]
+    own = held_out_accuracy(ssf_runs[0], "digits", "val")({k: v.float() for k, v in load_file(ssf_runs[0]).items()})
+    assert table[-1][1] == pytest.approx(own)  # alpha 1 is the fine-tune itself
+    stock = CliRunner().invoke(cli, ["soup", *map(str, ssf_runs[:2]), "--recipe", "model-stock", "--out",
+                                     str(tmp_path / "stock.safetensors")])  # fmt: skip
+    assert stock.exit_code == 0, stock.output
+    assert "model-stock" in stock.output and (tmp_path / "stock.safetensors").is_file()

@@ -145,7 +145,8 @@ def _averaged_words(keys: list[str]) -> str:
 @click.option("--base", default=None, metavar="FILE|embedded|TIMM_NAME[:WEIGHTS]",
               help="The model the state dicts were fine-tuned from (task-arithmetic, ties, dare): a file, a hub "
                    "folder, the embedded Lite0, or a timm model with weights (a file or 'random').")  # fmt: skip
-@click.option("--scale", default=None, help="Task-vector scale lambda (default 1), or 'auto': chosen on --data.")
+@click.option("--scale", default=None, help="Task-vector scale lambda (default 1; wise-ft's alpha, slerp's t: 0.5), "
+              "or 'auto': chosen on --data.")
 @click.option("--scale-grid", default=None,
               help="The scales --scale auto tries, e.g. 0.5,1,1.5 (default: the recipe paper's grid: TIES 0.8..2.5, "
                    "task arithmetic 0.1..1.0, DARE 0.1,0.3,0.5,0.7,0.9,1).")  # fmt: skip
@@ -188,6 +189,8 @@ def soup(ctx, **values) -> None:
       adapt soup ft1 ft2 --recipe ties --base pretrained.safetensors --scale auto --data digits --out ties.safetensors
       adapt soup m1.safetensors m2.safetensors --recipe task-arithmetic --base embedded --out ta.safetensors
       adapt soup lora1 lora2 lora3 --rank 8 --out lora-soup.safetensors
+      adapt soup ft1 --recipe wise-ft --base pre.safetensors --scale auto --data digits --out wise.safetensors
+      adapt soup ft1 ft2 --recipe model-stock --base pre.safetensors --out stock.safetensors
       adapt soup --config soup.yaml
     """
     import torch

@@ -13,6 +13,9 @@ RECIPES = LazyRegistry({
     "ties": "adapt.merge.recipes:Ties",
     "dare": "adapt.merge.recipes:Dare",
     "greedy": "adapt.merge.recipes:Greedy",
+    "wise-ft": "adapt.merge.recipes:WiseFT",
+    "slerp": "adapt.merge.recipes:Slerp",
+    "model-stock": "adapt.merge.recipes:ModelStock",
 })  # fmt: skip
 
 __all__ = ["RECIPES"]

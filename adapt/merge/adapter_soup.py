@@ -69,10 +69,11 @@ def make_soup(
     on_step: Callable[[GreedyStep], None] | None = None,
 ) -> SoupSummary:
     """`adapt soup`: route the ingredients to the soup that is right for them, then run the recipe."""
-    if len(paths) < 2 and base is None:
-        raise AdaptError("a soup needs at least two ingredients")
+    if not paths:
+        raise AdaptError("a soup needs ingredients")
     paths = [checkpoint_file(p) if Path(p).expanduser().is_dir() else p for p in paths]  # hub or run folders
     kind, meta = soup_kind(paths)
+    recipe.check_count(len(paths), base is not None or meta is not None)  # adapters: their pretrained backbone
     if meta is not None and base is not None:
         raise AdaptError(f"adapter ingredients take the pretrained backbone as the base; {term('base')} is for state dicts")
     if rank is not None:

@@ -109,7 +109,8 @@ def soup_options(given: dict[str, Any], config: str | Path | None,
         raise AdaptError(f"recipe {options.recipe} does not use {flags}")
     recipe = create_recipe(options.recipe, recipe_values)
     if options.base is not None and not recipe.needs_base:
-        raise AdaptError(f"recipe {options.recipe} averages the ingredients; {term('base')} is for task-arithmetic, ties and dare")
+        takers = [name for name in RECIPES if RECIPES[name].needs_base]
+        raise AdaptError(f"recipe {options.recipe} takes no {term('base')}; it is for {', '.join(takers)}")
     if options.max_shard_size is not None:
         options.shard_bytes()  # refuse a bad size before any work
     return options, recipe

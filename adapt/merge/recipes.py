@@ -20,6 +20,16 @@ Formulas (task vector tau_i = theta_i - base):
   task-arithmetic search (no drop), then each rate at that lambda, keeping the first best
 - greedy (Wortsman et al. 2022): a uniform soup of the ingredients chosen on held-out data
   (run by adapt.merge.soup.greedy_soup; `accept` ge as in the paper, or gt)
+- WiSE-FT (Wortsman et al. 2022): one fine-tune and its base, (1 - alpha) base + alpha theta_1; `scale` is
+  alpha (auto: 0.0, 0.1, ..., 1.0 on held-out data)
+- SLERP, as mergekit defines it (mergekit/merge_methods/slerp.py): two ingredients, per tensor the spherical
+  interpolation at t (`scale`, the second's weight) between the two flattened tensors, with the angle taken
+  between their normalized copies and plain linear interpolation when they are nearly parallel (|cos| >
+  0.9995); tensors that are not merged (BatchNorm statistics) interpolate linearly at t
+- Model Stock (Jang et al., ECCV 2024): per tensor, the cosine between the ingredients' task vectors (for more
+  than two, the mean over pairs, as mergekit's model_stock), t = k cos / (1 + (k - 1) cos), and
+  t mean_i theta_i + (1 - t) base; the pairwise mean comes from the sum of the normalized task vectors
+  (sum over pairs = (|sum|^2 - k) / 2), so memory holds two tensors of a key whatever k
 
 Tensors that are not task vectors are averaged, never scaled, trimmed, elected or dropped
 (`Recipe.average`): BatchNorm running statistics (a mean and a variance: a scaled or
@@ -58,6 +68,9 @@ TIES_GRID = tuple(round(0.8 + 0.1 * i, 1) for i in range(18))
 DARE_GRID = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 # DARE's drop rates: yule-BUAA/MergeLM merge_plms_glue.py L297, weight_mask_rate_range
 DARE_DROP_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
+# WiSE-FT's alpha and SLERP's t, searched on held-out data
+UNIT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+SLERP_PARALLEL = 0.9995  # mergekit's DOT_THRESHOLD: above it, linear interpolation
 
 
 class Recipe:
@@ -67,6 +80,13 @@ class Recipe:
     needs_base: ClassVar[bool] = False  # combines task vectors (theta_i - base)
     uses_data: ClassVar[bool] = False  # chooses on held-out data
     default_grid: ClassVar[tuple[float, ...]] = ()  # the scales that scale="auto" tries, from the recipe's paper
+
+    linear_in_scale: ClassVar[bool] = True  # merge(scale s) = base + s * (merge(scale 1) - base): auto needs one merge
+
+    def check_count(self, count: int, has_base: bool) -> None:
+        """Refuse a number of ingredients the recipe cannot merge (task vectors need a base, or two models)."""
+        if count < (1 if self.needs_base and has_base else 2):
+            raise AdaptError("a soup needs at least two ingredients")
 
     def prepare(self, count: int, task_vectors: TaskVectors) -> None:
         """Called once before merging, for recipes that need passes over the whole task vectors."""
@@ -262,6 +282,66 @@ class Ties(Recipe):
             total += torch.where(agrees, trimmed, torch.zeros_like(trimmed))
             agreeing += agrees
         return base + self.scale * total / agreeing.clamp(min=1)
+
+
+@dataclasses.dataclass
+class WiseFT(TaskArithmetic):
+    scale: float | str = option(0.5, low=-100, high=100)  # alpha: 0 is the base, 1 the fine-tune
+    name: ClassVar[str] = "wise-ft"
+    default_grid: ClassVar[tuple[float, ...]] = UNIT_GRID
+
+    def check_count(self, count, has_base):
+        if count != 1:
+            raise AdaptError(f"recipe wise-ft interpolates one fine-tune with its {term('base')}; got {count} ingredients")
+
+
+@dataclasses.dataclass
+class Slerp(Recipe):
+    scale: float | str = option(0.5, low=-100, high=100)  # t: the second ingredient's weight
+    scale_grid: list[float] | None = None  # the t that scale="auto" tries (default: default_grid)
+    name: ClassVar[str] = "slerp"
+    default_grid: ClassVar[tuple[float, ...]] = UNIT_GRID
+    linear_in_scale: ClassVar[bool] = False
+
+    def check_count(self, count, has_base):
+        if count != 2:
+            raise AdaptError(f"recipe slerp interpolates two ingredients; got {count}")
+
+    def merge(self, key, load, count, base):
+        v0, v1 = load(0), load(1)
+        n0, n1 = v0.norm(), v1.norm()
+        dot = float((v0 / n0 if n0 > 1e-8 else v0).flatten() @ (v1 / n1 if n1 > 1e-8 else v1).flatten())
+        if abs(dot) > SLERP_PARALLEL:
+            return (1 - self.scale) * v0 + self.scale * v1
+        theta = math.acos(dot)
+        return (math.sin(theta * (1 - self.scale)) * v0 + math.sin(theta * self.scale) * v1) / math.sin(theta)
+
+    def average(self, key, load, count):
+        """Not a merged tensor (BatchNorm statistics): linear at t."""
+        return (1 - self.scale) * load(0) + self.scale * load(1)
+
+
+@dataclasses.dataclass
+class ModelStock(Recipe):
+    name: ClassVar[str] = "model-stock"
+    needs_base: ClassVar[bool] = True
+
+    def check_count(self, count, has_base):
+        if count < 2:
+            raise AdaptError(f"recipe model-stock needs at least two fine-tunes (and {term('base')}); got {count}")
+
+    def merge(self, key, load, count, base):
+        total, directions = torch.zeros_like(base), torch.zeros_like(base)
+        for i in range(count):
+            theta = load(i)
+            total += theta
+            tau = theta - base
+            directions += tau / max(float(tau.norm()), 1e-12)
+        pairs = count * (count - 1) / 2
+        cos = min(1.0, max(-1.0, (float(directions.square().sum()) - count) / 2 / pairs))
+        spread = 1 + (count - 1) * cos
+        t = count * cos / spread if spread > 1e-12 else 0.0  # opposed task vectors: the base
+        return t * (total / count) + (1 - t) * base
 
 
 @dataclasses.dataclass

@@ -81,8 +81,8 @@ def open_ingredients(
 
     same_tensors=False: adapters that are folded before the soup (LoRA, SPT) need only one method,
     backbone and class list; their options (rank, allocation) and so their tensors may differ."""
-    if len(paths) < 2 and base is None:
-        raise AdaptError("a soup needs at least two ingredients")
+    if not paths:
+        raise AdaptError("a soup needs ingredients")
     files = [TensorFile(p) for p in paths]
     base_file = TensorFile(base) if base is not None else None
     first = files[0]
@@ -253,6 +253,7 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
                  base_name) -> SoupSummary:  # fmt: skip
     if recipe.needs_base and base is None:
         raise AdaptError(f"recipe {recipe.name} needs {term('base')} (the model the ingredients were fine-tuned from)")
+    recipe.check_count(len(paths), base is not None)
     if recipe.needs_data and evaluate is None:
         raise AdaptError(f"recipe {recipe.name} chooses its scale or drop rate on held-out data: pass {term('data')} "
                          f"(and {term('split')})")  # fmt: skip
@@ -265,13 +266,14 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
         order = [(k, first.shape(k), dtype if dtype and k in floats else first.dtype(k)) for k in first.keys]
         check_free_space(out, sum(nbytes(shape, kind) for _, shape, kind in order))
 
-        def merged(key: str) -> torch.Tensor:
+        def merged(key: str, by: Recipe = recipe) -> torch.Tensor:
+            """One key of the soup, by the recipe (or by a candidate of a search)."""
             load = lambda i: files[i].get(key).float()  # noqa: E731
             if roles[key] == "merge":
                 base_tensor = base_file.get(key).float() if base_file is not None else None
-                return recipe.merge(key, load, len(files), base_tensor)
+                return by.merge(key, load, len(files), base_tensor)
             if roles[key] == "average":
-                return recipe.average(key, load, len(files))
+                return by.average(key, load, len(files))
             return largest_count(key, files) if roles[key] == "count" else first.get(key)
 
         def culprit(key: str) -> None:
@@ -286,7 +288,12 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
             if recipe.auto_scale:
                 arithmetic = TaskArithmetic(scale="auto", scale_grid=list(recipe.grid()))
                 scale, table, _ = _auto_scale(arithmetic, files, base_file, task_keys, merged, evaluate)
-            recipe, drops, produce = _auto_drop(recipe, float(scale), files, base_file, task_keys, merged, evaluate)
+            candidates = [(rate, dataclasses.replace(recipe, drop=rate, scale=float(scale))) for rate in recipe.drop_grid]
+            recipe, drops, produce = _search(candidates, "drop rate", files, base_file, task_keys, merged, evaluate)
+        elif recipe.auto_scale and not recipe.linear_in_scale:  # SLERP: every candidate merged and scored
+            candidates = [(t, dataclasses.replace(recipe, scale=t)) for t in recipe.grid()]
+            recipe, table, produce = _search(candidates, "scale", files, base_file, task_keys, merged, evaluate)
+            scale = recipe.scale
         elif recipe.auto_scale:  # prepares its own copy of the recipe, at scale 1
             scale, table, produce = _auto_scale(recipe, files, base_file, task_keys, merged, evaluate)
         else:
@@ -357,31 +364,20 @@ def _auto_scale(recipe: Recipe, files, base_file, task_keys: list[str], merged: 
     return best, table, lambda key: base[key] + best * delta[key] if key in delta else fixed[key]
 
 
-def _auto_drop(recipe: Dare, scale: float, files, base_file, task_keys: list[str],
-               merged: Callable[[str], torch.Tensor], evaluate: Evaluator):  # fmt: skip
-    """DARE at `scale` for each drop rate of the recipe's grid, scored on held-out data; the first best rate
-    wins (MergeLM keeps a rate only when it beats the best so far). Returns (the recipe at that rate and
-    scale, the (rate, accuracy) table, the tensors' producer). Holds the base and one merged state."""
-    base = {k: base_file.get(k).float() for k in task_keys}
-    fixed = {k: merged(k) for k in files[0].keys if k not in base}
-
-    def producer(candidate: Dare) -> Callable[[str], torch.Tensor]:
-        def produce(key: str) -> torch.Tensor:
-            if key not in base:
-                return fixed[key]
-            return candidate.merge(key, lambda i: files[i].get(key).float(), len(files), base[key])
-
-        return produce
-
+def _search(candidates: list[tuple[float, Recipe]], what: str, files, base_file, task_keys: list[str],
+            merged: Callable[[str, Recipe], torch.Tensor], evaluate: Evaluator):  # fmt: skip
+    """Each candidate recipe (a value of `what`, and the recipe at that value) merged and scored on held-out
+    data; the first best wins (MergeLM keeps a value only when it beats the best so far). Returns (the chosen
+    recipe, the (value, accuracy) table, its tensors' producer). Holds one merged state at a time."""
     table = []
-    with Steps("--drop: held-out accuracy by drop rate", len(recipe.drop_grid)) as progress:
-        for rate in recipe.drop_grid:
-            produce = producer(dataclasses.replace(recipe, drop=rate, scale=scale, drop_grid=None))
-            table.append((rate, evaluate({k: produce(k) for k in files[0].keys})))
-            progress.advance(status=f"drop {rate:g}: {table[-1][1]:.2%}")
-    best = max(table, key=lambda row: row[1])[0]  # max keeps the first of equals, as MergeLM's strict `<`
-    chosen = dataclasses.replace(recipe, drop=best, scale=scale)
-    return chosen, table, producer(dataclasses.replace(chosen, drop_grid=None))
+    with Steps(f"held-out accuracy by {what}", len(candidates)) as progress:
+        for value, candidate in candidates:
+            candidate.prepare(len(files), _task_vectors(files, base_file, task_keys))
+            table.append((value, evaluate({k: merged(k, candidate) for k in files[0].keys})))
+            progress.advance(status=f"{what} {value:g}: {table[-1][1]:.2%}")
+    chosen = candidates[max(range(len(table)), key=lambda i: table[i][1])][1]  # max keeps the first of equals
+    chosen.prepare(len(files), _task_vectors(files, base_file, task_keys))
+    return chosen, table, lambda key: merged(key, chosen)
 
 
 def greedy_soup(
@@ -404,6 +400,7 @@ def greedy_soup(
 
 
 def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard_bytes, sources) -> SoupSummary:
+    recipe.check_count(len(paths), False)
     start = time.perf_counter()
     files, _ = open_ingredients(paths)
     first = files[0]
