@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from adapt.errors import AdaptError, term
@@ -133,13 +133,16 @@ def remove_owned(path: Path) -> None:
 
 
 def check_owned_folder(
-    out: str | Path, owned: Iterable[str], overwrite: bool, inputs: Iterable[str | Path | None] = ()
-) -> None:
+    out: str | Path, owned: Iterable[str], overwrite: bool, inputs: Iterable[str | Path | None] = (),
+    folders: Mapping[str, Iterable[str]] | None = None, marker: str | None = None,
+) -> None:  # fmt: skip
     """An export folder: new, empty, or holding only files that the export writes (with `overwrite`).
 
-    Anything else in it is the user's, and a folder with such files is refused; neither the
-    folder nor any file it would write may be one of the inputs."""
-    out, owned, inputs = Path(out).expanduser(), set(owned), list(inputs)
+    Anything else in it is the user's, and a folder with such files is refused; so is one of the owned
+    `folders` (name -> the files the export writes in it) holding anything else, at any depth, and, with a
+    `marker` (a file only the export writes), a non-empty folder without it: another tool's, not an earlier
+    export. Neither the folder nor any file it would write may be one of the inputs."""
+    out, owned, inputs, folders = Path(out).expanduser(), set(owned), list(inputs), dict(folders or {})
     for target in (out, *(out / name for name in sorted(owned))):
         refuse_inputs(target, inputs)
     if not out.exists():
@@ -148,9 +151,18 @@ def check_owned_folder(
         raise AdaptError(f"{out} is a file; the export writes a folder")
     present = sorted(p.name for p in out.iterdir())
     foreign = [name for name in present if name not in owned]
+    for name, files in folders.items():
+        inside = out / name
+        if inside.is_symlink() or inside.is_file():
+            foreign.append(name)
+        elif inside.is_dir():
+            foreign += [f"{name}/{p.name}" for p in sorted(inside.iterdir()) if p.name not in set(files) or p.is_dir()]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
         raise AdaptError(f"{out} holds other files ({shown}); export into a new or empty folder")
+    if present and marker is not None and marker not in present:
+        raise AdaptError(f"{out} holds {', '.join(present)} but no {marker}: not an export of adapt's; export into a "
+                         "new or empty folder")  # fmt: skip
     if present and not overwrite:
         raise AdaptError(f"{out} already holds an export ({', '.join(present)}); pass {term('overwrite')} to replace it")
 

@@ -33,7 +33,7 @@ from adapt.backbones import classifier_prefixes, create_backbone
 from adapt.checkpoint import CheckpointMeta, read_tensors, umasked, write_json_atomic
 from adapt.config import read_text_file
 from adapt.errors import AdaptError, term
-from adapt.hub import save_hub_folder
+from adapt.hub import HUB_FILES, save_hub_folder
 from adapt.model_card import model_card
 from adapt.methods.lora import ADAPTER, LoRA
 from adapt.outputs import check_owned_folder, exclusive_lock, remove_owned, writing_file
@@ -79,7 +79,8 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
     (README.md, naming `command`) in place of peft's empty template."""
     out_dir = Path(out_dir).expanduser()
     with exclusive_lock(out_dir):
-        check_owned_folder(out_dir, EXPORT_FILES, overwrite, inputs=[checkpoint, weights])
+        check_owned_folder(out_dir, EXPORT_FILES, overwrite, inputs=[checkpoint, weights], folders={BASE_FOLDER: HUB_FILES},
+                           marker=META_FILE)  # fmt: skip
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
         if not isinstance(adapted.method, LoRA):
             raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")

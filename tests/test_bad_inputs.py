@@ -201,6 +201,13 @@ def world(tmp_path_factory) -> Path:
     build_ok(["export", w / "lora" / "adapter.safetensors", "--out", w / "peft_r"])
     peft_config = json.loads((w / "peft_r" / "adapter_config.json").read_text())
     (w / "peft_r" / "adapter_config.json").write_text(json.dumps({**peft_config, "r": 4}))
+    build_ok(["export", w / "lora" / "adapter.safetensors", "--out", w / "peft_user"])  # then the user's files in base/
+    (w / "peft_user" / "base" / "notes.txt").write_text("mine")
+    (w / "peft_user" / "base" / "mine").mkdir()
+    (w / "peft_user" / "base" / "mine" / "k.txt").write_text("mine too")
+    (w / "peft_foreign").mkdir()  # a peft folder another tool wrote: no adapt.json
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (w / "peft_foreign" / name).write_bytes((w / "peft_r" / name).read_bytes())
     (w / "nights_neg").mkdir()
     digit_image(0).save(w / "nights_neg" / "r.png")
     (w / "nights_neg" / "data.csv").write_text("id,left_vote,right_vote,votes,ref_path,left_path,right_path,split\n"
@@ -426,6 +433,8 @@ CASES = [
     C("export adapter.safetensors .", "holds other files", cwd="lora"),
     C(f"export {LORA} {LORA}", "is one of the inputs"),
     C(f"export {LORA} {W}/lora", "holds other files"),
+    C(f"export {LORA} --out {W}/peft_user --overwrite", "holds other files (base/mine, base/notes.txt)"),
+    C(f"export {LORA} --out {W}/peft_foreign --overwrite", "but no adapt.json: not an export of adapt's"),
     C(f"import-peft {W}/img --out {W}/x.safetensors", "not a peft adapter folder"),
     C(f"import-peft {W}/nope --out {W}/x.safetensors", "not a peft adapter folder"),
     C(f"import-peft {W}/img --out {CKPT}", "exists; pass --overwrite"),
