@@ -104,7 +104,7 @@ def _check_limits(name: str, value: Any, limits: dict[str, Any], source: str) ->
         if high is not None and (value > high or (limits["high_open"] and value == high)):
             raise AdaptError(f"{source}: {name} must be {'<' if limits['high_open'] else '<='} {high}, got {value}")
     if limits.get("choices") is not None and value not in limits["choices"]:
-        raise AdaptError(f"{source}: {name} must be one of {', '.join(map(str, limits['choices']))}, got {value!r}")
+        raise AdaptError(f"{source}: {name} must be one of {', '.join(map(str, limits['choices']))}, got {_shown(value)}")
     if limits.get("regex"):
         try:
             re.compile(value)
@@ -215,8 +215,14 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """A YAML file of option: value (a config), keys as option names (`max-shard-size` -> `max_shard_size`)."""
     import yaml
 
+    text = read_text_file(path)
     try:
-        loaded = yaml.safe_load(read_text_file(path)) or {}
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):  # before anything is built from the file
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                mark = token.start_mark
+                raise AdaptError(f"config {path}:{mark.line + 1}: YAML anchors and aliases (&, *) are not read here "
+                                 "(adapt never writes them, and aliases can expand without bound); write the values out")  # fmt: skip
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise AdaptError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
     if not isinstance(loaded, dict):

@@ -188,6 +188,10 @@ def world(tmp_path_factory) -> Path:
         (alloc / f"{name}.json").write_text(text)
 
     (w / "lr_list.yaml").write_text("lr: [1, 2]\n")
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (w / "bomb.yaml").write_text("\n".join(levels) + "\nlr: *a8\n")  # 9 levels of 9 aliases: 387 million items
+    (w / "lr_true.yaml").write_text("lr: true\n")
+    (w / "epochs_yes.yaml").write_text("epochs: yes\n")
     (w / "seed_map.yaml").write_text("seed: {a: 1}\n")
     (w / "hugehub").mkdir()
     (w / "hugehub" / "config.json").write_text(json.dumps({"architecture": "test_vit",
@@ -245,6 +249,12 @@ CASES = [
     C(f"tune --weight-decay nan {T}", "weight_decay must be finite"),
     C(f"tune --weight-decay -1 {T}", "Invalid value for '--weight-decay'", 2),
     C(f"tune --warmup nan {T}", "warmup must be finite"),
+    C(f"tune --config {W}/bomb.yaml {T}", "YAML anchors and aliases (&, *) are not read here"),
+    C(f"info {W}/bomb.yaml", "YAML anchors and aliases (&, *) are not read here"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --config {W}/bomb.yaml --out {W}/s.safetensors",
+      "YAML anchors and aliases"),
+    C(f"tune --config {W}/lr_true.yaml {T}", "lr takes one number, got true (YAML reads true/false/yes/no as booleans)"),
+    C(f"tune --config {W}/epochs_yes.yaml {T}", "epochs takes one whole number, got true"),
     C(f"tune --lr-stepping daily {T}", "Invalid value for '--lr-stepping'", 2),
     C(f"tune --eval-from 0 {T}", "Invalid value for '--eval-from'", 2),
     C(f"tune --eval-last -1 {T}", "Invalid value for '--eval-last'", 2),

@@ -147,12 +147,16 @@ def resolve_config(ctx: click.Context, config: str | None, saved: str | None = N
             takes = f"a list of {_value_words(param.type)}s" if several else f"one {_value_words(param.type)}"
             raise AdaptError(f"{_source(path)}: {name} takes {takes}, got a {'mapping' if isinstance(raw, dict) else 'list'} "
                              f"{str(raw)[:60]}")  # fmt: skip
+        if isinstance(raw, bool) and not (isinstance(param, click.Option) and param.is_flag):
+            raise AdaptError(f"{_source(path)}: {name} takes one {_value_words(param.type)}, got {str(raw).lower()} "
+                             "(YAML reads true/false/yes/no as booleans)")  # fmt: skip
         if several and not isinstance(raw, list) and raw is not None:
             raw = [raw]  # one value where several may go (`option: rank=4`)
         try:
             return param.type_cast_value(ctx, tuple(raw) if isinstance(raw, list) else raw)
         except click.BadParameter as error:
-            raise AdaptError(f"{_source(path)}: {error.format_message()}") from None
+            message = error.format_message()
+            raise AdaptError(f"{_source(path)}: {message if len(message) <= 200 else message[:200] + ' …'}") from None
 
     for path, layer in layers:
         aliases = [alias for alias, name in CONFIG_ALIASES.items() if name in params]  # for "did you mean"
