@@ -10,7 +10,6 @@ from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.cli import cli
 from adapt.data import load_data
-from adapt.kernels import fold_conv_batchnorms_
 from adapt.merge.reparam import merge_adapted
 from adapt.methods.spt.allocation import allocate, parse_budget
 from adapt.methods.spt.sensitivity import task_sensitivity
