@@ -198,13 +198,14 @@ def binary_kind(path: Path) -> str | None:
 
 
 def read_text_file(path: Path) -> str:
-    """A UTF-8 text file, or one line saying why it cannot be read."""
+    """A UTF-8 text file (a leading byte-order mark, as Excel's "CSV UTF-8" writes, dropped), or one line saying
+    why it cannot be read."""
     if not path.exists():
         raise AdaptError(f"{path} not found")
     if not path.is_file():  # a folder, or a FIFO that would block the read
         raise AdaptError(f"{path} is not a regular file")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise AdaptError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except OSError as error:

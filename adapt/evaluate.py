@@ -181,6 +181,10 @@ def predict_checkpoint(
     from adapt.checkpoint import write_text_atomic
     from adapt.outputs import writing_file
 
+    from adapt.data.folder import IMAGE_SUFFIXES
+
+    if out is not None and Path(out).suffix.lower() in IMAGE_SUFFIXES:  # an image-named text file breaks folder data
+        raise AdaptError(f"{term('out')} {out} is named as an image; predictions are text: name it .csv or .json")
     paths = image_paths(inputs)
     if not paths:
         raise AdaptError(f"no images in {', '.join(map(str, inputs))}")

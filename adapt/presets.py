@@ -357,5 +357,5 @@ def get_preset(name: str, command: str) -> Preset:
         near = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean '{near[0]}'? " if near else ""
         where = f" is for adapt {preset.command}" if preset is not None else " is not a preset"
-        raise AdaptError(f"{name}{where}; {hint}adapt {command} takes: {', '.join(names)} (adapt presets lists them)")
+        raise AdaptError(f"'{name}'{where}; {hint}adapt {command} takes: {', '.join(names)} (adapt presets lists them)")
     return preset

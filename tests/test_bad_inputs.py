@@ -411,6 +411,7 @@ CASES = [
     C(f"predict {CKPT} {W}/img/text.png", "unreadable image"),
     C(f"predict {CKPT} {W}/img/empty.png", "unreadable image"),
     C(f"predict {CKPT} {W}/img/dir.png", "no images in"),  # a folder: its images, and it has none
+    C(f"predict {CKPT} {W}/img/good.png --out {W}/img/preds.png", "is named as an image; predictions are text"),
     C(f"predict {CKPT} {W}/img/none.png", "image not found"),
     C(f"predict {CKPT} {W}/img/good.png --top-k 0", "Invalid value for '--top-k'", 2),
     C(f"predict {CKPT}", "Missing argument", 2),
@@ -422,8 +423,8 @@ CASES = [
     C(f"info {W}/img/text.png", "not a file adapt writes"),
     C(f"info {W}/nothing.json", "not found"),
     C(f"presets show nope", "no preset 'nope'"),
-    C(f"tune --preset nope {T}", "nope is not a preset"),
-    C(f"tune --preset ties {T}", "ties is for adapt soup"),
+    C(f"tune --preset nope {T}", "'nope' is not a preset"),
+    C(f"tune --preset ties {T}", "'ties' is for adapt soup"),
     C(f"tune --lr 0.01 --min-lr 0.1 {T}", "must not exceed --lr"),
     C(f"tune --head-init ones {T}", "Invalid value for '--head-init'", 2),
     C(f"tune --normalize weird {T}", "Invalid value for '--normalize'", 2),

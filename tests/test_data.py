@@ -124,3 +124,21 @@ def test_augmentation_is_on_for_folders_off_for_vtab_and_refused_for_digits(fold
         load_data("digits", 32, MEAN, STD, augment="on")
     with pytest.raises(AdaptError, match="not on, off or a timm auto-augment policy"):
         load_data(f"folder:{folder_root}", 32, MEAN, STD, augment="sideways")
+
+
+def test_text_inputs_saved_with_a_byte_order_mark_read_as_utf8(vtab_root, tmp_path):
+    """Excel's "CSV UTF-8" starts files with a BOM: VTAB lists and triplet CSVs read the same with or without it."""
+    import shutil
+
+    from adapt.data.triplets import load_triplets
+
+    task = tmp_path / "svhn"
+    shutil.copytree(vtab_root / "svhn", task)
+    for name in ("train800val200.txt", "test.txt"):
+        (task / name).write_bytes(b"\xef\xbb\xbf" + (task / name).read_bytes())
+    with_bom = load_data(f"vtab:{task}", 32, MEAN, STD)
+    plain = load_data(f"vtab:{vtab_root / 'svhn'}", 32, MEAN, STD)
+    assert [label for _, label in with_bom.test.items] == [label for _, label in plain.test.items]
+    (tmp_path / "r.png").write_bytes((task / with_bom.test.items[0][0].relative_to(task)).read_bytes())
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbfref,a,b,choice\nr.png,r.png,r.png,a\n")
+    assert len(load_triplets(f"triplets:{tmp_path / 't.csv'}")["train"]) == 1

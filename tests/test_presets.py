@@ -71,10 +71,13 @@ def test_tune_with_a_preset_takes_each_vtab_tasks_own_values_and_yours_win(vtab_
 
 
 def test_a_preset_of_another_command_or_an_unknown_one_is_one_line(tmp_path):
-    for args, message in ((["tune", "--preset", "ties"], "ties is for adapt soup; adapt tune takes: ssf-vtab"),
+    for args, message in ((["tune", "--preset", "ties"], "'ties' is for adapt soup; adapt tune takes: ssf-vtab"),
                           (["tune", "--preset", "ssf-vta"], "did you mean 'ssf-vtab'?"),
                           (["soup", "a", "b", "--preset", "ssf-vtab", "--out", tmp_path / "x"], "is for adapt tune"),
-                          (["presets", "show", "tie"], "did you mean 'ties'")):  # fmt: skip
+                          (["presets", "show", "tie"], "did you mean 'ties'"),
+                          (["tune", "--preset", "", "--out", tmp_path / "x"], "'' is not a preset"),  # not silently none
+                          (["tune", "--preset", " ssf-vtab", "--out", tmp_path / "x"],
+                           "' ssf-vtab' is not a preset; did you mean 'ssf-vtab'?")):  # fmt: skip
         result = run(*args)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output

@@ -185,8 +185,9 @@ def _source(path: str) -> str:
 
 
 def preset_layer(command: str, name: str | None, task: str | None = None) -> tuple[str, dict[str, Any]] | None:
-    """(name, values) of the preset `name` for `command` (for one VTAB-1k task: with that task's values)."""
-    if not name:
+    """(name, values) of the preset `name` for `command` (for one VTAB-1k task: with that task's values); an
+    empty name is refused like any other unknown one."""
+    if name is None:
         return None
     from adapt.presets import get_preset
 

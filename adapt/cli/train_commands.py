@@ -129,10 +129,10 @@ def tune(ctx, **_) -> None:
         found = next((p for p in saved if p.is_file()), None)
         if found is not None:
             v = resolve_config(ctx, config_file, str(found))
-    v = resolve_config(ctx, config_file, preset=preset_layer("tune", v["preset"])) if v["preset"] and not v["resume"] else v
+    v = resolve_config(ctx, config_file, preset=preset_layer("tune", v["preset"])) if v["preset"] is not None and not v["resume"] else v
     out, resume, overwrite = Path(v["out"]), v["resume"], v["overwrite"]
     resume_command(f"adapt tune --out {shlex.quote(str(out))} --resume")
-    weights_note = PRESETS[v["preset"]].weights_note(v["weights"]) if v["preset"] and not resume else None
+    weights_note = PRESETS[v["preset"]].weights_note(v["weights"]) if v["preset"] is not None and not resume else None
     if weights_note:
         console.print(f"note: {weights_note}")
     specs = expand_spec(v["data"])  # several when data is a VTAB root holding many tasks

@@ -56,7 +56,7 @@ def _rows(csv_path: Path, required: set[str]) -> list[dict[str, str]]:
     if not csv_path.is_file():
         raise AdaptError(f"triplet file not found: {csv_path}")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(handle)
             missing = required - set(reader.fieldnames or [])
             if missing:
