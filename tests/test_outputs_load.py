@@ -77,7 +77,7 @@ def test_predict_takes_folders_and_globs_skips_a_bad_image_and_writes_csv_or_jso
     "args, message",
     [
         (["nothing-here/*.png"], "no images in nothing-here/*.png"),
-        (["{photo}", "--out", "{photo}"], "is one of the inputs"),
+        (["{photo}", "--out", "{photo}"], "is named as an image"),  # an input is an image: refused as such
         (["{photo}", "--out", "{existing}"], "exists; pass --overwrite"),
     ],
 )
