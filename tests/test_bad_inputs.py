@@ -262,6 +262,10 @@ CASES = [
     C(f"tune --train-crop center {T}", "Invalid value for '--train-crop'", 2),
     C(f"tune --drop-last --batch-size 200 --limit 100 --out {W}/out", "not one full batch of 200"),
     C(f"tune --method lora --option qkv_blocks=q,x {T}", "must name some of q, k, v"),
+    C(f"tune --method spt --budget 0.1M,abc {T}", "cannot read budget 'abc'"),  # before the first budget trains
+    C(f"tune --method spt --budget 0.1M, {T}", "cannot read budget ''"),
+    C(f"tune --method spt --budget 0.1M,0 {T}", "budget '0' is zero"),
+    C(f"tune --method spt --budget 100k,0.1M {T}", "--budget lists '100k' and '0.1M', the same value twice"),
     C(f"tune --method lora --option init=vpetl {T}", "give qkv_blocks"),
     C(f"tune --method lora --option qkv_blocks=q,v {T}", "qkv_blocks needs a ViT's fused qkv"),
     C(f"tune --method hst --option side_drop_path=1 {T}", "side_drop_path must be < 1"),

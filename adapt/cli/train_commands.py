@@ -170,6 +170,8 @@ def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
     if swept is None:
         return _reported_task(v, spec, out)
     name, values = swept
+    options = method_options({n: v[n] for n in METHOD_FLAGS if n != name}, parse_options(v["method_options"]))
+    METHODS[v["method"]].check_sweep(name, values, options)  # every value, before hours go into the first
     results = {value: _reported_task({**v, name: value}, spec, out / f"{name}-{value}") for value in values}
     best = {value: r[1] for value, r in results.items() if r[1] is not None}
     chosen = keep_best(out, name, {value: r[0] for value, r in results.items()}, best or None)

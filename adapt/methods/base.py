@@ -20,7 +20,7 @@ from torch import nn
 
 from adapt.backbones import is_head_key
 from adapt.config import NoOptions, build, validate
-from adapt.errors import AdaptError, compare_tensors, describe_mismatch
+from adapt.errors import AdaptError, compare_tensors, describe_mismatch, term
 from adapt.methods.lean import keep_frozen_layers_lean
 from adapt.methods.mixins import restore_plain_classes
 from adapt.methods.norms import freeze_norm_statistics
@@ -55,6 +55,23 @@ class Method:
     def from_options(cls, options: dict[str, Any]) -> Method:
         """The method with its options checked (adapt.config): types, ranges, regexes, unknown names."""
         return cls(build(cls.config_class, options, f"method {cls.name}"))
+
+    @classmethod
+    def check_sweep(cls, option: str, values: list[str], options: dict[str, Any]) -> None:
+        """Refuse, before any run of a sweep, a value the method would refuse, or one value given twice
+        (as `sweep_key` compares them)."""
+        seen: dict[Any, str] = {}
+        for value in values:
+            cls.from_options({**options, option: value})
+            key = cls.sweep_key(option, value)
+            if key in seen:
+                raise AdaptError(f"{term(option)} lists {seen[key]!r} and {value!r}, the same value twice; give each once")
+            seen[key] = value
+
+    @classmethod
+    def sweep_key(cls, option: str, value: str) -> Any:
+        """What makes two swept values the same (their text, unless a method knows better)."""
+        return value.strip()
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

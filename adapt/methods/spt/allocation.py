@@ -33,15 +33,24 @@ OFFICIAL_GRID = [round(0.02 * i * 1e6) for i in range(1, 80)]  # the released co
 RULES = ("exact", "official")
 
 
-def parse_budget(text: str | int, total: int) -> int:
-    """'400000', '0.4M', '50k', '1%' (of `total`) -> a parameter count in 1..total."""
+def budget_amount(text: str | int) -> tuple[str, float]:
+    """A budget's kind and size without the model: ("count", 400000.0) for '400000', '0.4M', '400k';
+    ("share", 1.0) for '1%'. Refuses text that is not a budget, or zero."""
     raw = str(text).strip()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM%]?)", raw)
     if not match:
         raise AdaptError(f"cannot read budget {raw!r}: use e.g. 400000, 0.4M, 50k or 1%")
     number, unit = float(match.group(1)), match.group(2).lower()
-    factor = {"": 1, "k": 1e3, "m": 1e6, "%": total / 100}[unit]
-    budget = round(number * factor)
+    if number == 0:
+        raise AdaptError(f"budget {raw!r} is zero; ask for at least one parameter")
+    return ("share", number) if unit == "%" else ("count", number * {"": 1, "k": 1e3, "m": 1e6}[unit])
+
+
+def parse_budget(text: str | int, total: int) -> int:
+    """'400000', '0.4M', '50k', '1%' (of `total`) -> a parameter count in 1..total."""
+    raw = str(text).strip()
+    kind, amount = budget_amount(raw)
+    budget = round(amount * total / 100) if kind == "share" else round(amount)
     if budget <= 0:
         raise AdaptError(f"budget {raw!r} is zero; ask for at least one parameter")
     if budget > total:

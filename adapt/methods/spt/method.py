@@ -32,7 +32,7 @@ from adapt.kernels import FoldedBatchNorm, fold_conv_batchnorms_, unfold_conv_ba
 from adapt.methods.base import Method
 from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.mixins import with_mixin, without_mixin
-from adapt.methods.spt.allocation import RULES, Allocation, allocate, plot_allocation
+from adapt.methods.spt.allocation import RULES, Allocation, allocate, budget_amount, plot_allocation
 from adapt.methods.spt.ranking import ranked, real_name
 from adapt.methods.spt.sparse import SparseDelta, SparseDeltaConv2d, SparseDeltaLinear
 from adapt.methods.spt.structured import (ADAPTER_FORMS, KINDS, UNDROPPED, StructuredDelta, WithStructured,
@@ -72,6 +72,10 @@ class SPTConfig:
     structured: list[str] = dataclasses.field(default_factory=list)  # matrices that get the structured module
     unstructured: dict[str, int] = dataclasses.field(default_factory=dict)  # tensor -> selected count
     vectors: list[str] = dataclasses.field(default_factory=list)  # tensors that train whole
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            budget_amount(self.budget)  # its text, now: the count is checked against the model in `prepare`
 
     def allocated(self) -> bool:
         return bool(self.structured or self.unstructured or self.vectors)
@@ -220,6 +224,11 @@ class SPT(Method):
                 start, stop = _block_rows(tensor.shape[0], real_name(name)[1])
                 indices += list(range(start, stop))
         return sorted(indices)
+
+    @classmethod
+    def sweep_key(cls, option: str, value: str):
+        """Budgets are the same when they ask for the same count (100k and 0.1M) or share."""
+        return budget_amount(value) if option == "budget" else super().sweep_key(option, value)
 
     def backbone_drop_path(self, model: nn.Module, requested: float) -> float:
         """SPT sets a ViT's stochastic depth itself (backbone_drop_path, set_vit_drop_path)."""
