@@ -241,8 +241,10 @@ def _perceptual_init(data, out, backbone, source, adapter, config: AlignmentConf
     loader = DataLoader(datasets["train"], batch_size=config.batch_size, shuffle=True, generator=generator)
     optimizer = config.make_optimizer(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    result = PerceptualResult(with_total({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated}), {},
-                              trainable_params=count_trainable(model), source=info.weights)  # fmt: skip
+    def scored() -> dict[str, TwoAFC]:
+        return with_total({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated})
+
+    result = PerceptualResult(scored(), {}, trainable_params=count_trainable(model), source=info.weights)
     best, best_state, waited = float("-inf"), None, 0
     with Steps("perceptual alignment", config.epochs * len(loader), accelerator.is_main_process) as progress:
         for epoch in range(1, config.epochs + 1):
@@ -272,7 +274,7 @@ def _perceptual_init(data, out, backbone, source, adapter, config: AlignmentConf
                     break
     if best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state)
-    result.after = with_total({s: evaluate_two_afc(model, datasets[s], accelerator) for s in evaluated})
+    result.after = scored()
 
     plain = adapter.merge(accelerator.unwrap_model(model))
     summary = {"source_backbone": backbone, "source_weights": info.weights, "data": data, "method": method,

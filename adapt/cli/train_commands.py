@@ -170,7 +170,7 @@ def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
     if swept is None:
         return _reported_task(v, spec, out)
     name, values = swept
-    options = method_options({n: v[n] for n in METHOD_FLAGS if n != name}, parse_options(v["method_options"]))
+    options = _method_options({**v, name: None})
     METHODS[v["method"]].check_sweep(name, values, options)  # every value, before hours go into the first
     results = {value: _reported_task({**v, name: value}, spec, out / f"{name}-{value}") for value in values}
     best = {value: r[1] for value, r in results.items() if r[1] is not None}
@@ -198,12 +198,17 @@ def _reported_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
     return result.test_acc, best[0] if best is not None else None
 
 
+def _method_options(v: dict) -> dict:
+    """The method options a command's resolved values give: the method flags and --option pairs."""
+    return method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
+
+
 def _tune_task(v: dict, spec: str, out: Path, on_note):
     """One task of `adapt tune` from its resolved options `v`."""
     from adapt.cli.common import config_record
     from adapt.tune import TuneJob, tune as run_tune
 
-    options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
+    options = _method_options(v)
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
                   image_size=v["image_size"], split_protocol=v["split_protocol"], limit=v["limit"], augment=v["augment"],
                   init_from=v["init_from"], head_init=v["head_init"], drop_path=v["drop_path"],
@@ -244,7 +249,7 @@ def _print_epoch(result) -> None:
 def _print_vtab(accuracies: dict[str, float], best: dict[str, float] | None, paper=None) -> None:
     """The VTAB-1k table: the final epoch's accuracies and, where the runs tested periodically, the best over
     those evaluations, each column labelled; a preset's published figures beside the column they compare with."""
-    from adapt.data.vtab import COLUMN_TITLES, VTAB_GROUPS, paper_column, vtab_columns
+    from adapt.data.vtab import COLUMN_TITLES, FINAL, VTAB_GROUPS, paper_column, vtab_columns
 
     columns = vtab_columns(accuracies, best)
     beside = paper_column(columns)
@@ -264,7 +269,7 @@ def _print_vtab(accuracies: dict[str, float], best: dict[str, float] | None, pap
     for task in accuracies:
         row(task, task, False, paper.tasks.get(task) if paper else None)
     for group in VTAB_GROUPS:
-        if columns["final_epoch"][group] is not None:
+        if columns[FINAL][group] is not None:
             row(Text(f"{group} mean", style="italic"), group, True, None)
     row(Text(f"plain mean of {len(accuracies)} tasks", style="bold"), "plain_mean", True,
         paper.plain_mean if paper and complete else None)  # fmt: skip
@@ -484,7 +489,7 @@ def perceptual_init(**v) -> None:
 
     recipe = {key: v[key] for key in ("epochs", "lr", "weight_decay", "batch_size", "optimizer", "margin", "patience",
                                       "norm_statistics", "seed")}  # fmt: skip
-    options = method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
+    options = _method_options(v)
     source, method, out = v["source"], v["method"], v["out"]
     preset = resolved_record().get("preset")
     weights_note = PRESETS[preset].weights_note(source, "from") if preset else None

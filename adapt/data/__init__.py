@@ -128,10 +128,10 @@ def load_data(
             raise AdaptError(f"{path} holds {len(tasks)} VTAB tasks; pick one (vtab:{tasks[0]})")
         plain = eval_transform(image_size, mean, std, interpolation)
         class_names, splits = vtab_splits(tasks[0], split_protocol, plain)
-        if split_protocol == "final" and (tasks[0] / "train800.txt").is_file():
-            splits["tuning_train"] = vtab_split(tasks[0], "train800", len(class_names), plain)
-        if split_protocol == "final" and (tasks[0] / "val200.txt").is_file():
-            splits["val"] = vtab_split(tasks[0], "val200", len(class_names), plain)
+        if split_protocol == "final":  # train800val200 trains; its two parts serve SPT's sensitivity and soups
+            for key, split in (("tuning_train", "train800"), ("val", "val200")):
+                if (tasks[0] / f"{split}.txt").is_file():
+                    splits[key] = vtab_split(tasks[0], split, len(class_names), plain)
         name = tasks[0].name
         test_name = "test" if split_protocol == "final" else "val200"
     plain = None

@@ -30,8 +30,6 @@ for _name, _op in list(auto_augment.NAME_TO_OP.items()):
         auto_augment.NAME_TO_OP[_name] = _posterize
 
 
-
-
 def data_config(image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                 interpolation: str = "bicubic") -> dict[str, Any]:  # fmt: skip
     """timm's data config for our preprocessing ('squash' at crop_pct 1.0 = resize to S x S)."""

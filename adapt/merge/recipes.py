@@ -66,8 +66,6 @@ TASK_ARITHMETIC_GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))
 TIES_GRID = tuple(round(0.8 + 0.1 * i, 1) for i in range(18))
 # DARE: yule-BUAA/MergeLM merge_plms_glue.py L219, scaling_coefficient_range of the task arithmetic DARE runs on
 DARE_GRID = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
-# DARE's drop rates: yule-BUAA/MergeLM merge_plms_glue.py L297, weight_mask_rate_range
-DARE_DROP_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 # WiSE-FT's alpha and SLERP's t, searched on held-out data
 UNIT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 SLERP_PARALLEL = 0.9995  # mergekit's DOT_THRESHOLD: above it, linear interpolation

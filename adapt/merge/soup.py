@@ -368,7 +368,8 @@ def _search(candidates: list[tuple[float, Recipe]], what: str, files, base_file,
             merged: Callable[[str, Recipe], torch.Tensor], evaluate: Evaluator):  # fmt: skip
     """Each candidate recipe (a value of `what`, and the recipe at that value) merged and scored on held-out
     data; the first best wins (MergeLM keeps a value only when it beats the best so far). Returns (the chosen
-    recipe, the (value, accuracy) table, its tensors' producer). Holds one merged state at a time."""
+    recipe, the (value, accuracy) table, its tensors' producer). Holds one merged state at a time; each candidate
+    keeps what its `prepare` found, so the chosen one merges again without a second pass."""
     table = []
     with Steps(f"held-out accuracy by {what}", len(candidates)) as progress:
         for value, candidate in candidates:
@@ -376,7 +377,6 @@ def _search(candidates: list[tuple[float, Recipe]], what: str, files, base_file,
             table.append((value, evaluate({k: merged(k, candidate) for k in files[0].keys})))
             progress.advance(status=f"{what} {value:g}: {table[-1][1]:.2%}")
     chosen = candidates[max(range(len(table)), key=lambda i: table[i][1])][1]  # max keeps the first of equals
-    chosen.prepare(len(files), _task_vectors(files, base_file, task_keys))
     return chosen, table, lambda key: merged(key, chosen)
 
 
@@ -464,7 +464,8 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone
     file = TensorFile(first)
     if FORMAT_KEY in file.metadata:
         adapted, meta = AdaptedModel.from_checkpoint(first)
-        model, size, mean, std, interpolation = adapted.model, meta.image_size, adapted.mean, adapted.std, adapted.interpolation
+        model, size, mean, std = adapted.model, meta.image_size, adapted.mean, adapted.std
+        interpolation = adapted.interpolation
 
         def load(state: dict[str, torch.Tensor]) -> None:
             adapted.method.load_trainable_state(model, state, source="soup")
