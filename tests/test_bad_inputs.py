@@ -483,6 +483,18 @@ CASES = [
       f"--out {W}/s.safetensors", "recipe slerp takes no --base; it is for task-arithmetic, ties, dare, wise-ft, model-stock"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe slerp --scale auto --out {W}/s.safetensors",
       "--scale auto chooses on held-out data"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe fisher --out {W}/s.safetensors",
+      "recipe fisher estimates each ingredient's Fisher on its own data: pass --data"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe fisher --data digits --data digits --data digits "
+      f"--out {W}/s.safetensors", "3 --data for 2 ingredients"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe greedy --data digits --data digits "
+      f"--out {W}/s.safetensors", "several --data are for recipe fisher"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --examples 8 --out {W}/s.safetensors",
+      "recipe uniform does not use --examples"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe fisher --floor 0 --data digits "
+      f"--out {W}/s.safetensors", "floor must be > 0"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe fisher --examples 0 --data digits "
+      f"--out {W}/s.safetensors", "Invalid value for '--examples'", code=2),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --base {SOUP}/base.safetensors --out {W}/s.safetensors",
       "takes no --base; it is for task-arithmetic"),
     C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe task-arithmetic --base {SOUP}/base.safetensors "

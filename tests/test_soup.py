@@ -13,7 +13,8 @@ from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.cli import cli
 from adapt.merge.recipes import Dare, Greedy, TaskArithmetic, Ties, Weighted, global_threshold
-from adapt.merge.soup import greedy_soup, held_out_accuracy, stream_soup
+from adapt.merge.soup import greedy_soup, stream_soup
+from adapt.merge.state_model import held_out_accuracy
 from adapt.merge.tensors import TensorFile
 
 TOLERANCE = 1e-6

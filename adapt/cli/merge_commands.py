@@ -136,6 +136,12 @@ def _averaged_words(keys: list[str]) -> str:
     return ", ".join(words)
 
 
+def _estimates_words(estimates: list[dict]) -> str:
+    """'digits train, 256 examples, for each of 3' (or each ingredient's, in order, when they differ)."""
+    words = [f"{e['data']} {e['split']}, {e['examples']} examples" for e in estimates]
+    return f"{words[0]}, for each of {len(words)}" if len(set(words)) == 1 else "; ".join(words)
+
+
 @cli.command()
 @click.argument("ingredients", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output .safetensors (required here or in --config).")
@@ -159,8 +165,16 @@ def _averaged_words(keys: list[str]) -> str:
 @click.option("--seed", type=int, default=None, help="DARE's random drops (0).")
 @click.option("--accept", type=click.Choice(["ge", "gt"]), default=None,
               help="Greedy: add an ingredient when the soup's accuracy is >= (paper, default) or > the best.")  # fmt: skip
-@click.option("--data", default=None, help="Held-out data for --recipe greedy and --scale auto, e.g. digits.")
-@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val", show_default=True)
+@click.option("--data", multiple=True, metavar="SPEC",
+              help="Held-out data for --recipe greedy and --scale auto, e.g. digits. Fisher: each ingredient's own "
+                   "data, once for all or repeated once per ingredient in order.")  # fmt: skip
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default=None,
+              help="Split of --data: val for held-out choices (default), train for fisher's estimates (default).")
+@click.option("--examples", type=click.IntRange(1), default=None,
+              help="Fisher: examples per ingredient (4096, model_merging's; each costs one backward pass per class).")
+@click.option("--floor", type=float, default=None, help="Fisher: the first ingredient's Fisher floor (1e-6).")
+@click.option("--normalize/--no-normalize", default=None,
+              help="Fisher: divide each Fisher by its L2 norm first (default, model_merging's normalize_fishers).")
 @click.option("--rank", type=click.IntRange(1), default=None, help="LoRA ingredients: a LoRA adapter of this rank (SVD).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Output dtype (default: the inputs').")
 @click.option("--max-shard-size", default=None, help="Split the output into shards, e.g. 2GB.")
@@ -191,6 +205,7 @@ def soup(ctx, **values) -> None:
       adapt soup lora1 lora2 lora3 --rank 8 --out lora-soup.safetensors
       adapt soup ft1 --recipe wise-ft --base pre.safetensors --scale auto --data digits --out wise.safetensors
       adapt soup ft1 ft2 --recipe model-stock --base pre.safetensors --out stock.safetensors
+      adapt soup ft1 ft2 --recipe fisher --data digits --examples 256 --out fisher.safetensors
       adapt soup --config soup.yaml
     """
     import torch
@@ -236,6 +251,7 @@ def soup(ctx, **values) -> None:
         ("recipe", summary.recipe + (f", scale {summary.scale:g}" if summary.scale is not None else "")
          + (f", drop {summary.drop:g}" if summary.drop is not None else "")),
         *([("averaged, not merged", _averaged_words(summary.averaged))] if summary.averaged else []),
+        *([("Fisher estimated on", _estimates_words(summary.estimates))] if summary.estimates else []),
         ("tensors", f"{summary.tensors:,}"),
         ("written", f"{summary.bytes_written / 2**20:.1f} MiB"),
         ("time", f"{summary.seconds:.2f} s"),

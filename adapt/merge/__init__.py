@@ -16,6 +16,7 @@ RECIPES = LazyRegistry({
     "wise-ft": "adapt.merge.recipes:WiseFT",
     "slerp": "adapt.merge.recipes:Slerp",
     "model-stock": "adapt.merge.recipes:ModelStock",
+    "fisher": "adapt.merge.recipes:Fisher",
 })  # fmt: skip
 
 __all__ = ["RECIPES"]

@@ -32,7 +32,8 @@ from adapt.errors import AdaptError, term
 from adapt.file_digests import file_records
 from adapt.merge.recipes import Greedy, Recipe
 from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
-                              held_out_accuracy, open_ingredients, stream_soup)  # fmt: skip
+                              open_ingredients, stream_soup)  # fmt: skip
+from adapt.merge.state_model import held_out_accuracy
 from adapt.outputs import check_output_file
 from adapt.merge.tensors import TensorFile
 from adapt.methods import METHODS
@@ -62,15 +63,23 @@ def make_soup(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
     overwrite: bool = False,
-    data: str | None = None,
-    split: str = "val",
+    data: str | Sequence[str] | None = None,
+    split: str | None = None,
     backbone: str | None = None,
     rank: int | None = None,
     on_step: Callable[[GreedyStep], None] | None = None,
 ) -> SoupSummary:
-    """`adapt soup`: route the ingredients to the soup that is right for them, then run the recipe."""
+    """`adapt soup`: route the ingredients to the soup that is right for them, then run the recipe.
+
+    data: held-out data for the choices a recipe makes (one spec), or the data of each ingredient's Fisher
+    (recipe fisher: one spec for all, or one per ingredient)."""
     if not paths:
         raise AdaptError("a soup needs ingredients")
+    data = [data] if isinstance(data, str) else list(data or [])
+    split = split or ("train" if recipe.estimates_on_data else "val")
+    if len(data) > 1 and not recipe.estimates_on_data:
+        raise AdaptError(f"several {term('data')} are for recipe fisher (each ingredient's own data); "
+                         f"recipe {recipe.name} chooses on one held-out set")  # fmt: skip
     paths = [checkpoint_file(p) if Path(p).expanduser().is_dir() else p for p in paths]  # hub or run folders
     kind, meta = soup_kind(paths)
     recipe.check_count(len(paths), base is not None or meta is not None)  # adapters: their pretrained backbone
@@ -96,9 +105,7 @@ def make_soup(
         summary.kind = kind
         return summary
     check_output_file(out, overwrite, paths)  # before the folding; the soup itself locks and checks again
-    folder = Path(out).expanduser().resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".soup.", dir=folder) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".soup.", dir=_folder_of(out)) as scratch:
         if folded:
             inputs, base = fold_ingredients(paths, Path(scratch))
             base_name = f"the pretrained {meta.backbone} ({meta.backbone_weights}) without its head"
@@ -133,10 +140,27 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
                        if recipe.auto_scale else f"{term('drop')} with several rates")  # fmt: skip
             raise AdaptError(f"{chooser} chooses on held-out data: pass {term('data')} SPEC (e.g. digits) and "
                              f"{term('split')}")  # fmt: skip
-        evaluate = held_out_accuracy(paths[0], data, split, backbone)
+        evaluate = held_out_accuracy(paths[0], data[0], split, backbone)
     if isinstance(recipe, Greedy):
         return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes, sources)
-    return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, evaluate, sources, base_name)
+    if not recipe.estimates_on_data:
+        return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, evaluate, sources, base_name)
+    from adapt.merge.fisher import estimate_fishers
+
+    check_output_file(out, overwrite, [*paths, base])  # before the estimates; the soup itself locks and checks again
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".fisher.", dir=_folder_of(out)) as scratch:
+        estimate_fishers(recipe, paths, data, split, Path(scratch), backbone, sources)
+        summary = stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, evaluate, sources, base_name)
+    summary.seconds = time.perf_counter() - start  # the estimates included
+    return summary
+
+
+def _folder_of(out: str | Path) -> Path:
+    """The output's folder, made if missing: scratch files go beside the output (same disk, removed after)."""
+    folder = Path(out).expanduser().resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:

@@ -35,8 +35,8 @@ class SoupOptions:
     out: str | None = None
     recipe: str = option("uniform", choices=tuple(RECIPES))
     base: str | None = None
-    data: str | None = None  # held-out data: greedy soups, --scale auto
-    split: str = option("val", choices=("val", "test", "train"))
+    data: str | list[str] | None = None  # held-out data (greedy, --scale auto); fisher: each ingredient's data
+    split: str | None = option(None, choices=(None, "val", "test", "train"))  # None: val (fisher: train)
     dtype: str | None = option(None, choices=(None, *DTYPES))
     max_shard_size: str | int | None = None
     backbone: str | None = None

@@ -30,6 +30,11 @@ Formulas (task vector tau_i = theta_i - base):
   than two, the mean over pairs, as mergekit's model_stock), t = k cos / (1 + (k - 1) cos), and
   t mean_i theta_i + (1 - t) base; the pairwise mean comes from the sum of the normalized task vectors
   (sum over pairs = (|sum|^2 - k) / 2), so memory holds two tensors of a key whatever k
+- Fisher merging (Matena & Raffel 2022; as mmatena/model_merging): each ingredient's diagonal Fisher F_i,
+  estimated on its own data beforehand (adapt.merge.fisher), and per entry sum_i c_i F_i theta_i / sum_i c_i F_i
+  with c_i = 1/n, divided by the L2 norm of F_i over all its tensors (normalize_fishers), and the first
+  ingredient's F floored at 1e-6 (fisher_floor, favor_target_model): where no ingredient is sensitive, the
+  first one's value
 
 Tensors that are not task vectors are averaged, never scaled, trimmed, elected or dropped
 (`Recipe.average`): BatchNorm running statistics (a mean and a variance: a scaled or
@@ -77,6 +82,7 @@ class Recipe:
     name: ClassVar[str] = ""
     needs_base: ClassVar[bool] = False  # combines task vectors (theta_i - base)
     uses_data: ClassVar[bool] = False  # chooses on held-out data
+    estimates_on_data: ClassVar[bool] = False  # needs each ingredient's own data before merging (Fisher)
     default_grid: ClassVar[tuple[float, ...]] = ()  # the scales that scale="auto" tries, from the recipe's paper
 
     linear_in_scale: ClassVar[bool] = True  # merge(scale s) = base + s * (merge(scale 1) - base): auto needs one merge
@@ -88,6 +94,10 @@ class Recipe:
 
     def prepare(self, count: int, task_vectors: TaskVectors) -> None:
         """Called once before merging, for recipes that need passes over the whole task vectors."""
+
+    def record(self) -> dict[str, Any]:
+        """What the soup's metadata keeps beside the options: facts the recipe found before merging."""
+        return {}
 
     def merge(self, key: str, load: Loader, count: int, base: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -340,6 +350,42 @@ class ModelStock(Recipe):
         spread = 1 + (count - 1) * cos
         t = count * cos / spread if spread > 1e-12 else 0.0  # opposed task vectors: the base
         return t * (total / count) + (1 - t) * base
+
+
+@dataclasses.dataclass
+class Fisher(Recipe):
+    examples: int = option(4096, low=1, high=10**6)  # per ingredient: model_merging scripts/compute_fisher.py L23
+    floor: float = option(1e-6, low=0, low_open=True)  # scripts/merge_and_evaluate.py L34, fisher_floor
+    normalize: bool = True  # scripts/merge_and_evaluate.py L36, normalize_fishers
+    name: ClassVar[str] = "fisher"
+    estimates_on_data: ClassVar[bool] = True  # each ingredient's Fisher comes from its own data
+
+    def __post_init__(self) -> None:
+        self.diagonals: list[Any] = []  # one TensorFile of F_i per ingredient (adapt.merge.fisher.estimate_fishers)
+        self.norms: list[float] = []  # |F_i| over all its tensors
+        self.estimates: list[dict[str, Any]] = []  # what each F_i was estimated on (data, split, examples, norm)
+
+    def record(self) -> dict[str, Any]:
+        return {"fisher_estimates": self.estimates}
+
+    def prepare(self, count, task_vectors):
+        if len(self.diagonals) != count:
+            raise AdaptError(f"recipe fisher merges with each ingredient's Fisher: {len(self.diagonals)} for {count}")
+
+    def coefficient(self, i: int, count: int) -> float:
+        return 1.0 / count / (self.norms[i] if self.normalize else 1.0)
+
+    def merge(self, key, load, count, base):
+        weighted = denominator = None
+        for i in range(count):
+            theta = load(i)
+            diagonal = self.diagonals[i].get(key).float() if key in self.diagonals[i].keys else torch.zeros_like(theta)
+            if i == 0:
+                diagonal = diagonal.clamp(min=self.floor)
+            diagonal = diagonal * self.coefficient(i, count)
+            weighted = diagonal * theta if weighted is None else weighted.addcmul_(diagonal, theta)
+            denominator = diagonal if denominator is None else denominator.add_(diagonal)
+        return weighted.div_(denominator)
 
 
 @dataclasses.dataclass

@@ -72,6 +72,7 @@ class SoupSummary:
     kind: str = "state dicts"  # what was souped: state dicts, adapters, side networks, folded adapters
     svd_errors: dict[str, float] = field(default_factory=dict)  # LoRA re-compression: relative error per layer
     averaged: list[str] = field(default_factory=list)  # float tensors averaged rather than merged as task vectors
+    estimates: list[dict] = field(default_factory=list)  # fisher: what each ingredient's Fisher was estimated on
 
 
 def open_ingredients(
@@ -158,7 +159,7 @@ def _output_metadata(first: TensorFile, recipe: Recipe, records: Sequence[dict[s
             **({"scale": scale} if scale is not None else {}),
             **({"held_out_accuracy_by_scale": [list(row) for row in scale_table]} if scale_table else {}),
             **({"held_out_accuracy_by_drop": [list(row) for row in drop_table]} if drop_table else {}),
-            **({"greedy_steps": [asdict(step) for step in steps]} if steps else {})}  # fmt: skip
+            **({"greedy_steps": [asdict(step) for step in steps]} if steps else {}), **recipe.record()}  # fmt: skip
     if FORMAT_KEY in first.metadata:
         meta = CheckpointMeta.from_metadata(first.metadata, str(first.path))
         kept = {k: meta.training[k] for k in ("data", "seed") if k in meta.training}  # what eval/merge need
@@ -314,7 +315,8 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
                            peak, [str(p) for p in writer.shard_paths()], scale_table=table,
                            scale=scale if isinstance(scale, float) else None, drop_table=drops,
                            drop=recipe.drop if drops else None,
-                           averaged=[k for k in first.keys if roles[k] == "average"])  # fmt: skip
+                           averaged=[k for k in first.keys if roles[k] == "average"],
+                           estimates=recipe.record().get("fisher_estimates", []))  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -450,63 +452,3 @@ def _greedy_soup(paths, out, accuracy, dtype, on_step, recipe: Greedy, max_shard
             writer.write(key, finite_output(key, total[key] / count if key in floats else total[key], out_dtype))
     return SoupSummary([str(p) for p in sources], "greedy", len(order), sum(nbytes(s, d) for _, s, d in order),
                        time.perf_counter() - start, anonymous_bytes(), [str(p) for p in writer.shard_paths()], steps)  # fmt: skip
-
-
-def held_out_accuracy(first: str | Path, data: str, split: str = "val", backbone: str | None = None) -> Callable[[dict[str, torch.Tensor]], float]:
-    """accuracy(state) on a split, for state dicts shaped like the ingredient `first`."""
-    from adapt.adapted import AdaptedModel
-    from adapt.backbones import RANDOM_WEIGHTS, classifier_prefixes, create_backbone, preprocessing
-    from adapt.data import load_data
-    from adapt.data.subsets import align_classes
-    from adapt.evaluate import accuracy
-    from adapt.devices import make_accelerator
-
-    file = TensorFile(first)
-    if FORMAT_KEY in file.metadata:
-        adapted, meta = AdaptedModel.from_checkpoint(first)
-        model, size, mean, std = adapted.model, meta.image_size, adapted.mean, adapted.std
-        interpolation = adapted.interpolation
-
-        def load(state: dict[str, torch.Tensor]) -> None:
-            adapted.method.load_trainable_state(model, state, source="soup")
-    else:
-        name = backbone or file.metadata.get("backbone")
-        if name is None:
-            raise AdaptError(f"{first} does not record its backbone; pass {term('backbone')}")
-        defaults = preprocessing(name)
-        size = int(file.metadata.get("image_size", defaults.image_size))
-        mean = tuple(json.loads(file.metadata["mean"])) if "mean" in file.metadata else defaults.mean
-        std = tuple(json.loads(file.metadata["std"])) if "std" in file.metadata else defaults.std
-        interpolation = file.metadata.get("interpolation", defaults.interpolation)
-        probe, _ = create_backbone(name, RANDOM_WEIGHTS, 1, size)
-        head = f"{classifier_prefixes(probe)[0]}.weight"
-        if head not in file.keys:
-            raise AdaptError(f"{first} has no classifier '{head}' for {name}")
-        model, _ = create_backbone(name, RANDOM_WEIGHTS, file.shape(head)[0], size)
-
-        def load(state: dict[str, torch.Tensor]) -> None:
-            model.load_state_dict(state)
-
-    splits = load_data(data, size, mean, std, augment="off", interpolation=interpolation)
-    dataset = getattr(splits, split)
-    if dataset is None:
-        raise AdaptError(f"{data} has no {split} split for the greedy soup")
-    names = adapted.class_names if FORMAT_KEY in file.metadata else _class_names(file)
-    if names is not None:
-        dataset = align_classes(dataset, splits.class_names, names, str(first))
-    accelerator = make_accelerator()
-
-    def evaluate(state: dict[str, torch.Tensor]) -> float:
-        load(state)
-        return accuracy(model, dataset, accelerator)
-
-    return evaluate
-
-
-def _class_names(file: TensorFile) -> list[str] | None:
-    """The class names a plain state dict records (adapt's merged models and soups do), else None."""
-    try:
-        names = json.loads(file.metadata["class_names"]) if "class_names" in file.metadata else None
-    except ValueError:
-        names = None
-    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
