@@ -181,7 +181,10 @@ def _estimates_words(estimates: list[dict]) -> str:
 @click.option("--backbone", default=None, help="timm name, for held-out data on state dicts that do not record it.")
 @click.option("--preset", default=None, metavar="NAME", help="A paper's recipe (adapt presets): ties, dare, task-arithmetic; "
               "--config and flags win.")
-@click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML with any of these options (+ ingredients).")
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="YAML with any of these options (+ ingredients), or a mergekit configuration (models:, "
+                   "merge_method:, base_model:, parameters:, dtype:) for linear, task_arithmetic, ties, dare_ties, "
+                   "dare_linear, slerp and model_stock.")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never an ingredient or the base).")
 @click.option("--weights", hidden=True, default=None)
 @click.option("--greedy", hidden=True, is_flag=True, default=None)
@@ -207,6 +210,7 @@ def soup(ctx, **values) -> None:
       adapt soup ft1 ft2 --recipe model-stock --base pre.safetensors --out stock.safetensors
       adapt soup ft1 ft2 --recipe fisher --data digits --examples 256 --out fisher.safetensors
       adapt soup --config soup.yaml
+      adapt soup --config mergekit.yaml --out merged.safetensors
     """
     import torch
 

@@ -90,6 +90,8 @@ def soup_options(given: dict[str, Any], config: str | Path | None,
 
     recipe_keys = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
     from_file = read_yaml_mapping(Path(config)) if config is not None else {}
+    if "merge_method" in from_file:
+        return mergekit_options(given, from_file, f"mergekit config {config}", preset)
     values: dict[str, Any] = {**(preset or {}), **from_file, **given}
     if preset and "scale_grid" not in {**from_file, **given} and str(values.get("scale")) != "auto":
         values.pop("scale_grid", None)  # your fixed --scale replaces the preset's search, grid included
@@ -114,3 +116,28 @@ def soup_options(given: dict[str, Any], config: str | Path | None,
     if options.max_shard_size is not None:
         options.shard_bytes()  # refuse a bad size before any work
     return options, recipe
+
+
+# what the command line may add to a mergekit config: where and how to write, and dare's seed
+MERGEKIT_FLAGS = ("out", "overwrite", "dtype", "max_shard_size", "seed")
+
+
+def mergekit_options(given: dict[str, Any], from_file: dict[str, Any], source: str,
+                     preset: dict[str, Any] | None) -> tuple[SoupOptions, Recipe]:  # fmt: skip
+    """A mergekit configuration (adapt.merge.mergekit) and the flags that may go with it."""
+    from adapt.merge.mergekit import read_mergekit
+
+    if preset:
+        raise AdaptError(f"{source} sets the merge itself; drop {term('preset')}")
+    for name in given:
+        if name not in MERGEKIT_FLAGS:
+            what = "name the models in its models:" if name == "ingredients" else "its merge_method, models and parameters set the merge"
+            raise AdaptError(f"--{name.replace('_', '-')} does not go with {source}: {what}")
+    seed = given.get("seed")
+    plan = read_mergekit(from_file, source, seed)
+    values = {k: v for k, v in given.items() if k != "seed"}
+    options = build(SoupOptions, {"ingredients": plan.ingredients, "base": plan.base,
+                                  **({"dtype": plan.dtype} if plan.dtype else {}), **values}, source)  # fmt: skip
+    if options.max_shard_size is not None:
+        options.shard_bytes()
+    return options, plan.recipe

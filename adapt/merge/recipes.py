@@ -303,6 +303,17 @@ class WiseFT(TaskArithmetic):
             raise AdaptError(f"recipe wise-ft interpolates one fine-tune with its {term('base')}; got {count} ingredients")
 
 
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """mergekit's slerp: the angle between the normalized tensors (a norm <= 1e-8 left as is), linear when
+    they are nearly parallel."""
+    n0, n1 = v0.norm(), v1.norm()
+    dot = float((v0 / n0 if n0 > 1e-8 else v0).flatten() @ (v1 / n1 if n1 > 1e-8 else v1).flatten())
+    if abs(dot) > SLERP_PARALLEL:
+        return (1 - t) * v0 + t * v1
+    theta = math.acos(dot)
+    return (math.sin(theta * (1 - t)) * v0 + math.sin(theta * t) * v1) / math.sin(theta)
+
+
 @dataclasses.dataclass
 class Slerp(Recipe):
     scale: float | str = option(0.5, low=-100, high=100)  # t: the second ingredient's weight
@@ -316,13 +327,7 @@ class Slerp(Recipe):
             raise AdaptError(f"recipe slerp interpolates two ingredients; got {count}")
 
     def merge(self, key, load, count, base):
-        v0, v1 = load(0), load(1)
-        n0, n1 = v0.norm(), v1.norm()
-        dot = float((v0 / n0 if n0 > 1e-8 else v0).flatten() @ (v1 / n1 if n1 > 1e-8 else v1).flatten())
-        if abs(dot) > SLERP_PARALLEL:
-            return (1 - self.scale) * v0 + self.scale * v1
-        theta = math.acos(dot)
-        return (math.sin(theta * (1 - self.scale)) * v0 + math.sin(theta * self.scale) * v1) / math.sin(theta)
+        return slerp(self.scale, load(0), load(1))
 
     def average(self, key, load, count):
         """Not a merged tensor (BatchNorm statistics): linear at t."""
