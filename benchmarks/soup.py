@@ -7,6 +7,9 @@ Part 1, in one run on N = 2, 4, 8 checkpoints of ViT-B/16's size (random weights
   same soup again (the digests are remembered, as when a user tries another recipe on the same files);
 - reference: load each whole file, keep a running sum (the model-soups code);
 - naive: load every file, then average.
+- adapt's other recipes (model-stock, fisher, ties, slerp at N = 2, wise-ft at N = 1), which also read the
+  base (model-stock, ties, wise-ft) or each ingredient's Fisher (fisher: a file of the checkpoint's size each);
+  "time / read all" counts the ingredients only.
 Beside each: the time to read every file once (same run, page cache warm), and the peak
 anonymous and total resident memory over the child's baseline, sampled from /proc. The
 approaches take turns, 5 times, each after a sync; times are medians.
@@ -16,7 +19,9 @@ then 5 SSF and 5 LoRA fine-tunings that all start from the probe's head (LP-FT, 
 --init-from`), as the paper's ingredients share one trained head, and vary in learning
 rate, seed and weight decay (the digits take no augmentation, so that axis of the paper's
 sweep is out). Then uniform, greedy (val), TIES and task arithmetic (scale auto on val,
-each from its paper's grid) soups, each scored on test beside the best single ingredient
+each from its paper's grid), Model Stock and Fisher soups of the five; uniform, Model Stock and SLERP (t on val)
+of the first two (Model Stock's setting: two fine-tunes of one start); WiSE-FT (alpha on val) of the best single,
+each scored on test beside the best single ingredient
 and the paper's CLIP numbers. The best single ingredient is the paper's: the one with the best held-out
 (val) accuracy, the conventional recipe that soups are measured against (in the paper's own results,
 individual_model_results.jsonl of mlfoundations/model-soups, it is also the best on test); beside it,
@@ -76,8 +81,19 @@ if approach == "read_all":
         with open(path, "rb", buffering=0) as handle:
             while handle.readinto(buffer):
                 pass
-elif approach.startswith("adapt"):
+elif approach in ("adapt", "adapt (again)"):
     stream_soup(paths, out, overwrite=True)
+elif approach.startswith("adapt "):  # a recipe: the base and the Fisher files sit beside the checkpoints
+    from pathlib import Path
+    from adapt.merge.recipes import create_recipe
+    from adapt.merge.tensors import TensorFile
+    name = approach.split(" ", 1)[1]
+    recipe = create_recipe(name, {})
+    folder = Path(paths[0]).parent
+    if name == "fisher":
+        recipe.diagonals = [TensorFile(folder / f"fisher-{i}.safetensors") for i in range(len(paths))]
+        recipe.norms = [1.0] * len(paths)
+    stream_soup(paths, out, recipe, base=folder / "base.safetensors" if recipe.needs_base else None, overwrite=True)
 elif approach == "reference":
     total = None
     for path in paths:
@@ -99,16 +115,23 @@ peak[0], peak[1] = max(peak[0], anon), max(peak[1], rss)
 print(json.dumps({"seconds": seconds, "peak_anon": peak[0] - base_anon, "peak_rss": peak[1] - base_rss}))
 """
 APPROACHES = ("adapt", "adapt (again)", "reference", "naive")
+# the recipes beyond the mean, each at the counts it merges (wise-ft: one fine-tune and the base; slerp: two)
+RECIPES = {"adapt model-stock": (2, 4, 8), "adapt fisher": (2, 4, 8), "adapt ties": (2, 4, 8), "adapt slerp": (2,),
+           "adapt wise-ft": (1,)}  # fmt: skip
 REPEATS = 5  # medians of time, maxima of memory
 
 
 def make_checkpoints(folder: Path, count: int) -> list[Path]:
+    """`count` fine-tunes, their base (base.safetensors) and a positive Fisher of each (fisher-i.safetensors)."""
     shapes = {k: v.shape for k, v in timm.create_model("vit_base_patch16_224", pretrained=False).state_dict().items()}
+    base = {k: torch.randn(s, generator=torch.Generator().manual_seed(1000)) * 0.02 for k, s in shapes.items()}
+    save_file(base, folder / "base.safetensors")
     paths = []
     for i in range(count):
         generator = torch.Generator().manual_seed(i)
         paths.append(folder / f"vitb-{i}.safetensors")
-        save_file({k: torch.randn(s, generator=generator) * 0.02 for k, s in shapes.items()}, paths[-1])
+        save_file({k: v + torch.randn(v.shape, generator=generator) * 0.002 for k, v in base.items()}, paths[-1])
+        save_file({k: torch.rand(s, generator=generator) for k, s in shapes.items()}, folder / f"fisher-{i}.safetensors")
     return paths
 
 
@@ -122,19 +145,20 @@ def child(approach: str, paths: list[Path], out: Path) -> dict:
 def streaming(scratch: Path) -> list[dict]:
     files = make_checkpoints(scratch, 8)
     ckpt_bytes = files[0].stat().st_size
-    child("read_all", files, scratch / "warm")  # page cache warm for everyone
+    child("read_all", sorted(scratch.glob("*.safetensors")), scratch / "warm")  # page cache warm for everyone
     rows = []
-    for n in (2, 4, 8):
+    for n in (1, 2, 4, 8):
         paths = files[:n]
-        runs: dict[str, list[dict]] = {name: [] for name in ("read_all", *APPROACHES)}
+        approaches = [a for a in APPROACHES if n > 1] + [name for name, counts in RECIPES.items() if n in counts]
+        runs: dict[str, list[dict]] = {name: [] for name in ("read_all", *approaches)}
         for _ in range(REPEATS):  # the approaches take turns, so that a slower moment of the machine hits all of them
             runs["read_all"].append(child("read_all", paths, scratch / "unused"))
-            for approach in APPROACHES:
+            for approach in approaches:
                 out = scratch / f"out-{approach}.safetensors"
                 out.unlink(missing_ok=True)  # every approach writes a new file
                 runs[approach].append(child(approach, paths, out))
         read_all = statistics.median(r["seconds"] for r in runs["read_all"])
-        for approach in APPROACHES:
+        for approach in approaches:
             rows.append({"approach": approach, "n_ckpts": n, "ckpt_bytes": ckpt_bytes,
                          "seconds": statistics.median(r["seconds"] for r in runs[approach]), "read_all_seconds": read_all,
                          "peak_anon_bytes_over_baseline": max(r["peak_anon"] for r in runs[approach]),
@@ -148,6 +172,7 @@ def streaming(scratch: Path) -> list[dict]:
 # from 1e-3 to 5e-3 for SSF put the uniform soup 2.8 points under its best ingredient)
 SWEEP = {"ssf": ((4e-3, 0.05), (5e-3, 0.05), (6e-3, 0.0), (5e-3, 0.1), (5e-3, 0.02)),
          "lora": ((1.5e-3, 0.05), (2e-3, 0.05), (2.5e-3, 0.0), (2e-3, 0.1), (2e-3, 0.02))}  # fmt: skip
+FISHER_EXAMPLES = 64  # of the reference's 4096: each costs a backward pass per class (10) through Lite0 at 96 px
 PAPER = {"greedy": 81.03, "uniform": 79.97, "best single ingredient": 80.39}  # CLIP ViT-B/32 on ImageNet (Wortsman et al.)
 
 
@@ -175,13 +200,21 @@ def digits(scratch: Path, epochs: int) -> list[dict]:
         rows.append({"method": method, "soup": "best single ingredient", "test_acc": singles[chosen],
                      "chosen": chosen, "singles": singles, "singles_val": on_val})  # fmt: skip
         rows.append({"method": method, "soup": "best single ingredient on test (oracle)", "test_acc": max(singles)})
-        recipes = {"uniform": ("uniform", {}), "greedy": ("greedy", {}), "ties": ("ties", {"scale": "auto"}),
-                   "task-arithmetic": ("task-arithmetic", {"scale": "auto"})}  # fmt: skip
-        for label, (name, options) in recipes.items():
-            out = scratch / f"{method}-{label}.safetensors"
-            summary = make_soup(runs, out, create_recipe(name, options), data="digits", split="val")
+        two, best = runs[:2], [runs[chosen]]  # Model Stock's setting: two fine-tunes (seeds 0 and 1) of one start
+        recipes = {"uniform": ("uniform", {}, runs), "greedy": ("greedy", {}, runs),
+                   "ties": ("ties", {"scale": "auto"}, runs),
+                   "task-arithmetic": ("task-arithmetic", {"scale": "auto"}, runs),
+                   "model-stock": ("model-stock", {}, runs), f"fisher ({FISHER_EXAMPLES} examples each)":
+                   ("fisher", {"examples": FISHER_EXAMPLES}, runs),
+                   "uniform of two": ("uniform", {}, two), "model-stock of two": ("model-stock", {}, two),
+                   "slerp of two": ("slerp", {"scale": "auto"}, two),
+                   "wise-ft of the best single": ("wise-ft", {"scale": "auto"}, best)}  # fmt: skip
+        for label, (name, options, ingredients) in recipes.items():
+            out = scratch / f"{method}-{label.split()[0]}-{len(ingredients)}.safetensors"
+            recipe = create_recipe(name, options)
+            summary = make_soup(ingredients, out, recipe, data="digits", split="train" if name == "fisher" else "val")
             rows.append({"method": method, "soup": label, "test_acc": evaluate_checkpoint(out, split="test").accuracy,
-                         "kind": summary.kind, "scale": summary.scale,
+                         "kind": summary.kind, "scale": summary.scale, "seconds": summary.seconds,
                          "added": [s.added for s in summary.greedy_steps]})  # fmt: skip
             print(rows[-1], flush=True)
     rows += [{"method": "paper: CLIP ViT-B/32, ImageNet", "soup": soup, "test_acc": acc / 100} for soup, acc in PAPER.items()]
@@ -237,7 +270,8 @@ def digits_report(epochs: int) -> None:
          ("test acc", lambda r: f"{100 * r['test_acc']:.2f}"),
          ("what was souped", lambda r: r.get("kind", "") or ""),
          ("scale", lambda r: f"{r['scale']:g}" if r.get("scale") is not None else ""),
-         ("ingredients added", lambda r: str(sum(r["added"])) if r.get("added") else "")],  # fmt: skip
+         ("ingredients added", lambda r: str(sum(r["added"])) if r.get("added") else ""),
+         ("soup seconds", lambda r: f"{r['seconds']:.0f}" if r.get("seconds") is not None else "")],  # fmt: skip
     )
 
 
