@@ -99,7 +99,12 @@ def resolve_backbone(name: str) -> BackboneSource:
     folder = _hub_folder(name)
     if folder is None:
         if not timm.is_model(name):
-            raise AdaptError(f"unknown backbone {name!r}: not a timm model name (see timm.list_models()), "
+            import difflib
+
+            architecture = name.partition(".")[0]  # a pretrained tag (vit_base_patch16_224.augreg_in21k) is kept
+            near = difflib.get_close_matches(architecture, timm.list_models(), n=1, cutoff=0.8)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise AdaptError(f"unknown backbone {name!r}{hint}: not a timm model name (see timm.list_models()), "
                              "local-dir:FOLDER or hf-hub:ORG/NAME")  # fmt: skip
         cfg = get_pretrained_cfg(name)
         return BackboneSource(name, name, cfg.to_dict() if cfg is not None else {}, None)
@@ -162,6 +167,51 @@ VIT_B16_IN21K_NAMES = {"ViT-B_16.npz": "vit_base_patch16_224.orig_in21k",
                        "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz": "vit_base_patch16_224.augreg_in21k"}
 
 
+def check_npz(path: str) -> None:
+    """Every member of an .npz by its header alone, before anything is read: numbers (not text or objects), and no
+    more values than the member's bytes hold (a header may claim 10^12)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = reader(member)
+                    header = member.tell()
+                name = info.filename.removesuffix(".npy")
+                if dtype.kind not in "biuf":
+                    raise AdaptError(f"{path}: member '{name}' holds {dtype} values, not numbers")
+                claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if claimed > info.file_size - header:
+                    raise AdaptError(f"{path}: member '{name}' claims shape {tuple(shape)} ({claimed:,} bytes) but holds "
+                                     f"{info.file_size - header:,} bytes")  # fmt: skip
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise AdaptError(f"{path} is not a readable .npz archive: {str(error).splitlines()[0] if str(error) else error}") from None
+
+
+class _ExactCopies(torch.overrides.TorchFunctionMode):
+    """While timm's npz loader runs: a copy into a parameter must bring as many values as it has (a 1-element
+    LayerNorm scale would otherwise be broadcast over every channel by `param.copy_`)."""
+
+    def __init__(self, model: nn.Module, path: str):
+        super().__init__()
+        self.names = {id(p): n for n, p in model.named_parameters()} | {id(b): n for n, b in model.named_buffers()}
+        self.path = path
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], torch.Tensor) and id(args[0]) in self.names:
+            if args[0].numel() != args[1].numel():
+                raise AdaptError(f"{self.path} holds {tuple(args[1].shape)} values for '{self.names[id(args[0])]}', "
+                                 f"whose shape is {tuple(args[0].shape)}")  # fmt: skip
+        return func(*args, **(kwargs or {}))
+
+
 def load_npz(model: nn.Module, path: str) -> str:
     """Load an official Google JAX/Flax ViT checkpoint (.npz) through timm's own loader, into a timm
     ViT; returns the start line's note."""
@@ -169,9 +219,11 @@ def load_npz(model: nn.Module, path: str) -> str:
 
     if not hasattr(model, "load_pretrained"):
         raise AdaptError(f"{path} is a JAX .npz checkpoint; timm loads these into ViTs only, not {type(model).__name__}")
+    check_npz(path)
     try:
-        model.load_pretrained(path)
-    except (KeyError, ValueError, OSError, RuntimeError, zipfile.BadZipFile) as error:
+        with _ExactCopies(model, path):
+            model.load_pretrained(path)
+    except (KeyError, ValueError, OSError, RuntimeError, TypeError, zipfile.BadZipFile) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AdaptError(f"{path} does not load as a ViT .npz checkpoint into this model: {first}") from None
     same = VIT_B16_IN21K_NAMES.get(Path(path).name)

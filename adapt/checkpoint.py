@@ -92,7 +92,7 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # torch's: the file shrank under its map
         raise AdaptError(f"{path} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
     return tensors, metadata
 

@@ -43,7 +43,8 @@ def describe(path: str | Path) -> Description:
     if path.suffix == ".jsonl":
         from adapt.config import read_text_file
 
-        rows = [json.loads(line) for line in read_text_file(path).splitlines() if line.strip()]
+        lines = read_text_file(path).splitlines()
+        rows = [_parsed(line, f"{path} line {n}", mapping=False) for n, line in enumerate(lines, 1) if line.strip()]
         return Description(str(path), "a run's per-epoch metrics (one JSON line per epoch)", {"epochs": len(rows),
                            "last": rows[-1] if rows else None})  # fmt: skip
     if path.suffix in (".yaml", ".yml"):
@@ -66,7 +67,7 @@ def _describe_folder(folder: Path) -> Description:
 def _describe_peft(folder: Path) -> Description:
     from adapt.config import read_text_file
 
-    config = json.loads(read_text_file(folder / "adapter_config.json"))
+    config = _parsed(read_text_file(folder / "adapter_config.json"), str(folder / "adapter_config.json"))
     fields: dict[str, Any] = {
         "peft": {k: config.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save")},
         "base model": config.get("base_model_name_or_path"),
@@ -74,7 +75,8 @@ def _describe_peft(folder: Path) -> Description:
     if (folder / "adapt.json").is_file():
         from adapt.checkpoint import CheckpointMeta
 
-        meta = CheckpointMeta.from_json(json.loads(read_text_file(folder / "adapt.json")), str(folder / "adapt.json"))
+        meta = CheckpointMeta.from_json(_parsed(read_text_file(folder / "adapt.json"), str(folder / "adapt.json")),
+                                        str(folder / "adapt.json"))  # fmt: skip
         fields.update(_checkpoint_fields(meta))
     return Description(str(folder), "peft LoRA adapter folder (PeftModel.from_pretrained loads it)", fields)
 
@@ -95,17 +97,20 @@ def _describe_safetensors(path: Path) -> Description:
             kind = "soup of adapters" if soup else ("continual task checkpoint" if meta.head else "adapter checkpoint")
         return Description(str(path), kind, fields)
     if "soup" in metadata:
-        return Description(str(path), "soup of plain state dicts", {"soup": json.loads(metadata["soup"]), **counts})
+        soup = _parsed(metadata["soup"], f"{path}: metadata 'soup'")
+        return Description(str(path), "soup of plain state dicts", {"soup": soup, **counts})
     if SENSITIVITY_KEY in metadata:
         keep = ("backbone", "backbone_weights", "data", "image_size", "batches", "batch_size", "seed", "sample", "drop_path")
         return Description(str(path), "SPT sensitivity scores (adapt allocate reads them)",
                            {**{k: metadata[k] for k in keep if k in metadata}, "scored tensors": len(tensors)})  # fmt: skip
     if PERCEPTUAL_KEY in metadata:
-        record = json.loads(metadata[PERCEPTUAL_KEY])
+        record = _parsed(metadata[PERCEPTUAL_KEY], f"{path}: metadata '{PERCEPTUAL_KEY}'")
         return Description(str(path), "perceptual-init backbone: a plain timm state dict (use with --weights)",
                            {"backbone": metadata.get("backbone"), **record, **counts})  # fmt: skip
     if {"run", "epoch", "optimizer"} <= set(metadata):
-        run = json.loads(metadata["run"])
+        run = _parsed(metadata["run"], f"{path}: metadata 'run'")
+        if not metadata["epoch"].isdigit():
+            raise AdaptError(f"{path}: metadata 'epoch' is not a whole number ({metadata['epoch'][:40]!r})")
         return Description(str(path), f"training state after epoch {metadata['epoch']} (tune --resume reads it)",
                            {"run": run, "epochs finished": int(metadata["epoch"])})  # fmt: skip
     return Description(str(path), "a safetensors file adapt did not write (no adapt metadata)", counts)
@@ -140,21 +145,38 @@ def _checkpoint_fields(meta: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _parsed(text: str, where: str, mapping: bool = True) -> Any:
+    """JSON text (a mapping unless `mapping` is False), or one line naming `where` it is not."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise AdaptError(f"{where} is not valid JSON") from None
+    if mapping and not isinstance(value, dict):
+        raise AdaptError(f"{where} is not a JSON object (a mapping of name: value) but {type(value).__name__}")
+    return value
+
+
+SUMMARY_TYPES = {"test_acc": (int, float), "history": list, "trainable_params": int, "total_params": int}
+
+
 def _describe_json(path: Path) -> Description:
     from adapt.config import read_text_file
 
-    try:
-        data = json.loads(read_text_file(path))
-    except (json.JSONDecodeError, RecursionError):
-        raise AdaptError(f"{path} is not valid JSON") from None
+    data = _parsed(read_text_file(path), str(path), mapping=False)
     if isinstance(data, dict):
         if {"budget", "rank", "structured", "unstructured"} <= set(data):
+            from adapt.methods.spt.allocation import Allocation
+
+            allocation = Allocation.load(path)  # every field checked
             return Description(str(path), "SPT allocation (adapt tune --method spt --allocation FILE reads it)",
                                {k: data[k] for k in ("budget", "rank", "structured_module", "adapter_form", "rule") if k in data}
-                               | {"structured": len(data["structured"]), "sparse": len(data["unstructured"]),
-                                  "vectors": len(data["vectors"])})  # fmt: skip
+                               | {"structured": len(allocation.structured), "sparse": len(allocation.unstructured),
+                                  "vectors": len(allocation.vectors)})  # fmt: skip
         if {"test_acc", "run", "history"} <= set(data):
-            return Description(str(path), "a finished run's summary", {k: data[k] for k in ("test_acc", "test_split",
+            for key, kind in SUMMARY_TYPES.items():
+                if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+                    raise AdaptError(f"{path}: '{key}' is {type(data[key]).__name__}, not what a run's summary holds")
+            return Description(str(path), "a finished run's summary", {k: data.get(k) for k in ("test_acc", "test_split",
                                "trainable_params", "total_params", "run")} | {"epochs": len(data["history"])})  # fmt: skip
         if {"matrix", "tasks", "setup"} <= set(data):
             return Description(str(path), "a continual run's results (accuracy matrix and metrics)", data)

@@ -1,6 +1,6 @@
 """Where a run computes: accelerate's Accelerator, made fresh per run, and which process writes.
 
-Below both training (adapt.train) and evaluation (adapt.evaluate), so neither imports the other for it.
+Below both training (adapt.train) and evaluation (adapt.evaluation), so neither imports the other for it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import re
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,7 +65,10 @@ class _Cache:
                                   identity[:1]).fetchone()  # fmt: skip
         except sqlite3.Error:
             return None
-        return row[-1] if row is not None and tuple(row[:-1]) == identity[1:] else None
+        if row is None or tuple(row[:-1]) != identity[1:]:
+            return None
+        digest = row[-1]  # a row another program (or a broken write) made may hold anything: then hash anew
+        return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
     def put(self, identity: tuple, digest: str) -> None:
         if self.db is None:

@@ -122,6 +122,53 @@ def check_run_folder(
         remove_owned(out / name)
 
 
+def remove_stale_temps(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files an atomic write of one of `names` leaves when its process is killed
+    (`.NAME.XXXXXXXX.tmp`, adapt.checkpoint.write_atomic's); call it under the folder's lock, when resuming.
+    Returns what was removed."""
+    import re
+
+    pattern = re.compile(r"\.(" + "|".join(re.escape(n) for n in names if "*" not in n) + r")\.[A-Za-z0-9_]{8}\.tmp")
+    removed = [path for path in folder.glob(".*.tmp") if path.is_file() and pattern.fullmatch(path.name)]
+    for path in removed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return removed
+
+
+SCRATCH_OWNER = "owner.pid"
+
+
+@contextlib.contextmanager
+def scratch_folder(output: str | Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder beside `output` (the same disk; made if missing), removed afterwards. One that a killed
+    command left (its owner process gone, as its owner.pid says) is removed by the next command here."""
+    import tempfile
+
+    folder = Path(output).expanduser().resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{prefix}*"):
+        try:
+            pid = int((stale / SCRATCH_OWNER).read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            continue  # not ours (no owner file): never touched
+        if not _alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=folder) as scratch:
+        (Path(scratch) / SCRATCH_OWNER).write_text(str(os.getpid()), encoding="ascii")
+        yield Path(scratch)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def remove_owned(path: Path) -> None:
     """Remove a file or folder that adapt wrote (a run file, a task folder of a continual run)."""
     if path.is_dir() and not path.is_symlink():

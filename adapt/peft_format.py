@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,18 @@ from adapt.methods.lora import ADAPTER, LoRA
 from adapt.outputs import check_owned_folder, exclusive_lock, remove_owned, writing_file
 
 META_FILE = "adapt.json"
-PEFT_LOADER = """import adapt  # first: it makes timm importable beside a CPU-only torch (not needed otherwise)
+PEFT_LOADER = """from pathlib import Path
+
+import adapt  # first: it makes timm importable beside a CPU-only torch (not needed otherwise)
 import timm
 from peft import PeftModel
 
-base = timm.create_model("local-dir:{folder}/base", pretrained=True)
-model = PeftModel.from_pretrained(base, "{folder}")
+# adapter_config.json's base_model_name_or_path is "base": the folder base/ beside it, a timm hub folder of the
+# backbone these weights were trained on. peft does not resolve it (it puts the adapter on the model you give),
+# so timm builds the base from that folder: nothing is looked up on the network, from any working directory.
+folder = Path("{folder}")  # this folder, wherever it is now
+base = timm.create_model(f"local-dir:{{folder / 'base'}}", pretrained=True)
+model = PeftModel.from_pretrained(base, str(folder))
 """
 BASE_FOLDER = "base"
 PEFT_PREFIX = "base_model.model."
@@ -101,12 +106,12 @@ def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None
             _copy_trainable(peft_model, adapted.method.trainable_state(adapted.model))
             # relative to the folder, so that it still names the base once the folder is moved or uploaded
             peft_model.peft_config[ADAPTER].base_model_name_or_path = BASE_FOLDER
-            with warnings.catch_warnings():  # peft looks for the base's config; it is still in staging
-                warnings.filterwarnings("ignore", message="Could not find a config file")
-                peft_model.save_pretrained(staging)
+            # no embedding layers here: without "auto", peft does not look the base's config.json up (on the Hub,
+            # or relative to the working directory)
+            peft_model.save_pretrained(staging, save_embedding_layers=False)
             write_json_atomic(staging / META_FILE, meta.to_json())
             trained = adapted.parameter_counts()[0]
-            (staging / "README.md").write_text(model_card(meta, trained, PEFT_LOADER.format(folder=out_dir), "peft", command))
+            (staging / "README.md").write_text(model_card(meta, trained, PEFT_LOADER.format(folder=out_dir.resolve()), "peft", command))
             for child in staging.iterdir():
                 if (out_dir / child.name).exists():
                     remove_owned(out_dir / child.name)  # an earlier export's (checked above)

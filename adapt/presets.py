@@ -51,6 +51,17 @@ class Preset:
 
         return weights_note(self.name, self.weights, weights, option) if self.weights else None
 
+    def missing_task_note(self, task: str | None) -> str | None:
+        """A line when the preset has per-task values but none for `task` (None: data that is not a VTAB-1k task):
+        which options then hold values that are not the paper's for it."""
+        if not self.per_task or task in self.per_task:
+            return None
+        keys = sorted({key for values in self.per_task.values() for key in values})
+        used = ", ".join(f"{key} {self.values[key]!r} (shared)" if key in self.values else f"{key} (adapt's default)"
+                         for key in keys)  # fmt: skip
+        what = f"task {task!r}" if task else "this data (not a VTAB-1k task)"
+        return f"preset {self.name} has no per-task values for {what}: {used}, not the paper's for it"
+
     def values_for(self, task: str | None = None) -> dict[str, Any]:
         """The options for one VTAB-1k task (its own values over the shared ones), or the shared ones."""
         return {**self.values, **(self.per_task.get(task, {}) if task else {})}

@@ -33,7 +33,7 @@ from adapt.data import DataSplits
 from adapt.data.global_batches import GlobalBatchSampler, per_process_batch
 from adapt.devices import precision_accelerator
 from adapt.errors import AdaptError, term
-from adapt.evaluate import NonFiniteOutput, accuracy
+from adapt.evaluation import NonFiniteOutput, accuracy
 from adapt.methods.norms import statistics_kept
 from adapt.optimization import optimizer_and_schedule
 from adapt.progress import Steps
@@ -127,7 +127,7 @@ class Trainer:
     def __init__(self, adapted: AdaptedModel, data: DataSplits, config: TrainConfig, out_dir: str | Path,
                  loss: Objective | None = None):  # fmt: skip
         """`loss(logits, images, labels)` is the objective (default: cross-entropy); continual
-        learners bring their own (adapt.continual.learners)."""
+        learners bring their own (adapt.continual_learning.learners)."""
         self.adapted = adapted
         self.loss = loss or functools.partial(classification_loss, smoothing=config.label_smoothing)
         self.data = data
@@ -176,7 +176,8 @@ class Trainer:
         save_train_state(self.out_dir / STATE_FILE, adapted.method.trainable_state(adapted.model), optimizer, scheduler,
                          self.run_identity(), epoch, [asdict(h) for h in history])  # fmt: skip
         training = {"data": self.data.spec, "epoch": epoch, "epochs": self.config.total_epochs, "seed": self.config.seed,
-                    "eval_acc": history[-1].eval_acc, "eval_split": history[-1].eval_split}  # fmt: skip
+                    "eval_acc": history[-1].eval_acc, "eval_split": history[-1].eval_split,
+                    **({"limit": self.data.limit} if self.data.limit is not None else {})}  # fmt: skip
         adapted.save(self.out_dir / ADAPTER_FILE, training)
         write_text_atomic(self.out_dir / METRICS_FILE, "".join(json.dumps(asdict(h)) + "\n" for h in history))
 

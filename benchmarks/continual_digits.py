@@ -4,7 +4,7 @@ Digits (embedded Lite0) in 5 tasks of 2 classes (class order from the seed), hea
 {linear, cosine, language} x learners {naive, replay, lwf, icarl, prototype}, 3 seeds. The
 learners that train use SSF; `prototype` trains nothing and uses the frozen backbone
 (method linear). Replay and iCaRL keep 200 exemplars (herding). Metrics as defined in
-adapt.continual.metrics, in percent.
+adapt.continual_learning.metrics, in percent.
 
     python benchmarks/continual_digits.py [--epochs 3] [--image-size 64] [--seeds 0,1,2]
     python benchmarks/continual_digits.py --report-only   # the table again from the saved JSON
@@ -20,7 +20,7 @@ import tempfile
 import time
 
 import adapt  # noqa: F401  (first: torchvision compat)
-from adapt.continual import ContinualRun, class_incremental
+from adapt.continual_learning import ContinualRun, class_incremental
 from adapt.train import TrainConfig
 from measure import mean_std
 from report import RESULTS, percent_mean_std, write_report

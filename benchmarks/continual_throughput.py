@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import adapt  # noqa: F401  (first: torchvision compat)
-from adapt.continual import ContinualRun, class_incremental
+from adapt.continual_learning import ContinualRun, class_incremental
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 from report import write_report
 
 LEARNERS = {"naive": {}, "replay": {"memory": 200}, "lwf": {}, "icarl": {"memory": 200}}

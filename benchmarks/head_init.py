@@ -19,7 +19,7 @@ from pathlib import Path
 import adapt  # noqa: F401  (first: torchvision compat)
 from adapt.train import TrainConfig
 from adapt.train_config import HEAD_INITS
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 from measure import mean_std
 from report import write_report
 

@@ -27,9 +27,9 @@ import torch
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
-from adapt.merge.reparam import merge_adapted
+from adapt.merging.reparam import merge_adapted
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 from measure import interleaved_latency, mean_std, mean_step_seconds, training_cost
 from report import percent_mean_std, write_report
 

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 
 from adapt.adapted import AdaptedModel
-from adapt.merge.reparam import peak_extra_bytes
+from adapt.merging.reparam import peak_extra_bytes
 from adapt.methods.norms import statistics_kept
 from adapt.train import FitResult
 

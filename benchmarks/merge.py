@@ -23,7 +23,7 @@ import torch
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
-from adapt.merge.reparam import merge_adapted
+from adapt.merging.reparam import merge_adapted
 from measure import interleaved_latency
 from report import write_report
 

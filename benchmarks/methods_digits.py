@@ -35,7 +35,7 @@ from adapt.adapted import AdaptedModel
 from adapt.methods.lean import LeanBatchNorm, without_lean_layers
 from adapt.methods.mixins import with_mixin
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, prepare, tune
+from adapt.tuning import TuneJob, prepare, tune
 from measure import interleaved_training_cost, mean_std, training_cost
 from report import percent_mean_std, write_report
 

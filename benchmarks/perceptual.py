@@ -37,7 +37,7 @@ from adapt.backbones import EMBEDDED_WEIGHTS, RANDOM_WEIGHTS
 from adapt.data.triplets import make_fixture
 from adapt.perceptual import perceptual_init
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 from measure import mean_std
 from report import percent_mean_std, write_report
 

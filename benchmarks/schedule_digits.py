@@ -20,7 +20,7 @@ from pathlib import Path
 import adapt  # noqa: F401  (first: torchvision compat)
 from adapt.train import TrainConfig
 from adapt.train_config import LR_STEPPING
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 from measure import mean_std
 from report import percent_mean_std, write_report
 

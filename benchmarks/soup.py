@@ -52,7 +52,7 @@ CHILD = r"""
 import json, sys, threading, time
 import adapt, torch
 from safetensors.torch import load_file, save_file
-from adapt.merge.soup import stream_soup
+from adapt.merging.soup import stream_soup
 
 def status():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -85,8 +85,8 @@ elif approach in ("adapt", "adapt (again)"):
     stream_soup(paths, out, overwrite=True)
 elif approach.startswith("adapt "):  # a recipe: the base and the Fisher files sit beside the checkpoints
     from pathlib import Path
-    from adapt.merge.recipes import create_recipe
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.recipes import create_recipe
+    from adapt.merging.tensors import TensorFile
     name = approach.split(" ", 1)[1]
     recipe = create_recipe(name, {})
     folder = Path(paths[0]).parent
@@ -177,11 +177,11 @@ PAPER = {"greedy": 81.03, "uniform": 79.97, "best single ingredient": 80.39}  # 
 
 
 def digits(scratch: Path, epochs: int) -> list[dict]:
-    from adapt.evaluate import evaluate_checkpoint
-    from adapt.merge.adapter_soup import make_soup
-    from adapt.merge.recipes import create_recipe
+    from adapt.evaluation import evaluate_checkpoint
+    from adapt.merging.adapter_soup import make_soup
+    from adapt.merging.recipes import create_recipe
     from adapt.train import TrainConfig
-    from adapt.tune import TuneJob, tune
+    from adapt.tuning import TuneJob, tune
 
     tune(TuneJob(method="linear"), TrainConfig(epochs=epochs, seed=0), scratch / "probe")
     probe = scratch / "probe" / "adapter.safetensors"
@@ -214,7 +214,7 @@ def digits(scratch: Path, epochs: int) -> list[dict]:
             recipe = create_recipe(name, options)
             summary = make_soup(ingredients, out, recipe, data="digits", split="train" if name == "fisher" else "val")
             rows.append({"method": method, "soup": label, "test_acc": evaluate_checkpoint(out, split="test").accuracy,
-                         "kind": summary.kind, "scale": summary.scale, "seconds": summary.seconds,
+                         "kind": summary.kind, "scale": summary.scale,
                          "added": [s.added for s in summary.greedy_steps]})  # fmt: skip
             print(rows[-1], flush=True)
     rows += [{"method": "paper: CLIP ViT-B/32, ImageNet", "soup": soup, "test_acc": acc / 100} for soup, acc in PAPER.items()]
@@ -270,8 +270,7 @@ def digits_report(epochs: int) -> None:
          ("test acc", lambda r: f"{100 * r['test_acc']:.2f}"),
          ("what was souped", lambda r: r.get("kind", "") or ""),
          ("scale", lambda r: f"{r['scale']:g}" if r.get("scale") is not None else ""),
-         ("ingredients added", lambda r: str(sum(r["added"])) if r.get("added") else ""),
-         ("soup seconds", lambda r: f"{r['seconds']:.0f}" if r.get("seconds") is not None else "")],  # fmt: skip
+         ("ingredients added", lambda r: str(sum(r["added"])) if r.get("added") else "")],  # fmt: skip
     )
 
 

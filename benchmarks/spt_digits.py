@@ -39,7 +39,7 @@ from adapt.adapted import AdaptedModel
 from adapt.data import load_data
 from adapt.methods.spt.sensitivity import task_sensitivity
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, prepare, tune
+from adapt.tuning import TuneJob, prepare, tune
 from measure import interleaved_training_cost, mean_std
 from report import percent_mean_std, write_report
 

@@ -1,34 +1,49 @@
-"""Heads x learners on class-incremental digits (5 tasks of 2 classes), over seeds.
+"""A continual-learning study in Python: heads x learners on class-incremental digits (5 tasks of 2 classes),
+over seeds, with each seed's numbers and their mean and spread.
 
-    python examples/continual_digits.py [--epochs 3] [--seeds 0,1,2]
+    python examples/continual_digits.py [--epochs 3] [--seeds 0,1,2] [--out runs/continual_digits]
+
+Each run gets its own folder (OUT/HEAD-LEARNER-seedS): a second call resumes nothing and refuses an existing
+run unless --overwrite. The seed sets both the class order and the training seed, as `adapt continual --seed`.
 """
 
 import argparse
 import statistics
 
-from adapt.continual import ContinualRun, class_incremental
-from adapt.train import TrainConfig
+import adapt
 
-parser = argparse.ArgumentParser()
+LEARNERS = {"naive": {}, "replay": {"memory": 200}, "lwf": {}, "icarl": {"memory": 200}, "prototype": {}}
+METRICS = ("average_incremental_accuracy", "last_accuracy", "forgetting")
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--seeds", default="0,1,2")
+parser.add_argument("--heads", default="linear,cosine,language")
+parser.add_argument("--learners", default=",".join(LEARNERS))
+parser.add_argument("--image-size", type=int, default=None, help="smaller is faster (default: the backbone's 96 px)")
+parser.add_argument("--limit", type=int, default=None, help="at most this many images per split (a quick look)")
+parser.add_argument("--out", default="runs/continual_digits")
+parser.add_argument("--overwrite", action="store_true")
 args = parser.parse_args()
-seeds = [int(s) for s in args.seeds.split(",")]
-learners = {"naive": {}, "replay": {"memory": 200}, "lwf": {}, "icarl": {"memory": 200}, "prototype": {}}
 
-results = {}
-for seed in seeds:
-    scenario = class_incremental("digits", initial=2, increment=2, seed=seed)
-    for head in ("linear", "cosine", "language"):
-        for learner, options in learners.items():
+results: dict[tuple[str, str], dict[int, object]] = {}
+for seed in [int(s) for s in args.seeds.split(",")]:
+    for head in args.heads.split(","):
+        for learner in args.learners.split(","):
             method = "linear" if learner == "prototype" else "ssf"  # prototype trains nothing: a frozen backbone
-            run = ContinualRun(method=method, head=head, learner=learner, learner_options=options,
-                               train=TrainConfig(epochs=args.epochs, seed=seed),
-                               out_dir=f"runs/continual_digits/{head}-{learner}-{seed}", overwrite=True)
-            results.setdefault((head, learner), []).append(run.fit(scenario).metrics)
+            result = adapt.continual(f"{args.out}/{head}-{learner}-seed{seed}", head=head, learner=learner,
+                                     learner_options=LEARNERS[learner], method=method, seed=seed, epochs=args.epochs,
+                                     image_size=args.image_size, limit=args.limit, overwrite=args.overwrite)
+            results.setdefault((head, learner), {})[seed] = result.metrics
 
-print(f"{'head':10}{'learner':11}{'avg inc acc':>13}{'last acc':>10}{'forgetting':>12}")
-for (head, learner), metrics in results.items():
-    mean = lambda key: 100 * statistics.mean(getattr(m, key) for m in metrics)  # noqa: E731
-    print(f"{head:10}{learner:11}{mean('average_incremental_accuracy'):12.1f}%{mean('last_accuracy'):9.1f}%"
-          f"{mean('forgetting'):11.1f}%")
+print(f"{'head':10}{'learner':11}{'seed':>6}" + "".join(f"{name.replace('_', ' '):>30}" for name in METRICS))
+for (head, learner), by_seed in results.items():
+    for seed, metrics in by_seed.items():
+        values = [100 * getattr(metrics, name) for name in METRICS]
+        print(f"{head:10}{learner:11}{seed:>6}" + "".join(f"{v:29.1f}%" for v in values))
+    summary = []
+    for name in METRICS:
+        values = [100 * getattr(m, name) for m in by_seed.values()]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(f"{statistics.mean(values):20.1f} ± {spread:4.1f} pts")
+    print(f"{head:10}{learner:11}{'mean':>6}" + "".join(f"{s:>30}" for s in summary))

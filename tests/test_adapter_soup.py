@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from adapt import AdaptError
 from adapt.adapted import AdaptedModel
-from adapt.merge.adapter_soup import make_soup
-from adapt.merge.recipes import TaskArithmetic, Uniform, Weighted, create_recipe
-from adapt.merge.reparam import merge_adapted
+from adapt.merging.adapter_soup import make_soup
+from adapt.merging.recipes import TaskArithmetic, Uniform, Weighted, create_recipe
+from adapt.merging.reparam import merge_adapted
 
 TOLERANCE = 1e-5
 CLASSES = ["a", "b", "c"]
@@ -45,7 +45,7 @@ def test_a_lora_soup_is_the_mean_of_the_merged_models(loras, tmp_path):
     summary = make_soup(loras, tmp_path / "soup.safetensors", Uniform())
     soup, states = load_file(tmp_path / "soup.safetensors"), [merged_state(p) for p in loras]
     assert summary.kind == "folded adapters" and set(soup) == set(states[0])
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.tensors import TensorFile
 
     record = json.loads(TensorFile(tmp_path / "soup.safetensors").metadata["soup"])  # the user's files, not the folded ones
     assert [i["path"] for i in record["ingredients"]] == [str(p) for p in loras] and "base" not in record

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,36 @@ def test_a_google_npz_checkpoint_gives_the_logits_of_the_same_weights_from_safet
     assert "timm's npz loader" in info.notes[0] and "vit_base_patch16_224.orig_in21k" in info.notes[0]
     with pytest.raises(AdaptError, match="timm loads these into ViTs only"):
         create_backbone("tf_efficientnet_lite0", str(tmp_path / "ViT-B_16.npz"), 5, 64)
+
+
+@pytest.mark.parametrize("fault, phrase", [
+    ("one-element scale", "holds (1,) values for 'blocks.0.norm1.weight', whose shape is (64,)"),
+    ("text member", "member 'Transformer/encoder_norm/scale' holds <U5 values, not numbers"),
+    ("huge header", "member 'huge' claims shape (1000000, 1000000)"),
+])  # fmt: skip
+def test_a_hostile_npz_is_refused_by_name_before_it_is_read(tmp_path, fault, phrase):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from adapt.backbones import create_backbone
+
+    source, _ = create_backbone("test_vit", "random", 5, None, seed=3)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    path = tmp_path / "ViT-B_16.npz"
+    _as_google_npz(state, source.blocks[0].attn.num_heads, path)
+    arrays = dict(np.load(path))
+    if fault == "one-element scale":
+        arrays["Transformer/encoderblock_0/LayerNorm_0/scale"] = np.array([7.0], dtype=np.float32)
+    elif fault == "text member":
+        arrays["Transformer/encoder_norm/scale"] = np.array(["hello"])
+    np.savez(path, **arrays)
+    if fault == "huge header":
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("huge.npy", header.getvalue() + b"\0" * 64)
+    assert state["blocks.0.norm1.weight"].shape == (64,)
+    with pytest.raises(AdaptError, match=re.escape(phrase)):
+        create_backbone("test_vit", str(path), 5, None, seed=0)

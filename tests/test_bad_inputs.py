@@ -352,6 +352,9 @@ CASES = [
     C(f"eval {CKPT} --out {W}/merged.safetensors", "exists; pass --overwrite"),
     # backbones and weights
     C(f"tune --backbone resnet_9000 {T}", "unknown backbone"),
+    C(f"tune --backbone resnet181 {T}", "unknown backbone 'resnet181' (did you mean 'resnet18'?)"),
+    C(f"soup {SOUP}/a.safetensors {SOUP}/b.safetensors --recipe task-arithmetic --base pre.safetensors "
+      f"--out {W}/s.safetensors", "--base pre.safetensors: no such file"),
     C(f"tune --backbone test_vit {T}", "--weights random"),
     C(f"tune --backbone local-dir:{W}/nope {T}", "config.json not found"),
     C(f"tune --backbone local-dir: {T}", "say which folder"),
@@ -776,7 +779,7 @@ def test_ctrl_c_in_tune_says_how_to_continue(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("adapt.tune.tune", interrupted)
+    monkeypatch.setattr("adapt.tuning.tune", interrupted)
     result = invoke(["tune", *QUICK, "--out", tmp_path / "my run"])
     assert result.exit_code == 130 and result.stderr.count("\n") == 1
     assert result.stderr.strip().endswith(f"Continue with: adapt tune --out '{tmp_path / 'my run'}' --resume")

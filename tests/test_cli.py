@@ -79,7 +79,7 @@ def test_eval_keeps_one_result_per_checkpoint_and_limit(folder_run, tmp_path, mo
     assert [e["images"] for e in json.loads((tmp_path / "b.eval.json").read_text()).values()] == [18]
     monkeypatch.chdir(tmp_path)  # in the working folder, nothing is written unasked
     result = run("eval", "a.safetensors", "--split", "val", "--limit", "3")
-    assert result.exit_code == 0 and "--out FILE keeps it" in result.output
+    assert result.exit_code == 0 and "--out FILE writes them" in result.output
     assert not (tmp_path / "eval.json").exists() and len(json.loads((tmp_path / "a.eval.json").read_text())) == 2
 
 
@@ -178,7 +178,7 @@ def test_the_cli_starts_without_torch():
 
 def test_lazy_registries_name_their_classes():
     from adapt.heads import HEADS
-    from adapt.merge import RECIPES
+    from adapt.merging import RECIPES
     from adapt.methods import METHODS
 
     assert all(METHODS[name].name == name for name in METHODS)
@@ -256,7 +256,7 @@ def test_continual_and_perceptual_init_take_a_config_file(tmp_path):
 def test_methods_and_learners_read_at_80_columns(command):
     import os
 
-    from adapt.continual import LEARNERS
+    from adapt.continual_learning import LEARNERS
     from adapt.methods import METHODS
     from adapt.methods.rows_cache import SHIPPED
 

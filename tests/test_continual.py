@@ -12,12 +12,12 @@ from torch import nn
 from torch.utils.data import ConcatDataset, TensorDataset
 
 from adapt.cli import cli
-from adapt.continual import ContinualMetrics, ContinualRun, ExemplarMemory, class_incremental, herding_order
-from adapt.continual.metrics import seen_accuracies
+from adapt.continual_learning import ContinualMetrics, ContinualRun, ExemplarMemory, class_incremental, herding_order
+from adapt.continual_learning.metrics import seen_accuracies
 from adapt.data import load_data
 from adapt.data.digits import DIGIT_NAMES
 from adapt.errors import AdaptError
-from adapt.evaluate import accuracy
+from adapt.evaluation import accuracy
 from adapt.heads import create_head
 from adapt.devices import make_accelerator
 from adapt.train import TrainConfig
@@ -179,7 +179,7 @@ def test_cli_missing_text_model_is_one_line(tmp_path):
 
 def test_naive_is_pycil_finetune_cross_entropy_on_the_new_classes_only():
     """PyCIL models/finetune.py: F.cross_entropy(logits[:, known:], targets - known) after the first task."""
-    from adapt.continual import create_learner
+    from adapt.continual_learning import create_learner
 
     scenario = class_incremental("digits", initial=4, increment=3, seed=0, image_size=SIZE, limit=60)
     logits = torch.randn(6, 7, requires_grad=True)

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import adapt.file_digests as file_digests
 from adapt.file_digests import PLACEHOLDER, FileDigests, file_records
-from adapt.merge.soup import stream_soup
-from adapt.merge.tensors import StreamingWriter
+from adapt.merging.soup import stream_soup
+from adapt.merging.tensors import StreamingWriter
 
 
 @pytest.fixture

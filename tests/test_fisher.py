@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from adapt.adapted import AdaptedModel
 from adapt.cli import cli
 from adapt.data import load_data
-from adapt.merge.adapter_soup import make_soup
-from adapt.merge.recipes import Fisher
-from adapt.merge.tensors import TensorFile
+from adapt.merging.adapter_soup import make_soup
+from adapt.merging.recipes import Fisher
+from adapt.merging.tensors import TensorFile
 
 EXAMPLES = 12
 TOLERANCE = 1e-5  # relative to the tensor's largest magnitude: our fp32 features against the closed form's
@@ -37,7 +37,7 @@ def close(found: torch.Tensor, expected: torch.Tensor, tolerance: float = TOLERA
 def probes(tmp_path_factory):
     """Two linear probes of Lite0 on digits at 32 px (other seeds and learning rates)."""
     from adapt.train import TrainConfig
-    from adapt.tune import TuneJob, tune
+    from adapt.tuning import TuneJob, tune
 
     out = tmp_path_factory.mktemp("probes")
     for seed, lr in ((0, 1e-2), (1, 3e-2)):
@@ -60,8 +60,8 @@ def closed_form_fisher(path, split: str = "train") -> dict[str, torch.Tensor]:
 
 
 def test_the_fisher_of_a_linear_head_is_its_closed_form(probes):
-    from adapt.merge.fisher import fisher_diagonal
-    from adapt.merge.state_model import StateModel
+    from adapt.merging.fisher import fisher_diagonal
+    from adapt.merging.state_model import StateModel
 
     scorer = StateModel.of(probes[0])
     file = TensorFile(probes[0])

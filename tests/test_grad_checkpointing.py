@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.data import load_data
-from adapt.merge.reparam import peak_extra_bytes
+from adapt.merging.reparam import peak_extra_bytes
 from adapt.methods.norms import statistics_kept
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 
 DATA = load_data("digits", 32, (0.5,) * 3, (0.5,) * 3, limit=64)
 

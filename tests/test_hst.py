@@ -14,7 +14,7 @@ from adapt.errors import AdaptError
 from adapt.methods import count_trainable, create_method
 from adapt.methods.hst import HSTConfig, HSTModel, meta_through_block
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 
 OFFICIAL_PARAMS = 772_140  # the official ViT_HSN on ViT-B/16 with 100 classes after freeze_vit(), counted
 LIGHT = {"variant": "light"}

@@ -22,8 +22,8 @@ from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.backbones import RANDOM_WEIGHTS, create_backbone
 from adapt.cli import cli
-from adapt.evaluate import predict_files
-from adapt.merge.reparam import merge_adapted
+from adapt.evaluation import predict_files
+from adapt.merging.reparam import merge_adapted
 from conftest import digit_image
 
 QUICK = ["--image-size", "32", "--epochs", "1", "--batch-size", "16", "--limit", "64"]

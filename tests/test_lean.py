@@ -22,7 +22,7 @@ from adapt.cli import cli
 from adapt.data import load_data
 from adapt.hub import save_hub_folder
 from adapt.kernels.frozen_batchnorm import frozen_batchnorm_act
-from adapt.merge.reparam import AllocationTracker, peak_extra_bytes
+from adapt.merging.reparam import AllocationTracker, peak_extra_bytes
 from adapt.methods import METHODS, create_method, method_rows
 from adapt.methods.lean import LeanResidualBlock, without_lean_layers
 from adapt.methods.mixins import without_mixin
@@ -58,7 +58,7 @@ def test_another_backbone_says_that_it_builds(tmp_path, monkeypatch):
 
 
 def test_evaluation_does_not_import_the_training_loop():
-    code = "import sys, adapt.evaluate; print('adapt.train' in sys.modules)"
+    code = "import sys, adapt.evaluation; print('adapt.train' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
 

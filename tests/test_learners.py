@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from adapt.cli import cli
-from adapt.continual import LEARNERS, ContinualRun, class_incremental, create_learner
-from adapt.continual.learners import FrozenCopy, NearestMeanOfExemplars
-from adapt.continual.losses import distillation, icarl_loss, lwf_loss
+from adapt.continual_learning import LEARNERS, ContinualRun, class_incremental, create_learner
+from adapt.continual_learning.learners import FrozenCopy, NearestMeanOfExemplars
+from adapt.continual_learning.losses import distillation, icarl_loss, lwf_loss
 from adapt.errors import AdaptError
 from adapt.heads import create_head
 from adapt.heads.statistics import FeatureStatistics

@@ -80,6 +80,44 @@ def test_peft_export_loads_in_peft_with_identical_outputs(tmp_path):
         assert torch.equal(peft_model(x), adapted.model.eval()(x))
 
 
+def test_peft_export_loads_from_any_working_directory_without_the_network(tmp_path, monkeypatch):
+    """Export in one folder and load from another, with every network lookup made to fail loudly and peft's
+    offline switch off (so that peft would try): no lookup is made, and the model card's recipe gives our outputs."""
+    import socket
+    import warnings
+
+    import huggingface_hub
+    import peft.utils.other
+    from peft import PeftModel
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"a network lookup was made: {args[:2]}")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for module, name in ((peft.utils.other, "file_exists"), (huggingface_hub, "file_exists"),
+                         (huggingface_hub, "hf_hub_download"), (socket.socket, "connect")):  # fmt: skip
+        monkeypatch.setattr(module, name, no_network)
+    adapted, path = _trained_lora_checkpoint(tmp_path)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_peft(path, "exported")
+    assert not [w for w in caught if "fetch" in str(w.message) or "config file" in str(w.message)], caught
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where a folder named base/ does not exist
+    card = (tmp_path / "here" / "exported" / "README.md").read_text()
+    recipe = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "base_model_name_or_path" in card and str(tmp_path / "here" / "exported") in recipe
+    scope: dict = {}
+    exec(recipe, scope)  # the card's own recipe
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(scope["model"].eval()(x), adapted.model.eval()(x))
+    assert isinstance(scope["model"], PeftModel)
+    assert json.loads((tmp_path / "here" / "exported" / "adapter_config.json").read_text())["base_model_name_or_path"] == "base"
+
+
 def test_peft_folder_imports_back(tmp_path):
     adapted, path = _trained_lora_checkpoint(tmp_path)
     folder = export_peft(path, tmp_path / "peft")

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from adapt.adapted import AdaptedModel
 from adapt.data import load_data
 from adapt.kernels import add_low_rank_, fold_batchnorm_, scale_shift_
-from adapt.merge.reparam import AllocationTracker, merge_adapted, peak_extra_bytes, save_merged
+from adapt.merging.reparam import AllocationTracker, merge_adapted, peak_extra_bytes, save_merged
 from adapt.methods import METHODS
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 
 TOLERANCE = 1e-4  # max |logit difference| in fp32
 MERGEABLE = [name for name, cls in METHODS.items() if cls.mergeable]

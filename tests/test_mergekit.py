@@ -185,7 +185,7 @@ def test_hub_folders_dtype_and_the_record(models, tmp_path):
     import json
     import shutil
 
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.tensors import TensorFile
 
     (tmp_path / "hub").mkdir()
     shutil.copy(tmp_path / "b.safetensors", tmp_path / "hub" / "model.safetensors")
@@ -235,7 +235,7 @@ BAD = [  # (config changes, extra flags, phrase)
     ({"merge_method": "linear", "base_model": BASE}, [], "base_model"),
     ({}, ["--recipe", "uniform"], "--recipe does not go with mergekit config"),
     ({}, ["--scale", "2"], "--scale does not go with mergekit config"),
-    ({}, [A], "--ingredients does not go with mergekit config"),
+    ({}, [A], "ingredients do not go with mergekit config"),
     ({"models": [{"model": "{T}/missing.safetensors", "parameters": {"weight": 1}}]}, [], "missing.safetensors"),
 ]
 

@@ -50,7 +50,7 @@ def permuted_copy(source: Path, target: Path, order: list[int]) -> None:
 
 
 def test_a_checkpoint_with_permuted_classes_scores_the_same(ssf_run, tmp_path):
-    from adapt.evaluate import evaluate_checkpoint
+    from adapt.evaluation import evaluate_checkpoint
 
     checkpoint = ssf_run / "adapter.safetensors"
     permuted = tmp_path / "permuted.safetensors"
@@ -63,7 +63,7 @@ def test_a_checkpoint_with_permuted_classes_scores_the_same(ssf_run, tmp_path):
 
 
 def test_a_merged_model_with_permuted_classes_scores_the_same(ssf_run, tmp_path):
-    from adapt.evaluate import evaluate_checkpoint
+    from adapt.evaluation import evaluate_checkpoint
 
     permuted = tmp_path / "permuted.safetensors"
     permuted_copy(ssf_run / "adapter.safetensors", permuted, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
@@ -83,9 +83,9 @@ def test_classes_that_only_partly_match_the_data_are_refused():
 
 
 def test_a_continual_task_checkpoint_evaluates_as_the_run_measured(tmp_path):
-    from adapt.continual import ContinualRun, class_incremental
+    from adapt.continual_learning import ContinualRun, class_incremental
     from adapt.data.digits import DIGIT_NAMES
-    from adapt.evaluate import evaluate_checkpoint
+    from adapt.evaluation import evaluate_checkpoint
     from adapt.train_config import TrainConfig
 
     scenario = class_incremental("digits", initial=4, increment=3, seed=0, image_size=32, limit=300)
@@ -157,7 +157,7 @@ def test_the_python_api_speaks_parameter_names_and_the_cli_flags(ssf_run, tmp_pa
 
 def test_a_run_started_from_python_resumes_from_the_command_line(tmp_path):
     from adapt.train_config import TrainConfig
-    from adapt.tune import TuneJob, tune
+    from adapt.tuning import TuneJob, tune
 
     out = tmp_path / "api"
     job = TuneJob(method="lora", options={"rank": 2}, image_size=32, limit=40)
@@ -238,7 +238,7 @@ def test_nights_votes_as_whole_floats_or_as_shares_are_read(tmp_path):
 def test_a_failed_space_reservation_leaves_no_temporary_file(tmp_path, monkeypatch):
     import errno
 
-    from adapt.merge import tensors as tensor_io
+    from adapt.merging import tensors as tensor_io
 
     def no_room(handle, size):
         raise OSError(errno.EFBIG, "File too large")
@@ -253,7 +253,7 @@ def test_a_failed_space_reservation_leaves_no_temporary_file(tmp_path, monkeypat
 
 
 def test_lora_adapters_of_different_ranks_soup_once_folded(tmp_path):
-    from adapt.evaluate import evaluate_checkpoint
+    from adapt.evaluation import evaluate_checkpoint
 
     for rank in (2, 4):
         ok("tune", "--method", "lora", "--rank", rank, *QUICK, "--out", tmp_path / f"r{rank}")
@@ -299,9 +299,9 @@ def test_export_takes_out_and_overwrite_and_writes_hub_folders(tmp_path, ssf_run
 
 
 def test_every_image_size_goes_through_one_bound():
-    from adapt.continual import class_incremental
+    from adapt.continual_learning import class_incremental
     from adapt.train_config import TrainConfig
-    from adapt.tune import TuneJob, prepare
+    from adapt.tuning import TuneJob, prepare
 
     with pytest.raises(AdaptError, match="image size must be 16 to 1024 px, got 100000"):
         class_incremental("digits", 2, 2, image_size=100000)

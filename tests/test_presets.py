@@ -31,7 +31,7 @@ def test_every_preset_value_goes_through_its_commands_own_checks(name):
     assert set(preset.per_task) <= set(TASKS)
     assert set(preset.values) | {k for row in preset.per_task.values() for k in row} <= set(preset.sources)
     if preset.command == "soup":
-        from adapt.merge.options import soup_options
+        from adapt.merging.options import soup_options
 
         options, recipe = soup_options({}, None, preset.values)
         assert options.recipe == preset.values["recipe"] and recipe.grid()  # a valid recipe with its λ grid
@@ -99,7 +99,7 @@ def test_soup_with_a_preset_takes_its_recipe_and_yours_win(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.tensors import TensorFile
 
     base = {"w": torch.zeros(4, 4), "b": torch.zeros(4)}
     save_file(base, tmp_path / "base.safetensors")
@@ -303,7 +303,7 @@ def test_an_spt_budget_sweep_runs_each_budget_and_keeps_the_best_on_test(vtab_ro
 
 
 def test_a_sweep_with_periodic_evaluations_keeps_the_budget_whose_best_evaluation_is_highest(tmp_path):
-    from adapt.tune import keep_best
+    from adapt.tuning import keep_best
 
     # as SPT's csv keeps max_accuracy per budget: 0.4M's final epoch is higher, 0.2M's best evaluation is
     chosen = keep_best(tmp_path, "budget", {"0.2M": 0.50, "0.4M": 0.60}, {"0.2M": 0.70, "0.4M": 0.65})
@@ -400,3 +400,16 @@ def test_a_preset_on_weights_it_was_not_published_with_says_so_in_one_line(tmp_p
                  "--epochs", "1", "--limit", "8", "--batch-size", "8", "--out", tmp_path / "run")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.count("note: preset ssf-vtab was published with AugReg ImageNet-21k") == 1
+
+
+def test_a_per_task_preset_says_which_values_are_not_the_papers_for_an_unknown_task():
+    from adapt.presets import PRESETS
+
+    preset = PRESETS["ssf-vtab"]
+    assert preset.missing_task_note("svhn") is None  # a task it has values for
+    note = preset.missing_task_note("mytask")
+    keys = sorted({key for values in preset.per_task.values() for key in values})
+    assert note.startswith("preset ssf-vtab has no per-task values for task 'mytask'") and "not the paper's" in note
+    assert all(key in note for key in keys)
+    assert "this data (not a VTAB-1k task)" in preset.missing_task_note(None)
+    assert PRESETS["ties"].missing_task_note("mytask") is None  # no per-task values at all

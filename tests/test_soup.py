@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.cli import cli
-from adapt.merge.recipes import Dare, Greedy, TaskArithmetic, Ties, Weighted, global_threshold
-from adapt.merge.soup import greedy_soup, stream_soup
-from adapt.merge.state_model import held_out_accuracy
-from adapt.merge.tensors import TensorFile
+from adapt.merging.recipes import Dare, Greedy, TaskArithmetic, Ties, Weighted, global_threshold
+from adapt.merging.soup import greedy_soup, stream_soup
+from adapt.merging.state_model import held_out_accuracy
+from adapt.merging.tensors import TensorFile
 
 TOLERANCE = 1e-6
 
@@ -154,7 +154,7 @@ def test_sharded_output_and_dtype(tmp_path):
 MEMORY_PROBE = """
 import sys, threading, time, torch
 import adapt
-from adapt.merge.soup import stream_soup
+from adapt.merging.soup import stream_soup
 def anon():  # the process's own (anonymous) memory: the inputs' mapped pages are the page cache's, not ours
     return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon")).split()[1]) * 1024
 paths = sys.argv[2:]
@@ -194,7 +194,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_ingredients(tmp_path):
 def ssf_runs(tmp_path_factory):
     """Three short SSF runs on digits (different seeds and learning rates), Lite0 at 48 px."""
     from adapt.train import TrainConfig
-    from adapt.tune import TuneJob, tune
+    from adapt.tuning import TuneJob, tune
 
     out = tmp_path_factory.mktemp("ssf_runs")
     job = TuneJob(method="ssf", image_size=48, limit=240)
@@ -281,7 +281,7 @@ def test_a_vtab_soup_chooses_its_scale_on_val200_never_on_test(vtab_root, tmp_pa
     `adapt soup ... --preset ties --data vtab:ROOT/TASK`)."""
     from adapt.data import load_data
     from adapt.train import TrainConfig
-    from adapt.tune import TuneJob, tune
+    from adapt.tuning import TuneJob, tune
 
     job = TuneJob(data=f"vtab:{vtab_root}/svhn", method="ssf", backbone="test_vit", weights="random", image_size=32)
     runs = [tune(job, TrainConfig(epochs=1, batch_size=16, lr=lr, seed=0), tmp_path / f"r{i}").out_dir / "adapter.safetensors"
@@ -307,7 +307,7 @@ def test_a_vtab_soup_chooses_its_scale_on_val200_never_on_test(vtab_root, tmp_pa
 def test_dare_searches_its_drop_rate_as_mergelm_after_lambda_by_task_arithmetic(tmp_path):
     """MergeLM (merge_plms_glue.py L219, L297): lambda from the task-arithmetic search without drops, then every
     drop rate at that lambda; the first best rate is kept. Checked against the recipes run by hand."""
-    from adapt.merge.recipes import Dare, create_recipe
+    from adapt.merging.recipes import Dare, create_recipe
 
     paths, states = _ingredients(tmp_path, count=2, seed=3)
     base_state = {"w": torch.zeros(4, 5), "b": torch.zeros(5), "steps": torch.tensor(0)}
@@ -350,8 +350,8 @@ def test_untrained_ingredients_soup_to_the_pretrained_model_under_every_recipe(m
     """Task vectors are differences in one parametrization: ingredients that are the pretrained function give it
     back at lambda 1, under every recipe (SPT trains on BatchNorm-folded convs; its merge unfolds them)."""
     from adapt.data import load_data
-    from adapt.merge.adapter_soup import make_soup
-    from adapt.merge.recipes import Uniform
+    from adapt.merging.adapter_soup import make_soup
+    from adapt.merging.recipes import Uniform
 
     setup = None
     if method == "spt":  # SPT allocates from the data first
@@ -397,7 +397,7 @@ def _mergekit_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tenso
 
 
 def test_wise_ft_slerp_and_model_stock_against_their_formulas(tmp_path):
-    from adapt.merge.recipes import ModelStock, Slerp, WiseFT, create_recipe
+    from adapt.merging.recipes import ModelStock, Slerp, WiseFT, create_recipe
 
     g = torch.Generator().manual_seed(7)
     base_state = {"w": torch.randn(6, 5, generator=g), "bn.running_mean": torch.randn(6, generator=g)}

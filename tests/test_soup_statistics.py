@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from adapt.cli import cli
 from adapt.errors import AdaptError
-from adapt.merge.recipes import Dare, TaskArithmetic, Ties, Uniform, Weighted, global_threshold
-from adapt.merge.soup import stream_soup
+from adapt.merging.recipes import Dare, TaskArithmetic, Ties, Uniform, Weighted, global_threshold
+from adapt.merging.soup import stream_soup
 
 TOLERANCE = 1e-6  # fp32 means of a few tensors
 
@@ -154,7 +154,7 @@ def test_the_global_trim_is_exact_on_tied_magnitudes_and_bin_edges():
 
 def test_scale_auto_records_every_scale_and_the_default_grid_is_the_papers(bn_models, tmp_path):
     """TIES searches 0.8..2.5 (ties-merging's README), task arithmetic 0.1..1.0, DARE MergeLM's grid."""
-    from adapt.merge.recipes import DARE_GRID, TASK_ARITHMETIC_GRID, TIES_GRID, create_recipe
+    from adapt.merging.recipes import DARE_GRID, TASK_ARITHMETIC_GRID, TIES_GRID, create_recipe
 
     assert TIES_GRID == tuple(round(0.8 + 0.1 * i, 1) for i in range(18)) and TIES_GRID[-1] == 2.5
     assert TASK_ARITHMETIC_GRID == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -173,7 +173,7 @@ def test_scale_auto_records_every_scale_and_the_default_grid_is_the_papers(bn_mo
     out = tmp_path / "ties.safetensors"
     summary = stream_soup(paths, out, custom, base=base, evaluate=accuracy)
     assert [s for s, _ in summary.scale_table] == [0.5, 1.5] and summary.scale == 1.5
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.tensors import TensorFile
 
     record = json.loads(TensorFile(out).metadata["soup"])
     assert record["scale"] == 1.5 and record["options"]["density"] == 0.2
@@ -187,7 +187,7 @@ def test_scale_auto_records_every_scale_and_the_default_grid_is_the_papers(bn_mo
 
 
 def test_scale_grid_is_checked(tmp_path):
-    from adapt.merge.recipes import create_recipe
+    from adapt.merging.recipes import create_recipe
 
     for grid, message in (("1,x", "expects numbers"), ("1,1", "distinct"), ("nan", "distinct numbers"), ("", "expects")):
         with pytest.raises(AdaptError, match=message):
@@ -217,9 +217,9 @@ def test_the_base_can_be_the_embedded_or_a_named_pretrained_backbone(tmp_path):
         assert result.exit_code == 0, result.output
     from_file, embedded = load_file(tmp_path / "file.safetensors"), load_file(tmp_path / "embedded.safetensors")
     assert from_file.keys() == embedded.keys() and all(torch.equal(from_file[k], embedded[k]) for k in embedded)
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.tensors import TensorFile
 
-    assert json.loads(TensorFile(tmp_path / "embedded.safetensors").metadata["soup"])["base"]["path"] == "embedded"
+    assert json.loads(TensorFile(tmp_path / "embedded.safetensors").metadata["soup"])["base"]["path"] == "embedded (tf_efficientnet_lite0)"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".soup.")]  # the built base is gone
     result = runner.invoke(cli, ["soup", *map(str, paths), "--recipe", "ties", "--base", "no/such.safetensors",
                                  "--out", str(tmp_path / "x.safetensors")])  # fmt: skip

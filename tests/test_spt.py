@@ -10,11 +10,11 @@ from adapt import AdaptError
 from adapt.adapted import AdaptedModel
 from adapt.cli import cli
 from adapt.data import load_data
-from adapt.merge.reparam import merge_adapted
+from adapt.merging.reparam import merge_adapted
 from adapt.methods.spt.allocation import allocate, parse_budget
 from adapt.methods.spt.sensitivity import task_sensitivity
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 from conftest import perturb_trainable
 
 QUICK = TuneJob(method="spt", image_size=48, limit=128,
@@ -237,13 +237,52 @@ def test_a_checkpoint_from_before_folding_loads_unfolded():
 
 
 def test_spt_owns_its_setup_and_tune_does_not_know_it():
-    """The sensitivity pass and allocation are SPT's `prepare`; tune.py and the sensitivity module no
+    """The sensitivity pass and allocation are SPT's `prepare`; tuning.py and the sensitivity module no
     longer import each other."""
     import inspect
 
-    import adapt.tune
+    import adapt.tuning
     from adapt.methods.spt import sensitivity
 
-    source = inspect.getsource(adapt.tune)
+    source = inspect.getsource(adapt.tuning)
     assert "spt" not in source.lower() and "budget" not in source and "allocation" not in source
-    assert "adapt.tune" not in inspect.getsource(sensitivity)
+    assert "adapt.tuning" not in inspect.getsource(sensitivity)
+
+
+def test_a_budget_sweep_scores_sensitivity_once_and_checks_every_budget_first(tmp_path, monkeypatch):
+    """One sensitivity pass per task for every budget (the official code's), and a budget over the model's
+    parameters refused before the first budget trains."""
+    from adapt.methods.spt import sensitivity
+
+    calls = []
+    original = sensitivity.parameter_sensitivity
+    monkeypatch.setattr(sensitivity, "parameter_sensitivity", lambda *a, **k: calls.append(1) or original(*a, **k))
+    quick = ["--image-size", "32", "--limit", "48", "--epochs", "1", "--batch-size", "16", "--option", "sensitivity_batches=1"]
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["tune", "--method", "spt", "--budget", "1k,99999M", *quick, "--out", str(tmp_path / "big")])
+    assert refused.exit_code == 1 and "larger than the" in refused.stderr and "99999M" in refused.stderr
+    assert not (tmp_path / "big" / "budget-1k" / "adapter.safetensors").exists()  # nothing trained first
+    calls.clear()
+    result = runner.invoke(cli, ["tune", "--method", "spt", "--budget", "1k,2k", *quick, "--out", str(tmp_path / "sweep")])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1  # one pass for the task, every budget allocated from it
+    assert "the scores of this task's previous budget" in result.output
+    alone = runner.invoke(cli, ["tune", "--method", "spt", "--budget", "2k", *quick, "--out", str(tmp_path / "alone")])
+    assert alone.exit_code == 0 and len(calls) == 2  # outside a sweep nothing is remembered
+    swept = json.loads((tmp_path / "sweep" / "budget-2k" / "allocation.json").read_text())
+    single = json.loads((tmp_path / "alone" / "allocation.json").read_text())
+    assert swept == single  # the same allocation as a run of that budget alone
+    assert single["image_size"] == 32 and single["source"].startswith("digits: the first")
+
+
+def test_an_allocation_scored_at_another_size_is_said(tmp_path):
+    """allocation.json records the image size of its scores; a run at another size says so."""
+    runner = CliRunner()
+    quick = ["--limit", "48", "--epochs", "1", "--batch-size", "16", "--option", "sensitivity_batches=1"]
+    first = runner.invoke(cli, ["tune", "--method", "spt", "--budget", "1k", "--image-size", "48", *quick, "--out",
+                                str(tmp_path / "a")])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(cli, ["tune", "--method", "spt", "--allocation", str(tmp_path / "a" / "allocation.json"),
+                                "--image-size", "32", *quick, "--out", str(tmp_path / "b")])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "was scored on 48px images" in again.output and "this run trains on 32px" in again.output

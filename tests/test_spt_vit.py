@@ -9,7 +9,7 @@ import torch
 
 from adapt.adapted import AdaptedModel
 from adapt.backbones import RANDOM_WEIGHTS, create_backbone
-from adapt.merge.reparam import merge_adapted
+from adapt.merging.reparam import merge_adapted
 from adapt.methods.lora import lora_eligible_weights
 from adapt.methods.spt.allocation import Allocation, allocate
 from adapt.methods.spt.structured import structured_cost

@@ -159,3 +159,13 @@ def test_merged_model_has_plain_timm_classes_and_loads_strictly(method_name):
     fresh.load_state_dict(merged.state_dict(), strict=True)
     merged.train()(torch.randn(2, 3, 32, 32))
     assert merged.bn1.training  # a plain network again: its statistics are the user's to train
+
+
+def test_the_layers_ssf_names_are_their_own_classes_not_the_lean_mixins():
+    """On a ViT the patch embedding's conv runs lean (FrozenConv): the start line still says Conv2d."""
+    from adapt.adapted import AdaptedModel
+
+    adapted = AdaptedModel.create("ssf", ["a", "b"], 32, "test_vit", "random")
+    names = set(adapted.method.wrapped.values())
+    assert "Conv2d" in names and not any("Frozen" in n or "Lean" in n for n in names), names
+    assert "Frozen" not in adapted.method.report()

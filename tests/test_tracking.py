@@ -13,7 +13,7 @@ from timm.scheduler import CosineLRScheduler
 from adapt.methods import create_method
 from adapt.train import TrainConfig
 from adapt.tracking import CSV_FILE, TENSORBOARD_DIR
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 
 QUICK = TuneJob(data="digits", method="ssf", image_size=32, limit=48)
 

@@ -14,7 +14,7 @@ from adapt.methods import create_method
 from adapt.optimization import Schedule, parameter_groups
 from adapt.train import TrainConfig
 from adapt.train_state import STATE_FILE
-from adapt.tune import TuneJob, tune
+from adapt.tuning import TuneJob, tune
 
 QUICK = TuneJob(data="digits", method="ssf", image_size=32, limit=48)
 
@@ -145,3 +145,23 @@ def test_a_run_saved_before_a_method_option_existed_resumes_at_its_default(tmp_p
     save_file(tensors, path, {**metadata, "run": _json.dumps(run)})
     with pytest.raises(AdaptError, match="cannot resume"):
         tune(job, TrainConfig(epochs=3, batch_size=16), tmp_path, resume=True)
+
+
+def test_a_run_refused_before_its_first_epoch_leaves_nothing_that_blocks_the_corrected_one(tmp_path):
+    """NaN backbone weights stop the run in its first step; its config.yaml must not make the rerun "a run"."""
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from adapt.backbones import create_backbone
+    from adapt.cli import cli
+
+    model, _ = create_backbone("test_vit", "random", 10, 32)
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    state["norm.weight"][:] = float("nan")  # every feature NaN
+    save_file(state, tmp_path / "nan.safetensors")
+    quick = ["--backbone", "test_vit", "--image-size", "32", "--limit", "16", "--epochs", "1", "--out", str(tmp_path / "run")]
+    refused = CliRunner().invoke(cli, ["tune", "--method", "linear", "--weights", str(tmp_path / "nan.safetensors"), *quick])
+    assert refused.exit_code == 1 and "NaN" in refused.stderr, refused.output
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    corrected = CliRunner().invoke(cli, ["tune", "--method", "linear", "--weights", "random", *quick])
+    assert corrected.exit_code == 0, corrected.output

@@ -11,7 +11,7 @@ from adapt.checkpoint import read_checkpoint, save_checkpoint
 from adapt.cli import cli
 from adapt.errors import AdaptError
 from adapt.train import TrainConfig
-from adapt.tune import TuneJob, prepare, tune
+from adapt.tuning import TuneJob, prepare, tune
 
 QUICK = dict(image_size=32, limit=64)
 CONFIG = TrainConfig(epochs=1, batch_size=16)

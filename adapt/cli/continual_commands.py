@@ -10,7 +10,7 @@ from rich.table import Table
 
 from adapt.cli.common import (backbone_option, cli, config_option, console, described, log_with_option, parse_options,
                                precision_option, resolved_record, resume_command, weights_option, workers_option)
-from adapt.continual import LEARNERS
+from adapt.continual_learning import LEARNERS
 from adapt.heads import DEFAULT_TEMPLATE, HEADS
 from adapt.methods import METHODS
 
@@ -66,7 +66,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
       adapt continual --config cl.yaml --seed 1
       adapt continual --out runs/continual --resume   # continue after Ctrl-C
     """
-    from adapt.continual import ContinualRun, class_incremental
+    from adapt.continual_learning import ContinualRun, class_incremental
     from adapt.train_config import TrainConfig
 
     learner = learner or ("replay" if memory else "naive")
@@ -85,7 +85,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
         console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
                       f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
 
-    from adapt.continual.metrics import seen_accuracies
+    from adapt.continual_learning.metrics import seen_accuracies
 
     test_sizes = [len(t.test) for t in scenario.tasks]
 
@@ -111,7 +111,7 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
 def _matrix_table(matrix: list[list[float | None]], test_sizes: list[int]) -> Table:
     """The accuracy matrix: row t = after training task t, column j = tested on task j; "seen" pools the
     seen tasks' test samples."""
-    from adapt.continual.metrics import seen_accuracies
+    from adapt.continual_learning.metrics import seen_accuracies
 
     table = Table(title="accuracy matrix (rows: trained up to; columns: tested on)")
     for column in ["trained up to", *(f"T{j + 1}" for j in range(len(matrix))), "seen"]:

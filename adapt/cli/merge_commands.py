@@ -10,8 +10,8 @@ from rich.table import Table
 
 from adapt.cli.common import cli, console, plain_value, preset_layer, preset_overrides, typed_command, weights_option
 from adapt.errors import AdaptError
-from adapt.merge import RECIPES
-from adapt.merge.options import DTYPES
+from adapt.merging import RECIPES
+from adapt.merging.options import DTYPES
 
 
 @cli.command()
@@ -38,7 +38,7 @@ def merge(checkpoint, out, fmt, fold_bn, overwrite, weights) -> None:
       adapt merge runs/tune/adapter.safetensors --out merged.safetensors
       adapt merge runs/tune/adapter.safetensors --out merged/      # hub layout
     """
-    from adapt.merge.reparam import merge_checkpoint
+    from adapt.merging.reparam import merge_checkpoint
 
     result = merge_checkpoint(checkpoint, out, fmt, fold_bn, overwrite, weights, typed_command())
     report = result.report
@@ -91,7 +91,7 @@ def export(checkpoint, old_out, out, fmt, overwrite, force, weights) -> None:
         raise click.MissingParameter(param_type="option", param_hint="'--out'")
     overwrite = overwrite or force
     if fmt == "hub":
-        from adapt.merge.reparam import merge_checkpoint
+        from adapt.merging.reparam import merge_checkpoint
 
         result = merge_checkpoint(checkpoint, str(out), "hub", False, overwrite, weights, typed_command())
         console.print(f"wrote hub folder {result.out} (timm.create_model('local-dir:{result.out}', pretrained=True))")
@@ -212,29 +212,19 @@ def soup(ctx, **values) -> None:
       adapt soup --config soup.yaml
       adapt soup --config mergekit.yaml --out merged.safetensors
     """
-    import torch
-
-    from adapt.merge.adapter_soup import make_soup
-    from adapt.merge.options import soup_options
+    from adapt.merging.adapter_soup import run_soup
+    from adapt.merging.options import soup_options
 
     layer = preset_layer("soup", values["preset"])
     options, recipe = soup_options(_given(ctx, values), values["config"], layer[1] if layer else None)
     overridden = preset_overrides(ctx, values["config"], layer)
     if overridden:
         console.print(overridden)
-    paths = [Path(p) for p in options.ingredients]
-    if not paths:
-        raise AdaptError("name the ingredients: adapt soup A B [C ...] (or ingredients: in --config)")
-    if options.out is None:
-        raise AdaptError("say where to write the soup: --out PATH (or out: in --config)")
-    dtype = getattr(torch, options.dtype) if options.dtype else None
     steps = Table(title="greedy soup")
     for column in ("ingredient", "own accuracy", "soup accuracy", "added"):
         steps.add_column(column)
-    summary = make_soup(paths, Path(options.out), recipe, options.base, dtype, options.shard_bytes(), options.overwrite,
-                        options.data, options.split, options.backbone, options.rank,
-                        on_step=lambda step: steps.add_row(step.ingredient, f"{step.own_accuracy:.2%}",
-                                                           f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
+    summary = run_soup(options, recipe, on_step=lambda step: steps.add_row(
+        step.ingredient, f"{step.own_accuracy:.2%}", f"{step.soup_accuracy:.2%}", "yes" if step.added else "no"))  # fmt: skip
     if summary.greedy_steps:
         console.print(steps)
     for name, table, chosen in (("scale", summary.scale_table, summary.scale), ("drop rate", summary.drop_table, summary.drop)):

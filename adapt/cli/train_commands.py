@@ -95,6 +95,10 @@ def tune(ctx, **_) -> None:
     The resolved options are kept in OUT/config.yaml; --resume takes them from there, so
     only --out is needed (a flag that would change the results is refused).
 
+    The time goes into the epochs (each prints its images/s): fewer --epochs, a smaller
+    --image-size or --limit N (at most N images per split) make a quick look; on image
+    folders and VTAB, --workers decode images beside training.
+
     \b
     Examples:
       adapt tune                                   # SSF, embedded Lite0, digits
@@ -146,6 +150,9 @@ def tune(ctx, **_) -> None:
         layer = preset_layer("tune", v["preset"], task)
         tv = resolve_config(ctx, config_file, str(saved) if saved else None, None if saved else layer)
         if layer is not None and saved is None:
+            missing = PRESETS[layer[0]].missing_task_note(task)
+            if missing:
+                console.print(f"note: {missing}")
             where = f" ({task})" if task in PRESETS[layer[0]].per_task else ""
             console.print(preset_overrides(ctx, config_file, layer, where)
                           or f"preset {layer[0]}{where}: every value the preset sets is used (adapt presets show {layer[0]})")  # fmt: skip
@@ -163,7 +170,7 @@ def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
     """One task; a method flag that sweeps (Flag.sweep) and holds several values runs once per value into
     OUT/NAME-VALUE/ and keeps the best test accuracy (SPT's budget sweep). Returns (the task's test accuracy,
     the best over periodic evaluations or None)."""
-    from adapt.tune import SWEEP_FILE, keep_best
+    from adapt.tuning import SWEEP_FILE, keep_best
 
     swept = next(((name, [value.strip() for value in str(v[name]).split(",")]) for name, flag in METHOD_FLAGS.items()
                   if flag.sweep and v.get(name) is not None and "," in str(v[name])), None)  # fmt: skip
@@ -172,7 +179,11 @@ def _swept_task(v: dict, spec: str, out: Path) -> tuple[float, float | None]:
     name, values = swept
     options = _method_options({**v, name: None})
     METHODS[v["method"]].check_sweep(name, values, options)  # every value, before hours go into the first
-    results = {value: _reported_task({**v, name: value}, spec, out / f"{name}-{value}") for value in values}
+    with METHODS[v["method"]].sweeping():  # e.g. SPT: one sensitivity pass for every budget of the task
+        if not v["resume"]:
+            for value in values:  # what only the model and data can refuse (a budget over its parameters), too
+                _prepared({**v, name: value}, spec)
+        results = {value: _reported_task({**v, name: value}, spec, out / f"{name}-{value}") for value in values}
     best = {value: r[1] for value, r in results.items() if r[1] is not None}
     chosen = keep_best(out, name, {value: r[0] for value, r in results.items()}, best or None)
     by = "best evaluation" if len(best) == len(results) else "final epoch"
@@ -203,10 +214,27 @@ def _method_options(v: dict) -> dict:
     return method_options({name: v[name] for name in METHOD_FLAGS}, parse_options(v["method_options"]))
 
 
+def _prepared(v: dict, spec: str) -> None:
+    """Build one run's model and data (the method set up from them), train nothing: a sweep's check."""
+    from adapt.tuning import prepare
+
+    job, config = _job_and_config(v)
+    prepare(job, spec, config)
+
+
 def _tune_task(v: dict, spec: str, out: Path, on_note):
     """One task of `adapt tune` from its resolved options `v`."""
     from adapt.cli.common import config_record
-    from adapt.tune import TuneJob, tune as run_tune
+    from adapt.tuning import tune as run_tune
+
+    job, config = _job_and_config(v)
+    return run_tune(job, config, out, v["resume"], spec, on_start=_print_start, on_epoch_end=_print_epoch,
+                    overwrite=v["overwrite"], record=config_record(v), on_note=on_note)  # fmt: skip
+
+
+def _job_and_config(v: dict):
+    """The TuneJob and TrainConfig of resolved options `v`."""
+    from adapt.tuning import TuneJob
 
     options = _method_options(v)
     job = TuneJob(data=v["data"], method=v["method"], options=options, backbone=v["backbone"], weights=v["weights"],
@@ -220,8 +248,7 @@ def _tune_task(v: dict, spec: str, out: Path, on_note):
                          min_lr=v["min_lr"], grad_accum=v["grad_accum"], grad_checkpointing=v["grad_checkpointing"],
                          precision=v["precision"], seed=v["seed"], workers=v["workers"], log_with=v["log_with"],
                          eval_every=v["eval_every"], label_smoothing=v["label_smoothing"])  # fmt: skip
-    return run_tune(job, config, out, v["resume"], spec, on_start=_print_start, on_epoch_end=_print_epoch,
-                    overwrite=v["overwrite"], record=config_record(v), on_note=on_note)  # fmt: skip
+    return job, config
 
 
 def _print_start(adapted, data) -> None:
@@ -233,7 +260,7 @@ def _print_start(adapted, data) -> None:
         f"data {data.name}: {len(data.train)} train / {val}{len(data.test)} {data.test_name} images{scored}, "
         f"{data.num_classes} classes, {adapted.image_size}px; training {trainable:,} of {total:,} parameters"
     )
-    for note in (*adapted.backbone.notes, *([data.note] if data.note else [])):
+    for note in (*adapted.backbone.notes, *([data.note] if data.note else []), *adapted.method.notes):
         console.print(f"note: {note}")
     if adapted.method.report():
         console.print(adapted.method.report())
@@ -299,12 +326,14 @@ def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit
       adapt eval runs/tune/adapter.safetensors --split test
       adapt eval merged/ --plot confusion.png      # merged models record their data too
     """
-    from adapt.evaluate import evaluate_checkpoint, save_eval
+    from adapt.evaluation import evaluate_checkpoint, save_eval
 
     result = evaluate_checkpoint(checkpoint, data, split, split_protocol, weights, batch_size, limit, plot, overwrite)
     top5 = f", top-5 {result.top5:.2%}" if result.top5 is not None else ""
     console.print(f"{split} accuracy {result.accuracy:.2%}{top5}, loss {result.loss:.4f} on {result.images} images "
                   f"of {result.data} ({result.classes} classes)")  # fmt: skip
+    if result.note:
+        console.print(f"note: {result.note}")
     scored = {name: acc for name, acc in result.per_class.items() if acc is not None}
     if len(scored) > 1:
         worst = sorted(scored.items(), key=lambda item: item[1])[:3]
@@ -314,7 +343,8 @@ def evaluate(checkpoint, data, split, split_protocol, weights, batch_size, limit
         if path is not None:
             console.print(f"wrote {path}")
     if written is None:
-        console.print("not kept (the checkpoint is in the working folder or a read-only one); --out FILE keeps it")
+        console.print("results printed only: a checkpoint in the working folder (or a read-only one) gets no "
+                      "NAME.eval.json beside it; --out FILE writes them")  # fmt: skip
 
 
 @cli.command()
@@ -339,7 +369,7 @@ def predict(checkpoint, images, top_k, batch_size, out, format_, overwrite, weig
       adapt predict merged/ photos/ 'more/*.jpg' --out predictions.csv
     """
     from adapt.cli.common import errors
-    from adapt.evaluate import predict_checkpoint
+    from adapt.evaluation import predict_checkpoint
 
     if format_ is None:
         format_ = "json" if out is not None and out.suffix.lower() == ".json" else "csv"

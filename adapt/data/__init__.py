@@ -40,6 +40,7 @@ class DataSplits:
     # `val` is part of `train` (VTAB-1k's val200 under the final protocol, which trains on train800val200): it
     # chooses a soup's weights or lambda as the official merging code does, but does not score training epochs
     val_in_train: bool = False
+    limit: int | None = None  # every split is a seeded choice of at most this many images (--limit)
 
     @property
     def unaugmented_train(self) -> Dataset:
@@ -152,4 +153,5 @@ def load_data(
         augment=augment,
         tuning_train=_limited(splits["tuning_train"], limit, seed) if "tuning_train" in splits else None,
         val_in_train=kind == "vtab" and split_protocol == "final",
+        limit=limit,
     )

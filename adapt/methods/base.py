@@ -10,6 +10,8 @@ any training loop's `model.train()` leaves them as they are.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 from pathlib import Path
@@ -49,6 +51,7 @@ class Method:
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()
+        self.notes: list[str] = []  # what `prepare` found worth saying (a run's start line prints them)
         validate(self.config, f"method {self.name}")
 
     @classmethod
@@ -67,6 +70,11 @@ class Method:
             if key in seen:
                 raise AdaptError(f"{term(option)} lists {seen[key]!r} and {value!r}, the same value twice; give each once")
             seen[key] = value
+
+    @classmethod
+    def sweeping(cls) -> contextlib.AbstractContextManager:
+        """A context for the runs of one task's sweep: what they may share (SPT: the sensitivity scores)."""
+        return contextlib.nullcontext()
 
     @classmethod
     def sweep_key(cls, option: str, value: str) -> Any:

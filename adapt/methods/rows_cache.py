@@ -46,11 +46,15 @@ def cache_key(names: list[str], backbone: str, num_classes: int, image_size: int
 
 
 def _read(path: Path) -> list[MethodRow] | None:
+    """The rows of a table file, or None when it cannot be read or holds anything else (it is then rebuilt)."""
+    from adapt.config import build
+    from adapt.errors import AdaptError
+
     try:
-        rows = [MethodRow(**row) for row in json.loads(path.read_text(encoding="utf-8"))]
-    except (OSError, ValueError, TypeError):
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return [build(MethodRow, row) for row in rows] if isinstance(rows, list) else None
+    except (OSError, ValueError, TypeError, RecursionError, AdaptError):
         return None
-    return rows
 
 
 SHIPPED = Path(__file__).with_name("default_rows.json")  # the default backbone's table, checked by a test

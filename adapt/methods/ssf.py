@@ -32,7 +32,7 @@ from adapt.kernels import scale_shift_
 from adapt.kernels.frozen_batchnorm import lean_activation
 from adapt.methods.base import Method
 from adapt.methods.lean import LeanBatchNorm
-from adapt.methods.mixins import with_mixin, without_mixin
+from adapt.methods.mixins import plain_class, with_mixin, without_mixin
 from adapt.methods.ssf_layers import CHANNELS_FIRST, CHANNELS_LAST, ScaledAffine, ScaleShift, ScaleShiftLinear
 
 
@@ -123,13 +123,13 @@ class SSF(Method):
             if join is not None:
                 with_mixin(layer, join)
                 self._detach[layer_name] = functools.partial(without_mixin, layer, join)
-                self.wrapped[layer_name] = type(layer).plain_class.__name__ + _join_label(layer, join)
+                self.wrapped[layer_name] = plain_class(layer).__name__ + _join_label(layer, join)
             elif has_fused_activation(layer):
                 self._detach[layer_name] = layer.act.register_forward_pre_hook(layer.ssf.before_input).remove
-                self.wrapped[layer_name] = f"{type(layer).__name__} (before its activation)"
+                self.wrapped[layer_name] = f"{plain_class(layer).__name__} (before its activation)"
             else:
                 self._detach[layer_name] = layer.register_forward_hook(layer.ssf.after_output).remove
-                self.wrapped[layer_name] = type(layer).__name__
+                self.wrapped[layer_name] = plain_class(layer).__name__  # not the lean mixins' class name
         if pattern and not self.wrapped:  # else only the head would train, under SSF's name
             raise AdaptError(f"ssf targets {self.config.targets!r} match no linear, conv or norm layer of this model")
 

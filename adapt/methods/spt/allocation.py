@@ -71,6 +71,8 @@ class Allocation:
     structured_module: str = option("lora", choices=("lora", "adapter"))  # costs: structured_cost
     rule: str = option("exact", choices=RULES)  # how k was chosen (module docstring)
     adapter_form: str = option("sequential", choices=ADAPTER_FORMS)  # where adapters act (spt.structured)
+    image_size: int | None = None  # of the images the sensitivity was scored on (None: not recorded)
+    source: str = ""  # where the scores came from: the task and images, or the sensitivity file
 
     def trainable_params(self) -> int:
         return (

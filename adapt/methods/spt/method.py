@@ -155,22 +155,35 @@ class SPT(Method):
         either (e.g. `adapt methods`), SPT trains only the head until it is given one."""
         if self.config.allocated():
             return
+        size = int(data.train[0][0].shape[-1]) if data is not None and len(data.train) else None  # the run's images
         if self.config.allocation is not None:
             allocation = Allocation.load(self.config.allocation)
+            if size is not None and allocation.image_size is not None and allocation.image_size != size:
+                self.notes.append(f"the allocation {self.config.allocation} was scored on {allocation.image_size}px "
+                                  f"images ({allocation.source}); this run trains on {size}px")  # fmt: skip
         elif self.config.budget is not None and data is not None:
-            from adapt.methods.spt.sensitivity import parameter_sensitivity
+            from adapt.methods.spt.sensitivity import sensitivity_once
 
             scored = copy.deepcopy(model)
             self._fold_batchnorms(scored)
             set_vit_drop_path(scored, self.config.backbone_drop_path)
             images = data.tuning_images  # VTAB-1k: train800, as the official sensitivity configs
-            scores = parameter_sensitivity(scored, images, self.config.sensitivity_batches,
-                                           self.config.sensitivity_batch_size, config.seed if config else 0,
-                                           self.config.sensitivity_sample)  # fmt: skip
+            scores, remembered = sensitivity_once(
+                scored, images, self.config.sensitivity_batches, self.config.sensitivity_batch_size,
+                config.seed if config else 0, self.config.sensitivity_sample,
+                (data.spec, self.config.backbone_drop_path, self.config.fold_batchnorm))  # fmt: skip
             scores, eligible, always = ranked(scored, scores, lora_eligible_weights(scored))
             allocation = allocate(scores, self.config.budget, eligible, self.config.rank, self.config.alpha_threshold,
                                   self.config.structured_module, self.config.budget_rule, always,
                                   self.config.adapter_form)  # fmt: skip
+            allocation.image_size = int(images[0][0].shape[-1]) if len(images) else size
+            allocation.source = (f"{data.spec}: the first {min(len(images), self.config.sensitivity_batches * self.config.sensitivity_batch_size)}"
+                                 f" of {len(images)} training images" if self.config.sensitivity_sample == "first" else
+                                 f"{data.spec}: {self.config.sensitivity_batches} x {self.config.sensitivity_batch_size} "
+                                 f"images drawn from {len(images)}")  # fmt: skip
+            if remembered:
+                self.notes.append("sensitivity: the scores of this task's previous budget (one pass per task, as the "
+                                  "official code)")  # fmt: skip
         elif data is not None:
             raise AdaptError(f"{term('method')} spt needs {term('budget')} (e.g. 0.4M, 1%) or {term('allocation')} alloc.json")
         else:
@@ -224,6 +237,13 @@ class SPT(Method):
                 start, stop = _block_rows(tensor.shape[0], real_name(name)[1])
                 indices += list(range(start, stop))
         return sorted(indices)
+
+    @classmethod
+    def sweeping(cls):
+        """One sensitivity pass per task: every budget of a sweep is allocated from the same scores."""
+        from adapt.methods.spt.sensitivity import remembered
+
+        return remembered()
 
     @classmethod
     def sweep_key(cls, option: str, value: str):

@@ -6,12 +6,17 @@ loss, with a freshly initialised head, in training mode (as SPT's official code:
 `sample="random"` draws them with replacement instead). BatchNorm statistics stay frozen,
 as in every PEFT run. The result has one score tensor per backbone parameter, with that
 parameter's name and shape.
+
+Inside `remembered()` (a budget sweep), the scores of the last model and images are kept, so that each budget
+of a task is allocated from one sensitivity pass, as the official code does (one pass, one allocation per
+budget); outside it nothing is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,6 +34,41 @@ from adapt.methods.norms import freeze_norm_statistics
 from adapt.methods.spt.allocation import Allocation, allocate
 from adapt.methods.spt.ranking import ranked
 from adapt.outputs import writing_file
+
+
+_REMEMBERED: dict[str, tuple[tuple, dict[str, torch.Tensor]] | None] = {}  # "last": (key, scores) in remembered()
+
+
+@contextlib.contextmanager
+def remembered():
+    """Keep the last scores while inside (one task's budget sweep); forget them after."""
+    _REMEMBERED["last"] = None
+    try:
+        yield
+    finally:
+        _REMEMBERED.clear()
+
+
+def sensitivity_once(model: nn.Module, images: Dataset, batches: int, batch_size: int, seed: int, sample: str,
+                     context: tuple = ()) -> tuple[dict[str, torch.Tensor], bool]:  # fmt: skip
+    """parameter_sensitivity, or inside `remembered()` the scores of the same model (its weights), images (their
+    count and first image) and settings (`context`: what else shapes the pass) when the last pass had them.
+    Returns (scores, whether they were remembered)."""
+    if "last" not in _REMEMBERED:
+        return parameter_sensitivity(model, images, batches, batch_size, seed, sample), False
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    first = images[0][0] if len(images) else torch.zeros(0)
+    key = (digest.hexdigest(), len(images), hashlib.sha256(first.numpy().tobytes()).hexdigest(), batches, batch_size,
+           seed, sample, context)  # fmt: skip
+    last = _REMEMBERED["last"]
+    if last is not None and last[0] == key:
+        return last[1], True
+    scores = parameter_sensitivity(model, images, batches, batch_size, seed, sample)
+    _REMEMBERED["last"] = (key, scores)
+    return scores, False
 
 
 def parameter_sensitivity(model: nn.Module, images: Dataset, batches: int = 16, batch_size: int = 32,
@@ -113,6 +153,9 @@ def allocate_file(
         always = json.loads(metadata.get("always", "{}"))
         allocation = allocate(tensors, budget, eligible, rank, alpha_threshold, structured_module, rule, always,
                               adapter_form)  # fmt: skip
+        size = metadata.get("image_size", "")
+        allocation.image_size = int(size) if size.isdigit() else None
+        allocation.source = f"{scores_path} ({metadata.get('data', 'data not recorded')}, {metadata.get('backbone', '?')})"
         allocation.save(out)
         if plot is not None:
             plot_allocation(allocation, plot)

@@ -2,7 +2,7 @@
 
 YAML keys are the long option names (`max-shard-size` or `max_shard_size`); options given
 on the command line win over the file. The soup's own options become a `SoupOptions`, the
-recipe's a recipe object (adapt.merge.recipes), both through `adapt.config`, so a YAML file
+recipe's a recipe object (adapt.merging.recipes), both through `adapt.config`, so a YAML file
 cannot skip a check that the command line makes, and an option that the chosen recipe
 does not use is refused rather than ignored.
 """
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from adapt.config import build, option, read_yaml_mapping, refuse_unknown
 from adapt.errors import AdaptError, term
-from adapt.merge import RECIPES
+from adapt.merging import RECIPES
 
 if TYPE_CHECKING:
-    from adapt.merge.recipes import Recipe
+    from adapt.merging.recipes import Recipe
 
 DTYPES = ("float32", "float16", "bfloat16")
 SIZE_UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
@@ -86,7 +86,7 @@ def soup_options(given: dict[str, Any], config: str | Path | None,
                  preset: dict[str, Any] | None = None) -> tuple[SoupOptions, Recipe]:  # fmt: skip
     """Command-line values (only those given) over a YAML file's over a preset's (adapt.presets): the soup's
     options and its recipe."""
-    from adapt.merge.recipes import create_recipe, recipe_options
+    from adapt.merging.recipes import create_recipe, recipe_options
 
     recipe_keys = sorted({name for recipe in RECIPES for name in recipe_options(recipe)})
     from_file = read_yaml_mapping(Path(config)) if config is not None else {}
@@ -107,7 +107,7 @@ def soup_options(given: dict[str, Any], config: str | Path | None,
     options = build(SoupOptions, values, source)
     unused = [name for name in recipe_values if name not in recipe_options(options.recipe)]
     if unused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        flags = ", ".join(term(name) for name in unused)
         raise AdaptError(f"recipe {options.recipe} does not use {flags}")
     recipe = create_recipe(options.recipe, recipe_values)
     if options.base is not None and not recipe.needs_base:
@@ -124,15 +124,16 @@ MERGEKIT_FLAGS = ("out", "overwrite", "dtype", "max_shard_size", "seed")
 
 def mergekit_options(given: dict[str, Any], from_file: dict[str, Any], source: str,
                      preset: dict[str, Any] | None) -> tuple[SoupOptions, Recipe]:  # fmt: skip
-    """A mergekit configuration (adapt.merge.mergekit) and the flags that may go with it."""
-    from adapt.merge.mergekit import read_mergekit
+    """A mergekit configuration (adapt.merging.mergekit) and the flags that may go with it."""
+    from adapt.merging.mergekit import read_mergekit
 
     if preset:
         raise AdaptError(f"{source} sets the merge itself; drop {term('preset')}")
+    if "ingredients" in given:
+        raise AdaptError(f"ingredients do not go with {source}: name the models in its models:")
     for name in given:
         if name not in MERGEKIT_FLAGS:
-            what = "name the models in its models:" if name == "ingredients" else "its merge_method, models and parameters set the merge"
-            raise AdaptError(f"--{name.replace('_', '-')} does not go with {source}: {what}")
+            raise AdaptError(f"{term(name)} does not go with {source}: its merge_method, models and parameters set the merge")
     seed = given.get("seed")
     plan = read_mergekit(from_file, source, seed)
     values = {k: v for k, v in given.items() if k != "seed"}

@@ -4,7 +4,7 @@ One model lives through the whole run: the frozen backbone adapted by a tune met
 adapter state carries from task to task) and an incremental head that gains the new
 classes' outputs before each task. A task is trained by the same Trainer as `adapt tune`
 (its folder holds the task's checkpoint) with the learner's data and objective
-(adapt.continual.learners). After each task the learner's scorer is tested on every task
+(adapt.continual_learning.learners). After each task the learner's scorer is tested on every task
 seen so far, which fills one row of the accuracy matrix.
 """
 
@@ -23,19 +23,20 @@ from torch.utils.data import ConcatDataset
 from adapt.adapted import AdaptedModel
 from adapt.backbones import create_backbone
 from adapt.checkpoint import read_tensors, save_tensors_atomic, write_json_atomic
-from adapt.continual import create_learner
-from adapt.continual.learners import Learner
-from adapt.continual.metrics import ContinualMetrics, Matrix, plot_matrix
-from adapt.continual.scenario import Scenario, Task
+from adapt.continual_learning import create_learner
+from adapt.continual_learning.learners import Learner
+from adapt.continual_learning.metrics import ContinualMetrics, Matrix, plot_matrix
+from adapt.continual_learning.scenario import Scenario, Task
 from adapt.data import DataSplits
 from adapt.config import build
 from adapt.errors import AdaptError, term
-from adapt.evaluate import accuracy
+from adapt.evaluation import accuracy
 from adapt.heads import ContinualModel, TextEmbedder, create_head
 from adapt.methods import count_trainable, create_method
-from adapt.outputs import check_run_folder, exclusive_lock
+from adapt.outputs import check_run_folder, exclusive_lock, remove_stale_temps
 from adapt.devices import make_accelerator, precision_accelerator
 from adapt.train import ADAPTER_FILE, TrainConfig, Trainer, write_run_config
+from adapt.train import RUN_FILES as TRAIN_RUN_FILES
 from adapt.train_config import CONFIG_FILE, RESULT_FREE
 from adapt.train_state import STATE_FILE, changed_settings
 
@@ -72,7 +73,7 @@ def _train_config(value: TrainConfig | Mapping[str, Any]) -> TrainConfig:
 @dataclass
 class ContinualRun:
     """A class-incremental run: a tune method on the backbone, an incremental head, a learner
-    (adapt.continual.LEARNERS) with its options, and the training options of every task."""
+    (adapt.continual_learning.LEARNERS) with its options, and the training options of every task."""
 
     method: str = "ssf"
     head: str = "language"
@@ -121,6 +122,10 @@ class ContinualRun:
         out = Path(self.out_dir)
         with exclusive_lock(out):
             check_run_folder(out, RUN_FILES, resume=self.resume, overwrite=self.overwrite)
+            if self.resume and out.is_dir():  # what a killed run's atomic writes left, here and in its task folders
+                remove_stale_temps(out, RUN_FILES)
+                for task_dir in out.glob("task_*"):
+                    remove_stale_temps(task_dir, TRAIN_RUN_FILES)
             return self._fit(scenario, out, on_task_end, record, on_start, on_note or (lambda text: None))
 
     def _fit(self, scenario: Scenario, out: Path, on_task_end, record: dict[str, Any] | None, on_start,
@@ -155,6 +160,11 @@ class ContinualRun:
                                     adapted.class_names, learner.train_data(task), task.val,
                                     ConcatDataset([t.test for t in seen]))  # fmt: skip
                 started = self.resume and (task_dir / STATE_FILE).is_file()  # the task the run stopped in
+                if len(splits.train) <= self.train.batch_size:
+                    on_note(f"task {task.index + 1} trains one step per epoch (its {len(splits.train)} training images "
+                            f"fit one batch of {self.train.batch_size}): learners differ little there (LwF's "
+                            f"distillation has no gradient at a task's first step); a smaller {term('batch_size')} "
+                            "gives more steps")  # fmt: skip
                 Trainer(adapted, splits, self.train, task_dir, loss=learner.loss).fit(resume=started)
             learner.end_task(model, task)
             if not learner.trains:

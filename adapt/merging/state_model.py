@@ -18,7 +18,7 @@ from torch import nn
 
 from adapt.checkpoint import FORMAT_KEY
 from adapt.errors import AdaptError, term
-from adapt.merge.tensors import TensorFile
+from adapt.merging.tensors import TensorFile
 
 
 @dataclass
@@ -80,7 +80,7 @@ def held_out_accuracy(first: str | Path, data: str, split: str = "val",
                       backbone: str | None = None) -> Callable[[dict[str, torch.Tensor]], float]:  # fmt: skip
     """accuracy(state) on a split, for state dicts shaped like the ingredient `first`."""
     from adapt.devices import make_accelerator
-    from adapt.evaluate import accuracy
+    from adapt.evaluation import accuracy
 
     scorer = StateModel.of(first, backbone)
     dataset = scorer.dataset(data, split, "the held-out choice")

@@ -45,12 +45,13 @@ class TensorFile:
     it). A tensor whose offset does not fit its dtype's alignment is read with positioned
     reads into a buffer of its own."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, label: str | None = None):
         self.path = Path(path)
+        self.label = label or str(self.path)  # how messages name it (a base built in scratch: what the user gave)
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
         if not self.path.is_file():
-            raise AdaptError(f"file not found: {self.path}")
+            raise AdaptError(f"file not found: {self.label}")
         self._state: dict[str, torch.Tensor] | None = None
         if self.path.suffix == ".safetensors":
             try:
@@ -59,8 +60,8 @@ class TensorFile:
                     self.keys = list(handle.keys())
                     self._dtypes = {k: handle.get_slice(k).get_dtype() for k in self.keys}
                 self._header = _read_header(self.path)
-            except (SafetensorError, OSError, ValueError) as error:
-                raise AdaptError(f"{self.path} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
+            except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+                raise AdaptError(f"{self.label} is truncated or not a safetensors file ({str(error).splitlines()[0]})") from None
         else:
             self._state = read_state_dict(self.path)
             self.metadata = {}
@@ -75,12 +76,12 @@ class TensorFile:
         if self._state is not None:
             dtype = self._state[key].dtype
             if dtype not in SAFETENSORS_DTYPES:
-                raise AdaptError(f"tensor '{key}' of {self.path} has dtype {dtype}, which soups do not handle")
+                raise AdaptError(f"tensor '{key}' of {self.label} has dtype {dtype}, which soups do not handle")
             return dtype
         for dtype, code in SAFETENSORS_DTYPES.items():
             if code == self._dtypes[key]:
                 return dtype
-        raise AdaptError(f"tensor '{key}' of {self.path} has dtype {self._dtypes[key]}, which soups do not handle "
+        raise AdaptError(f"tensor '{key}' of {self.label} has dtype {self._dtypes[key]}, which soups do not handle "
                          f"(they take {', '.join(sorted(set(SAFETENSORS_DTYPES.values())))})")  # fmt: skip
 
     def get(self, key: str) -> torch.Tensor:
@@ -92,6 +93,10 @@ class TensorFile:
         start, end = entry["data_offsets"]
         shape, dtype = tuple(entry["shape"]), self.dtype(key)
         offset = self._header_bytes + start
+        size = os.fstat(self._file()).st_size
+        if size < offset + end - start:  # another process truncated it: reading the mapping there would be SIGBUS
+            raise AdaptError(f"{self.label} changed while it was read: it is now {size:,} bytes, and tensor '{key}' "
+                             f"ends at byte {offset + end - start:,}; nothing was written")  # fmt: skip
         if end > start and offset % dtype.itemsize == 0:
             with warnings.catch_warnings():  # torch warns that the buffer is read-only: it is, by design
                 warnings.simplefilter("ignore", UserWarning)
@@ -104,7 +109,7 @@ class TensorFile:
         while done < len(view):
             read = os.preadv(self._file(), [view[done:]], offset + done)
             if read == 0:
-                raise AdaptError(f"{self.path} ended inside tensor '{key}' (truncated while being read?)")
+                raise AdaptError(f"{self.label} ended inside tensor '{key}' (truncated while being read?)")
             done += read
         return raw.view(dtype).reshape(shape)
 
@@ -118,7 +123,7 @@ class TensorFile:
         populates into anonymous memory), its page table filled in one call."""
         if self._map is None:
             if os.fstat(self._file()).st_size < self._header_bytes + self._data_bytes:
-                raise AdaptError(f"{self.path} is shorter than its header says (truncated while being read?)")
+                raise AdaptError(f"{self.label} is shorter than its header says (truncated while being read?)")
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             self._map = mmap.mmap(self._file(), 0, flags=flags, prot=mmap.PROT_READ)
         return self._map

@@ -1,6 +1,6 @@
 """Continual learning: class-incremental scenarios, learners (a registry), incremental heads, metrics.
 
-    from adapt.continual import ContinualRun, class_incremental
+    from adapt.continual_learning import ContinualRun, class_incremental
 
     scenario = class_incremental("digits", initial=2, increment=2, seed=0)
     result = ContinualRun(method="ssf", head="language", learner="replay").fit(scenario)
@@ -19,28 +19,28 @@ from adapt.errors import AdaptError
 from adapt.registry import LazyRegistry
 
 if TYPE_CHECKING:
-    from adapt.continual.learners import Learner
+    from adapt.continual_learning.learners import Learner
 
 LEARNERS = LazyRegistry({
-    "naive": "adapt.continual.learners:Naive",
-    "replay": "adapt.continual.learners:Replay",
-    "lwf": "adapt.continual.learners:LwF",
-    "icarl": "adapt.continual.learners:ICaRL",
-    "prototype": "adapt.continual.learners:Prototype",
+    "naive": "adapt.continual_learning.learners:Naive",
+    "replay": "adapt.continual_learning.learners:Replay",
+    "lwf": "adapt.continual_learning.learners:LwF",
+    "icarl": "adapt.continual_learning.learners:ICaRL",
+    "prototype": "adapt.continual_learning.learners:Prototype",
 })  # fmt: skip
 
 _LAZY = {
-    "ExemplarMemory": "adapt.continual.memory",
-    "herding_order": "adapt.continual.memory",
-    "ContinualMetrics": "adapt.continual.metrics",
-    "plot_matrix": "adapt.continual.metrics",
-    "seen_accuracies": "adapt.continual.metrics",
+    "ExemplarMemory": "adapt.continual_learning.memory",
+    "herding_order": "adapt.continual_learning.memory",
+    "ContinualMetrics": "adapt.continual_learning.metrics",
+    "plot_matrix": "adapt.continual_learning.metrics",
+    "seen_accuracies": "adapt.continual_learning.metrics",
     "ContinualModel": "adapt.heads.model",
-    "ContinualResult": "adapt.continual.runner",
-    "ContinualRun": "adapt.continual.runner",
-    "Scenario": "adapt.continual.scenario",
-    "Task": "adapt.continual.scenario",
-    "class_incremental": "adapt.continual.scenario",
+    "ContinualResult": "adapt.continual_learning.runner",
+    "ContinualRun": "adapt.continual_learning.runner",
+    "Scenario": "adapt.continual_learning.scenario",
+    "Task": "adapt.continual_learning.scenario",
+    "class_incremental": "adapt.continual_learning.scenario",
 }
 
 
@@ -54,7 +54,7 @@ def create_learner(name: str, options: dict[str, Any] | None = None, seed: int =
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'adapt.continual' has no attribute {name!r}")
+    raise AttributeError(f"module 'adapt.continual_learning' has no attribute {name!r}")
 
 
 __all__ = ["LEARNERS", "create_learner", *_LAZY]

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from adapt.errors import AdaptError
-from adapt.merge.recipes import ModelStock, Recipe, slerp
+from adapt.merging.recipes import ModelStock, Recipe, slerp
 
 READ_KEYS = ("models", "merge_method", "base_model", "parameters", "dtype", "out_dtype")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -355,7 +355,7 @@ def _ingredients(method: str, models: list[tuple[str, dict[str, Any]]], base: st
 def _blocks(first: str) -> int:
     """How many blocks the models have (`blocks.N.` in their names): the span of a gradient."""
     from adapt.checkpoint import checkpoint_file
-    from adapt.merge.tensors import TensorFile
+    from adapt.merging.tensors import TensorFile
 
     path = checkpoint_file(first) if Path(first).expanduser().is_dir() else first
     indices = {int(m.group(1)) for key in TensorFile(path).keys if (m := re.search(r"(?:^|\.)blocks\.(\d+)\.", key))}

@@ -19,7 +19,7 @@ Formulas (task vector tau_i = theta_i - base):
   (`drop_grid`) the soup runs MergeLM's protocol (merge_plms_glue.py L219, L297): lambda from the
   task-arithmetic search (no drop), then each rate at that lambda, keeping the first best
 - greedy (Wortsman et al. 2022): a uniform soup of the ingredients chosen on held-out data
-  (run by adapt.merge.soup.greedy_soup; `accept` ge as in the paper, or gt)
+  (run by adapt.merging.soup.greedy_soup; `accept` ge as in the paper, or gt)
 - WiSE-FT (Wortsman et al. 2022): one fine-tune and its base, (1 - alpha) base + alpha theta_1; `scale` is
   alpha (auto: 0.0, 0.1, ..., 1.0 on held-out data)
 - SLERP, as mergekit defines it (mergekit/merge_methods/slerp.py): two ingredients, per tensor the spherical
@@ -31,7 +31,7 @@ Formulas (task vector tau_i = theta_i - base):
   t mean_i theta_i + (1 - t) base; the pairwise mean comes from the sum of the normalized task vectors
   (sum over pairs = (|sum|^2 - k) / 2), so memory holds two tensors of a key whatever k
 - Fisher merging (Matena & Raffel 2022; as mmatena/model_merging): each ingredient's diagonal Fisher F_i,
-  estimated on its own data beforehand (adapt.merge.fisher), and per entry sum_i c_i F_i theta_i / sum_i c_i F_i
+  estimated on its own data beforehand (adapt.merging.fisher), and per entry sum_i c_i F_i theta_i / sum_i c_i F_i
   with c_i = 1/n, divided by the L2 norm of F_i over all its tensors (normalize_fishers), and the first
   ingredient's F floored at 1e-6 (fisher_floor, favor_target_model): where no ingredient is sensitive, the
   first one's value
@@ -58,7 +58,7 @@ import torch
 
 from adapt.config import MAX_SEED, build, option
 from adapt.errors import AdaptError, term
-from adapt.merge import RECIPES
+from adapt.merging import RECIPES
 
 Loader = Callable[[int], torch.Tensor]
 # a key's loader for each key of the task vectors: (key, load(i) -> tau_i of that key)
@@ -168,14 +168,14 @@ class TaskArithmetic(Recipe):
     needs_base: ClassVar[bool] = True
     default_grid: ClassVar[tuple[float, ...]] = TASK_ARITHMETIC_GRID
 
-    def task_vector(self, key: str, load: Loader, i: int, base: torch.Tensor) -> torch.Tensor:
-        return load(i) - base
-
     def merge(self, key, load, count, base):
-        total = torch.zeros_like(base)
+        total = torch.zeros_like(base)  # the one tensor held beside the inputs: sums and scales go in place
         for i in range(count):
             total += self.task_vector(key, load, i, base)
-        return base + self.scale * total
+        return total.mul_(self.scale).add_(base)
+
+    def task_vector(self, key: str, load: Loader, i: int, base: torch.Tensor) -> torch.Tensor:
+        return load(i) - base
 
 
 @dataclasses.dataclass
@@ -306,12 +306,13 @@ class WiseFT(TaskArithmetic):
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     """mergekit's slerp: the angle between the normalized tensors (a norm <= 1e-8 left as is), linear when
     they are nearly parallel."""
-    n0, n1 = v0.norm(), v1.norm()
-    dot = float((v0 / n0 if n0 > 1e-8 else v0).flatten() @ (v1 / n1 if n1 > 1e-8 else v1).flatten())
+    n0, n1 = float(v0.norm()), float(v1.norm())
+    dot = float(v0.flatten() @ v1.flatten()) / ((n0 if n0 > 1e-8 else 1.0) * (n1 if n1 > 1e-8 else 1.0))
     if abs(dot) > SLERP_PARALLEL:
-        return (1 - t) * v0 + t * v1
+        return torch.lerp(v0, v1, t)
     theta = math.acos(dot)
-    return (math.sin(theta * (1 - t)) * v0 + math.sin(theta * t) * v1) / math.sin(theta)
+    out = v0 * (math.sin(theta * (1 - t)) / math.sin(theta))  # the one tensor held beside the inputs
+    return out.add_(v1, alpha=math.sin(theta * t) / math.sin(theta))
 
 
 @dataclasses.dataclass
@@ -349,12 +350,13 @@ class ModelStock(Recipe):
             theta = load(i)
             total += theta
             tau = theta - base
-            directions += tau / max(float(tau.norm()), 1e-12)
+            directions.add_(tau, alpha=1 / max(float(tau.norm()), 1e-12))
+            del tau
         pairs = count * (count - 1) / 2
-        cos = min(1.0, max(-1.0, (float(directions.square().sum()) - count) / 2 / pairs))
+        cos = min(1.0, max(-1.0, (float(torch.linalg.vector_norm(directions)) ** 2 - count) / 2 / pairs))
         spread = 1 + (count - 1) * cos
         t = count * cos / spread if spread > 1e-12 else 0.0  # opposed task vectors: the base
-        return t * (total / count) + (1 - t) * base
+        return total.mul_(t / count).add_(base, alpha=1 - t)
 
 
 @dataclasses.dataclass
@@ -366,7 +368,7 @@ class Fisher(Recipe):
     estimates_on_data: ClassVar[bool] = True  # each ingredient's Fisher comes from its own data
 
     def __post_init__(self) -> None:
-        self.diagonals: list[Any] = []  # one TensorFile of F_i per ingredient (adapt.merge.fisher.estimate_fishers)
+        self.diagonals: list[Any] = []  # one TensorFile of F_i per ingredient (adapt.merging.fisher.estimate_fishers)
         self.norms: list[float] = []  # |F_i| over all its tensors
         self.estimates: list[dict[str, Any]] = []  # what each F_i was estimated on (data, split, examples, norm)
 
@@ -381,15 +383,19 @@ class Fisher(Recipe):
         return 1.0 / count / (self.norms[i] if self.normalize else 1.0)
 
     def merge(self, key, load, count, base):
-        weighted = denominator = None
+        weighted, denominator = None, None
         for i in range(count):
             theta = load(i)
-            diagonal = self.diagonals[i].get(key).float() if key in self.diagonals[i].keys else torch.zeros_like(theta)
-            if i == 0:
-                diagonal = diagonal.clamp(min=self.floor)
-            diagonal = diagonal * self.coefficient(i, count)
-            weighted = diagonal * theta if weighted is None else weighted.addcmul_(diagonal, theta)
-            denominator = diagonal if denominator is None else denominator.add_(diagonal)
+            if weighted is None:
+                weighted, denominator = torch.zeros_like(theta), torch.zeros_like(theta)
+            if key not in self.diagonals[i].keys:  # a tensor without a gradient: no information
+                diagonal = torch.full_like(theta, self.floor) if i == 0 else None
+            else:
+                diagonal = self.diagonals[i].get(key).float()
+                diagonal = diagonal.clamp(min=self.floor) if i == 0 else diagonal
+            if diagonal is not None:
+                weighted.addcmul_(diagonal, theta, value=self.coefficient(i, count))
+                denominator.add_(diagonal, alpha=self.coefficient(i, count))
         return weighted.div_(denominator)
 
 
@@ -421,7 +427,7 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
     if name == "dare" and (isinstance(options.get("drop"), list) or "," in str(options.get("drop", ""))):
         options["drop_grid"] = parse_grid(options.pop("drop"), "drop")  # several rates: a search
     elif isinstance(options.get("drop"), str):  # one rate, as typed: its range is the option's to check
-        from adapt.merge.options import number_list
+        from adapt.merging.options import number_list
 
         options["drop"] = number_list(options["drop"], "drop")[0]
     if options.get("scale_grid") is not None:
@@ -433,7 +439,7 @@ def create_recipe(name: str, options: dict[str, Any] | None = None) -> Recipe:
 
 def parse_grid(value: Any, name: str = "scale_grid") -> list[float]:
     """'0.5,1,1.5' (or a YAML list) as a list of distinct finite numbers (scales, or DARE's drop rates)."""
-    from adapt.merge.options import number_list
+    from adapt.merging.options import number_list
 
     grid = number_list(value, name)
     if not grid or not all(math.isfinite(g) and abs(g) <= 100 for g in grid) or len(set(grid)) != len(grid):

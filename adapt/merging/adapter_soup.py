@@ -19,26 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from adapt.backbones import create_backbone, is_head_key
+from adapt.backbones import EMBEDDED_BACKBONE, EMBEDDED_WEIGHTS, create_backbone, is_head_key
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, checkpoint_file, save_checkpoint, save_tensors_atomic
 from adapt.errors import AdaptError, term
 from adapt.file_digests import file_records
-from adapt.merge.recipes import Greedy, Recipe
-from adapt.merge.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
+from adapt.merging.options import SoupOptions
+from adapt.merging.recipes import Greedy, Recipe
+from adapt.merging.soup import (GreedyStep, SoupSummary, anonymous_bytes, greedy_soup, guarded_output,
                               open_ingredients, stream_soup)  # fmt: skip
-from adapt.merge.state_model import held_out_accuracy
-from adapt.outputs import check_output_file
-from adapt.merge.tensors import TensorFile
+from adapt.merging.state_model import held_out_accuracy
+from adapt.outputs import check_output_file, scratch_folder
+from adapt.merging.tensors import TensorFile
 from adapt.methods import METHODS
 
 LORA_A, LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")  # a --base naming one is a file
 
 
 def soup_kind(paths: Sequence[str | Path]) -> tuple[str, CheckpointMeta | None]:
@@ -97,33 +98,45 @@ def make_soup(
         raise AdaptError(f"recipe {recipe.name} needs task vectors in weight space; {meta.method} adds a side network "
                          "that no weight holds (uniform, weighted and greedy soups of it work)")  # fmt: skip
     folded = kind == "folded adapters" or (meta is not None and recipe.needs_base)
-    if base is not None and Path(base).expanduser().is_dir():
+    embedded = base is not None and str(base) == EMBEDDED_WEIGHTS  # always the embedded weights (a file: ./embedded)
+    if base is not None and not embedded and Path(base).expanduser().is_dir():
         base = checkpoint_file(base)  # a hub folder's weights
-    built_base = base is not None and not Path(base).expanduser().exists()  # embedded, or a timm name[:weights]
+    built_base = base is not None and (embedded or not Path(base).expanduser().exists())  # or a timm name[:weights]
     if not (folded or built_base):
         summary = _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone, on_step)
         summary.kind = kind
         return summary
     check_output_file(out, overwrite, paths)  # before the folding; the soup itself locks and checks again
-    with tempfile.TemporaryDirectory(prefix=".soup.", dir=_folder_of(out)) as scratch:
+    with scratch_folder(out, ".soup.") as scratch:
         if folded:
-            inputs, base = fold_ingredients(paths, Path(scratch))
+            inputs, base = fold_ingredients(paths, scratch)
             base_name = f"the pretrained {meta.backbone} ({meta.backbone_weights}) without its head"
         else:
-            inputs, base_name, base = paths, str(base), pretrained_base(str(base), Path(scratch))
+            base_name = f"{EMBEDDED_WEIGHTS} ({EMBEDDED_BACKBONE})" if embedded else str(base)
+            inputs, base = paths, pretrained_base(str(base), scratch)
         summary = _run(inputs, out, recipe, base, dtype, max_shard_bytes, overwrite, data, split, backbone,
                        on_step, sources=paths, base_name=base_name)  # fmt: skip
     summary.ingredients, summary.kind = [str(p) for p in paths], "folded adapters" if folded else kind
     return summary
 
 
+def run_soup(options: SoupOptions, recipe: Recipe, on_step: Callable[[GreedyStep], None] | None = None) -> SoupSummary:
+    """`adapt soup` from its checked options (adapt.merging.options.soup_options): make_soup with them."""
+    if not options.ingredients:
+        raise AdaptError(f"name the ingredients: adapt soup A B [C ...] (or ingredients: in {term('config')})")
+    if options.out is None:
+        raise AdaptError(f"say where to write the soup: {term('out')} PATH (or out: in {term('config')})")
+    dtype = getattr(torch, options.dtype) if options.dtype else None
+    return make_soup([Path(p) for p in options.ingredients], Path(options.out), recipe, options.base, dtype,
+                     options.shard_bytes(), options.overwrite, options.data, options.split, options.backbone,
+                     options.rank, on_step)  # fmt: skip
+
+
 def pretrained_base(spec: str, scratch: Path) -> Path:
     """`--base embedded` or `--base TIMM_NAME[:WEIGHTS]`: the pretrained backbone without a head, written
     to `scratch` (the state-dict recipes read their base from a file)."""
-    from adapt.backbones import EMBEDDED_BACKBONE, EMBEDDED_WEIGHTS
-
     name, _, weights = (EMBEDDED_BACKBONE, "", EMBEDDED_WEIGHTS) if spec == EMBEDDED_WEIGHTS else spec.partition(":")
-    if not weights and "/" in name:
+    if not weights and ("/" in name or Path(name).suffix.lower() in WEIGHT_SUFFIXES):
         raise AdaptError(f"{term('base')} {spec}: no such file (or: embedded, or a timm name[:weights])")
     model, info = create_backbone(name, weights or None, 0)
     path = scratch / "pretrained-base.safetensors"
@@ -145,28 +158,21 @@ def _run(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, data, spli
         return greedy_soup(paths, out, evaluate, dtype, on_step, overwrite, recipe, max_shard_bytes, sources)
     if not recipe.estimates_on_data:
         return stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, evaluate, sources, base_name)
-    from adapt.merge.fisher import estimate_fishers
+    from adapt.merging.fisher import estimate_fishers
 
     check_output_file(out, overwrite, [*paths, base])  # before the estimates; the soup itself locks and checks again
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".fisher.", dir=_folder_of(out)) as scratch:
-        estimate_fishers(recipe, paths, data, split, Path(scratch), backbone, sources)
+    with scratch_folder(out, ".fisher.") as scratch:
+        estimate_fishers(recipe, paths, data, split, scratch, backbone, sources)
         summary = stream_soup(paths, out, recipe, base, dtype, max_shard_bytes, overwrite, evaluate, sources, base_name)
     summary.seconds = time.perf_counter() - start  # the estimates included
     return summary
 
 
-def _folder_of(out: str | Path) -> Path:
-    """The output's folder, made if missing: scratch files go beside the output (same disk, removed after)."""
-    folder = Path(out).expanduser().resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def fold_ingredients(paths: Sequence[str | Path], scratch: Path) -> tuple[list[Path], Path]:
     """Each adapter folded into its backbone (a merged model file), and the base: the backbone without a head."""
     from adapt.adapted import AdaptedModel
-    from adapt.merge.reparam import merge_adapted, merged_metadata, save_merged
+    from adapt.merging.reparam import merge_adapted, merged_metadata, save_merged
 
     open_ingredients(paths, same_tensors=False)  # one method, backbone and class list; ranks, allocations may differ
     folded = []

@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from adapt.config import NoOptions, build, option, validate
-from adapt.continual.losses import icarl_loss, lwf_loss
-from adapt.continual.memory import SELECTIONS, ExemplarMemory
-from adapt.continual.scenario import Scenario, Task
+from adapt.continual_learning.losses import icarl_loss, lwf_loss
+from adapt.continual_learning.memory import SELECTIONS, ExemplarMemory
+from adapt.continual_learning.scenario import Scenario, Task
 from adapt.data.subsets import dataset_targets
 from adapt.errors import AdaptError, term
 from adapt.heads import ContinualModel

@@ -231,6 +231,7 @@ class EvalResult:
     loss: float = 0.0  # mean cross-entropy
     per_class: dict[str, float | None] = field(default_factory=dict)  # top-1 per class name (None: no images)
     limit: int | None = None  # at most this many images per split were scored
+    note: str = ""  # how this figure relates to the run's own (a run trained with --limit)
 
 
 def eval_file(checkpoint: str | Path) -> Path | None:
@@ -318,8 +319,9 @@ def evaluate_checkpoint(
     spec = data or meta.training.get("data")
     if not spec:
         raise AdaptError(f"{checkpoint} does not record its data; pass {term('data')}")
-    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, augment="off",
-                       interpolation=adapted.interpolation)  # fmt: skip
+    seed = int(meta.training.get("seed", 0)) if isinstance(meta.training.get("seed", 0), int) else 0
+    splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, seed, augment="off",
+                       interpolation=adapted.interpolation)  # the run's own seeded choice under --limit  # fmt: skip
     dataset = getattr(splits, split)
     if dataset is None:
         raise AdaptError(f"{spec} has no {split} split")
@@ -330,5 +332,9 @@ def evaluate_checkpoint(
     if plot is not None:
         plot_confusion(result.confusion, known, plot, f"{Path(checkpoint).name} on {splits.name} {split}")
     per_class = dict(zip(known, result.per_class()))
+    trained_limit = meta.training.get("limit")
+    note = (f"the run used --limit {trained_limit} (a seeded choice of at most {trained_limit} images per split); this "
+            f"scores all {len(dataset)} images of {split}: --limit {trained_limit} gives the run's own figure"
+            if trained_limit and limit is None and spec == meta.training.get("data") else "")  # fmt: skip
     return EvalResult(result.accuracy, len(dataset), splits.name, split, len(known), spec, result.top5, result.loss,
-                      per_class, limit)  # fmt: skip
+                      per_class, limit, note)  # fmt: skip

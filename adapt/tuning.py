@@ -15,7 +15,7 @@ from adapt.backbones import EMBEDDED_BACKBONE, preprocessing
 from adapt.data import DataSplits, image_size_for, load_data
 from adapt.devices import is_main_process
 from adapt.errors import AdaptError, term
-from adapt.outputs import check_run_folder, exclusive_lock
+from adapt.outputs import check_run_folder, exclusive_lock, remove_owned, remove_stale_temps
 from adapt.train import RUN_FILES, SUMMARY_FILE, EpochResult, FitResult, TrainConfig, Trainer, write_run_config
 from adapt.train_config import CONFIG_FILE, HEAD_INITS
 from adapt.train_state import STATE_FILE, saved_epochs
@@ -96,11 +96,14 @@ def tune(
         if resume and started and not (out_dir / STATE_FILE).is_file():  # stopped before its first save
             resume = False
             note(f"{out_dir} holds no finished epoch yet (the run stopped before its first save): starting it from the beginning")
+        if resume and main:
+            remove_stale_temps(out_dir, RUN_FILES)  # what a killed run's atomic writes left
         finished, planned = saved_epochs(out_dir / STATE_FILE) if resume else (0, None)
         if resume and finished >= config.total_epochs and (out_dir / SUMMARY_FILE).is_file():
             note(f"{out_dir} has finished its {finished} epochs: nothing to do ({term('resume')} {term('epochs')} MORE "
                  "extends it)")  # fmt: skip
             return FitResult.load(out_dir)
+        before = set(out_dir.iterdir()) if out_dir.is_dir() else set()  # what a refused fresh run must leave
         adapted, data = prepare(job, spec or job.data, config, None if resume else on_note)
         trainer = Trainer(adapted, data, config, out_dir)  # refuses what it cannot run (e.g. fp16 on a CPU)
         given = record if record is not None else job_record(job, config, out_dir)
@@ -112,10 +115,20 @@ def tune(
         if resume:
             change = (f", extended from {planned}: the learning-rate schedule is re-planned for {config.epochs} epochs "
                       f"and continues from the saved step" if extended else "")  # fmt: skip
-            note(f"resuming at epoch {finished + 1} of {config.total_epochs}{change}")
+            if finished >= config.total_epochs:
+                note(f"all {config.total_epochs} epochs are trained: only the final test is left")
+            else:
+                note(f"resuming at epoch {finished + 1} of {config.total_epochs}{change}")
         if on_start is not None:
             on_start(adapted, data)
-        return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)
+        written = set(out_dir.iterdir()) - before if main and not resume else set()
+        try:
+            return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)
+        except AdaptError:  # refused before its first save (NaN weights): no run is left to block a corrected one
+            if written and not (out_dir / STATE_FILE).is_file():
+                for path in written:
+                    remove_owned(path)
+            raise
 
 
 SWEEP_FILE = "sweep.json"

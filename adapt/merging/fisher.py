@@ -19,9 +19,9 @@ import torch
 
 from adapt.checkpoint import save_tensors_atomic
 from adapt.errors import AdaptError, term
-from adapt.merge.recipes import Fisher
-from adapt.merge.state_model import StateModel
-from adapt.merge.tensors import TensorFile
+from adapt.merging.recipes import Fisher
+from adapt.merging.state_model import StateModel
+from adapt.merging.tensors import TensorFile
 from adapt.progress import Steps
 
 

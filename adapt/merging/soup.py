@@ -2,9 +2,9 @@
 
 Ingredients are full state dicts (merged models, fine-tuned timm models) or adapter
 checkpoints whose tensors average exactly (SSF, BitFit, linear, full, HST side networks);
-adapt.merge.adapter_soup routes the other adapters (LoRA, SPT) through their folded
+adapt.merging.adapter_soup routes the other adapters (LoRA, SPT) through their folded
 weights first. Everything is validated before the output is opened. Then each key is
-combined by a recipe (adapt.merge.recipes) from tensors read one at a time in fp32 and
+combined by a recipe (adapt.merging.recipes) from tensors read one at a time in fp32 and
 written straight to the output, so memory does not grow with the number of ingredients.
 BatchNorm running statistics, and tensors that the base lacks (a head for new classes),
 are averaged whatever the recipe (`Recipe.average`), and a running variance below zero is
@@ -36,8 +36,8 @@ import torch
 from adapt.checkpoint import FORMAT_KEY, CheckpointMeta, all_finite
 from adapt.errors import AdaptError, term
 from adapt.file_digests import FileDigests, file_records
-from adapt.merge.recipes import Dare, Greedy, Recipe, TaskArithmetic, Uniform
-from adapt.merge.tensors import StreamingWriter, TensorFile, nbytes
+from adapt.merging.recipes import Dare, Greedy, Recipe, TaskArithmetic, Uniform
+from adapt.merging.tensors import StreamingWriter, TensorFile, nbytes
 from adapt.outputs import check_free_space, check_output_file, writing_file
 from adapt.progress import Steps
 
@@ -76,7 +76,7 @@ class SoupSummary:
 
 
 def open_ingredients(
-    paths: Sequence[str | Path], base: str | Path | None = None, same_tensors: bool = True
+    paths: Sequence[str | Path], base: str | Path | None = None, same_tensors: bool = True, base_label: str | None = None
 ) -> tuple[list[TensorFile], TensorFile | None]:
     """Open and cross-check every ingredient (and the base); raise naming the key and files.
 
@@ -85,7 +85,7 @@ def open_ingredients(
     if not paths:
         raise AdaptError("a soup needs ingredients")
     files = [TensorFile(p) for p in paths]
-    base_file = TensorFile(base) if base is not None else None
+    base_file = TensorFile(base, base_label) if base is not None else None
     first = files[0]
     for other in files[1:] + ([base_file] if base_file else []):
         _check_same_kind(first, other, ADAPTER_FIELDS if same_tensors else FOLDED_FIELDS)
@@ -106,7 +106,7 @@ def _check_base(first: TensorFile, base: TensorFile) -> None:
     floats = [k for k in first.keys if first.dtype(k).is_floating_point]
     lacking = [k for k in floats if not in_base(first, base, k)]
     if len(lacking) * 2 > len(floats):
-        raise AdaptError(f"the base {base.path} lacks {len(lacking)} of the {len(floats)} tensors of {first.path} "
+        raise AdaptError(f"the base {base.label} lacks {len(lacking)} of the {len(floats)} tensors of {first.label} "
                          f"(e.g. '{lacking[0]}'): it is not the model these were fine-tuned from")  # fmt: skip
 
 
@@ -114,14 +114,14 @@ def _check_same_kind(first: TensorFile, other: TensorFile, adapter_fields: tuple
     adapters = (FORMAT_KEY in first.metadata, FORMAT_KEY in other.metadata)
     if adapters[0] != adapters[1]:
         kinds = ["an adapter checkpoint" if a else "a plain state dict" for a in adapters]
-        raise AdaptError(f"{first.path} is {kinds[0]} but {other.path} is {kinds[1]}; soup one kind")
+        raise AdaptError(f"{first.label} is {kinds[0]} but {other.label} is {kinds[1]}; soup one kind")
     fields = adapter_fields if adapters[0] else ("backbone", "class_names")
     for name in fields:
         a, b = first.metadata.get(name), other.metadata.get(name)
         if a is not None and b is not None and a != b:
             order = " (the same classes in another order: outputs would be averaged across classes)" if (
                 name == "class_names" and _same_set(a, b)) else ""  # fmt: skip
-            raise AdaptError(f"{name} differs{order}: {first.path} has {a[:80]}, {other.path} has {b[:80]}")
+            raise AdaptError(f"{name} differs{order}: {first.label} has {a[:80]}, {other.label} has {b[:80]}")
 
 
 def _same_set(a: str, b: str) -> bool:
@@ -136,14 +136,14 @@ def _check_same_tensors(first: TensorFile, other: TensorFile) -> None:
     missing = [k for k in first.keys if k not in set(other.keys)]
     extra = [k for k in other.keys if k not in set(first.keys)]
     if missing:
-        raise AdaptError(f"key '{missing[0]}' of {first.path} is missing in {other.path} ({len(missing)} missing)")
+        raise AdaptError(f"key '{missing[0]}' of {first.label} is missing in {other.label} ({len(missing)} missing)")
     if extra:
-        raise AdaptError(f"key '{extra[0]}' of {other.path} is not in {first.path} ({len(extra)} extra)")
+        raise AdaptError(f"key '{extra[0]}' of {other.label} is not in {first.label} ({len(extra)} extra)")
     for key in first.keys:
         if first.shape(key) != other.shape(key):
-            raise AdaptError(f"key '{key}' has shape {first.shape(key)} in {first.path} but {other.shape(key)} in {other.path}")
+            raise AdaptError(f"key '{key}' has shape {first.shape(key)} in {first.label} but {other.shape(key)} in {other.label}")
         if first.dtype(key) != other.dtype(key):
-            raise AdaptError(f"key '{key}' has dtype {first.dtype(key)} in {first.path} but {other.dtype(key)} in {other.path}")
+            raise AdaptError(f"key '{key}' has dtype {first.dtype(key)} in {first.label} but {other.dtype(key)} in {other.label}")
 
 
 def _output_metadata(first: TensorFile, recipe: Recipe, records: Sequence[dict[str, str]], has_base: bool = False,
@@ -259,7 +259,7 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
         raise AdaptError(f"recipe {recipe.name} chooses its scale or drop rate on held-out data: pass {term('data')} "
                          f"(and {term('split')})")  # fmt: skip
     start = time.perf_counter()
-    files, base_file = open_ingredients(paths, base if recipe.needs_base else None)
+    files, base_file = open_ingredients(paths, base if recipe.needs_base else None, base_label=base_name)
     with FileDigests([*sources, *([base] if recipe.needs_base else [])]) as digests:  # hashed while we merge
         first = files[0]
         roles = key_roles(first, base_file)
@@ -281,7 +281,7 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
             """After a non-finite result: name the input that holds NaN/Inf, if one does."""
             for file in [*files, *([base_file] if base_file is not None else [])]:
                 if key in floats and key in file.keys and not all_finite(file.get(key).float()):
-                    raise AdaptError(f"tensor '{key}' of {file.path} has NaN or Inf values; nothing was written")
+                    raise AdaptError(f"tensor '{key}' of {file.label} has NaN or Inf values; nothing was written")
 
         task_keys = [k for k in first.keys if roles[k] == "merge"]
         table, drops, scale, produce = [], [], getattr(recipe, "scale", None), merged
