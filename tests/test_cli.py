@@ -295,3 +295,25 @@ def test_config_takes_method_options_as_a_mapping_and_hugging_face_names(tmp_pat
     assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "x"), "'learning_rate' and 'lr' set the same option")
     config.write_text("num_train_epoch: 2\n")
     assert_one_line_error(run("tune", "--config", config, "--out", tmp_path / "x"), "did you mean")
+
+
+def test_eval_of_a_limit_run_says_it_scores_the_whole_split(tmp_path):
+    out = tmp_path / "run"
+    assert run("tune", "--method", "linear", "--image-size", "32", "--limit", "24", "--epochs", "1", "--out", out).exit_code == 0
+    whole = run("eval", out, "--split", "test")
+    assert whole.exit_code == 0 and "note: the run used --limit 24" in whole.output and "--limit 24 gives" in whole.output
+    limited = run("eval", out, "--split", "test", "--limit", "24")
+    summary = json.loads((out / "summary.json").read_text())
+    assert "note:" not in limited.output
+    assert f"test accuracy {summary['test_acc']:.2%}" in limited.output  # the run's own seeded choice, its own figure
+
+
+def test_a_vtab_preset_on_a_task_it_has_no_values_for_says_so(vtab_root, tmp_path):
+    import shutil
+
+    shutil.copytree(vtab_root / "svhn", tmp_path / "mytask")
+    result = run("tune", "--preset", "ssf-vtab", "--data", f"vtab:{tmp_path / 'mytask'}", "--backbone", "test_vit",
+                 "--weights", "random", "--image-size", "32", "--epochs", "1", "--cooldown-epochs", "0", "--out",
+                 tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: preset ssf-vtab has no per-task values for task 'mytask'" in result.output

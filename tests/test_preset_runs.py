@@ -57,6 +57,8 @@ def test_ssf_vtab_steps_timms_schedule_after_each_epoch_with_epoch_plus_one(vtab
                             lambda scheduler, epoch: scheduler.step(epoch + 1))  # SSF train.py L709  # fmt: skip
     assert logged_lrs(out) == pytest.approx(expected, rel=1e-9)
     assert expected[0] == values["warmup_lr"] and expected[-1] == values["min_lr"]  # epoch 0 at warmup-lr, cooldown at min
+    trained_at = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert trained_at == pytest.approx(expected[1::2], rel=1e-9)  # metrics.jsonl: the rate each epoch trained at
     assert epochs_tested(out) == set(range(1, 13))  # every epoch, as SSF's train.py
 
 

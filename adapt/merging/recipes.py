@@ -64,6 +64,7 @@ Loader = Callable[[int], torch.Tensor]
 # a key's loader for each key of the task vectors: (key, load(i) -> tau_i of that key)
 TaskVectors = Callable[[], Iterable[tuple[str, Loader]]]
 HISTOGRAM_BINS = 4096
+BIN_CHUNK = 1 << 20  # entries binned at a time by the global trim's histogram passes
 # task arithmetic: prateeky2806/ties-merging README, `task-vector_linear+0.1+1.01+0.1`
 TASK_ARITHMETIC_GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))
 # TIES: prateeky2806/ties-merging README `$scale = linear+0.8+2.51+0.1` (np.arange, rounded to 1 decimal in
@@ -202,13 +203,19 @@ class Dare(TaskArithmetic):
         return torch.where(keep, tau / (1.0 - self.drop), torch.zeros_like(tau))
 
 
-def trim_to_density(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the `density` share of entries with the largest magnitude (at least one), zero the rest."""
+def trim_to_density(tau: torch.Tensor, density: float, own: bool = False) -> torch.Tensor:
+    """Keep the `density` share of entries with the largest magnitude (at least one), zero the rest (in `tau`
+    itself when it is the caller's `own` tensor, else in a copy)."""
     keep = max(1, round(density * tau.numel()))
     if keep >= tau.numel():
         return tau
     threshold = tau.abs().flatten().kthvalue(tau.numel() - keep + 1).values
-    return torch.where(tau.abs() >= threshold, tau, torch.zeros_like(tau))
+    return _zero_below(tau, threshold, own)
+
+
+def _zero_below(tau: torch.Tensor, threshold, own: bool) -> torch.Tensor:
+    below = tau.abs() < threshold
+    return tau.masked_fill_(below, 0) if own else tau.masked_fill(below, 0)
 
 
 def global_threshold(tensors: Callable[[], Iterable[torch.Tensor]], density: float) -> float:
@@ -226,14 +233,20 @@ def global_threshold(tensors: Callable[[], Iterable[torch.Tensor]], density: flo
     if keep >= total or largest == 0:
         return 0.0
     counts = torch.zeros(HISTOGRAM_BINS, dtype=torch.long)
-    for tensor in tensors():
-        counts += torch.bincount(_bins(tensor, largest), minlength=HISTOGRAM_BINS)
+    for chunk in _chunks(tensors):
+        counts += torch.bincount(_bins(chunk, largest), minlength=HISTOGRAM_BINS)
     above = counts.flip(0).cumsum(0).flip(0)  # entries in this bin or above
     index = int((above >= keep).nonzero().max())
     rank_in_bin = keep - (int(above[index + 1]) if index + 1 < HISTOGRAM_BINS else 0)  # k-th largest within the bin
-    inside = [tensor.abs().flatten()[_bins(tensor, largest) == index] for tensor in tensors()]
+    inside = [chunk.abs()[_bins(chunk, largest) == index] for chunk in _chunks(tensors)]
     values = torch.cat(inside).sort(descending=True).values
     return float(values[rank_in_bin - 1])
+
+
+def _chunks(tensors: Callable[[], Iterable[torch.Tensor]]) -> Iterable[torch.Tensor]:
+    """Every entry of the tensors, flat, in pieces of BIN_CHUNK: the bins' 8-byte temporaries stay small."""
+    for tensor in tensors():
+        yield from tensor.flatten().split(BIN_CHUNK)
 
 
 def _bins(tensor: torch.Tensor, largest: float) -> torch.Tensor:
@@ -256,10 +269,11 @@ class Ties(Recipe):
         self.thresholds: list[float] | None = None  # per ingredient, over its whole task vector (trim="global")
         self.majority: float = 1.0  # the sign of the elected vector's sum, for entries whose vote is 0
 
-    def trimmed(self, tau: torch.Tensor, i: int) -> torch.Tensor:
+    def trimmed(self, tau: torch.Tensor, i: int, own: bool = False) -> torch.Tensor:
+        """tau_i trimmed: in place when it is the caller's `own` tensor (memory), else a copy."""
         if self.thresholds is None:
-            return trim_to_density(tau, self.density)
-        return torch.where(tau.abs() >= self.thresholds[i], tau, torch.zeros_like(tau))
+            return trim_to_density(tau, self.density, own)
+        return _zero_below(tau, self.thresholds[i], own)
 
     def prepare(self, count: int, task_vectors: TaskVectors) -> None:
         if self.trim == "global":
@@ -271,25 +285,28 @@ class Ties(Recipe):
             votes += float(torch.sign(self._vote_sum(load, count)).sum())
         self.majority = 1.0 if votes >= 0 else -1.0
 
-    def _vote_sum(self, load: Loader, count: int) -> torch.Tensor:
-        total = self.trimmed(load(0), 0).clone()
+    def _vote_sum(self, load: Loader, count: int, own: bool = False) -> torch.Tensor:
+        total = self.trimmed(load(0), 0, own)
+        total = total if own else total.clone()  # a trim that kept everything returns load(0) itself
         for i in range(1, count):
-            total += self.trimmed(load(i), i)
+            total += self.trimmed(load(i), i, own)
         return total
 
     def merge(self, key, load, count, base):
         def tau(i: int) -> torch.Tensor:
             return load(i) - base
 
-        elected = torch.sign(self._vote_sum(tau, count))
-        elected[elected == 0] = self.majority
-        total, agreeing = torch.zeros_like(base), torch.zeros_like(base)
-        for i in range(count):
-            trimmed = self.trimmed(tau(i), i)
-            agrees = (torch.sign(trimmed) == elected) & (trimmed != 0)
-            total += torch.where(agrees, trimmed, torch.zeros_like(trimmed))
-            agreeing += agrees
-        return base + self.scale * total / agreeing.clamp(min=1)
+        votes = self._vote_sum(tau, count, own=True)  # tau(i) is a new tensor each time: ours to trim
+        elected = votes.sign_().to(torch.int8)  # +-1 in a byte an entry
+        del votes
+        elected.masked_fill_(elected == 0, int(self.majority))
+        total, agreeing = torch.zeros_like(base), torch.zeros(base.shape, dtype=torch.int16)
+        for i in range(count):  # in place: the key's sum, count and elected sign, and one tau beside the inputs
+            signed = self.trimmed(tau(i), i, own=True).mul_(elected)  # > 0 where tau_i agrees with the election
+            agreeing += signed > 0
+            total += signed.clamp_(min=0).mul_(elected)  # the agreeing entries of tau_i, the others 0
+            del signed
+        return total.div_(agreeing.clamp_(min=1)).mul_(self.scale).add_(base)
 
 
 @dataclasses.dataclass

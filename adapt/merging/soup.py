@@ -207,6 +207,25 @@ def largest_count(key: str, files: Sequence[TensorFile]) -> torch.Tensor:
     return torch.stack(counts).amax(0) if counts[0].numel() else counts[0]
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+@functools.cache
+def return_large_blocks() -> bool:
+    """Keep glibc's mmap threshold at 1 MiB. By default it rises after each large free, so that later tensors of
+    that size come from the heap and stay in the process once freed: a soup's own memory then grows with the keys
+    it merged (measured: Model Stock of 4 ViT-B-sized checkpoints 0.21 of one checkpoint, 0.09 with the fixed
+    threshold). Every tensor-sized block then has its own mapping, returned when freed. Linux/glibc; elsewhere
+    nothing changes. Returns whether it was set."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (AttributeError, OSError):
+        return False
+
+
 def anonymous_bytes() -> int:
     """The process's own (anonymous) memory now: what a soup holds, without the inputs' mapped pages, which
     belong to the page cache (Linux; elsewhere the peak resident size)."""
@@ -259,6 +278,7 @@ def _stream_soup(paths, out, recipe: Recipe, base, dtype, max_shard_bytes, evalu
         raise AdaptError(f"recipe {recipe.name} chooses its scale or drop rate on held-out data: pass {term('data')} "
                          f"(and {term('split')})")  # fmt: skip
     start = time.perf_counter()
+    return_large_blocks()
     files, base_file = open_ingredients(paths, base if recipe.needs_base else None, base_label=base_name)
     with FileDigests([*sources, *([base] if recipe.needs_base else [])]) as digests:  # hashed while we merge
         first = files[0]
