@@ -313,7 +313,7 @@ def test_a_vtab_preset_on_a_task_it_has_no_values_for_says_so(vtab_root, tmp_pat
 
     shutil.copytree(vtab_root / "svhn", tmp_path / "mytask")
     result = run("tune", "--preset", "ssf-vtab", "--data", f"vtab:{tmp_path / 'mytask'}", "--backbone", "test_vit",
-                 "--weights", "random", "--image-size", "32", "--epochs", "1", "--cooldown-epochs", "0", "--out",
-                 tmp_path / "run")  # fmt: skip
+                 "--weights", "random", "--image-size", "32", "--epochs", "1", "--cooldown-epochs", "0", "--batch-size",
+                 "16", "--out", tmp_path / "run")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "note: preset ssf-vtab has no per-task values for task 'mytask'" in result.output

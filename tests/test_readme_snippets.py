@@ -110,14 +110,18 @@ def workspace(tmp_path_factory, vtab_root):
     _tiny_vit_weights(ws)
     shutil.copytree(vtab_root / "svhn", ws / "vtab-1k" / "dtd")
     make_fixture(ws / "nights", count=12, size=32)
-    for seed, folder in enumerate(("runs/s0", "runs/s1", "runs/s2", "a", "b", "c")):
-        adapt.tune(ws / folder, method="ssf", seed=seed % 3, lr=3e-3 * (1 + seed % 3), **QUICK)
-    for seed, folder in enumerate(("ft1", "ft2", "m1", "m2")):
-        adapt.merge(ws / ("runs/s0", "runs/s1", "runs/s2", "runs/s0")[seed], f"{ws / folder}/")
+    for seed, folder in enumerate(("runs/s0", "runs/s1", "runs/s2")):
+        adapt.tune(ws / folder, method="ssf", seed=seed, lr=3e-3 * (1 + seed), **QUICK)
+        shutil.copytree(ws / folder, ws / "abc"[seed])  # a b c: the same three runs under the README's names
+    for folder, run in (("ft1", "runs/s0"), ("ft2", "runs/s1")):
+        adapt.merge(ws / run, f"{ws / folder}/")
+    shutil.copytree(ws / "ft1", ws / "m1")
+    shutil.copytree(ws / "ft2", ws / "m2")
     shutil.copy(pretrained_base("embedded", ws), ws / "pre.safetensors")
     (ws / "pretrained-base.safetensors").unlink()
-    for seed, folder in enumerate(("runs/lora", "lora0", "lora1", "lora2")):
+    for seed, folder in enumerate(("runs/lora", "lora0", "lora1")):
         adapt.tune(ws / folder, method="lora", seed=seed, **QUICK)
+    shutil.copytree(ws / "lora1", ws / "lora2")
     for seed, folder in enumerate(("runs/a/dtd", "runs/b/dtd")):
         adapt.tune(ws / folder, method="ssf", data=f"vtab:{ws / 'vtab-1k' / 'dtd'}", backbone="test_vit",
                    weights=str(ws / "vit_b16.safetensors"), seed=seed, **QUICK)  # fmt: skip
