@@ -125,7 +125,7 @@ def continual(out: str | Path, *, data: str = "digits", initial: int = 2, increm
     model)` runs after each task's row of the accuracy matrix is measured."""
     from adapt.backbones import EMBEDDED_BACKBONE
     from adapt.continual_learning import ContinualRun, class_incremental
-    from adapt.continual_learning.metrics import seen_accuracies
+    from adapt.continual_learning.metrics import task_row_line
     from adapt.train_config import TrainConfig
 
     config = build(TrainConfig, {"epochs": 5, **train, "seed": seed}, "adapt.continual")
@@ -137,10 +137,8 @@ def continual(out: str | Path, *, data: str = "digits", initial: int = 2, increm
 
     def after_task(task, matrix, model) -> None:
         if not quiet:
-            row = "  ".join(f"T{j + 1} {a:.1%}" for j, a in enumerate(matrix[task.index][: task.index + 1]))
-            seen = seen_accuracies(matrix[: task.index + 1], test_sizes)[-1]
-            print(f"{out}: after task {task.index + 1} of {len(scenario.tasks)}: {row}  ·  seen {seen:.1%}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"{out}: after task {task.index + 1} of {len(scenario.tasks)}: "
+                  f"{task_row_line(task.index, matrix, test_sizes)}", file=sys.stderr, flush=True)  # fmt: skip
         if on_task_end is not None:
             on_task_end(task, matrix, model)
 

@@ -85,15 +85,13 @@ def continual(data, initial, increment, task_incremental, head, template, text_m
         console.print(f"{learner} {method} with a {head} head on {scenario.backbone}, {scenario.name}: "
                       f"{len(scenario.tasks)} tasks of {sizes} classes, {scenario.image_size}px")  # fmt: skip
 
-    from adapt.continual_learning.metrics import seen_accuracies
+    from adapt.continual_learning.metrics import task_row_line
 
     test_sizes = [len(t.test) for t in scenario.tasks]
 
     def print_row(task, matrix, model) -> None:
-        row = matrix[task.index][: task.index + 1]
-        accuracies = "  ".join(f"T{j + 1} {a:.1%}" for j, a in enumerate(row))
-        console.print(f"after task {task.index + 1} ({', '.join(task.class_names)}): {accuracies}  ·  seen "
-                      f"{seen_accuracies(matrix[: task.index + 1], test_sizes)[-1]:.1%}")  # fmt: skip
+        console.print(f"after task {task.index + 1} ({', '.join(task.class_names)}): "
+                      f"{task_row_line(task.index, matrix, test_sizes)}")  # fmt: skip
 
     result = run.fit(scenario, on_task_end=print_row, record=resolved_record(), on_start=print_start,
                      on_note=lambda text: console.print(f"note: {text}"))

@@ -26,6 +26,12 @@ from adapt.checkpoint import atomic_path
 Matrix = list[list[float | None]]
 
 
+def task_row_line(index: int, matrix: Matrix, sizes: Sequence[int]) -> str:
+    """'T1 98.0%  T2 95.5%  ·  seen 96.7%': the row after task `index` (0-based), as a run prints it."""
+    accuracies = "  ".join(f"T{j + 1} {a:.1%}" for j, a in enumerate(matrix[index][: index + 1]))
+    return f"{accuracies}  ·  seen {seen_accuracies(matrix[: index + 1], sizes)[-1]:.1%}"
+
+
 def seen_accuracies(matrix: Matrix, sizes: Sequence[int] | None = None) -> list[float]:
     """A_t for every task t: pooled over the seen tasks' test samples (`sizes`), or without
     sizes the plain mean of the per-task accuracies."""
