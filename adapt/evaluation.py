@@ -319,7 +319,8 @@ def evaluate_checkpoint(
     spec = data or meta.training.get("data")
     if not spec:
         raise AdaptError(f"{checkpoint} does not record its data; pass {term('data')}")
-    seed = int(meta.training.get("seed", 0)) if isinstance(meta.training.get("seed", 0), int) else 0
+    seed = meta.training.get("seed", 0)
+    seed = seed if isinstance(seed, int) else 0
     splits = load_data(spec, adapted.image_size, adapted.mean, adapted.std, split_protocol, limit, seed, augment="off",
                        interpolation=adapted.interpolation)  # the run's own seeded choice under --limit  # fmt: skip
     dataset = getattr(splits, split)

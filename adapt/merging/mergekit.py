@@ -105,13 +105,18 @@ def block_position(key: str, blocks: int) -> float:
     return int(found.group(1)) / (blocks - 1) if blocks > 1 else 1.0
 
 
+def _numbers(values: Any) -> bool:
+    """A list of numbers (a gradient), booleans excluded."""
+    return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def evaluate(setting: Any, key: str, position: float) -> Any:
     """mergekit's evaluate_setting: a number, a gradient at `position`, or the first conditional that applies."""
     if isinstance(setting, (bool, int, float)):
         return setting
     if isinstance(setting, dict):
         setting = [setting]
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
+    if _numbers(setting):
         scaled = position * (len(setting) - 1)
         low = int(scaled)
         high = min(len(setting) - 1, low + 1)
@@ -131,7 +136,7 @@ def check_setting(setting: Any, where: str) -> None:
     if not isinstance(conditions, list) or not conditions:
         raise AdaptError(f"mergekit config: {where} takes a number, a list of numbers or filter/value pairs, "
                          f"got {str(setting)[:60]!r}")  # fmt: skip
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in conditions):
+    if _numbers(conditions):
         return
     for condition in conditions:
         if not isinstance(condition, dict) or "value" not in condition or set(condition) - {"filter", "value"}:
@@ -139,9 +144,7 @@ def check_setting(setting: Any, where: str) -> None:
                              f"got {str(condition)[:60]!r}")  # fmt: skip
         if not isinstance(condition.get("filter", ""), (str, type(None))):
             raise AdaptError(f"mergekit config: {where}: a filter is part of a tensor name, got {condition['filter']!r}")
-        if isinstance(condition["value"], (dict, list)) and not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in condition["value"]
-        ):
+        if isinstance(condition["value"], (dict, list)) and not _numbers(condition["value"]):
             raise AdaptError(f"mergekit config: {where}: a conditional's value is a number or a list of numbers")
         check_setting(condition["value"], where)
 

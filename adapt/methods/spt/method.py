@@ -109,6 +109,11 @@ def _parameter(model: nn.Module, name: str) -> nn.Parameter:
         raise AdaptError(f"SPT allocation names {name}, which this model does not have") from None
 
 
+def _image_size(images) -> int | None:
+    """The side of a dataset's (square) images, from its first one; None when it is empty."""
+    return int(images[0][0].shape[-1]) if len(images) else None
+
+
 def _block_rows(size: int, block: int | None) -> tuple[int, int]:
     """The rows of row block `block` of a fused tensor with `size` rows (None: all of them)."""
     return (0, size) if block is None else (block * size // 3, (block + 1) * size // 3)
@@ -155,9 +160,9 @@ class SPT(Method):
         either (e.g. `adapt methods`), SPT trains only the head until it is given one."""
         if self.config.allocated():
             return
-        size = int(data.train[0][0].shape[-1]) if data is not None and len(data.train) else None  # the run's images
         if self.config.allocation is not None:
             allocation = Allocation.load(self.config.allocation)
+            size = _image_size(data.train) if data is not None else None  # the run's images
             if size is not None and allocation.image_size is not None and allocation.image_size != size:
                 self.notes.append(f"the allocation {self.config.allocation} was scored on {allocation.image_size}px "
                                   f"images ({allocation.source}); this run trains on {size}px")  # fmt: skip
@@ -176,7 +181,7 @@ class SPT(Method):
             allocation = allocate(scores, self.config.budget, eligible, self.config.rank, self.config.alpha_threshold,
                                   self.config.structured_module, self.config.budget_rule, always,
                                   self.config.adapter_form)  # fmt: skip
-            allocation.image_size = int(images[0][0].shape[-1]) if len(images) else size
+            allocation.image_size = _image_size(images)
             allocation.source = (f"{data.spec}: the first {min(len(images), self.config.sensitivity_batches * self.config.sensitivity_batch_size)}"
                                  f" of {len(images)} training images" if self.config.sensitivity_sample == "first" else
                                  f"{data.spec}: {self.config.sensitivity_batches} x {self.config.sensitivity_batch_size} "
