@@ -1,4 +1,4 @@
-"""LoRA checkpoints to and from peft's folder layout.
+"""LoRA checkpoints to and from peft's folder layout (and peft's other tuners' checkpoints to it).
 
 Export builds a real `PeftModel` over the timm backbone (LoRA on our targets, the head in
 `modules_to_save`), copies the trained tensors in and lets peft write
@@ -35,6 +35,7 @@ from adapt.errors import AdaptError, term
 from adapt.hub import HUB_FILES, save_hub_folder
 from adapt.model_card import model_card
 from adapt.methods.lora import ADAPTER, LoRA
+from adapt.methods.peft_tuners import PeftTuner
 from adapt.outputs import check_owned_folder, exclusive_lock, remove_owned, writing_file
 
 META_FILE = "adapt.json"
@@ -63,7 +64,7 @@ def _our_key(peft_key: str) -> str:
     return key.replace(f".modules_to_save.{ADAPTER}.", ".")
 
 
-def _peft_model(backbone: nn.Module, method: LoRA):
+def _peft_model(backbone: nn.Module, method: LoRA | PeftTuner):
     from peft import get_peft_model
 
     config = method.peft_config()
@@ -80,16 +81,17 @@ def _copy_trainable(peft_model: nn.Module, ours: dict[str, torch.Tensor]) -> Non
 
 def export_peft(checkpoint: str | Path, out_dir: str | Path, weights: str | None = None, overwrite: bool = False,
                 command: str | None = None) -> Path:  # fmt: skip
-    """Write a LoRA checkpoint as a peft adapter folder, with its base model in OUT/base/ and a model card
+    """Write a LoRA (or DoRA, LoHa, LoKr, IA3, OFT, BOFT, VeRA) checkpoint as a peft adapter folder, with its base model in OUT/base/ and a model card
     (README.md, naming `command`) in place of peft's empty template."""
     out_dir = Path(out_dir).expanduser()
     with exclusive_lock(out_dir):
         check_owned_folder(out_dir, EXPORT_FILES, overwrite, inputs=[checkpoint, weights], folders={BASE_FOLDER: HUB_FILES},
                            marker=META_FILE)  # fmt: skip
         adapted, meta = AdaptedModel.from_checkpoint(checkpoint, weights)
-        if not isinstance(adapted.method, LoRA):
-            raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only lora exports to the peft layout")
-        if adapted.method.sliced:
+        if not isinstance(adapted.method, (LoRA, PeftTuner)):
+            raise AdaptError(f"{checkpoint} holds a {meta.method} adapter; only peft's tuners (lora, dora, loha, lokr, "
+                             "ia3, oft, boft, vera) export to the peft layout; export the merged model (--format hub)")
+        if getattr(adapted.method, "sliced", None):
             raise AdaptError(f"{checkpoint} adapts row blocks of the fused qkv (qkv_blocks "
                              f"{adapted.method.config.qkv_blocks}), which peft's layers cannot hold; export the "
                              "merged model instead (adapt merge --out DIR/)")  # fmt: skip

@@ -77,6 +77,7 @@ def test_a_rank_soup_matches_peft_svd_combination(loras, tmp_path):
     from peft import get_peft_model
 
     from adapt.methods import create_method
+    from adapt.methods.lora import target_layers
 
     summary = make_soup(loras, tmp_path / "svd.safetensors", Weighted([1.0, 1.0, 1.0]), rank=4)
     ours = load_file(tmp_path / "svd.safetensors")
@@ -84,7 +85,7 @@ def test_a_rank_soup_matches_peft_svd_combination(loras, tmp_path):
 
     base = AdaptedModel.create("linear", CLASSES, 160, "test_vit", "random").model
     ours_lora = create_method("lora", {"rank": 4, "alpha": 8})
-    ours_lora.targets = ours_lora.target_names(base)
+    ours_lora.targets = target_layers(base, None)
     config = ours_lora.peft_config()  # the same target layers as our checkpoints
     model = get_peft_model(base, config, adapter_name="a0")
     for i in (1, 2):

@@ -446,7 +446,7 @@ CASES = [
     C(f"merge {CKPT} --format hub --out {W}/ssf", "holds other files"),
     C(f"merge {CKPT} --out {W}/x.safetensors --weights {W}/w/vit.safetensors", "do not fit"),
     C(f"merge {W}/meta/t_nan.safetensors --out {W}/x.safetensors", "NaN or Inf"),
-    C(f"export {CKPT} {W}/exported", "only lora exports"),
+    C(f"export {CKPT} {W}/exported", "only peft's tuners"),
     C(f"export {LORA} {W}/img", "holds other files"),
     C("export adapter.safetensors .", "holds other files", cwd="lora"),
     C(f"export {LORA} {LORA}", "is one of the inputs"),
@@ -638,7 +638,7 @@ CASES = [
     C(f"export {LORA} {W}/e1 --out {W}/e2", "give the folder once"),
     C(f"export {LORA} --format hub --out {W}/lora", "holds other files"),
     C(f"export {LORA} --format zip --out {W}/e", "Invalid value for '--format'", 2),
-    C(f"export {CKPT} --out {W}/exported", "only lora exports"),
+    C(f"export {CKPT} --out {W}/exported", "only peft's tuners"),
     C(f"import-peft {W}/peft_r --out {W}/x.safetensors", "says r=4, but its tensors have rank 2"),
     C("nothing", "No such command", 2),
 ]

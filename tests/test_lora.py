@@ -142,5 +142,5 @@ def test_peft_folder_imports_back(tmp_path):
 def test_export_refuses_other_methods(tmp_path):
     adapted = AdaptedModel.create("ssf", ["a", "b"], 160, "test_vit", "random")
     adapted.save(tmp_path / "ssf.safetensors")
-    with pytest.raises(AdaptError, match="only lora exports"):
+    with pytest.raises(AdaptError, match="only peft's tuners"):
         export_peft(tmp_path / "ssf.safetensors", tmp_path / "out")

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from adapt.adapted import AdaptedModel
 from adapt.data import load_data
 from adapt.kernels import add_low_rank_, fold_batchnorm_, scale_shift_
+from adapt.methods.peft_tuners import PeftTuner
 from adapt.merging.reparam import AllocationTracker, merge_adapted, peak_extra_bytes, save_merged
 from adapt.methods import METHODS
 from adapt.train import TrainConfig
@@ -19,6 +20,8 @@ from adapt.tuning import TuneJob, tune
 TOLERANCE = 1e-4  # max |logit difference| in fp32
 MERGEABLE = [name for name, cls in METHODS.items() if cls.mergeable]
 SIZED_BY_BACKBONE = [name for name in MERGEABLE if not METHODS[name].budgeted]  # spt has its own ViT test
+# trained on Lite0 and merged: our own folds, and DoRA for peft's (test_peft_tuners checks each peft merge bitwise)
+TRAINED_ON_LITE0 = [name for name in MERGEABLE if not issubclass(METHODS[name], PeftTuner)] + ["dora"]
 
 
 def _perturbed_vit(method: str) -> AdaptedModel:
@@ -42,21 +45,23 @@ def test_merge_is_exact_on_a_tiny_vit(method):
         after = merged(x)
     assert (before - after).abs().max() <= TOLERANCE
     assert not [k for k in merged.state_dict() if ".ssf." in k or "lora_" in k or "base_layer" in k]
-    assert report.peak_extra_bytes <= 2 * report.largest_tensor_bytes
+    # our folds work in place (2 tensors at most); peft's own merge builds its delta and, for DoRA, the norms: more
+    temporaries = 8 if issubclass(METHODS[method], PeftTuner) else 2
+    assert report.peak_extra_bytes <= temporaries * report.largest_tensor_bytes
 
 
 @pytest.fixture(scope="module")
 def trained_lite0(tmp_path_factory):
     """Each mergeable method after a few real training steps on digits (Lite0, 48 px)."""
     out = tmp_path_factory.mktemp("trained")
-    for method in MERGEABLE:
+    for method in TRAINED_ON_LITE0:
         budget = {"budget": "20k", "sensitivity_batches": 2, "sensitivity_batch_size": 16}
         job = TuneJob(method=method, image_size=48, limit=96, options=budget if METHODS[method].budgeted else None)
         tune(job, TrainConfig(epochs=1, batch_size=16, lr=1e-2), out / method)
     return out
 
 
-@pytest.mark.parametrize("method", MERGEABLE)
+@pytest.mark.parametrize("method", TRAINED_ON_LITE0)
 def test_merge_is_exact_on_lite0_after_training(trained_lite0, method):
     adapted, _ = AdaptedModel.from_checkpoint(trained_lite0 / method / "adapter.safetensors")
     test = load_data("digits", 48, adapted.mean, adapted.std).test

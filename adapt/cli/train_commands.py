@@ -412,12 +412,13 @@ def methods(backbone, num_classes, image_size) -> None:
     rows = cached_method_rows(list(METHODS), backbone, num_classes, image_size, on_build=building)
     for row in rows:
         trainable = f"budget + {row.trainable:,}" if row.budgeted else f"{row.trainable:,}"
-        share = "--budget" if row.budgeted else f"{row.trainable / row.total:.2%}"
+        share = "--budget" if row.budgeted else f"{row.trainable / row.total:.2%}" if row.total else "n/a"
+        trainable = "-" if row.unavailable else trainable
         table.add_row(row.name, trainable, share, "yes" if row.mergeable else "no", f"{row.default_lr:g}",
                       f"{row.default_weight_decay:g}")  # fmt: skip
     console.print(table)
     summaries = {row.name: row.summary + (f"; defaults: {row.defaults}" if row.defaults not in ("", "-") else "")
-                 for row in rows}  # fmt: skip
+                 + (f"; not on {backbone}: {row.unavailable}" if row.unavailable else "") for row in rows}  # fmt: skip
     console.print(described(summaries, "What each trains:"), soft_wrap=False)
     console.print(Text("lr, wd (weight decay, on weight matrices only): each method's defaults, not a paper's "
                        "(adapt presets has the papers'); adapt tune --help lists every option."), soft_wrap=False)

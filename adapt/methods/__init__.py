@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 METHODS = LazyRegistry({
     "ssf": "adapt.methods.ssf:SSF",
     "lora": "adapt.methods.lora:LoRA",
+    "dora": "adapt.methods.peft_tuners:DoRA",
+    "loha": "adapt.methods.peft_tuners:LoHa",
+    "lokr": "adapt.methods.peft_tuners:LoKr",
+    "ia3": "adapt.methods.peft_tuners:IA3",
+    "oft": "adapt.methods.peft_tuners:OFT",
+    "boft": "adapt.methods.peft_tuners:BOFT",
+    "vera": "adapt.methods.peft_tuners:VeRA",
+    "repadapter": "adapt.methods.repadapter:RepAdapter",
+    "adaptformer": "adapt.methods.adaptformer:AdaptFormer",
+    "vpt-deep": "adapt.methods.vpt:VPTDeep",
+    "vpt-shallow": "adapt.methods.vpt:VPTShallow",
     "spt": "adapt.methods.spt:SPT",
     "hst": "adapt.methods.hst:HST",
     "full": "adapt.methods.baselines:Full",
@@ -37,10 +48,13 @@ class Flag:
 
 # the few options worth a flag of their own; every other option goes through --option KEY=VALUE
 METHOD_FLAGS = {
-    "rank": Flag(("lora", "spt"), "LoRA rank (default 8)."),
-    "alpha": Flag(("lora", "spt"), "LoRA alpha; scaling = alpha / rank (default 8)."),
-    "dropout": Flag(("lora",), "LoRA dropout (default 0)."),
-    "targets": Flag(("lora", "ssf"), "Layers to adapt, a regex on layer names."),
+    "rank": Flag(("lora", "dora", "spt"), "LoRA rank (default 8)."),
+    "alpha": Flag(("lora", "dora", "loha", "lokr", "spt"), "LoRA's (and DoRA's, LoHa's, LoKr's) alpha; scaling = "
+                  "alpha / rank (default 8)."),
+    "dropout": Flag(("lora", "dora", "repadapter", "adaptformer", "vpt-deep", "vpt-shallow"),
+                    "Dropout in the method's layers (LoRA, DoRA: default 0; RepAdapter, AdaptFormer, VPT's prompts: 0.1)."),
+    "targets": Flag(("lora", "dora", "loha", "lokr", "ia3", "oft", "boft", "vera", "repadapter", "ssf"),
+                    "Layers to adapt, a regex on layer names."),
     "budget": Flag(("spt",), "Trainable parameters, e.g. 0.4M or 1%, spent where the task is sensitive; several "
                    "(0.2M,0.4M,...) run one after another into OUT/budget-B/, each task keeping its best on test, as "
                    "SPT's runs do.", sweep=True),
@@ -78,6 +92,7 @@ class MethodRow:
     budgeted: bool
     defaults: str = ""  # the options users most often set, at their defaults (Method.defaults_line)
     default_weight_decay: float = 0.05
+    unavailable: str = ""  # why the method cannot adapt this backbone (VPT needs a ViT's tokens); "" where it can
 
 
 def method_rows(names: list[str], backbone: str, num_classes: int, image_size: int | None = None) -> list[MethodRow]:
@@ -91,7 +106,12 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
     for name in Steps(f"counting each method's parameters on {backbone}", len(names)).over(names):
         model, _ = create_backbone(backbone, RANDOM_WEIGHTS, num_classes, image_size)
         method = create_method(name)
-        model = method.apply(model)
+        try:
+            model = method.apply(model)
+        except AdaptError as error:  # this backbone is not one the method takes
+            rows.append(MethodRow(name, 0, 0, method.mergeable, method.default_lr, method.summary, method.budgeted,
+                                  method.defaults_line(), method.default_weight_decay, str(error)))  # fmt: skip
+            continue
         total = sum(p.numel() for p in model.parameters())
         rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.describe(model),
                               method.budgeted, method.defaults_line(), method.default_weight_decay))  # fmt: skip

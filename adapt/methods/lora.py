@@ -60,6 +60,20 @@ def lora_eligible_weights(model: nn.Module) -> set[str]:
     }
 
 
+def target_layers(model: nn.Module, targets: str | None) -> list[str]:
+    """The Linear/Conv2d layers outside the head that `targets` (a regex on names) picks; None: the
+    defaults (module docstring). LoRA and peft's other tuners (adapt.methods.peft_tuners) share them."""
+    is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
+    pattern = re.compile(targets) if targets else None
+    names = []
+    for name, module in model.named_modules():
+        if not name or is_head_key(model, name) or not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if pattern.search(name) if pattern else default_target(name, module, is_vit):
+            names.append(name)
+    return names
+
+
 @dataclasses.dataclass
 class LoRAConfig:
     rank: int = option(8, low=1, high=4096)
@@ -96,17 +110,6 @@ class LoRA(Method):
         self.targets: list[str] = []  # layers peft adapts
         self.sliced: list[str] = []  # fused qkv layers whose row blocks (qkv_blocks) are adapted on their own
 
-    def target_names(self, model: nn.Module) -> list[str]:
-        is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
-        pattern = re.compile(self.config.targets) if self.config.targets else None
-        names = []
-        for name, module in model.named_modules():
-            if not name or is_head_key(model, name) or not isinstance(module, (nn.Linear, nn.Conv2d)):
-                continue
-            if pattern.search(name) if pattern else default_target(name, module, is_vit):
-                names.append(name)
-        return names
-
     def peft_config(self) -> LoraConfig:
         from peft import LoraConfig
 
@@ -120,7 +123,7 @@ class LoRA(Method):
     def add_trainable(self, model: nn.Module) -> None:
         from peft import inject_adapter_in_model
 
-        targets = self.target_names(model)
+        targets = target_layers(model, self.config.targets)
         if not targets:
             raise AdaptError(f"LoRA found no target layers in {type(model).__name__} (targets={self.config.targets!r})")
         if self.config.blocks():
