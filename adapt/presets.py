@@ -358,6 +358,9 @@ _register(Preset(
 ))
 
 
+from adapt import presets_prompts_adapters  # noqa: E402,F401 (registers VPT's, AdaptFormer's, RepAdapter's, DoRA's)
+
+
 def get_preset(name: str, command: str) -> Preset:
     """The preset `name` for `command`, or an error naming the presets that exist for it."""
     import difflib

@@ -186,6 +186,14 @@ SHARED = {
     # V-PETL Bench run_vit_lora.sh, configs/model_lora/vtab/*.yaml, train_model_lora.py
     "lora-vpetl-vtab": {"rank": 8, "batch_size": 64, "epochs": 100, "drop_path": 0.1, "warmup_lr": 1e-6,
                         "min_lr": 1e-5, "seed": 42},
+    # luogen1996/RepAdapter train.py, dataset.py; V-PETL run_vit_adaptformer.sh + train_model_adapter.py; NOAH's VPT script
+    "repadapter-vtab": {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "drop_last": True, "epochs": 100,
+                        "warmup": 0.1, "warmup_lr": 1e-6, "min_lr": 1e-5, "drop_path": 0.1, "seed": 42,
+                        "interpolation": "bicubic", "normalize": "imagenet", "eval_every": 10},
+    "adaptformer-vtab": {"batch_size": 64, "drop_last": False, "epochs": 100, "drop_path": 0.1, "seed": 42,
+                         "eval_every": 10, "eval_from": 90, "normalize": "imagenet"},
+    "vpt-deep-vtab": {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "epochs": 100, "dropout": 0.1,
+                      "normalize": "inception", "augment": "off", "drop_path": 0.1, "seed": 0},
     # ssundaram21/dreamsim configs/train_single_model_lora.yaml, training/train.py L180
     "dreamsim-nights": {"optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 32, "epochs": 8,
                         "margin": 0.05, "seed": 1234},
@@ -194,6 +202,39 @@ SHARED = {
     "task-arithmetic": {"recipe": "task-arithmetic"},
     "dare": {"recipe": "dare", "drop": "0.1,0.3,0.5,0.7,0.9", "seed": 0},
 }  # fmt: skip
+
+
+REPADAPTER_SCALES = {  # luogen1996/RepAdapter : configs/repblock/<task>.yaml (scale)
+    "cifar": 0.1, "caltech101": 5, "dtd": 1, "oxford_flowers102": 0.5, "oxford_iiit_pet": 0.1, "svhn": 10, "sun397": 0.1,
+    "patch_camelyon": 1, "eurosat": 1, "resisc45": 5, "diabetic_retinopathy": 0.1, "clevr_count": 0.5, "clevr_dist": 0.1,
+    "dmlab": 5, "kitti": 5, "dsprites_loc": 5, "dsprites_ori": 0.1, "smallnorb_azi": 10, "smallnorb_ele": 1,
+}  # fmt: skip
+ADAPTFORMER_SCRIPT = {  # V-PETL Bench ImageClassification/scripts/run_vit_adaptformer.sh (--lr, --wd)
+    "cifar": (0.01, 1.0), "caltech101": (0.006, 0.35), "dtd": (0.0032, 0.04), "oxford_flowers102": (0.05, 0.11),
+    "oxford_iiit_pet": (0.0007, 0.8), "svhn": (0.001, 0.005), "sun397": (0.0017, 0.01), "patch_camelyon": (0.0072, 0.002),
+    "eurosat": (0.06, 0.001), "resisc45": (0.01, 0.01), "diabetic_retinopathy": (0.004, 0.0003),
+    "clevr_count": (0.0033, 0.01), "clevr_dist": (0.0018, 0.005), "dmlab": (0.009, 0.1), "kitti": (0.0072, 0.0001),
+    "dsprites_loc": (0.003, 0.001), "dsprites_ori": (0.01, 0.05), "smallnorb_azi": (0.0062, 0.005),
+    "smallnorb_ele": (0.0011, 0.0005),
+}  # fmt: skip
+
+
+def test_repadapter_and_adaptformer_presets_equal_their_scripts():
+    from adapt.cli.common import parse_options
+    from adapt.methods import create_method
+
+    for task in TASKS:
+        repadapter = PRESETS["repadapter-vtab"].values_for(task)
+        method = create_method("repadapter", parse_options(tuple(repadapter["option"])))
+        assert (method.config.scale, method.config.dim, method.config.groups, method.config.variant) == (
+            REPADAPTER_SCALES[task], 8, 2, "repblock"), task
+        adaptformer = PRESETS["adaptformer-vtab"].values_for(task)
+        assert (adaptformer["lr"], adaptformer["weight_decay"]) == ADAPTFORMER_SCRIPT[task], task
+        # the yaml columns are LoRA's (train_model_adapter.py reads configs/model_lora)
+        lora = PRESETS["lora-vpetl-vtab"].values_for(task)
+        assert (adaptformer["augment"], adaptformer["label_smoothing"]) == (lora["augment"], lora["label_smoothing"])
+        vpt = PRESETS["vpt-deep-vtab"].values_for(task)
+        assert create_method("vpt-deep", parse_options(tuple(vpt["option"]))).config.encoder_drop_path
 
 
 @pytest.mark.parametrize("name, scripts", [("ssf-vtab", SSF_SCRIPTS), ("hst-vtab", HST_SCRIPTS)])

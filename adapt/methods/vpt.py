@@ -9,7 +9,8 @@ Prompts start uniform in +-sqrt(6 / (3 * patch_size**2 + dim)) (the "xavier" `va
 dropout (`MODEL.PROMPT.DROPOUT`; 0.1 in NOAH's VTAB runs, `--drop_rate_prompt=0.1`) each time they
 enter, and the class token after the final norm feeds the head. The official model keeps the frozen
 encoder in eval mode while training (`PromptedTransformer.train`), so its blocks run without
-stochastic depth: so do ours, whatever the run's --drop-path.
+stochastic depth: so do ours, whatever the run's --drop-path, unless `encoder_drop_path` (NOAH's VPT runs
+keep it).
 
 The prompt positions are taken out again after the last block: with timm's class-token pooling
 (and a per-token final norm) the head sees exactly what the official model gives it; with
@@ -36,6 +37,8 @@ from adapt.methods.mixins import with_mixin
 class VPTConfig:
     tokens: int = option(10, low=1, high=4096)  # prompt length (MODEL.PROMPT.NUM_TOKENS), per task in the presets
     dropout: float = option(0.1, low=0, high=1, high_open=True)  # MODEL.PROMPT.DROPOUT
+    # False (VPT's code): the frozen encoder runs without stochastic depth; True: at the run's --drop-path (NOAH's runs)
+    encoder_drop_path: bool = False
 
 
 class WithPrompts:
@@ -87,12 +90,12 @@ class VPTDeep(Method):
             block.prompt_count, block.prefix_tokens = self.config.tokens, model.num_prefix_tokens
             block.strips_prompts = i == last
             for drop in ("drop_path1", "drop_path2"):  # the official encoder trains in eval mode (module docstring)
-                if hasattr(block, drop):
+                if hasattr(block, drop) and not self.config.encoder_drop_path:
                     setattr(block, drop, nn.Identity())
             with_mixin(block, WithPrompts)
 
     def backbone_drop_path(self, model: nn.Module, requested: float) -> float:
-        return 0.0
+        return requested if self.config.encoder_drop_path else 0.0
 
     def report(self) -> str:
         where = "before every block" if self.deep else "at the input"
