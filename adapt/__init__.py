@@ -15,7 +15,7 @@ import sys
 from adapt.errors import AdaptError
 
 # the Python API (adapt.api), imported when first used: `import adapt` loads no torch
-_API = ("load", "tune", "evaluate", "predict", "merge", "soup", "continual")
+_API = ("load", "tune", "evaluate", "predict", "merge", "soup", "continual", "compare")
 __all__ = ["AdaptError", *_API]
 __version__ = "0.1.0"
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from adapt.evaluation import EvalResult, PredictionRun
     from adapt.merging.reparam import MergeResult
     from adapt.merging.soup import GreedyStep, SoupSummary
+    from adapt.run_comparison import RunRow
     from adapt.train import EpochResult, FitResult
 
 
@@ -109,6 +110,19 @@ def soup(ingredients: Sequence[str | Path], out: str | Path, recipe: str | None 
              **options}
     soup_options_, chosen = soup_options(given, None)
     return run_soup(soup_options_, chosen, on_step)
+
+
+def compare(runs: Sequence[str | Path], plot: str | Path | None = None, overwrite: bool = False) -> list[RunRow]:
+    """`adapt compare`: one row per run folder (a folder of runs: their mean), and the accuracy vs trained
+    parameters plot into `plot` when given."""
+    from adapt.outputs import writing_file
+    from adapt.run_comparison import compare_runs, plot_accuracy_vs_parameters
+
+    rows = compare_runs(list(runs))
+    if plot is not None:
+        with writing_file(plot, overwrite, [Path(run) / "summary.json" for run in runs], option="plot"):
+            plot_accuracy_vs_parameters(rows, plot)
+    return rows
 
 
 def continual(out: str | Path, *, data: str = "digits", initial: int = 2, increment: int = 2, seed: int = 0,

@@ -43,3 +43,13 @@ def precision_accelerator(config: TrainConfig, log_with: list[Any] | None = None
 def is_main_process() -> bool:
     """Whether this is the process that writes files (rank 0 under torchrun / accelerate launch)."""
     return PartialState(cpu=not torch.accelerator.is_available()).is_main_process
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """A run's peak memory and what was measured: on a GPU its peak allocated bytes (what training held);
+    elsewhere the process's peak resident size (everything the process loaded, since it started)."""
+    if device.type == "cuda":
+        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "measure": "cuda peak allocated"}
+    import resource
+
+    return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "measure": "process peak RSS"}

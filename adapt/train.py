@@ -31,7 +31,7 @@ from adapt.adapted import AdaptedModel
 from adapt.checkpoint import all_finite, write_json_atomic, write_text_atomic
 from adapt.data import DataSplits
 from adapt.data.global_batches import GlobalBatchSampler, per_process_batch
-from adapt.devices import precision_accelerator
+from adapt.devices import peak_memory, precision_accelerator
 from adapt.errors import AdaptError, term
 from adapt.evaluation import NonFiniteOutput, accuracy
 from adapt.methods.norms import statistics_kept
@@ -243,6 +243,7 @@ class Trainer:
                        "total_params": total, "run": self.run_identity(), "history": [asdict(h) for h in history],
                        "batch": {"global": config.batch_size, "per_process": self.batch_per_process,
                                  "processes": accelerator.num_processes},
+                       "peak_memory": peak_memory(accelerator.device),
                        **({"best_periodic_test_acc": best[0], "best_periodic_epoch": best[1]} if best else {})}  # fmt: skip
             write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
         return result

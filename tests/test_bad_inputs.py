@@ -225,6 +225,12 @@ def world(tmp_path_factory) -> Path:
     (trip / "badchoice.csv").write_text("ref,a,b,choice\nr.png,r.png,r.png,c\n")
     (trip / "noimage.csv").write_text("ref,a,b,choice\nr.png,gone.png,r.png,a\n")
     (trip / "good.csv").write_text("ref,a,b,choice\nr.png,r.png,r.png,a\n")
+    summaries = {"notjson": "{", "list": "[1]", "acc_text": '{"test_acc": "x", "trainable_params": 1, "total_params": 2}',
+                 "acc_nan": '{"test_acc": NaN, "trainable_params": 1, "total_params": 2}', "no_counts": '{"test_acc": 0.5}',
+                 "latin1": '{"test_acc": "caf\xe9"}'}  # fmt: skip
+    for name, text in summaries.items():
+        (w / "runs" / name).mkdir(parents=True)
+        (w / "runs" / name / "summary.json").write_bytes(text.encode("latin-1"))
     return w
 
 
@@ -458,6 +464,20 @@ CASES = [
     C(f"import-peft {W}/img --out {CKPT}", "exists; pass --overwrite"),
     C(f"import-peft {W}/peftbad --out {W}/x.safetensors", "is not a peft config"),
     C(f"tune --backbone test_vit --weights random --image-size 33 --limit 8 --out {W}/out", "not a multiple of"),
+    # compare: run folders whose summary.json is not one adapt wrote
+    C(f"compare {W}/ssf {W}/nope", "is not a folder"),
+    C(f"compare {W}/img", "holds no summary.json, nor subfolders with one"),
+    C(f"compare {W}/runs/notjson", "is not JSON"),
+    C(f"compare {W}/runs/list", "it holds a list"),
+    C(f"compare {W}/runs/acc_text", "test_acc is 'x', not a number"),
+    C(f"compare {W}/runs/acc_nan", "test_acc is nan, not a number"),
+    C(f"compare {W}/runs/no_counts", "trainable_params is None, not a number"),
+    C(f"compare {W}/runs/latin1", "is not UTF-8 text"),
+    C(f"compare {W}/runs", "is not a run summary adapt wrote"),  # a folder of runs: each must be whole
+    C(f"compare {W}/ssf --plot {W}/ssf/summary.json", "is one of the inputs"),
+    C(f"compare {W}/ssf --plot {W}/img/good.png", "exists; pass --overwrite"),
+    C(f"compare {W}/ssf --plot {W}/img", "is a folder; give a file name"),
+    C("compare", "Missing argument 'RUNS...'", 2),
     # soups: coefficients, recipes, YAML configs, ingredients
     C(f"soup {SOUP}/a.safetensors --out {W}/s.safetensors", "at least two ingredients"),
     C(f"soup --out {W}/s.safetensors", "name the ingredients"),

@@ -4,7 +4,9 @@ import signal
 import sys
 
 # registers the commands
-from adapt.cli import continual_commands, merge_commands, preset_commands, spt_commands, train_commands  # noqa: F401
+from adapt.cli import (  # noqa: F401
+    compare_commands, continual_commands, merge_commands, preset_commands, spt_commands, train_commands,
+)
 from adapt.cli.common import cli
 
 
