@@ -14,9 +14,14 @@ A second table gives the cost of the same methods with gradient checkpointing (`
 each block keeps only its input and runs again in backward; the same gradients), in the same turns.
 
 A third table measures cost only, on a random-weight ViT-B/16 (batch 8 at 224 px): step time
-and peak training memory of SSF and BitFit vs full fine-tuning, median of a few AdamW steps.
+and peak training memory vs full fine-tuning, median of a few AdamW steps, for the methods that need a
+ViT (VPT, AdaptFormer, VeRA) and some of the others beside them. No pretrained ViT ships here, so their
+accuracy is not measured.
 
-    python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2] [--steps 9] [--vit-steps 4]
+    python benchmarks/methods_digits.py [--epochs 10] [--seeds 0,1,2] [--steps 9] [--vit-steps 4] [--keep-accuracy]
+
+--keep-accuracy keeps the committed accuracy of the methods it has (same epochs and seeds) and trains the
+others; every cost is measured again, all methods taking turns.
 
 Writes benchmarks/results/methods_digits.json and methods_digits.md.
 """
@@ -41,9 +46,11 @@ from report import percent_mean_std, write_report
 
 SPT_BUDGET = 182_272  # LoRA rank 8's trainable backbone count on Lite0
 METHODS = {"full": {}, "linear": {}, "bitfit": {}, "ssf": {}, "lora": {}, "spt": {"budget": SPT_BUDGET},
-           "hst": {"variant": "paper"}}  # fmt: skip
+           "hst": {"variant": "paper"}, "dora": {}, "loha": {}, "lokr": {}, "ia3": {}, "oft": {}, "boft": {},
+           "repadapter": {}}  # fmt: skip
 VIT = "vit_base_patch16_224"
-VIT_METHODS = ["full", "bitfit", "ssf"]
+# the ViT-only methods (VPT, AdaptFormer; VeRA: Linear layers only) are measured here, cost only
+VIT_METHODS = ["full", "bitfit", "ssf", "lora", "dora", "repadapter", "adaptformer", "vpt-deep", "vpt-shallow", "vera"]
 CHECKPOINTED = ["full", "bitfit", "lora", "ssf", "spt"]  # HST refuses it; linear keeps nothing in the blocks
 
 
@@ -111,10 +118,13 @@ def main() -> None:
     parser.add_argument("--vit-steps", type=int, default=4)
     parser.add_argument("--cost-only", action="store_true",
                         help="measure cost only; keep each method's accuracy from the committed results")
+    parser.add_argument("--keep-accuracy", action="store_true",
+                        help="train only the methods the committed results lack (at their epochs and seeds)")
     args = parser.parse_args()
     seeds, epochs, accuracy = [int(s) for s in args.seeds.split(",")], args.epochs, {}
-    if args.cost_only:
+    if args.cost_only or args.keep_accuracy:
         accuracy, epochs, seeds = committed_accuracy()
+    kept = sorted(accuracy)
     cost, checkpointed = costs(args.steps)
     print(cost, checkpointed, flush=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -146,7 +156,8 @@ def main() -> None:
     vit = vit_cost(args.vit_steps)
     setup = {"backbone": "tf_efficientnet_lite0 (embedded ImageNet weights)", "data": "digits, 96 px",
              "epochs": epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU",
-             "accuracy": "from the committed results' run (cost-only rerun)" if args.cost_only else "this run",
+             "accuracy": "from the committed results' run (cost-only rerun)" if args.cost_only else
+             f"this run, except {', '.join(kept)}: the committed run's (same epochs and seeds)" if kept else "this run",
              "cost": f"batch 32 at 96 px, median of {args.steps} AdamW steps, methods taking turns",
              "spt_budget": SPT_BUDGET, "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of "
              f"{args.vit_steps} AdamW steps", "vit_rows": vit, "checkpointed_rows": checkpointed_rows}  # fmt: skip

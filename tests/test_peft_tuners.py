@@ -93,3 +93,24 @@ def test_tuner_options_are_peft_options():
     assert dora.peft_config().use_dora and dora.peft_config().r == 4
     with pytest.raises(AdaptError, match="rank_dropout"):
         create_method("lokr", {"rank_dropout": 1.5})
+
+
+def test_an_ia3_soup_is_the_mean_of_the_merged_models(tmp_path):
+    """(IA)³ scales weights by its vectors, W * l, which is linear in l: its soup averages the vectors."""
+    from adapt.merging.adapter_soup import make_soup
+    from adapt.merging.recipes import Uniform
+    from adapt.merging.reparam import merge_adapted
+
+    merged = []
+    for i in range(2):
+        adapted = AdaptedModel.create("ia3", ["a", "b", "c"], 160, "test_vit", "random", seed=0)
+        torch.manual_seed(i)
+        perturb_trainable(adapted.model, 0.1)
+        adapted.save(tmp_path / f"ia3-{i}.safetensors")
+        merged.append(merge_adapted(adapted)[0].state_dict())
+    summary = make_soup([tmp_path / f"ia3-{i}.safetensors" for i in range(2)], tmp_path / "soup.safetensors", Uniform())
+    assert summary.kind == "adapters"
+    soup, _ = AdaptedModel.from_checkpoint(tmp_path / "soup.safetensors")
+    souped = merge_adapted(soup)[0].state_dict()
+    for key, tensor in souped.items():
+        assert torch.allclose(tensor, (merged[0][key] + merged[1][key]) / 2, atol=1e-6), key

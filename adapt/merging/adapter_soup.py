@@ -1,8 +1,9 @@
 """Soups of adapter checkpoints that are right for every method.
 
-- Methods whose tensors average exactly (SSF, BitFit, linear, full; HST side networks)
-  are souped as they are, and the soup is an adapter checkpoint again.
-- LoRA and SPT are not: mean(B)·mean(A) is not mean(B·A), and two SPT runs may train
+- Methods whose tensors average exactly (SSF, BitFit, linear, full) and those that no weight
+  can hold (HST's side networks, VPT's prompts, AdaptFormer's adapters: their tensors are the
+  weights a soup averages) are souped as they are, and the soup is an adapter checkpoint again.
+- LoRA, SPT, RepAdapter and peft's tuners are not: mean(B)·mean(A) is not mean(B·A), and two SPT runs may train
   other entries. Each ingredient is folded into the backbone first (adapt merge, one at a
   time, to a temporary file beside the output), and the recipe runs over the folded
   weights with the pretrained backbone as the base (its head zero: the heads were trained
@@ -95,8 +96,8 @@ def make_soup(
         with guarded_output(out, overwrite, paths):
             return lora_rank_soup(paths, out, recipe, rank)
     if kind == "side networks" and recipe.needs_base:
-        raise AdaptError(f"recipe {recipe.name} needs task vectors in weight space; {meta.method} adds a side network "
-                         "that no weight holds (uniform, weighted and greedy soups of it work)")  # fmt: skip
+        raise AdaptError(f"recipe {recipe.name} needs task vectors in weight space; {meta.method} cannot give them: "
+                         f"{METHODS[meta.method].merge_refusal} (uniform, weighted and greedy soups of it work)")  # fmt: skip
     folded = kind == "folded adapters" or (meta is not None and recipe.needs_base)
     embedded = base is not None and str(base) == EMBEDDED_WEIGHTS  # always the embedded weights (a file: ./embedded)
     if base is not None and not embedded and Path(base).expanduser().is_dir():

@@ -68,7 +68,6 @@ class AdaptFormer(Method):
     default_lr = 1e-3
     default_weight_decay = 1e-4
     merge_refusal = "its adapters have a ReLU inside, which no weight of the backbone can absorb"
-    averages_exactly = False  # a mean of two ReLU adapters is not the mean of their outputs
 
     def add_trainable(self, model: nn.Module) -> None:
         from timm.models.vision_transformer import Block

@@ -170,6 +170,7 @@ class IA3(PeftTuner):
     peft_class = "IA3Config"
     default_lr = 3e-3
     default_weight_decay = 0.0  # its vectors start at 1: decay would pull them to 0
+    averages_exactly = True  # W * l is linear in l: a mean of the vectors is the mean of the merged weights
 
     def peft_options(self) -> dict[str, Any]:
         import re

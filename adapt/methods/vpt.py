@@ -75,7 +75,6 @@ class VPTDeep(Method):
     default_lr = 1e-3
     default_weight_decay = 1e-4  # NOAH's VPT runs (WEIGHT_DECAY=0.0001)
     merge_refusal = "its prompts are extra tokens in the sequence, which no weight of the backbone can absorb"
-    averages_exactly = False  # prompts of two runs are not positions of one model: a mean is not a soup
 
     def add_trainable(self, model: nn.Module) -> None:
         _check_vit(model, self.name)
