@@ -8,9 +8,7 @@ and where nobody published one (DoRA) it is LoRA's NOAH recipe with DoRA's layer
 
 from __future__ import annotations
 
-from adapt.presets import (
-    PRESETS, RANDAUG, TEST_SELECTED, VIT_IN21K, VPETL_README, PaperFigures, Preset, _per_task, _register, _scores,
-)  # fmt: skip
+from adapt.presets import PRESETS, TEST_SELECTED, VIT_IN21K, VPETL_README, PaperFigures, Preset, _register, _scores
 
 REPADAPTER = "luogen1996/RepAdapter"
 NOAH_VPT = "ZhangYuanhan-AI/NOAH : configs/VPT/VTAB/slurm_train_vpt_vtab.sh"
@@ -28,6 +26,9 @@ def _run_of(preset: str) -> tuple[dict, dict]:
 
 _VPETL_RUN, _VPETL_SOURCES = _run_of("lora-vpetl-vtab")  # train_model_adapter.py is train_model_lora.py's twin
 _NOAH_RUN, _NOAH_SOURCES = _run_of("lora-vtab")  # NOAH's one trainer runs LoRA, VPT and adapters
+# V-PETL's adapter trainer reads LoRA's per-task yamls (configs/model_lora/vtab/<task>.yaml)
+_VPETL_LORA_YAML = {task: {key: values[key] for key in ("augment", "label_smoothing")}
+                    for task, values in PRESETS["lora-vpetl-vtab"].per_task.items()}  # fmt: skip
 
 _register(Preset(
     name="repadapter-vtab",
@@ -85,17 +86,13 @@ _register(Preset(
                        "down_dim=topN): adapter_scalar '1.0', layer norm 'in', dropout 0.1, init 'lora')",
              "eval_every": "…/train/train_model_adapter.py L58 (ep % 10 == 9 and ep > 80: epochs 90 and 100; the max)",
              "eval_from": "same"},  # fmt: skip
-    per_task=_per_task(("lr", "weight_decay", "augment", "label_smoothing"), {
-        "cifar": (0.01, 1.0, "off", 0.1), "caltech101": (0.006, 0.35, "off", 0.1),
-        "dtd": (0.0032, 0.04, RANDAUG, 0.1), "oxford_flowers102": (0.05, 0.11, RANDAUG, 0.1),
-        "oxford_iiit_pet": (0.0007, 0.8, RANDAUG, 0.1), "svhn": (0.001, 0.005, RANDAUG, 0.1),
-        "sun397": (0.0017, 0.01, RANDAUG, 0.1), "patch_camelyon": (0.0072, 0.002, RANDAUG, 0.1),
-        "eurosat": (0.06, 0.001, RANDAUG, 0.1), "resisc45": (0.01, 0.01, RANDAUG, 0.1),
-        "diabetic_retinopathy": (0.004, 0.0003, RANDAUG, 0.1), "clevr_count": (0.0033, 0.01, RANDAUG, 0.0),
-        "clevr_dist": (0.0018, 0.005, "off", 0.0), "dmlab": (0.009, 0.1, RANDAUG, 0.0), "kitti": (0.0072, 0.0001, RANDAUG, 0.1),
-        "dsprites_loc": (0.003, 0.001, "off", 0.0), "dsprites_ori": (0.01, 0.05, "off", 0.0),
-        "smallnorb_azi": (0.0062, 0.005, "off", 0.0), "smallnorb_ele": (0.0011, 0.0005, "off", 0.0),
-    }),  # fmt: skip
+    per_task={task: {"lr": lr, "weight_decay": weight_decay, **_VPETL_LORA_YAML[task]} for task, (lr, weight_decay) in {
+        "cifar": (0.01, 1.0), "caltech101": (0.006, 0.35), "dtd": (0.0032, 0.04), "oxford_flowers102": (0.05, 0.11),
+        "oxford_iiit_pet": (0.0007, 0.8), "svhn": (0.001, 0.005), "sun397": (0.0017, 0.01),
+        "patch_camelyon": (0.0072, 0.002), "eurosat": (0.06, 0.001), "resisc45": (0.01, 0.01),
+        "diabetic_retinopathy": (0.004, 0.0003), "clevr_count": (0.0033, 0.01), "clevr_dist": (0.0018, 0.005),
+        "dmlab": (0.009, 0.1), "kitti": (0.0072, 0.0001), "dsprites_loc": (0.003, 0.001), "dsprites_ori": (0.01, 0.05),
+        "smallnorb_azi": (0.0062, 0.005), "smallnorb_ele": (0.0011, 0.0005)}.items()},  # fmt: skip
     notes=("AdaptFormer's own repository publishes no VTAB-1k run; this is V-PETL Bench's, whose adapter differs from "
            "the paper's in two defaults (scale 1.0, not 0.1; a LayerNorm on its input): --option scale=0.1 "
            "--option layernorm=none gives the paper's",

@@ -139,14 +139,9 @@ class LoHa(PeftTuner):
 
 
 @dataclasses.dataclass
-class LoKrConfig:
-    r: int = option(8, low=1, high=4096)
-    alpha: float = option(8.0, low=0, low_open=True)
-    rank_dropout: float = option(0.0, low=0, high=1, high_open=True)
-    module_dropout: float = option(0.0, low=0, high=1, high_open=True)
+class LoKrConfig(LoHaConfig):  # peft's LoKr takes LoHa's options and two of its own
     decompose_both: bool = False
     decompose_factor: int = option(-1, low=-1)
-    targets: str | None = option(None, regex=True)
 
 
 class LoKr(PeftTuner):
@@ -189,14 +184,21 @@ class OFTConfig:
     targets: str | None = option(None, regex=True)
 
 
-class OFT(PeftTuner):
+class BlockRotation(PeftTuner):
+    """OFT and BOFT rotate a layer's inputs in blocks: a layer whose inputs the block size does not divide is left out."""
+
+    block_size_option: ClassVar[str]
+
+    def fits(self, layer: nn.Module) -> bool:
+        return _inputs(layer) % getattr(self.config, self.block_size_option) == 0
+
+
+class OFT(BlockRotation):
     name = "oft"
     summary = "orthogonal block-diagonal rotation of each weight's inputs, via peft"
     config_class = OFTConfig
     peft_class = "OFTConfig"
-
-    def fits(self, layer: nn.Module) -> bool:
-        return _inputs(layer) % self.config.oft_block_size == 0
+    block_size_option = "oft_block_size"
 
 
 @dataclasses.dataclass
@@ -206,7 +208,7 @@ class BOFTConfig:
     targets: str | None = option(None, regex=True)
 
 
-class BOFT(PeftTuner):
+class BOFT(BlockRotation):
     """peft's BOFT with one butterfly factor (its default): more factors need peft's CUDA extension, without which
     peft silently falls back to one, so a run's result would depend on whether that extension built."""
 
@@ -214,9 +216,7 @@ class BOFT(PeftTuner):
     summary = "butterfly-factorized orthogonal rotation of each weight's inputs, via peft"
     config_class = BOFTConfig
     peft_class = "BOFTConfig"
-
-    def fits(self, layer: nn.Module) -> bool:
-        return _inputs(layer) % self.config.boft_block_size == 0
+    block_size_option = "boft_block_size"
 
 
 @dataclasses.dataclass
