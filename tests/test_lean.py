@@ -91,7 +91,8 @@ def _loss_and_grads(model, x, labels):
 
 
 @pytest.mark.parametrize("method_name, options", [("linear", {}), ("bitfit", {}), ("lora", {"rank": 2}), ("ssf", {}),
-                                                   ("spt", {"budget": "2%"})])  # fmt: skip
+                                                   ("spt", {"budget": "2%"}), ("repadapter", {"dropout": 0.0}),
+                                                   ("dora", {"rank": 2}), ("ia3", {})])  # fmt: skip
 def test_lean_frozen_layers_equal_the_plain_layers(method_name, options):
     """Forward and every gradient equal the layers' own forward (eval-mode BatchNorm + in-place ReLU6)."""
 

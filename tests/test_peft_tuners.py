@@ -67,7 +67,7 @@ def test_tuners_that_cannot_take_a_backbone_say_why_in_a_line():
     assert oft.left_out and "do not fit the block size" in oft.report()  # 16-, 24-, 40-channel inputs vs blocks of 32
 
 
-@pytest.mark.parametrize("name", ["dora", "loha", "ia3", "vera"])
+@pytest.mark.parametrize("name", TUNERS)
 def test_tuner_exports_load_in_peft_with_identical_outputs(tmp_path, name):
     from peft import PeftModel
 

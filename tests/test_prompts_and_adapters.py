@@ -110,7 +110,8 @@ def _stop_after_first_epoch(result):
         raise Interrupt
 
 
-@pytest.mark.parametrize("name", ["vpt-deep", "vpt-shallow", "adaptformer", "repadapter", "dora", "loha"])
+@pytest.mark.parametrize("name", ["vpt-deep", "vpt-shallow", "adaptformer", "repadapter", "dora", "loha", "lokr",
+                                  "ia3", "oft", "boft", "vera"])
 def test_train_save_load_eval_resume(tmp_path, name):
     job = TuneJob(method=name, backbone="test_vit", weights="random", image_size=32, limit=48)
     config = TrainConfig(epochs=2, batch_size=16, seed=1, lr=1e-2)
