@@ -145,7 +145,8 @@ _register(Preset(
     reproduces="DoRA (Liu et al. 2024) on VTAB-1k under LoRA's NOAH recipe (rank 8 on the fused qkv, dropout 0.1)",
     values={**PRESETS["lora-vtab"].values, "method": "dora"},
     sources={**PRESETS["lora-vtab"].sources,
-             "method": "NVlabs/DoRA publishes no VTAB-1k run: peft's LoraConfig(use_dora=True) on LoRA's recipe"},
+             "method": "ZhangYuanhan-AI/NOAH : its LoRA run (lora-vtab) with peft's LoraConfig(use_dora=True); "
+                       "NVlabs/DoRA publishes no VTAB-1k run"},
     notes=("DoRA's paper and repository publish no VTAB-1k run: this is lora-vtab (NOAH's LoRA run) with DoRA's "
            "magnitude vector, so that the two compare under one recipe; there is no paper figure to reach",
            "weights: the original ViT-B_16.npz (ImageNet-21k), --weights ViT-B_16.npz", TEST_SELECTED),
