@@ -35,9 +35,10 @@ class RunRow:
 
 
 def _number(summary: dict[str, Any], key: str, where: Path) -> float:
+    """A finite, non-negative number (accuracies, counts), or one line saying what the summary holds instead."""
     value = summary.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise AdaptError(f"{where} is not a run summary adapt wrote: {key} is {value!r}, not a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise AdaptError(f"{where} is not a run summary adapt wrote: {key} is {value!r}, not a number >= 0")
     return float(value)
 
 
@@ -64,9 +65,12 @@ def read_run(path: Path, label: str) -> RunRow:
     summary = _read_summary(file)
     run = summary.get("run") if isinstance(summary.get("run"), dict) else {}
     trainable, total = _number(summary, "trainable_params", file), _number(summary, "total_params", file)
+    if trainable > total:
+        raise AdaptError(f"{file} is not a run summary adapt wrote: trainable_params {trainable:,.0f} exceed "
+                         f"total_params {total:,.0f}")  # fmt: skip
     best = summary.get("best_periodic_test_acc")
     memory = summary.get("peak_memory") if isinstance(summary.get("peak_memory"), dict) else {}
-    peak = memory.get("bytes") if isinstance(memory.get("bytes"), int) else None
+    peak = memory.get("bytes") if type(memory.get("bytes")) is int else None  # not a bool
     return RunRow(label, str(run.get("method", "?")), trainable, trainable / total if total else 0.0,
                   _number(summary, "test_acc", file), float(best) if isinstance(best, (int, float)) else None,
                   peak, str(memory.get("measure", "")), _step_seconds(summary.get("history")))  # fmt: skip

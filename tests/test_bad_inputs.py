@@ -227,6 +227,8 @@ def world(tmp_path_factory) -> Path:
     (trip / "good.csv").write_text("ref,a,b,choice\nr.png,r.png,r.png,a\n")
     summaries = {"notjson": "{", "list": "[1]", "acc_text": '{"test_acc": "x", "trainable_params": 1, "total_params": 2}',
                  "acc_nan": '{"test_acc": NaN, "trainable_params": 1, "total_params": 2}', "no_counts": '{"test_acc": 0.5}',
+                 "counts_swapped": '{"test_acc": 0.5, "trainable_params": 9, "total_params": 2}',
+                 "acc_negative": '{"test_acc": -1, "trainable_params": 1, "total_params": 2}',
                  "latin1": '{"test_acc": "caf\xe9"}'}  # fmt: skip
     for name, text in summaries.items():
         (w / "runs" / name).mkdir(parents=True)
@@ -471,7 +473,9 @@ CASES = [
     C(f"compare {W}/runs/list", "it holds a list"),
     C(f"compare {W}/runs/acc_text", "test_acc is 'x', not a number"),
     C(f"compare {W}/runs/acc_nan", "test_acc is nan, not a number"),
+    C(f"compare {W}/runs/acc_negative", "test_acc is -1, not a number >= 0"),
     C(f"compare {W}/runs/no_counts", "trainable_params is None, not a number"),
+    C(f"compare {W}/runs/counts_swapped", "trainable_params 9 exceed total_params 2"),
     C(f"compare {W}/runs/latin1", "is not UTF-8 text"),
     C(f"compare {W}/runs", "is not a run summary adapt wrote"),  # a folder of runs: each must be whole
     C(f"compare {W}/ssf --plot {W}/ssf/summary.json", "is one of the inputs"),
