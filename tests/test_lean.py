@@ -137,6 +137,7 @@ def test_lean_batchnorm_with_a_zero_trained_weight_keeps_its_input():
 def test_a_trained_batchnorm_backward_allocates_no_map_beyond_its_input_gradient(activation):
     """The scale's gradient is a dot product per channel (no g * y map), and a masked gradient becomes the input
     gradient in place: backward allocates one map, the input gradient, and a few vectors. Gradients exact."""
+    torch.manual_seed(0)
     norm = torch.nn.BatchNorm2d(16).eval()
     with torch.no_grad():
         norm.running_var.uniform_(0.5, 2), norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
@@ -150,8 +151,9 @@ def test_a_trained_batchnorm_backward_allocates_no_map_beyond_its_input_gradient
         t.grad = None
     reference = norm(x)
     (reference.clamp(*activation) if activation[0] is not None else reference).backward(grad)
-    for ours, theirs in zip(lean, (x.grad, norm.weight.grad, norm.bias.grad)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    # the scale's and shift's gradients sum 4,608 float32 products each, in another order than torch's: 1e-4
+    for ours, theirs, tolerance in zip(lean, (x.grad, norm.weight.grad, norm.bias.grad), (1e-5, 1e-4, 1e-4)):
+        torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
 
 
 def _block_run(block, x, grad):
