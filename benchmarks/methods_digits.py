@@ -99,6 +99,20 @@ def vit_cost(steps: int) -> list[dict]:
 
 
 RESULTS = Path(__file__).parent / "results" / "methods_digits.json"
+# each finished (method, seed) training run's test accuracy, so that a stopped run goes on where it stopped
+RUNS = Path(__file__).parent / "results" / "methods_digits_runs.json"
+
+
+def finished_runs(epochs: int) -> dict[str, dict]:
+    """{method: {"acc": {seed: accuracy}, "params": [trainable, total]}} of runs at `epochs` epochs."""
+    if not RUNS.is_file():
+        return {}
+    saved = json.loads(RUNS.read_text())
+    return saved["methods"] if saved.get("epochs") == epochs else {}
+
+
+def record_run(epochs: int, runs: dict[str, dict]) -> None:
+    RUNS.write_text(json.dumps({"epochs": epochs, "methods": runs}, indent=1) + "\n")
 
 
 def committed_accuracy() -> tuple[dict[str, tuple[tuple[float, float], int, int]], int, list[int]]:
@@ -118,6 +132,8 @@ def main() -> None:
     parser.add_argument("--vit-steps", type=int, default=4)
     parser.add_argument("--cost-only", action="store_true",
                         help="measure cost only; keep each method's accuracy from the committed results")
+    parser.add_argument("--method-seeds", default="",
+                        help="other seeds for some methods, e.g. 'loha=0;boft=0' (the table says how many each had)")
     parser.add_argument("--keep-accuracy", action="store_true",
                         help="train only the methods the committed results lack (at their epochs and seeds)")
     args = parser.parse_args()
@@ -125,19 +141,26 @@ def main() -> None:
     if args.cost_only or args.keep_accuracy:
         accuracy, epochs, seeds = committed_accuracy()
     kept = sorted(accuracy)
+    method_seeds = {m: seeds for m in METHODS} | {
+        m: [int(x) for x in v.split(",")] for m, v in (item.split("=") for item in filter(None, args.method_seeds.split(";")))}
     cost, checkpointed = costs(args.steps)
     print(cost, checkpointed, flush=True)
+    runs = finished_runs(epochs)
     with tempfile.TemporaryDirectory() as scratch:
         for method, options in METHODS.items():
             if method in accuracy:  # --cost-only
                 continue
-            accs = []
-            for seed in seeds:
+            done = runs.setdefault(method, {"acc": {}, "params": None})
+            for seed in method_seeds[method]:
+                if str(seed) in done["acc"]:
+                    continue
                 job = TuneJob(method=method, options=options)
                 result = tune(job, TrainConfig(epochs=epochs, seed=seed), f"{scratch}/{method}{seed}")
-                accs.append(result.test_acc)
+                done["acc"][str(seed)], done["params"] = result.test_acc, [result.trainable_params, result.total_params]
+                record_run(epochs, runs)
                 print(f"{method} seed {seed}: test acc {result.test_acc:.4f}", flush=True)
-            accuracy[method] = (mean_std(accs), result.trainable_params, result.total_params)
+            accs = [done["acc"][str(seed)] for seed in method_seeds[method]]
+            accuracy[method] = (mean_std(accs), *done["params"])
 
     full_step, full_peak = cost["full"][:2]
     rows = []
@@ -145,7 +168,8 @@ def main() -> None:
         (acc, std), trainable, total = accuracy[method]
         step, peak, step_before, peak_before = cost[method]
         rows.append({"method": method, "options": METHODS[method], "trainable_params": trainable,
-                     "trainable_pct": 100 * trainable / total, "acc_mean": acc, "acc_std": std, "seeds": seeds,
+                     "trainable_pct": 100 * trainable / total, "acc_mean": acc, "acc_std": std,
+                     "seeds": method_seeds.get(method, seeds),
                      "step_time_ratio_vs_full": step / full_step, "peak_mem_ratio_vs_full": peak / full_peak,
                      "peak_mem_ratio_vs_lora": peak / cost["lora"][1], "step_time_ratio_vs_before": step / step_before,
                      "peak_mem_ratio_vs_before": peak / peak_before, "step_seconds": step, "peak_bytes": peak})  # fmt: skip
@@ -157,7 +181,9 @@ def main() -> None:
     setup = {"backbone": "tf_efficientnet_lite0 (embedded ImageNet weights)", "data": "digits, 96 px",
              "epochs": epochs, "batch_size": 32, "lr": "method default", "machine": "2-core CPU",
              "accuracy": "from the committed results' run (cost-only rerun)" if args.cost_only else
-             f"this run, except {', '.join(kept)}: the committed run's (same epochs and seeds)" if kept else "this run",
+             f"this run, except {', '.join(kept)}: the committed run's (same epochs and seeds)" if kept else
+             "each (method, seed) training run as recorded in methods_digits_runs.json when it finished (a run "
+             "stopped midway goes on where it stopped; the costs are all this run's)",
              "cost": f"batch 32 at 96 px, median of {args.steps} AdamW steps, methods taking turns",
              "spt_budget": SPT_BUDGET, "vit_cost": f"{VIT}, random weights, batch 8 at 224 px, median of "
              f"{args.vit_steps} AdamW steps", "vit_rows": vit, "checkpointed_rows": checkpointed_rows}  # fmt: skip
@@ -174,7 +200,8 @@ def main() -> None:
         ("method", lambda r: r["method"] + (" (budget 182,272)" if r["method"] == "spt" else "")),
         ("trainable params", lambda r: f"{r['trainable_params']:,}"),
         ("trainable %", lambda r: f"{r['trainable_pct']:.2f}%"),
-        ("test acc (mean ± std)", percent_mean_std("acc_mean", "acc_std")),
+        ("test acc (mean ± std)", lambda r: percent_mean_std("acc_mean", "acc_std")(r) if len(r["seeds"]) > 1
+         else f"{100 * r['acc_mean']:.2f} (seed {r['seeds'][0]} only)"),
         ("step time vs full", lambda r: f"{r['step_time_ratio_vs_full']:.2f}"),
         ("peak train memory vs full", lambda r: f"{r['peak_mem_ratio_vs_full']:.2f}"),
         ("peak memory vs LoRA", lambda r: f"{r['peak_mem_ratio_vs_lora']:.2f}"),
