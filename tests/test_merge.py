@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from adapt.adapted import AdaptedModel
 from adapt.data import load_data
 from adapt.kernels import add_low_rank_, fold_batchnorm_, scale_shift_
-from adapt.methods.peft_tuners import PeftTuner
 from adapt.merging.reparam import AllocationTracker, merge_adapted, peak_extra_bytes, save_merged
 from adapt.methods import METHODS
+from adapt.methods.peft_tuners import PeftTuner
 from adapt.train import TrainConfig
 from adapt.tuning import TuneJob, tune
 

@@ -33,11 +33,8 @@ def compare(runs, plot, overwrite) -> None:
       adapt compare runs/vtab-ssf runs/vtab-repadapter      # each the mean over its tasks
     """
     from adapt.api import compare as compare_runs
-    from adapt.outputs import check_output_file
 
-    if plot is not None:  # refused before anything is printed
-        check_output_file(plot, overwrite, [Path(run) / "summary.json" for run in runs], option="plot")
-    rows = compare_runs(list(runs), plot, overwrite)
+    rows = compare_runs(list(runs), plot, overwrite)  # reads, checks and writes everything before anything is printed
     table = Table(title="runs")
     for column in ("run", "method", "trained", "share", "final acc", "best acc", "peak memory", "step"):
         table.add_column(column, justify="left" if column in ("run", "method") else "right")

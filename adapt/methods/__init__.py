@@ -107,14 +107,13 @@ def method_rows(names: list[str], backbone: str, num_classes: int, image_size: i
         model, _ = create_backbone(backbone, RANDOM_WEIGHTS, num_classes, image_size)
         method = create_method(name)
         try:
-            model = method.apply(model)
+            model, unavailable = method.apply(model), ""
         except AdaptError as error:  # this backbone is not one the method takes
-            rows.append(MethodRow(name, 0, 0, method.mergeable, method.default_lr, method.summary, method.budgeted,
-                                  method.defaults_line(), method.default_weight_decay, str(error)))  # fmt: skip
-            continue
-        total = sum(p.numel() for p in model.parameters())
-        rows.append(MethodRow(name, count_trainable(model), total, method.mergeable, method.default_lr, method.describe(model),
-                              method.budgeted, method.defaults_line(), method.default_weight_decay))  # fmt: skip
+            unavailable = str(error)
+        trainable, total = (0, 0) if unavailable else (count_trainable(model), sum(p.numel() for p in model.parameters()))
+        summary = method.summary if unavailable else method.describe(model)
+        rows.append(MethodRow(name, trainable, total, method.mergeable, method.default_lr, summary, method.budgeted,
+                              method.defaults_line(), method.default_weight_decay, unavailable))  # fmt: skip
     return rows
 
 
